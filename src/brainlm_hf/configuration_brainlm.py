@@ -1,0 +1,168 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""BrainLM model configuration."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+# Architectures of the native presets. Values not listed take the `BrainLMConfig` defaults.
+# The released-checkpoint presets (`brainlm-13m`, `brainlm-111m`, `brainlm-650m`) are added with their converters.
+PRESETS: dict[str, dict] = {
+    # Small model for tests, demos and CPU experiments (~0.2M parameters).
+    "brainlm-tiny": {
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 128,
+        "decoder_hidden_size": 32,
+        "decoder_num_hidden_layers": 1,
+        "decoder_num_attention_heads": 4,
+        "decoder_intermediate_size": 64,
+    },
+    # The configuration of the original repository (hidden 256, 4 + 2 layers, 4 heads), as a native model.
+    "brainlm-small": {
+        "hidden_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "decoder_hidden_size": 256,
+        "decoder_num_hidden_layers": 2,
+        "decoder_num_attention_heads": 4,
+        "decoder_intermediate_size": 1024,
+    },
+    # ViT-B encoder with the MAE-base decoder (~86M + ~26M parameters).
+    "brainlm-base": {},
+    # ViT-L encoder with the MAE decoder.
+    "brainlm-large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+    },
+}
+
+_AUTO_MAP = {
+    "AutoConfig": "configuration_brainlm.BrainLMConfig",
+    "AutoModel": "modeling_brainlm.BrainLMModel",
+    "AutoModelForPreTraining": "modeling_brainlm.BrainLMForMaskedSignalModeling",
+}
+
+
+@strict(accept_kwargs=True)
+class BrainLMConfig(PreTrainedConfig):
+    r"""
+    Configuration of a BrainLM masked autoencoder over fMRI parcel time series.
+
+    The model reads `signal_values` of shape `(batch_size, num_regions, num_timepoints)` and cuts every region's
+    series into windows of `patch_size` timepoints: one token per (region, window), region-major. A token's embedding
+    is `Linear(patch_size -> hidden_size)(window) + Linear(3 -> hidden_size)(region xyz) + sinusoid(window index)`.
+    Nothing in the architecture fixes the number of regions or timepoints.
+
+    Args:
+        patch_size (`int`, defaults to 20):
+            Timepoints per token. `num_timepoints` must be a multiple of it.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`):
+            Encoder width, depth, heads and MLP width (defaults: ViT-B, 768 / 12 / 12 / 3072).
+        hidden_act (`str`, defaults to `"gelu"`): MLP activation.
+        hidden_dropout_prob, attention_probs_dropout_prob (`float`, defaults to 0.0): dropout rates.
+        initializer_range (`float`, defaults to 0.02): std of the normal init of linear layers and special tokens.
+        layer_norm_eps (`float`, defaults to 1e-12): LayerNorm epsilon.
+        qkv_bias (`bool`, defaults to `True`): bias on the query/key/value projections.
+        norm_position (`str`, defaults to `"pre"`):
+            `"pre"` (ViT blocks, LayerNorm before attention and MLP) or `"post"` (BERT blocks, LayerNorm after the
+            residual sum; the released 13M checkpoint uses it).
+        value_conv_kernel_size (`int`, defaults to 0):
+            If > 0, each attention layer adds a per-head depthwise convolution of the value tensor along the token axis
+            (kernel `value_conv_kernel_size`, odd) to its output, as the released 13M checkpoint does (65). This
+            makes the model depend on token order. 0 disables it.
+        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size (`int`):
+            Decoder dimensions (defaults: the MAE-base decoder, 512 / 8 / 16 / 2048).
+        decoder_head (`str`, defaults to `"linear"`):
+            `"linear"`: `Linear(decoder_hidden_size -> patch_size)`. `"mlp"`: `Linear(Hd -> Hd/2)`, LeakyReLU(0.1),
+            `Linear(Hd/2 -> patch_size)` (the released 13M checkpoint).
+        mask_ratio (`float`, defaults to 0.75):
+            Fraction of tokens masked by `BrainLMForMaskedSignalModeling` (in `[0, 1)`). `BrainLMModel` only masks when
+            asked in `forward`.
+        mask_strategy (`str`, defaults to `"random"`):
+            `"random"`: MAE masking, keep the `int(L * (1 - mask_ratio))` tokens of smallest noise.
+            `"forecast"`: mask the last `ceil(mask_ratio * num_windows)` windows of every region.
+        reconstruction_loss (`str`, defaults to `"mse"`): `"mse"` or `"mae"`, averaged over masked tokens only.
+        validate_inputs (`bool`, defaults to `True`):
+            Check inputs for shape errors and NaN/Inf in `forward`. The NaN/Inf check synchronises with the device;
+            switch it off for compiled or high-throughput runs.
+
+    Example:
+
+    ```python
+    >>> from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
+    >>> config = BrainLMConfig.from_preset("brainlm-tiny", mask_ratio=0.5)
+    >>> model = BrainLMForMaskedSignalModeling(config)
+    ```
+    """
+
+    model_type = "brainlm_hf"
+
+    patch_size: int = 20
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float | int = 0.0
+    attention_probs_dropout_prob: float | int = 0.0
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    qkv_bias: bool = True
+    norm_position: str = "pre"
+    value_conv_kernel_size: int = 0
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+    decoder_head: str = "linear"
+    mask_ratio: float | int = 0.75
+    mask_strategy: str = "random"
+    reconstruction_loss: str = "mse"
+    validate_inputs: bool = True
+
+    def __post_init__(self, **kwargs):
+        # Hub-ready by default: a saved checkpoint names every Auto class it can be loaded with (remote code).
+        if getattr(self, "auto_map", None) is None:
+            self.auto_map = dict(_AUTO_MAP)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Checked at construction (strict dataclass validator; assignments are only type-checked)."""
+        super().validate_architecture()
+        for width, heads, name in (
+            (self.hidden_size, self.num_attention_heads, ""),
+            (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_"),
+        ):
+            if width % heads != 0:
+                raise ValueError(
+                    f"{name}hidden_size ({width}) must be a multiple of {name}num_attention_heads ({heads})."
+                )
+        choices = {
+            "norm_position": ("pre", "post"),
+            "decoder_head": ("linear", "mlp"),
+            "mask_strategy": ("random", "forecast"),
+            "reconstruction_loss": ("mse", "mae"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+        if self.value_conv_kernel_size < 0 or (self.value_conv_kernel_size and self.value_conv_kernel_size % 2 == 0):
+            raise ValueError(f"value_conv_kernel_size must be 0 (off) or odd, got {self.value_conv_kernel_size}.")
+        if self.patch_size < 1:
+            raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "BrainLMConfig":
+        """Build the configuration of a named architecture (see `PRESETS`), with optional field overrides."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}. Available presets: {sorted(PRESETS)}.")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+__all__ = ["BrainLMConfig", "PRESETS"]

@@ -1,0 +1,563 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""BrainLM: a masked autoencoder over fMRI parcel time series (Ortega Caro et al., ICLR 2024).
+
+Notation used in shape comments: B batch, V brain regions, T timepoints, P = `patch_size`, N = T / P windows per
+region, L = V * N tokens, K kept (visible) tokens, H = `hidden_size`, Hd = `decoder_hidden_size`.
+
+This file only imports from `torch`, `transformers` and its sibling `configuration_brainlm.py`, so that it can be
+saved next to a checkpoint and loaded with `trust_remote_code=True` where `brainlm_hf` is not installed.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GradientCheckpointingLayer, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_brainlm import BrainLMConfig
+
+
+@dataclass
+class BrainLMModelOutput(ModelOutput):
+    """
+    Output of `BrainLMModel`.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(B, 1 + K, H)`):
+            Encoder output after the final LayerNorm. Row 0 is the CLS token; row `1 + j` is token `ids_shuffle[j]`
+            where `ids_shuffle = argsort(ids_restore)` (the canonical token order when nothing is shuffled).
+        mask (`torch.FloatTensor` of shape `(B, V, N)`): 1 where a (region, window) token is masked, 0 where visible.
+        token_mask (`torch.FloatTensor` of shape `(B, L)`): `mask` flattened in token order.
+        ids_restore (`torch.LongTensor` of shape `(B, L)`): position of each token in the shuffled sequence.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            `hidden_states[0]` is the encoder input, `hidden_states[i]` the output of layer `i` (before the final
+            LayerNorm), each `(B, 1 + K, H)`. Returned with `output_hidden_states=True`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            Softmax attention of each layer, `(B, heads, 1 + K, 1 + K)`. Returned with `output_attentions=True`
+            (eager attention only).
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    token_mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class BrainLMForMaskedSignalModelingOutput(ModelOutput):
+    """
+    Output of `BrainLMForMaskedSignalModeling`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Reconstruction loss over masked tokens only; `None` when nothing is masked.
+        logits (`torch.FloatTensor` of shape `(B, V, T)`): reconstruction of every timepoint, in the input layout.
+        mask, token_mask, ids_restore, last_hidden_state, hidden_states, attentions: as in `BrainLMModelOutput`
+            (of the encoder).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    mask: torch.FloatTensor | None = None
+    token_mask: torch.FloatTensor | None = None
+    ids_restore: torch.LongTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def sinusoidal_encoding(num_positions: int, dim: int, device=None) -> torch.Tensor:
+    """Sin/cos table `(num_positions, dim)`: `[n, 2i] = sin(n / 10000^(2i/dim))`, `[n, 2i+1] = cos(...)`."""
+    position = torch.arange(num_positions, device=device, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(num_positions, dim, device=device)
+    table[:, 0::2] = torch.sin(position * div_term)
+    table[:, 1::2] = torch.cos(position * div_term)
+    return table
+
+
+def validate_signal(config: BrainLMConfig, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
+    """Raise a `ValueError` naming the problem and the fix for inputs the model cannot read."""
+    if signal_values.dim() != 3:
+        raise ValueError(
+            f"signal_values must have shape (batch, regions, timepoints), got {tuple(signal_values.shape)}; "
+            "add a batch dimension with signal_values[None] for a single recording."
+        )
+    batch_size, num_regions, num_timepoints = signal_values.shape
+    if num_timepoints % config.patch_size != 0:
+        raise ValueError(
+            f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({config.patch_size}); "
+            f"crop the recording to {num_timepoints - num_timepoints % config.patch_size} timepoints or use the "
+            "processor's sliding windows."
+        )
+    if coordinates is None:
+        raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (region xyz, MNI mm).")
+    if coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
+        raise ValueError(
+            f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
+            f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
+        )
+    if coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
+        raise ValueError(f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).")
+    for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
+        if not torch.isfinite(tensor).all():
+            raise ValueError(
+                f"{name} contains NaN or Inf values; interpolate or drop the affected regions/timepoints first."
+            )
+
+
+def mask_tokens(
+    num_tokens: int,
+    num_windows: int,
+    mask_ratio: float,
+    strategy: str,
+    noise: torch.Tensor | None,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """
+    Choose the visible tokens.
+
+    Returns `ids_keep` `(B, K)` (None when every token is kept in canonical order), `token_mask` `(B, L)` (1 =
+    masked) and `ids_restore` `(B, L)`. `random`: keep `int(L * (1 - mask_ratio))` tokens by ascending noise and
+    present them in that order (MAE). `forecast`: mask the last `ceil(mask_ratio * N)` windows of every region, keep
+    the rest in canonical order. `mask_ratio == 0` keeps every token in canonical order.
+    """
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+    if strategy == "random":
+        len_keep = int(num_tokens * (1 - mask_ratio))
+    elif strategy == "forecast":
+        num_masked_windows = math.ceil(mask_ratio * num_windows)
+        if num_masked_windows >= num_windows:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
+                "lower it so that at least one window per region stays visible."
+            )
+        len_keep = num_tokens // num_windows * (num_windows - num_masked_windows)
+    else:
+        raise ValueError(f"mask_strategy must be 'random' or 'forecast', got {strategy!r}.")
+
+    if len_keep == num_tokens:  # nothing masked: canonical order, no shuffle
+        ids_restore = torch.arange(num_tokens, device=device).expand(batch_size, -1)
+        return None, torch.zeros(batch_size, num_tokens, device=device), ids_restore
+    if strategy == "forecast":  # visible windows first, each group in canonical order
+        masked = (torch.arange(num_tokens, device=device) % num_windows) >= num_windows - num_masked_windows
+        ids_shuffle = torch.argsort(masked.to(torch.int8), stable=True).expand(batch_size, -1)
+    else:
+        if noise is None:
+            noise = torch.rand(batch_size, num_tokens, device=device)
+        elif noise.shape != (batch_size, num_tokens):
+            raise ValueError(
+                f"noise must have shape ({batch_size}, {num_tokens}) (batch, regions * windows), "
+                f"got {tuple(noise.shape)}."
+            )
+        ids_shuffle = torch.argsort(noise.to(device), dim=1)  # (B, L), ascending noise = visible first
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
+    token_mask = (ids_restore >= len_keep).to(torch.float32)  # masked iff its shuffled position is past len_keep
+    return ids_shuffle[:, :len_keep], token_mask, ids_restore
+
+
+class BrainLMEmbeddings(nn.Module):
+    """Region-window tokens: window projection + region xyz projection + sinusoid of the window index, then CLS."""
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__()
+        self.config = config
+        self.signal_projection = nn.Linear(config.patch_size, config.hidden_size)
+        self.coordinate_projection = nn.Linear(3, config.hidden_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+
+    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+        """`(B, V, T)`, `(B or 1, V, 3)` -> token embeddings `(B, L, H)` in canonical (region-major) order."""
+        batch_size, num_regions, num_timepoints = signal_values.shape
+        num_windows = num_timepoints // self.config.patch_size
+        windows = signal_values.reshape(batch_size, num_regions, num_windows, self.config.patch_size)
+        embeddings = self.signal_projection(windows)  # (B, V, N, H)
+        embeddings = embeddings + self.coordinate_projection(coordinates).unsqueeze(2)  # + (B, V, 1, H)
+        time_encoding = sinusoidal_encoding(num_windows, self.config.hidden_size, embeddings.device)
+        embeddings = embeddings + time_encoding.to(embeddings.dtype)  # + (N, H)
+        return embeddings.flatten(1, 2)  # (B, L, H)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention on `(B, heads, S, D)` tensors; returns `(B, S, heads, D)` and the weights."""
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class BrainLMAttention(nn.Module):
+    """Bidirectional multi-head attention through transformers' attention interface (eager, sdpa, flex, flash)."""
+
+    def __init__(self, config: BrainLMConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.config = config
+        self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False  # sdpa/flash default to causal without it
+        self.q_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(hidden_size, hidden_size)
+        kernel = config.value_conv_kernel_size
+        self.value_conv = (
+            nn.Conv2d(num_heads, num_heads, (kernel, 1), padding=(kernel // 2, 0), groups=num_heads, bias=False)
+            if kernel
+            else None
+        )
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, S, hidden)` -> `(B, S, hidden)` and the attention weights `(B, heads, S, S)` (eager only)."""
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, heads, S, D)
+        key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            None,
+            dropout=self.config.attention_probs_dropout_prob if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )  # (B, S, heads, D)
+        if self.value_conv is not None:
+            attn_output = attn_output + self.value_conv(value).transpose(1, 2)
+        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+
+
+class BrainLMMLP(nn.Module):
+    def __init__(self, config: BrainLMConfig, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class BrainLMLayer(GradientCheckpointingLayer):
+    """Transformer block: ViT (`norm_position="pre"`) or BERT (`"post"`) arrangement of attention, MLP and norms."""
+
+    def __init__(self, config: BrainLMConfig, hidden_size: int, num_heads: int, intermediate_size: int):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attention = BrainLMAttention(config, hidden_size, num_heads)
+        self.attention_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.mlp = BrainLMMLP(config, hidden_size, intermediate_size)
+        self.mlp_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(B, S, hidden)` -> `(B, S, hidden)` and the attention weights."""
+        if self.pre_norm:  # x + f(norm(x))
+            update, attn_weights = self.attention(self.attention_norm(hidden_states), **kwargs)
+            hidden_states = hidden_states + self.dropout(update)
+            hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
+        else:  # norm(x + f(x))
+            update, attn_weights = self.attention(hidden_states, **kwargs)
+            hidden_states = self.attention_norm(hidden_states + self.dropout(update))
+            hidden_states = self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+        return hidden_states, attn_weights
+
+
+def run_layers(
+    layers: nn.ModuleList, hidden_states: torch.Tensor, output_hidden_states: bool, output_attentions: bool, **kwargs
+) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    """Apply `layers`, collecting the input and each layer's output, and each layer's attention weights."""
+    all_hidden_states = (hidden_states,) if output_hidden_states else None
+    all_attentions = () if output_attentions else None
+    for layer in layers:
+        hidden_states, attn_weights = layer(hidden_states, **kwargs)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        if output_attentions:
+            all_attentions += (attn_weights,)
+    return hidden_states, all_hidden_states, all_attentions
+
+
+class BrainLMPreTrainedModel(PreTrainedModel):
+    config: BrainLMConfig
+    config_class = BrainLMConfig
+    base_model_prefix = "brainlm"
+    main_input_name = "signal_values"
+    input_modalities = ("time",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["BrainLMEmbeddings", "BrainLMLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, BrainLMEmbeddings):
+            init.normal_(module.cls_token, std=self.config.initializer_range)
+        elif isinstance(module, BrainLMDecoder):
+            init.normal_(module.mask_token, std=self.config.initializer_range)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, made strict: any missing, unexpected or mismatched key raises a
+        `ValueError` that lists it, instead of a silently re-initialised weight. The only keys let through are the
+        decoder's (`^decoder\\.`) when an encoder-only model is loaded from a pretraining checkpoint, and shape
+        mismatches when `ignore_mismatched_sizes=True` is passed explicitly.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        checked = ["missing_keys", "unexpected_keys"]
+        if not kwargs.get("ignore_mismatched_sizes", False):  # report shape mismatches ourselves, listing them
+            checked.append("mismatched_keys")
+            kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {name: sorted(map(str, info[name])) for name in checked}
+        problems = {name: keys for name, keys in problems.items() if keys}
+        if problems:
+            details = "; ".join(f"{name}: {keys}" for name, keys in problems.items())
+            raise ValueError(
+                f"Loading {cls.__name__} did not match the checkpoint's weights ({details}). Check that the "
+                "checkpoint was saved by this architecture, or convert it first (see brainlm_hf.convert)."
+            )
+        return (model, info) if want_info else model
+
+    def _check_output_attentions(self, output_attentions: bool) -> None:
+        if output_attentions and self.config._attn_implementation != "eager":
+            raise ValueError(
+                f"output_attentions=True needs eager attention, but the model uses "
+                f"{self.config._attn_implementation!r}; call model.set_attn_implementation('eager') first."
+            )
+
+
+class BrainLMModel(BrainLMPreTrainedModel):
+    """
+    The BrainLM encoder. Without `mask_ratio` or `noise` it embeds every token in canonical order (deterministic).
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__(config)
+        self.embeddings = BrainLMEmbeddings(config)
+        self.layers = nn.ModuleList(
+            BrainLMLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+            for _ in range(config.num_hidden_layers)
+        )
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        signal_values: torch.Tensor,
+        coordinates: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        mask_strategy: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BrainLMModelOutput | tuple:
+        r"""
+        Args:
+            signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series, T a multiple of `patch_size`.
+            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (MNI mm).
+            noise (`torch.FloatTensor` of shape `(B, L)`, *optional*):
+                Random-masking noise (small = visible), for reproducible masks. Giving it turns masking on with
+                `config.mask_ratio` unless `mask_ratio` is also given.
+            mask_ratio (`float`, *optional*):
+                Fraction of tokens to mask; default 0 (no masking) unless `noise` is given.
+            mask_strategy (`str`, *optional*): `"random"` or `"forecast"`; defaults to `config.mask_strategy`.
+        """
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        self._check_output_attentions(output_attentions)
+        if self.config.validate_inputs:
+            validate_signal(self.config, signal_values, coordinates)
+        if mask_ratio is None:
+            mask_ratio = self.config.mask_ratio if noise is not None else 0.0
+
+        batch_size, num_regions, num_timepoints = signal_values.shape
+        num_windows = num_timepoints // self.config.patch_size
+        coordinates = coordinates.to(signal_values.dtype)
+        if coordinates.dim() == 2:
+            coordinates = coordinates.unsqueeze(0)  # (1, V, 3)
+
+        embeddings = self.embeddings(signal_values, coordinates)  # (B, L, H)
+        ids_keep, token_mask, ids_restore = mask_tokens(
+            embeddings.shape[1],
+            num_windows,
+            mask_ratio,
+            mask_strategy or self.config.mask_strategy,
+            noise,
+            batch_size,
+            embeddings.device,
+        )
+        if ids_keep is not None:
+            embeddings = torch.gather(embeddings, 1, ids_keep.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1]))
+        cls_tokens = self.embeddings.cls_token.expand(batch_size, -1, -1).to(embeddings.dtype)
+        embeddings = torch.cat([cls_tokens, embeddings], dim=1)  # (B, 1 + K, H)
+
+        hidden_states, all_hidden_states, all_attentions = run_layers(
+            self.layers, embeddings, output_hidden_states, output_attentions, **kwargs
+        )
+        output = BrainLMModelOutput(
+            last_hidden_state=self.layernorm(hidden_states),
+            mask=token_mask.view(batch_size, num_regions, num_windows),
+            token_mask=token_mask,
+            ids_restore=ids_restore,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class BrainLMDecoder(nn.Module):
+    """MAE decoder: project, append mask tokens, unshuffle, add region xyz and window-index encodings, predict."""
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.decoder_hidden_size
+        self.decoder_embed = nn.Linear(config.hidden_size, hidden)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden))
+        self.coordinate_projection = nn.Linear(3, hidden)
+        self.layers = nn.ModuleList(
+            BrainLMLayer(config, hidden, config.decoder_num_attention_heads, config.decoder_intermediate_size)
+            for _ in range(config.decoder_num_hidden_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        if config.decoder_head == "mlp":
+            self.decoder_pred = nn.Sequential(
+                nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.1), nn.Linear(hidden // 2, config.patch_size)
+            )
+        else:
+            self.decoder_pred = nn.Linear(hidden, config.patch_size)
+
+    def forward(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, coordinates: torch.Tensor, num_windows: int, **kwargs
+    ) -> torch.Tensor:
+        """Encoder output `(B, 1 + K, H)` -> predicted windows `(B, V, N, P)`."""
+        hidden_states = self.decoder_embed(latent)  # (B, 1 + K, Hd)
+        batch_size, num_tokens, hidden = hidden_states.shape[0], ids_restore.shape[1], hidden_states.shape[2]
+        mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch_size, num_tokens + 1 - latent.shape[1], -1)
+        tokens = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)  # (B, L, Hd), shuffled order
+        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, hidden))  # canonical order
+        tokens = tokens.view(batch_size, -1, num_windows, hidden)  # (B, V, N, Hd)
+        tokens = tokens + self.coordinate_projection(coordinates).unsqueeze(2)
+        tokens = tokens + sinusoidal_encoding(num_windows, hidden, tokens.device).to(tokens.dtype)
+        hidden_states = torch.cat([hidden_states[:, :1], tokens.flatten(1, 2)], dim=1)  # (B, 1 + L, Hd)
+
+        hidden_states, _, _ = run_layers(self.layers, hidden_states, False, False, **kwargs)
+        windows = self.decoder_pred(self.decoder_norm(hidden_states[:, 1:]))  # (B, L, P)
+        return windows.view(batch_size, -1, num_windows, self.config.patch_size)
+
+
+class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
+    """BrainLM encoder + decoder trained to reconstruct masked windows (masking with `config.mask_ratio`)."""
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__(config)
+        self.brainlm = BrainLMModel(config)
+        self.decoder = BrainLMDecoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        signal_values: torch.Tensor,
+        coordinates: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        mask_strategy: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> BrainLMForMaskedSignalModelingOutput | tuple:
+        r"""
+        Args:
+            signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series; also the target.
+            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (MNI mm).
+            noise (`torch.FloatTensor` of shape `(B, L)`, *optional*): random-masking noise (small = visible).
+            mask_ratio (`float`, *optional*): overrides `config.mask_ratio`.
+            mask_strategy (`str`, *optional*): overrides `config.mask_strategy`.
+            return_loss (`bool`, defaults to `True`): compute the loss (lets `Trainer` report `eval_loss`).
+
+        Returns `loss` (masked tokens only; `None` when nothing is masked) and `logits` `(B, V, T)`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        outputs = self.brainlm(
+            signal_values,
+            coordinates,
+            noise=noise,
+            mask_ratio=self.config.mask_ratio if mask_ratio is None else mask_ratio,
+            mask_strategy=mask_strategy,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            **kwargs,
+        )
+        batch_size, num_regions, num_timepoints = signal_values.shape
+        num_windows = num_timepoints // self.config.patch_size
+        coordinates = coordinates.to(signal_values.dtype).expand(batch_size, num_regions, 3)
+        windows = self.decoder(outputs.last_hidden_state, outputs.ids_restore, coordinates, num_windows, **kwargs)
+
+        loss = None
+        if return_loss and outputs.last_hidden_state.shape[1] - 1 < outputs.ids_restore.shape[1]:
+            target = signal_values.view(batch_size, num_regions, num_windows, self.config.patch_size)
+            error = windows - target
+            error = error.abs() if self.config.reconstruction_loss == "mae" else error.square()
+            loss = (error.mean(-1) * outputs.mask).sum() / outputs.mask.sum()  # mean over masked tokens
+
+        output = BrainLMForMaskedSignalModelingOutput(
+            loss=loss,
+            logits=windows.reshape(batch_size, num_regions, num_timepoints),
+            mask=outputs.mask,
+            token_mask=outputs.token_mask,
+            ids_restore=outputs.ids_restore,
+            last_hidden_state=outputs.last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "BrainLMForMaskedSignalModeling",
+    "BrainLMForMaskedSignalModelingOutput",
+    "BrainLMModel",
+    "BrainLMModelOutput",
+    "BrainLMPreTrainedModel",
+]
