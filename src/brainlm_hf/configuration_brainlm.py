@@ -52,14 +52,25 @@ class BrainLMConfig(PreTrainedConfig):
     r"""
     Configuration of a BrainLM masked autoencoder over fMRI parcel time series.
 
-    The model reads `signal_values` of shape `(batch_size, num_regions, num_timepoints)` and cuts every region's
-    series into windows of `patch_size` timepoints: one token per (region, window), region-major. A token's embedding
-    is `Linear(patch_size -> hidden_size)(window) + Linear(3 -> hidden_size)(region xyz) + sinusoid(window index)`.
-    Nothing in the architecture fixes the number of regions or timepoints.
+    The model reads `signal_values` of shape `(batch_size, num_regions, num_timepoints)`. Two tokenizers
+    (`token_layout`) share every other part of the model:
+
+    * `"region_window"` (default, the native design and the released 13M checkpoint): every region's series is cut
+      into windows of `patch_size` timepoints, one token per (region, window), region-major. A token's embedding is
+      `Linear(patch_size -> hidden_size)(window) + Linear(3 -> hidden_size)(region xyz) + sinusoid(window index)`.
+      Nothing fixes the number of regions or timepoints.
+    * `"tile_2d"` (the released 111M / 650M checkpoints): the region x time matrix is padded with `padding_value` to
+      an `image_size` square and cut into `patch_size x patch_size` tiles (token `r * G + c`, G = image_size /
+      patch_size) with fixed 2-D sin-cos positions; no coordinate embedding. Regions and timepoints are limited by
+      `image_size`, and the model depends on the region order (the processor fixes it).
 
     Args:
+        token_layout (`str`, defaults to `"region_window"`): `"region_window"` or `"tile_2d"`, see above.
         patch_size (`int`, defaults to 20):
-            Timepoints per token. `num_timepoints` must be a multiple of it.
+            `region_window`: timepoints per token (`num_timepoints` must be a multiple of it). `tile_2d`: tile side.
+        image_size (`int`, defaults to 0):
+            `tile_2d` only: side of the padded square (432 for the 111M, 434 for the 650M checkpoint).
+        padding_value (`float`, defaults to -1.0): `tile_2d` only: value of the padding around the signal.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size (`int`):
             Encoder width, depth, heads and MLP width (defaults: ViT-B, 768 / 12 / 12 / 3072).
         hidden_act (`str`, defaults to `"gelu"`): MLP activation.
@@ -84,7 +95,9 @@ class BrainLMConfig(PreTrainedConfig):
             asked in `forward`.
         mask_strategy (`str`, defaults to `"random"`):
             `"random"`: MAE masking, keep the `int(L * (1 - mask_ratio))` tokens of smallest noise.
-            `"forecast"`: mask the last `ceil(mask_ratio * num_windows)` windows of every region.
+            `"forecast"` (`region_window`): mask the last `ceil(mask_ratio * num_windows)` windows of every region.
+            `"predict_last"` (`tile_2d`): mask the tile columns that hold the last `int(mask_ratio * T)` timepoints,
+            by the original code's rule (one extra column when the boundary is not tile-aligned).
         reconstruction_loss (`str`, defaults to `"mse"`): `"mse"` or `"mae"`, averaged over masked tokens only.
         validate_inputs (`bool`, defaults to `True`):
             Check inputs for shape errors and NaN/Inf in `forward`. The NaN/Inf check synchronises with the device;
@@ -101,7 +114,10 @@ class BrainLMConfig(PreTrainedConfig):
 
     model_type = "brainlm_hf"
 
+    token_layout: str = "region_window"
     patch_size: int = 20
+    image_size: int = 0
+    padding_value: float | int = -1.0
     hidden_size: int = 768
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
@@ -141,10 +157,12 @@ class BrainLMConfig(PreTrainedConfig):
                 raise ValueError(
                     f"{name}hidden_size ({width}) must be a multiple of {name}num_attention_heads ({heads})."
                 )
+        tiles = self.token_layout == "tile_2d"
         choices = {
+            "token_layout": ("region_window", "tile_2d"),
             "norm_position": ("pre", "post"),
             "decoder_head": ("linear", "mlp"),
-            "mask_strategy": ("random", "forecast"),
+            "mask_strategy": ("random", "predict_last") if tiles else ("random", "forecast"),
             "reconstruction_loss": ("mse", "mae"),
         }
         for name, allowed in choices.items():
@@ -156,6 +174,17 @@ class BrainLMConfig(PreTrainedConfig):
             raise ValueError(f"value_conv_kernel_size must be 0 (off) or odd, got {self.value_conv_kernel_size}.")
         if self.patch_size < 1:
             raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
+        # sin/cos encodings split the width in sin and cos halves (and in two axes for tiles)
+        multiple = 4 if tiles else 2
+        if self.hidden_size % multiple or self.decoder_hidden_size % multiple:
+            raise ValueError(
+                f"hidden_size and decoder_hidden_size must be multiples of {multiple} for {self.token_layout}."
+            )
+        if tiles and (self.image_size < self.patch_size or self.image_size % self.patch_size):
+            raise ValueError(
+                f"token_layout='tile_2d' needs image_size (the padded square side) to be a positive multiple of "
+                f"patch_size ({self.patch_size}), got {self.image_size}."
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "BrainLMConfig":

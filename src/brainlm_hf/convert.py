@@ -1,8 +1,18 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""Conversion of checkpoints written by the original BrainLM code into brainlm_hf checkpoints.
+"""Exact conversion of checkpoints written by the original BrainLM code into brainlm_hf.
 
-Supported so far: the "13M" family (`model_type="brainlm_mae"`, class `BrainLMForPretraining`). The conversion is
-exact: every original key is either renamed or dropped by an explicit rule, and anything else raises.
+Two families exist, told apart by `model_type` in the original `config.json`:
+
+* `brainlm_mae` (the "13M" release, class `BrainLMForPretraining`): region-window tokens, post-LayerNorm blocks with
+  a value convolution, MLP prediction head.
+* `vit_mae` (the "111M" and "650M" releases, a padded ViT-MAE): the 2-D tile layout. The three identical input
+  channels are folded into one: the patch projection is summed over channels and the prediction head averaged over
+  its three channel outputs, which leaves every output unchanged.
+
+Every original key is renamed or dropped by an explicit rule; an unknown key raises, and the converted state dict is
+loaded strictly, so a missing one raises too. Outputs in eval mode equal the original's. In training mode one
+difference remains for the 13M family: the original applies a hard-coded Dropout(0.1) to its embeddings (inside its
+positional-encoding module); brainlm_hf has no embedding dropout.
 """
 
 import re
@@ -10,92 +20,202 @@ import re
 import torch
 
 from .configuration_brainlm import BrainLMConfig
+from .modeling_brainlm import sincos_2d_encoding, sinusoidal_encoding
 
-# original key pattern -> brainlm_hf key (applied in order, all matching rules apply)
-_BRAINLM_MAE_RENAMES = [
-    (r"^vit\.embeddings\.signal_embedding_projection\.", "brainlm.embeddings.signal_projection."),
-    (r"^vit\.embeddings\.xyz_embedding_projection\.", "brainlm.embeddings.coordinate_projection."),
+FAMILIES = {"brainlm_mae": "13M family (BrainLMForPretraining)", "vit_mae": "111M/650M family (padded ViT-MAE)"}
+
+# Renames applied in order; every matching rule applies.
+_RENAMES = {
+    "brainlm_mae": [
+        (r"^vit\.embeddings\.signal_embedding_projection\.", "brainlm.embeddings.signal_projection."),
+        (r"^vit\.embeddings\.xyz_embedding_projection\.", "brainlm.embeddings.coordinate_projection."),
+        (r"^decoder\.decoder_xyz_projection\.", "decoder.coordinate_projection."),
+        (r"^decoder\.decoder_pred1\.", "decoder.decoder_pred.0."),
+        (r"^decoder\.decoder_pred2\.", "decoder.decoder_pred.2."),
+        (r"\.attention\.self\.query\.", ".attention.q_proj."),
+        (r"\.attention\.self\.key\.", ".attention.k_proj."),
+        (r"\.attention\.self\.value\.", ".attention.v_proj."),
+        (r"\.attention\.self\.conv\.", ".attention.value_conv."),
+        (r"\.attention\.output\.LayerNorm\.", ".attention_norm."),
+        (r"\.output\.LayerNorm\.", ".mlp_norm."),
+    ],
+    "vit_mae": [
+        (r"^vit\.embeddings\.patch_embeddings\.projection\.", "brainlm.embeddings.tile_projection."),
+        (r"\.attention\.attention\.query\.", ".attention.q_proj."),
+        (r"\.attention\.attention\.key\.", ".attention.k_proj."),
+        (r"\.attention\.attention\.value\.", ".attention.v_proj."),
+        (r"\.layernorm_before\.", ".attention_norm."),
+        (r"\.layernorm_after\.", ".mlp_norm."),
+    ],
+}
+_SHARED_RENAMES = [
     (r"^vit\.embeddings\.cls_token$", "brainlm.embeddings.cls_token"),
     (r"^vit\.encoder\.layer\.", "brainlm.layers."),
     (r"^vit\.layernorm\.", "brainlm.layernorm."),
     (r"^decoder\.decoder_layers\.", "decoder.layers."),
-    (r"^decoder\.decoder_xyz_projection\.", "decoder.coordinate_projection."),
-    (r"^decoder\.decoder_pred1\.", "decoder.decoder_pred.0."),
-    (r"^decoder\.decoder_pred2\.", "decoder.decoder_pred.2."),
-    (r"\.attention\.self\.query\.", ".attention.q_proj."),
-    (r"\.attention\.self\.key\.", ".attention.k_proj."),
-    (r"\.attention\.self\.value\.", ".attention.v_proj."),
-    (r"\.attention\.self\.conv\.", ".attention.value_conv."),
     (r"\.attention\.output\.dense\.", ".attention.o_proj."),
-    (r"\.attention\.output\.LayerNorm\.", ".attention_norm."),
     (r"\.intermediate\.dense\.", ".mlp.fc1."),
     (r"\.output\.dense\.", ".mlp.fc2."),
-    (r"\.output\.LayerNorm\.", ".mlp_norm."),
 ]
-# Keys of the original that carry no information for brainlm_hf, each dropped for a stated reason.
-_BRAINLM_MAE_DROPS = {
-    r"^(vit\.embeddings|decoder)\.pos_embedding\.pe$": "fixed sin/cos table, recomputed (checked equal on conversion)",
-    r"^decoder\.decoder_pred\.(weight|bias)$": "created by the ViTMAEDecoder superclass, never used in forward",
+# Keys that carry no information for brainlm_hf; fixed tables are checked against our formula before being dropped.
+_FIXED_TABLES = {
+    "brainlm_mae": r"^(vit\.embeddings|decoder)\.pos_embedding\.pe$",
+    "vit_mae": r"^(vit\.embeddings\.position_embeddings|decoder\.decoder_pos_embed)$",
 }
-# Keys that exist in the original decoder-only pretraining class and that are not matched above are errors.
-_BRAINLM_MAE_KEY = re.compile(r"^(vit|decoder)\.")
+_DEAD_WEIGHTS = {"brainlm_mae": r"^decoder\.decoder_pred\.(weight|bias)$"}  # created by a superclass, never used
+# A key that belongs to the other family, used to recognise a checkpoint offered under the wrong config.
+_FAMILY_MARKERS = {
+    "brainlm_mae": "vit.embeddings.signal_embedding_projection.weight",
+    "vit_mae": "vit.embeddings.patch_embeddings.projection.weight",
+}
+# Options of the original configs that brainlm_hf does not implement, refused by name when enabled.
+_UNSUPPORTED = {"norm_pix_loss": True, "use_tanh_decoder": True}
+_TRAIN_MODES = {"auto_encode": "random", "predict_last": "predict_last"}
 
 
-def brainlm_mae_config(original: dict, **overrides) -> BrainLMConfig:
-    """Translate an original `brainlm_mae` config dict (its `config.json`) into a `BrainLMConfig`."""
-    if original.get("model_type") != "brainlm_mae":
-        raise ValueError(f"Expected an original 'brainlm_mae' config, got model_type={original.get('model_type')!r}.")
-    if original.get("num_landmarks") != original.get("segment_means_seq_len"):
+def detect_family(original_config: dict) -> str:
+    family = original_config.get("model_type")
+    if family not in FAMILIES:
         raise ValueError(
-            "Only num_landmarks == segment_means_seq_len (exact softmax attention) is supported, as in every released "
-            f"checkpoint; got {original.get('num_landmarks')} and {original.get('segment_means_seq_len')}."
+            f"Unknown original model_type {family!r}: brainlm_hf converts {sorted(FAMILIES)} checkpoints "
+            "(BrainLM's 13M release is 'brainlm_mae', the 111M/650M releases are 'vit_mae')."
         )
-    return BrainLMConfig(
-        patch_size=original["timepoint_patching_size"],
-        hidden_size=original["hidden_size"],
-        num_hidden_layers=original["num_hidden_layers"],
-        num_attention_heads=original["num_attention_heads"],
-        intermediate_size=original["intermediate_size"],
-        hidden_act=original["hidden_act"],
-        hidden_dropout_prob=original["hidden_dropout_prob"],
-        attention_probs_dropout_prob=original["attention_probs_dropout_prob"],
-        initializer_range=original["initializer_range"],
-        layer_norm_eps=original["layer_norm_eps"],
-        qkv_bias=original["qkv_bias"],
-        norm_position="post",
-        value_conv_kernel_size=original["conv_kernel_size"],
-        decoder_hidden_size=original["decoder_hidden_size"],
-        decoder_num_hidden_layers=original["decoder_num_hidden_layers"],
-        decoder_num_attention_heads=original["decoder_num_attention_heads"],
-        decoder_intermediate_size=original["decoder_intermediate_size"],
-        decoder_head="mlp",
-        mask_ratio=original["mask_ratio"],
-        reconstruction_loss=original.get("loss_fn", "mse"),
-        **overrides,
-    )
+    return family
 
 
-def convert_brainlm_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an original `BrainLMForPretraining` state dict to `BrainLMForMaskedSignalModeling` keys."""
-    from .modeling_brainlm import sinusoidal_encoding
+def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
+    """Translate an original `config.json` (either family) into a `BrainLMConfig`; any dimensions are accepted."""
+    family = detect_family(original)
+    for name, bad in _UNSUPPORTED.items():
+        if original.get(name) == bad:
+            raise ValueError(f"The original option {name}={bad} is not implemented in brainlm_hf; cannot convert.")
+    common = {
+        name: original[name]
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "hidden_act",
+            "hidden_dropout_prob",
+            "initializer_range",
+            "layer_norm_eps",
+            "qkv_bias",
+            "decoder_hidden_size",
+            "decoder_num_hidden_layers",
+            "decoder_num_attention_heads",
+            "decoder_intermediate_size",
+            "mask_ratio",
+        )
+    }
+    if family == "brainlm_mae":
+        if original.get("num_landmarks") != original.get("segment_means_seq_len"):
+            raise ValueError(
+                "Only num_landmarks == segment_means_seq_len (exact softmax attention) is supported, as released; "
+                f"got {original.get('num_landmarks')} and {original.get('segment_means_seq_len')}."
+            )
+        specific = {
+            "patch_size": original["timepoint_patching_size"],
+            "norm_position": "post",
+            "value_conv_kernel_size": original["conv_kernel_size"],
+            "decoder_head": "mlp",
+            # the original's exact-softmax branch never applies its attention dropout, nor do we
+            "attention_probs_dropout_prob": 0.0,
+            "reconstruction_loss": original.get("loss_fn", "mse"),
+        }
+    else:
+        train_mode = original.get("train_mode", "auto_encode")
+        if train_mode not in _TRAIN_MODES:
+            raise ValueError(
+                f"The original train_mode {train_mode!r} is not implemented in brainlm_hf (supported: "
+                f"{sorted(_TRAIN_MODES)}); cannot convert."
+            )
+        image_size = original["image_size"]
+        if isinstance(image_size, list | tuple):
+            if len(set(image_size)) != 1:
+                raise ValueError(f"Only square images are supported, got image_size={image_size}.")
+            image_size = image_size[0]
+        specific = {
+            "token_layout": "tile_2d",
+            "patch_size": original["patch_size"],
+            "image_size": image_size,
+            "padding_value": -1.0,
+            "attention_probs_dropout_prob": original["attention_probs_dropout_prob"],
+            "mask_strategy": _TRAIN_MODES[train_mode],
+        }
+    return BrainLMConfig(**common, **specific, **overrides)
 
+
+def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dict) -> dict[str, torch.Tensor]:
+    """Rename (and for `vit_mae`, fold channels of) an original state dict into `BrainLMForMaskedSignalModeling`."""
+    family = detect_family(original_config)
+    other = next(name for name in FAMILIES if name != family)
+    if _FAMILY_MARKERS[other] in state_dict and _FAMILY_MARKERS[family] not in state_dict:
+        raise ValueError(
+            f"The config says {FAMILIES[family]} but the weights belong to the {FAMILIES[other]}: config.json and the "
+            "weights file come from different checkpoints."
+        )
+    renames = _RENAMES[family] + _SHARED_RENAMES
     converted, unknown = {}, []
     for key, tensor in state_dict.items():
-        if any(re.search(pattern, key) for pattern in _BRAINLM_MAE_DROPS):
-            if key.endswith("pos_embedding.pe") and not torch.allclose(
-                tensor.float(), sinusoidal_encoding(*tensor.shape), atol=1e-6
-            ):
-                raise ValueError(
-                    f"{key} is not the standard sin/cos table; this checkpoint cannot be converted exactly."
-                )
+        if re.search(_FIXED_TABLES[family], key):
+            _check_fixed_table(key, tensor, family)
             continue
-        if not _BRAINLM_MAE_KEY.match(key):
-            unknown.append(key)
+        if family in _DEAD_WEIGHTS and re.search(_DEAD_WEIGHTS[family], key):
             continue
         new_key = key
-        for pattern, replacement in _BRAINLM_MAE_RENAMES:
+        for pattern, replacement in renames:
             new_key = re.sub(pattern, replacement, new_key)
+        if not new_key.startswith(("brainlm.", "decoder.")):
+            unknown.append(key)
+            continue
         converted[new_key] = tensor
     if unknown:
-        raise ValueError(f"Unknown keys in the original checkpoint: {unknown}.")
+        raise ValueError(f"Unknown keys in the original {FAMILIES[family]} checkpoint: {unknown}.")
+    if family == "vit_mae":
+        _fold_channels(converted)
     return converted
+
+
+def _check_fixed_table(key: str, tensor: torch.Tensor, family: str) -> None:
+    """Fixed sin/cos tables are recomputed by brainlm_hf: refuse a checkpoint whose table differs from ours."""
+    if family == "brainlm_mae":
+        expected = sinusoidal_encoding(*tensor.shape)
+    else:  # (1, 1 + G * G, D) with a zero CLS row
+        grid = round((tensor.shape[1] - 1) ** 0.5)
+        expected = torch.cat([torch.zeros(1, tensor.shape[-1]), sincos_2d_encoding(grid, tensor.shape[-1])])[None]
+    if tensor.shape != expected.shape or not torch.allclose(tensor.float(), expected, atol=1e-6):
+        raise ValueError(
+            f"{key} is not the standard fixed sin/cos table; this checkpoint cannot be converted exactly."
+        )
+
+
+def _fold_channels(state_dict: dict[str, torch.Tensor]) -> None:
+    """The 3 input channels are identical copies: sum the tile projection over them, average the head's outputs."""
+    weight = state_dict["brainlm.embeddings.tile_projection.weight"]  # (H, C, p, p)
+    state_dict["brainlm.embeddings.tile_projection.weight"] = weight.sum(1).flatten(1)  # (H, p * p), row-major
+    for name in ("weight", "bias"):
+        head = state_dict[f"decoder.decoder_pred.{name}"]  # (p * p * C, ...) with the channel fastest
+        channels = weight.shape[1]
+        state_dict[f"decoder.decoder_pred.{name}"] = head.view(-1, channels, *head.shape[1:]).mean(1)
+
+
+def model_from_original(state_dict: dict[str, torch.Tensor], original_config: dict, **overrides):
+    """
+    Build `BrainLMForMaskedSignalModeling` from an original state dict and `config.json`, loading strictly: a key of
+    the checkpoint that maps to no weight, or a weight that no key fills, raises with the key listed.
+    """
+    from .modeling_brainlm import BrainLMForMaskedSignalModeling
+
+    config = original_config_to_brainlm(original_config, **overrides)
+    converted = convert_state_dict(state_dict, original_config)
+    model = BrainLMForMaskedSignalModeling(config)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"The {FAMILIES[detect_family(original_config)]} checkpoint does not match its config: weights missing "
+            f"from the checkpoint {missing}; checkpoint keys with no place in the model {unexpected} (renamed)."
+        )
+    model.load_state_dict(converted, strict=True)
+    return model.eval()

@@ -1,8 +1,9 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """BrainLM: a masked autoencoder over fMRI parcel time series (Ortega Caro et al., ICLR 2024).
 
-Notation used in shape comments: B batch, V brain regions, T timepoints, P = `patch_size`, N = T / P windows per
-region, L = V * N tokens, K kept (visible) tokens, H = `hidden_size`, Hd = `decoder_hidden_size`.
+Notation used in shape comments: B batch, V brain regions, T timepoints, L tokens, K kept (visible) tokens,
+H = `hidden_size`, Hd = `decoder_hidden_size`. Region-window layout: P = `patch_size`, N = T / P windows per region,
+L = V * N. Tile layout: S = `image_size`, p = `patch_size`, G = S / p, L = G * G.
 
 This file only imports from `torch`, `transformers` and its sibling `configuration_brainlm.py`, so that it can be
 saved next to a checkpoint and loaded with `trust_remote_code=True` where `brainlm_hf` is not installed.
@@ -32,8 +33,10 @@ class BrainLMModelOutput(ModelOutput):
         last_hidden_state (`torch.FloatTensor` of shape `(B, 1 + K, H)`):
             Encoder output after the final LayerNorm. Row 0 is the CLS token; row `1 + j` is token `ids_shuffle[j]`
             where `ids_shuffle = argsort(ids_restore)` (the canonical token order when nothing is shuffled).
-        mask (`torch.FloatTensor` of shape `(B, V, N)`): 1 where a (region, window) token is masked, 0 where visible.
-        token_mask (`torch.FloatTensor` of shape `(B, L)`): `mask` flattened in token order.
+        mask (`torch.FloatTensor`): 1 where masked, 0 where visible. Region-window layout: `(B, V, N)`, one value per
+            (region, window) token. Tile layout: `(B, V, T)`, per timepoint. `model.mask_to_signal(mask)` gives
+            `(B, V, T)` for both.
+        token_mask (`torch.FloatTensor` of shape `(B, L)`): the mask per token, in token order.
         ids_restore (`torch.LongTensor` of shape `(B, L)`): position of each token in the shuffled sequence.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             `hidden_states[0]` is the encoder input, `hidden_states[i]` the output of layer `i` (before the final
@@ -58,7 +61,7 @@ class BrainLMForMaskedSignalModelingOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Reconstruction loss over masked tokens only; `None` when nothing is masked.
+            Reconstruction loss over masked timepoints only; `None` when nothing is masked.
         logits (`torch.FloatTensor` of shape `(B, V, T)`): reconstruction of every timepoint, in the input layout.
         mask, token_mask, ids_restore, last_hidden_state, hidden_states, attentions: as in `BrainLMModelOutput`
             (of the encoder).
@@ -84,6 +87,49 @@ def sinusoidal_encoding(num_positions: int, dim: int, device=None) -> torch.Tens
     return table
 
 
+def sincos_2d_encoding(grid_size: int, dim: int, device=None) -> torch.Tensor:
+    """
+    MAE's fixed 2-D table `(grid_size**2, dim)` for tile `r * G + c`: the first half of the channels encodes the
+    column c, the second half the row r, each as `[sin(pos * w), cos(pos * w)]` with `w_i = 10000^(-i / (dim / 4))`.
+    Computed in float64 like the original, then cast to float32.
+    """
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim / 4))
+    position = torch.arange(grid_size, device=device, dtype=torch.float64)
+    rows, cols = position.repeat_interleave(grid_size), position.repeat(grid_size)  # token r * G + c
+
+    def encode(pos):
+        angles = pos[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(cols), encode(rows)], dim=1).float()
+
+
+def tile_padding(num_regions: int, num_timepoints: int, image_size: int) -> tuple[int, int]:
+    """Rows above and columns left of the signal in the padded square (the rest goes below / right)."""
+    return (image_size - num_regions) // 2, (image_size - num_timepoints) // 2
+
+
+def signal_to_tiles(signal_values: torch.Tensor, config: BrainLMConfig) -> torch.Tensor:
+    """`(B, V, T)` -> the padded `(S, S)` square cut into tiles `(B, G * G, p * p)`, token `r * G + c`, row-major."""
+    batch_size, num_regions, num_timepoints = signal_values.shape
+    size, patch = config.image_size, config.patch_size
+    grid = size // patch
+    top, left = tile_padding(num_regions, num_timepoints, size)
+    padding = (left, size - num_timepoints - left, top, size - num_regions - top)
+    square = nn.functional.pad(signal_values, padding, value=config.padding_value)  # (B, S, S)
+    tiles = square.view(batch_size, grid, patch, grid, patch).transpose(2, 3)  # (B, G, G, p, p)
+    return tiles.reshape(batch_size, grid * grid, patch * patch)
+
+
+def tiles_to_signal(tiles: torch.Tensor, num_regions: int, num_timepoints: int, config: BrainLMConfig) -> torch.Tensor:
+    """Inverse of `signal_to_tiles`: `(B, G * G, p * p)` -> square, cropped to `(B, V, T)`."""
+    size, patch = config.image_size, config.patch_size
+    grid = size // patch
+    square = tiles.reshape(-1, grid, grid, patch, patch).transpose(2, 3).reshape(-1, size, size)
+    top, left = tile_padding(num_regions, num_timepoints, size)
+    return square[:, top : top + num_regions, left : left + num_timepoints]
+
+
 def validate_signal(config: BrainLMConfig, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
     """Raise a `ValueError` naming the problem and the fix for inputs the model cannot read."""
     if signal_values.dim() != 3:
@@ -92,73 +138,65 @@ def validate_signal(config: BrainLMConfig, signal_values: torch.Tensor, coordina
             "add a batch dimension with signal_values[None] for a single recording."
         )
     batch_size, num_regions, num_timepoints = signal_values.shape
-    if num_timepoints % config.patch_size != 0:
-        raise ValueError(
-            f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({config.patch_size}); "
-            f"crop the recording to {num_timepoints - num_timepoints % config.patch_size} timepoints or use the "
-            "processor's sliding windows."
-        )
-    if coordinates is None:
-        raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (region xyz, MNI mm).")
-    if coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
-        raise ValueError(
-            f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
-            f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
-        )
-    if coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
-        raise ValueError(f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).")
+    if config.token_layout == "tile_2d":
+        if num_regions > config.image_size or num_timepoints > config.image_size:
+            raise ValueError(
+                f"signal_values {tuple(signal_values.shape)} does not fit in the {config.image_size} x "
+                f"{config.image_size} square of this model: use at most {config.image_size} regions and "
+                f"{config.image_size} timepoints (crop the recording or use the processor's sliding windows)."
+            )
+        coordinates = None  # the tile layout does not use coordinates; any value is accepted
+    else:
+        if num_timepoints % config.patch_size != 0:
+            raise ValueError(
+                f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({config.patch_size});"
+                f" crop the recording to {num_timepoints - num_timepoints % config.patch_size} timepoints or use the "
+                "processor's sliding windows."
+            )
+        if coordinates is None:
+            raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (MNI mm).")
+        if coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
+            raise ValueError(
+                f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
+                f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
+            )
+        if coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size})."
+            )
     for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
-        if not torch.isfinite(tensor).all():
+        if tensor is not None and not torch.isfinite(tensor).all():
             raise ValueError(
                 f"{name} contains NaN or Inf values; interpolate or drop the affected regions/timepoints first."
             )
 
 
 def mask_tokens(
-    num_tokens: int,
-    num_windows: int,
-    mask_ratio: float,
-    strategy: str,
+    masked_pattern: torch.Tensor | None,
     noise: torch.Tensor | None,
+    len_keep: int,
     batch_size: int,
+    num_tokens: int,
     device: torch.device,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """
-    Choose the visible tokens.
+    Choose the visible tokens: by a fixed `masked_pattern` `(L,)` (True = masked; visible tokens keep canonical
+    order) or else by ascending `noise` `(B, L)` (MAE: the `len_keep` smallest, in that order; drawn if None).
 
     Returns `ids_keep` `(B, K)` (None when every token is kept in canonical order), `token_mask` `(B, L)` (1 =
-    masked) and `ids_restore` `(B, L)`. `random`: keep `int(L * (1 - mask_ratio))` tokens by ascending noise and
-    present them in that order (MAE). `forecast`: mask the last `ceil(mask_ratio * N)` windows of every region, keep
-    the rest in canonical order. `mask_ratio == 0` keeps every token in canonical order.
+    masked) and `ids_restore` `(B, L)`.
     """
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
-    if strategy == "random":
-        len_keep = int(num_tokens * (1 - mask_ratio))
-    elif strategy == "forecast":
-        num_masked_windows = math.ceil(mask_ratio * num_windows)
-        if num_masked_windows >= num_windows:
-            raise ValueError(
-                f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
-                "lower it so that at least one window per region stays visible."
-            )
-        len_keep = num_tokens // num_windows * (num_windows - num_masked_windows)
-    else:
-        raise ValueError(f"mask_strategy must be 'random' or 'forecast', got {strategy!r}.")
-
     if len_keep == num_tokens:  # nothing masked: canonical order, no shuffle
         ids_restore = torch.arange(num_tokens, device=device).expand(batch_size, -1)
         return None, torch.zeros(batch_size, num_tokens, device=device), ids_restore
-    if strategy == "forecast":  # visible windows first, each group in canonical order
-        masked = (torch.arange(num_tokens, device=device) % num_windows) >= num_windows - num_masked_windows
-        ids_shuffle = torch.argsort(masked.to(torch.int8), stable=True).expand(batch_size, -1)
+    if masked_pattern is not None:
+        ids_shuffle = torch.argsort(masked_pattern.to(torch.int8), stable=True).expand(batch_size, -1)
     else:
         if noise is None:
             noise = torch.rand(batch_size, num_tokens, device=device)
         elif noise.shape != (batch_size, num_tokens):
             raise ValueError(
-                f"noise must have shape ({batch_size}, {num_tokens}) (batch, regions * windows), "
-                f"got {tuple(noise.shape)}."
+                f"noise must have shape ({batch_size}, {num_tokens}) (batch, tokens), got {tuple(noise.shape)}."
             )
         ids_shuffle = torch.argsort(noise.to(device), dim=1)  # (B, L), ascending noise = visible first
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
@@ -166,8 +204,8 @@ def mask_tokens(
     return ids_shuffle[:, :len_keep], token_mask, ids_restore
 
 
-class BrainLMEmbeddings(nn.Module):
-    """Region-window tokens: window projection + region xyz projection + sinusoid of the window index, then CLS."""
+class BrainLMRegionWindowEmbeddings(nn.Module):
+    """Region-window tokens: window projection + region xyz projection + sinusoid of the window index."""
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
@@ -176,7 +214,25 @@ class BrainLMEmbeddings(nn.Module):
         self.coordinate_projection = nn.Linear(3, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
 
-    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        return num_regions * (num_timepoints // self.config.patch_size)
+
+    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
+        """`forecast`: the last `ceil(mask_ratio * N)` windows of every region, `(L,)` bool (True = masked)."""
+        num_windows = num_timepoints // self.config.patch_size
+        num_masked = math.ceil(mask_ratio * num_windows)
+        if num_masked >= num_windows:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
+                "lower it so that at least one window per region stays visible."
+            )
+        return (torch.arange(num_regions * num_windows, device=device) % num_windows) >= num_windows - num_masked
+
+    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """`(B, L)` -> `(B, V, N)`."""
+        return token_mask.view(token_mask.shape[0], num_regions, -1)
+
+    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
         """`(B, V, T)`, `(B or 1, V, 3)` -> token embeddings `(B, L, H)` in canonical (region-major) order."""
         batch_size, num_regions, num_timepoints = signal_values.shape
         num_windows = num_timepoints // self.config.patch_size
@@ -186,6 +242,45 @@ class BrainLMEmbeddings(nn.Module):
         time_encoding = sinusoidal_encoding(num_windows, self.config.hidden_size, embeddings.device)
         embeddings = embeddings + time_encoding.to(embeddings.dtype)  # + (N, H)
         return embeddings.flatten(1, 2)  # (B, L, H)
+
+
+class BrainLMTileEmbeddings(nn.Module):
+    """2-D tile tokens: the padded region x time square cut into p x p tiles, + fixed 2-D sin-cos positions."""
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__()
+        self.config = config
+        self.grid_size = config.image_size // config.patch_size
+        self.tile_projection = nn.Linear(config.patch_size**2, config.hidden_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
+
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        return self.grid_size**2
+
+    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
+        """`predict_last`: the original code's tile columns `[start, end)` in every tile row, `(L,)` bool."""
+        patch = self.config.patch_size
+        left = tile_padding(num_regions, num_timepoints, self.config.image_size)[1]
+        signal_end = left + num_timepoints
+        columns_end = math.ceil(signal_end / patch)
+        mask_start = signal_end - int(mask_ratio * num_timepoints)
+        num_columns = (columns_end * patch - mask_start) // patch + (1 if mask_start % patch else 0)
+        columns = torch.arange(self.grid_size**2, device=device) % self.grid_size
+        return (columns >= columns_end - num_columns) & (columns < columns_end)
+
+    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """`(B, L)` -> per-timepoint mask `(B, V, T)`."""
+        tiles = token_mask.unsqueeze(-1).expand(-1, -1, self.config.patch_size**2)
+        return tiles_to_signal(tiles, num_regions, num_timepoints, self.config)
+
+    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor | None = None) -> torch.Tensor:
+        """`(B, V, T)` -> tile embeddings `(B, G * G, H)`; `coordinates` is not used."""
+        embeddings = self.tile_projection(signal_to_tiles(signal_values, self.config))  # (B, G * G, H)
+        positions = sincos_2d_encoding(self.grid_size, self.config.hidden_size, embeddings.device)
+        return embeddings + positions.to(embeddings.dtype)
+
+
+EMBEDDINGS = {"region_window": BrainLMRegionWindowEmbeddings, "tile_2d": BrainLMTileEmbeddings}
 
 
 def eager_attention_forward(
@@ -312,7 +407,7 @@ class BrainLMPreTrainedModel(PreTrainedModel):
     main_input_name = "signal_values"
     input_modalities = ("time",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BrainLMEmbeddings", "BrainLMLayer"]
+    _no_split_modules = ["BrainLMRegionWindowEmbeddings", "BrainLMTileEmbeddings", "BrainLMLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -320,7 +415,9 @@ class BrainLMPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, BrainLMEmbeddings):
+        if isinstance(module, BrainLMTileEmbeddings):  # MAE: the tile projection is initialised like a conv
+            init.xavier_uniform_(module.tile_projection.weight)
+        if isinstance(module, (BrainLMRegionWindowEmbeddings, BrainLMTileEmbeddings)):
             init.normal_(module.cls_token, std=self.config.initializer_range)
         elif isinstance(module, BrainLMDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
@@ -349,6 +446,12 @@ class BrainLMPreTrainedModel(PreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    def mask_to_signal(self, mask: torch.Tensor) -> torch.Tensor:
+        """The `mask` output of either layout as a per-timepoint mask `(B, V, T)` (1 = masked)."""
+        if self.config.token_layout == "tile_2d":
+            return mask  # already per timepoint
+        return mask.repeat_interleave(self.config.patch_size, dim=-1)  # (B, V, N) -> (B, V, T)
+
     def _check_output_attentions(self, output_attentions: bool) -> None:
         if output_attentions and self.config._attn_implementation != "eager":
             raise ValueError(
@@ -366,7 +469,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
-        self.embeddings = BrainLMEmbeddings(config)
+        self.embeddings = EMBEDDINGS[config.token_layout](config)
         self.layers = nn.ModuleList(
             BrainLMLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
             for _ in range(config.num_hidden_layers)
@@ -388,14 +491,16 @@ class BrainLMModel(BrainLMPreTrainedModel):
     ) -> BrainLMModelOutput | tuple:
         r"""
         Args:
-            signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series, T a multiple of `patch_size`.
-            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (MNI mm).
+            signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series.
+            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`):
+                Region xyz (MNI mm). Required by the region-window layout, ignored by the tile layout.
             noise (`torch.FloatTensor` of shape `(B, L)`, *optional*):
                 Random-masking noise (small = visible), for reproducible masks. Giving it turns masking on with
                 `config.mask_ratio` unless `mask_ratio` is also given.
             mask_ratio (`float`, *optional*):
-                Fraction of tokens to mask; default 0 (no masking) unless `noise` is given.
-            mask_strategy (`str`, *optional*): `"random"` or `"forecast"`; defaults to `config.mask_strategy`.
+                Fraction of tokens to mask; default 0 (no masking) unless `noise` is given. 0 never masks nor
+                shuffles, whatever the strategy.
+            mask_strategy (`str`, *optional*): defaults to `config.mask_strategy`.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -407,17 +512,16 @@ class BrainLMModel(BrainLMPreTrainedModel):
             validate_signal(self.config, signal_values, coordinates)
         if mask_ratio is None:
             mask_ratio = self.config.mask_ratio if noise is not None else 0.0
+        if coordinates is not None and coordinates.dim() == 2:
+            coordinates = coordinates.unsqueeze(0)  # (1, V, 3)
+        if coordinates is not None:
+            coordinates = coordinates.to(signal_values.dtype)
 
         batch_size, num_regions, num_timepoints = signal_values.shape
-        num_windows = num_timepoints // self.config.patch_size
-        coordinates = coordinates.to(signal_values.dtype)
-        if coordinates.dim() == 2:
-            coordinates = coordinates.unsqueeze(0)  # (1, V, 3)
-
-        embeddings = self.embeddings(signal_values, coordinates)  # (B, L, H)
-        ids_keep, token_mask, ids_restore = mask_tokens(
-            embeddings.shape[1],
-            num_windows,
+        embeddings = self.embeddings(signal_values, coordinates)  # (B, L, H), canonical token order
+        ids_keep, token_mask, ids_restore = self._choose_visible_tokens(
+            num_regions,
+            num_timepoints,
             mask_ratio,
             mask_strategy or self.config.mask_strategy,
             noise,
@@ -434,7 +538,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
         )
         output = BrainLMModelOutput(
             last_hidden_state=self.layernorm(hidden_states),
-            mask=token_mask.view(batch_size, num_regions, num_windows),
+            mask=self.embeddings.output_mask(token_mask, num_regions, num_timepoints),
             token_mask=token_mask,
             ids_restore=ids_restore,
             hidden_states=all_hidden_states,
@@ -442,9 +546,32 @@ class BrainLMModel(BrainLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def _choose_visible_tokens(self, num_regions, num_timepoints, mask_ratio, strategy, noise, batch_size, device):
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+        allowed = ("random", "predict_last") if self.config.token_layout == "tile_2d" else ("random", "forecast")
+        if strategy not in allowed:
+            raise ValueError(
+                f"mask_strategy must be one of {allowed} for {self.config.token_layout}, got {strategy!r}."
+            )
+        num_tokens = self.embeddings.num_tokens(num_regions, num_timepoints)
+        pattern = None
+        if mask_ratio == 0:
+            len_keep = num_tokens
+        elif strategy == "random":
+            len_keep = int(num_tokens * (1 - mask_ratio))
+        else:  # a fixed pattern; its size is computed on the host from Python integers, no device sync
+            pattern = self.embeddings.forecast_pattern(num_regions, num_timepoints, mask_ratio, "cpu")
+            len_keep = num_tokens - int(pattern.sum())
+            pattern = pattern.to(device)
+        return mask_tokens(pattern, noise, len_keep, batch_size, num_tokens, device)
+
 
 class BrainLMDecoder(nn.Module):
-    """MAE decoder: project, append mask tokens, unshuffle, add region xyz and window-index encodings, predict."""
+    """
+    MAE decoder: project, append mask tokens, unshuffle, add positions (region-window layout: region xyz projection
+    + window-index sinusoid; tile layout: fixed 2-D sin-cos), transformer blocks, predict every token's values.
+    """
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
@@ -452,40 +579,51 @@ class BrainLMDecoder(nn.Module):
         hidden = config.decoder_hidden_size
         self.decoder_embed = nn.Linear(config.hidden_size, hidden)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden))
-        self.coordinate_projection = nn.Linear(3, hidden)
+        self.coordinate_projection = nn.Linear(3, hidden) if config.token_layout == "region_window" else None
         self.layers = nn.ModuleList(
             BrainLMLayer(config, hidden, config.decoder_num_attention_heads, config.decoder_intermediate_size)
             for _ in range(config.decoder_num_hidden_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        values_per_token = config.patch_size ** (2 if config.token_layout == "tile_2d" else 1)
         if config.decoder_head == "mlp":
             self.decoder_pred = nn.Sequential(
-                nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.1), nn.Linear(hidden // 2, config.patch_size)
+                nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.1), nn.Linear(hidden // 2, values_per_token)
             )
         else:
-            self.decoder_pred = nn.Linear(hidden, config.patch_size)
+            self.decoder_pred = nn.Linear(hidden, values_per_token)
 
     def forward(
-        self, latent: torch.Tensor, ids_restore: torch.Tensor, coordinates: torch.Tensor, num_windows: int, **kwargs
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, coordinates: torch.Tensor | None, signal_shape, **kwargs
     ) -> torch.Tensor:
-        """Encoder output `(B, 1 + K, H)` -> predicted windows `(B, V, N, P)`."""
+        """Encoder output `(B, 1 + K, H)` -> reconstruction `(B, V, T)` (`signal_shape`)."""
+        batch_size, num_regions, num_timepoints = signal_shape
         hidden_states = self.decoder_embed(latent)  # (B, 1 + K, Hd)
-        batch_size, num_tokens, hidden = hidden_states.shape[0], ids_restore.shape[1], hidden_states.shape[2]
+        num_tokens, hidden = ids_restore.shape[1], hidden_states.shape[2]
         mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch_size, num_tokens + 1 - latent.shape[1], -1)
         tokens = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)  # (B, L, Hd), shuffled order
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, hidden))  # canonical order
-        tokens = tokens.view(batch_size, -1, num_windows, hidden)  # (B, V, N, Hd)
-        tokens = tokens + self.coordinate_projection(coordinates).unsqueeze(2)
-        tokens = tokens + sinusoidal_encoding(num_windows, hidden, tokens.device).to(tokens.dtype)
-        hidden_states = torch.cat([hidden_states[:, :1], tokens.flatten(1, 2)], dim=1)  # (B, 1 + L, Hd)
+        tokens = tokens + self._positions(coordinates, num_regions, num_timepoints, tokens.device).to(tokens.dtype)
+        hidden_states = torch.cat([hidden_states[:, :1], tokens], dim=1)  # (B, 1 + L, Hd)
 
         hidden_states, _, _ = run_layers(self.layers, hidden_states, False, False, **kwargs)
-        windows = self.decoder_pred(self.decoder_norm(hidden_states[:, 1:]))  # (B, L, P)
-        return windows.view(batch_size, -1, num_windows, self.config.patch_size)
+        values = self.decoder_pred(self.decoder_norm(hidden_states[:, 1:]))  # (B, L, P or p * p)
+        if self.coordinate_projection is None:
+            return tiles_to_signal(values, num_regions, num_timepoints, self.config)
+        return values.reshape(batch_size, num_regions, num_timepoints)
+
+    def _positions(self, coordinates, num_regions, num_timepoints, device) -> torch.Tensor:
+        """Position encodings of the tokens, `(B or 1, L, Hd)` or `(L, Hd)`."""
+        hidden = self.config.decoder_hidden_size
+        if self.coordinate_projection is None:
+            return sincos_2d_encoding(self.config.image_size // self.config.patch_size, hidden, device)
+        num_windows = num_timepoints // self.config.patch_size
+        xyz = self.coordinate_projection(coordinates).unsqueeze(2)  # (B or 1, V, 1, Hd)
+        return (xyz + sinusoidal_encoding(num_windows, hidden, device)).flatten(1, 2)  # (B or 1, L, Hd)
 
 
 class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
-    """BrainLM encoder + decoder trained to reconstruct masked windows (masking with `config.mask_ratio`)."""
+    """BrainLM encoder + decoder trained to reconstruct masked signal (masking with `config.mask_ratio`)."""
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
@@ -509,13 +647,14 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
         r"""
         Args:
             signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series; also the target.
-            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (MNI mm).
+            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (MNI mm); region-window
+                layout only.
             noise (`torch.FloatTensor` of shape `(B, L)`, *optional*): random-masking noise (small = visible).
             mask_ratio (`float`, *optional*): overrides `config.mask_ratio`.
             mask_strategy (`str`, *optional*): overrides `config.mask_strategy`.
             return_loss (`bool`, defaults to `True`): compute the loss (lets `Trainer` report `eval_loss`).
 
-        Returns `loss` (masked tokens only; `None` when nothing is masked) and `logits` `(B, V, T)`.
+        Returns `loss` (masked timepoints only; `None` when nothing is masked) and `logits` `(B, V, T)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.brainlm(
@@ -529,21 +668,22 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        batch_size, num_regions, num_timepoints = signal_values.shape
-        num_windows = num_timepoints // self.config.patch_size
-        coordinates = coordinates.to(signal_values.dtype).expand(batch_size, num_regions, 3)
-        windows = self.decoder(outputs.last_hidden_state, outputs.ids_restore, coordinates, num_windows, **kwargs)
+        if coordinates is not None and self.config.token_layout == "region_window":
+            coordinates = coordinates.to(signal_values.dtype)
+            coordinates = coordinates.unsqueeze(0) if coordinates.dim() == 2 else coordinates
+        latent, ids_restore = outputs.last_hidden_state, outputs.ids_restore
+        logits = self.decoder(latent, ids_restore, coordinates, signal_values.shape, **kwargs)  # (B, V, T)
 
         loss = None
         if return_loss and outputs.last_hidden_state.shape[1] - 1 < outputs.ids_restore.shape[1]:
-            target = signal_values.view(batch_size, num_regions, num_windows, self.config.patch_size)
-            error = windows - target
+            mask = self.mask_to_signal(outputs.mask)  # (B, V, T)
+            error = logits - signal_values
             error = error.abs() if self.config.reconstruction_loss == "mae" else error.square()
-            loss = (error.mean(-1) * outputs.mask).sum() / outputs.mask.sum()  # mean over masked tokens
+            loss = (error * mask).sum() / mask.sum()  # mean over masked timepoints
 
         output = BrainLMForMaskedSignalModelingOutput(
             loss=loss,
-            logits=windows.reshape(batch_size, num_regions, num_timepoints),
+            logits=logits,
             mask=outputs.mask,
             token_mask=outputs.token_mask,
             ids_restore=outputs.ids_restore,
