@@ -6,7 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brainlm_hf.convert import convert_state_dict, model_from_original, original_config_to_brainlm
+from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
+from brainlm_hf.convert import (
+    convert_state_dict,
+    detect_family,
+    model_from_original,
+    original_config_to_brainlm,
+    rename_key,
+)
 
 from .conftest import shared_path
 
@@ -106,3 +113,44 @@ def test_config_translation_keeps_the_pretraining_defaults():
     ours = original_config_to_brainlm(config)
     assert (ours.norm_position, ours.value_conv_kernel_size, ours.decoder_head) == ("post", 65, "mlp")
     assert (ours.patch_size, ours.mask_ratio, ours.reconstruction_loss) == (20, 0.2, "mse")
+
+
+MANIFESTS = {
+    "brainlm-13m": "brainlm_13m_hidden512_inferred.json",
+    "brainlm-111m": "vitmae_111M_base_dims.json",
+    "brainlm-650m": "vitmae_650M_huge_dims.json",
+}
+
+
+@pytest.mark.parametrize("preset", MANIFESTS)
+def test_presets_build_the_released_architectures_and_every_manifest_key_is_accounted_for(preset):
+    manifest = json.loads(shared_path("reference", "manifests", MANIFESTS[preset]).read_text())
+    config = BrainLMConfig.from_preset(preset)
+    translated = original_config_to_brainlm(manifest["config"])
+    assert translated.to_diff_dict() == config.to_diff_dict()
+    with torch.device("meta"):
+        model = BrainLMForMaskedSignalModeling(config)
+    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    family = detect_family(manifest["config"])
+    renamed = {}
+    for key, shape in manifest["state_dict"].items():
+        new_key = rename_key(key, family)
+        if new_key is not None:
+            renamed[new_key] = tuple(shape)
+    if family == "vit_mae":  # the three input channels are folded into one
+        weight = renamed["brainlm.embeddings.tile_projection.weight"]
+        renamed["brainlm.embeddings.tile_projection.weight"] = (weight[0], weight[2] * weight[3])
+        for name in ("decoder.decoder_pred.weight", "decoder.decoder_pred.bias"):
+            renamed[name] = (renamed[name][0] // 3, *renamed[name][1:])
+    assert renamed == expected
+    dropped = {key for key in manifest["state_dict"] if rename_key(key, family) is None}
+    kept = len(manifest["state_dict"]) - len(dropped)
+    assert kept == len(expected)
+    # parameter counts derived by hand from the manifests: the 13M loses its dead 768-wide head (768 * 513);
+    # the ViT-MAE family loses its frozen position tables and two of three input/output channels
+    released = {
+        "brainlm-13m": manifest["num_parameters"] - 768 * (512 + 1),
+        "brainlm-111m": manifest["num_trainable_parameters"] - 768 * 2 * 16 * 16 - (2 * 16 * 16) * (512 + 1),
+        "brainlm-650m": manifest["num_trainable_parameters"] - 1280 * 2 * 14 * 14 - (2 * 14 * 14) * (512 + 1),
+    }
+    assert model.num_parameters() == released[preset]

@@ -2,13 +2,15 @@
 """brainlm_hf: BrainLM, the fMRI foundation model, as a Hugging Face Transformers model.
 
 Importing the package registers `BrainLMConfig` (`model_type="brainlm_hf"`) with `AutoConfig`, `BrainLMModel` with
-`AutoModel` and `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining`, and marks the classes for remote
+`AutoModel`, `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining` and `BrainLMFeatureExtractor` with
+`AutoFeatureExtractor`, and marks the model classes for remote
 code so that every `save_pretrained` writes a Hub-ready folder (weights, config and the two source files).
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
+from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .modeling_brainlm import (
     BrainLMForMaskedSignalModeling,
     BrainLMForMaskedSignalModelingOutput,
@@ -22,6 +24,7 @@ __version__ = "0.1.0"
 AutoConfig.register(BrainLMConfig.model_type, BrainLMConfig, exist_ok=True)
 AutoModel.register(BrainLMConfig, BrainLMModel, exist_ok=True)
 AutoModelForPreTraining.register(BrainLMConfig, BrainLMForMaskedSignalModeling, exist_ok=True)
+AutoFeatureExtractor.register(BrainLMConfig, BrainLMFeatureExtractor, exist_ok=True)
 BrainLMConfig.register_for_auto_class()
 BrainLMModel.register_for_auto_class("AutoModel")
 BrainLMForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining")
@@ -29,6 +32,7 @@ BrainLMForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining"
 __all__ = [
     "PRESETS",
     "BrainLMConfig",
+    "BrainLMFeatureExtractor",
     "BrainLMForMaskedSignalModeling",
     "BrainLMForMaskedSignalModelingOutput",
     "BrainLMModel",

@@ -4,9 +4,44 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-# Architectures of the native presets. Values not listed take the `BrainLMConfig` defaults.
-# The released-checkpoint presets (`brainlm-13m`, `brainlm-111m`, `brainlm-650m`) are added with their converters.
+_RELEASED_DECODER = {
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_num_attention_heads": 16,
+    "decoder_intermediate_size": 2048,
+}
+
+# Named architectures. Values not listed take the `BrainLMConfig` defaults.
 PRESETS: dict[str, dict] = {
+    # The three released checkpoints (vandijklab/brainlm: old_13M, vitmae_111M, vitmae_650M), as the converter
+    # builds them from their config.json. The 13M dimensions are inferred from third-party descriptions and the
+    # 111M/650M head counts are ViT-MAE defaults (see the model cards): the converter reads the real config.json and
+    # reports any disagreement with a preset instead of patching it.
+    "brainlm-13m": {
+        "hidden_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "intermediate_size": 1024,
+        "decoder_hidden_size": 512,
+        "decoder_num_hidden_layers": 2,
+        "decoder_num_attention_heads": 4,
+        "decoder_intermediate_size": 1024,
+        "norm_position": "post",
+        "value_conv_kernel_size": 65,
+        "decoder_head": "mlp",
+        "mask_ratio": 0.2,
+    },
+    "brainlm-111m": {"token_layout": "tile_2d", "patch_size": 16, "image_size": 432, **_RELEASED_DECODER},
+    "brainlm-650m": {
+        "token_layout": "tile_2d",
+        "patch_size": 14,
+        "image_size": 434,
+        "hidden_size": 1280,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 16,
+        "intermediate_size": 5120,
+        **_RELEASED_DECODER,
+    },
     # Small model for tests, demos and CPU experiments (~0.2M parameters).
     "brainlm-tiny": {
         "hidden_size": 64,

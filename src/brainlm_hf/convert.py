@@ -15,12 +15,23 @@ difference remains for the 13M family: the original applies a hard-coded Dropout
 positional-encoding module); brainlm_hf has no embedding dropout.
 """
 
+import json
 import re
+from importlib.resources import files
+from pathlib import Path
+from string import Template
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
+from transformers.utils import logging
 
-from .configuration_brainlm import BrainLMConfig
-from .modeling_brainlm import sincos_2d_encoding, sinusoidal_encoding
+from . import __version__
+from .configuration_brainlm import PRESETS, BrainLMConfig
+from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
+
+logger = logging.get_logger(__name__)
 
 FAMILIES = {"brainlm_mae": "13M family (BrainLMForPretraining)", "vit_mae": "111M/650M family (padded ViT-MAE)"}
 
@@ -155,26 +166,30 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dic
             f"The config says {FAMILIES[family]} but the weights belong to the {FAMILIES[other]}: config.json and the "
             "weights file come from different checkpoints."
         )
-    renames = _RENAMES[family] + _SHARED_RENAMES
     converted, unknown = {}, []
     for key, tensor in state_dict.items():
-        if re.search(_FIXED_TABLES[family], key):
-            _check_fixed_table(key, tensor, family)
-            continue
-        if family in _DEAD_WEIGHTS and re.search(_DEAD_WEIGHTS[family], key):
-            continue
-        new_key = key
-        for pattern, replacement in renames:
-            new_key = re.sub(pattern, replacement, new_key)
-        if not new_key.startswith(("brainlm.", "decoder.")):
+        new_key = rename_key(key, family)
+        if new_key is None:
+            if re.search(_FIXED_TABLES[family], key):
+                _check_fixed_table(key, tensor, family)
+        elif new_key.startswith(("brainlm.", "decoder.")):
+            converted[new_key] = tensor
+        else:
             unknown.append(key)
-            continue
-        converted[new_key] = tensor
     if unknown:
         raise ValueError(f"Unknown keys in the original {FAMILIES[family]} checkpoint: {unknown}.")
     if family == "vit_mae":
         _fold_channels(converted)
     return converted
+
+
+def rename_key(key: str, family: str) -> str | None:
+    """The brainlm_hf name of an original key, or None for a key dropped on purpose (fixed table, dead weight)."""
+    if re.search(_FIXED_TABLES[family], key) or (family in _DEAD_WEIGHTS and re.search(_DEAD_WEIGHTS[family], key)):
+        return None
+    for pattern, replacement in _RENAMES[family] + _SHARED_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 def _check_fixed_table(key: str, tensor: torch.Tensor, family: str) -> None:
@@ -205,8 +220,6 @@ def model_from_original(state_dict: dict[str, torch.Tensor], original_config: di
     Build `BrainLMForMaskedSignalModeling` from an original state dict and `config.json`, loading strictly: a key of
     the checkpoint that maps to no weight, or a weight that no key fills, raises with the key listed.
     """
-    from .modeling_brainlm import BrainLMForMaskedSignalModeling
-
     config = original_config_to_brainlm(original_config, **overrides)
     converted = convert_state_dict(state_dict, original_config)
     model = BrainLMForMaskedSignalModeling(config)
@@ -219,3 +232,140 @@ def model_from_original(state_dict: dict[str, torch.Tensor], original_config: di
         )
     model.load_state_dict(converted, strict=True)
     return model.eval()
+
+
+WEIGHTS_LICENSE_WARNING = (
+    "The released BrainLM weights are licensed CC BY-NC-ND 4.0: re-hosting converted (derivative) weights may not be "
+    "permitted. Check the license and pass accept_weights_license=True (--accept-weights-license) to upload anyway."
+)
+RELEASE_INPUT_SCALE = 5.6430855  # divisor used by the tutorials of the released 111M / 650M weights
+
+
+def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None):
+    """
+    Read an original checkpoint: a local folder, or a Hub repository id (with `subfolder`, e.g. `vitmae_111M`).
+    Only `config.json` and `model.safetensors` or `pytorch_model.bin` are read (optimizer and other Trainer files are
+    ignored); `.bin` files go through `torch.load(weights_only=True)`. Returns `(state_dict, config_dict)`.
+    """
+    folder = Path(source) / (subfolder or "")
+    if Path(source).is_dir():
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder} has no config.json: point to an original BrainLM checkpoint folder.")
+        fetch = folder.joinpath
+    else:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        def fetch(name):
+            try:
+                return Path(hf_hub_download(source, name, subfolder=subfolder, revision=revision, token=token))
+            except EntryNotFoundError:
+                return Path("/nonexistent") / name
+
+    original_config = json.loads(fetch("config.json").read_text())
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = fetch(name)
+        if path.is_file():
+            if name.endswith(".safetensors"):
+                return load_file(path), original_config
+            return torch.load(path, map_location="cpu", weights_only=True), original_config
+    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {source} {subfolder or ''}.")
+
+
+def matching_preset(config: BrainLMConfig) -> str | None:
+    """Name of the preset with exactly this architecture, if any."""
+    for name in PRESETS:
+        if BrainLMConfig.from_preset(name).to_diff_dict() == config.to_diff_dict():
+            return name
+    return None
+
+
+def preset_differences(config: BrainLMConfig, preset: str) -> dict[str, tuple]:
+    """Fields where `config` differs from `preset`, as `{field: (checkpoint value, preset value)}`."""
+    ours, theirs = config.to_dict(), BrainLMConfig.from_preset(preset).to_dict()
+    skip = {"transformers_version", "architectures", "dtype", "auto_map"}
+    return {
+        k: (ours.get(k), theirs.get(k))
+        for k in ours.keys() | theirs.keys()
+        if k not in skip and ours.get(k) != theirs.get(k)
+    }
+
+
+def convert_checkpoint(
+    source: str,
+    output_dir: str,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    atlas_coordinates: str | None = None,
+    expected_preset: str | None = None,
+    push_to_hub: str | None = None,
+    accept_weights_license: bool = False,
+    token=None,
+) -> BrainLMForMaskedSignalModeling:
+    """
+    Convert an original BrainLM checkpoint into a Hub-ready brainlm_hf folder.
+
+    Writes `output_dir` with `model.safetensors`, `config.json`, the remote-code files, `preprocessor_config.json`
+    (region coordinates and order, input scale) and `README.md` (the model card). `atlas_coordinates` is the atlas
+    coordinate file (`A424_Coordinates.dat`: label, x, y, z per line); the 111M/650M family needs it to fix the
+    region order its weights expect (a stable sort on Y). `expected_preset` makes a checkpoint whose architecture
+    differs from that preset an error that lists the differences; without it the differences are only reported.
+    """
+    if push_to_hub and not accept_weights_license:
+        raise ValueError(WEIGHTS_LICENSE_WARNING)
+    state_dict, original_config = load_original(source, subfolder, revision, token)
+    family = detect_family(original_config)
+    model = model_from_original(state_dict, original_config)
+    preset = matching_preset(model.config)
+    if expected_preset is not None:
+        differences = preset_differences(model.config, expected_preset)
+        if differences:
+            raise ValueError(
+                f"{source} {subfolder or ''} is a {FAMILIES[family]} checkpoint whose architecture is not "
+                f"{expected_preset}: {differences} (checkpoint, preset)."
+            )
+    elif preset is None:
+        logger.warning("The checkpoint matches no preset; converted as a custom architecture.")
+
+    if atlas_coordinates is None and family == "vit_mae":
+        raise ValueError(
+            "The 111M/650M family expects regions sorted by their Y coordinate: pass the atlas coordinates "
+            "(atlas_coordinates= / --atlas-coordinates A424_Coordinates.dat)."
+        )
+    feature_extractor = _feature_extractor(family, atlas_coordinates)
+    output = Path(output_dir)
+    model.save_pretrained(output)
+    feature_extractor.save_pretrained(output)
+    (output / "README.md").write_text(render_model_card(preset or "brainlm-custom", source, subfolder, family))
+    if push_to_hub:
+        from huggingface_hub import CommitOperationAdd, HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(push_to_hub, exist_ok=True)
+        files_to_upload = sorted(p for p in output.iterdir() if p.is_file())
+        api.create_commit(
+            repo_id=push_to_hub,
+            operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files_to_upload],
+            commit_message=f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}",
+        )
+    return model
+
+
+def _feature_extractor(family: str, atlas_coordinates: str | None) -> BrainLMFeatureExtractor:
+    scale = RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0
+    if atlas_coordinates is None:
+        return BrainLMFeatureExtractor(input_scale=scale)
+    coordinates = np.loadtxt(atlas_coordinates)[:, 1:4]  # label, x, y, z
+    if family == "vit_mae":
+        return BrainLMFeatureExtractor.sorted_by_y(coordinates, input_scale=scale)
+    return BrainLMFeatureExtractor(coordinates=coordinates.tolist(), input_scale=scale)
+
+
+def render_model_card(preset: str, source: str, subfolder: str | None, family: str) -> str:
+    """The packaged model card of `preset` (a generic one for custom architectures), with the conversion source."""
+    template = files("brainlm_hf").joinpath("model_cards", f"{preset}.md")
+    if not template.is_file():
+        template = files("brainlm_hf").joinpath("model_cards", "brainlm-custom.md")
+    return Template(template.read_text()).safe_substitute(
+        source=f"{source}{'/' + subfolder if subfolder else ''}", family=FAMILIES[family], version=__version__
+    )

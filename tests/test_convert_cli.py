@@ -1,0 +1,189 @@
+"""`brainlm convert`: original folders or Hub ids in, Hub-ready brainlm_hf folders out, optional (mocked) upload."""
+
+import json
+import shutil
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+from huggingface_hub.hf_api import RepoUrl
+from safetensors.torch import load_file
+from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+
+from brainlm_hf.cli import main
+from brainlm_hf.convert import convert_checkpoint, model_from_original, render_model_card
+
+from .conftest import shared_path
+
+RUNS = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
+
+
+def original_folder(tmp_path, case, weights_format="safetensors"):
+    """An original Trainer checkpoint folder: config.json, weights, and Trainer files that must be ignored."""
+    folder = tmp_path / f"original_{case}"
+    folder.mkdir()
+    shutil.copy(shared_path("reference", case, RUNS[case], "config.json"), folder / "config.json")
+    if weights_format == "safetensors":
+        shutil.copy(shared_path("reference", case, "model.safetensors"), folder / "model.safetensors")
+    else:
+        torch.save(load_file(shared_path("reference", case, "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "optimizer.pt").write_bytes(b"not read")
+    (folder / "trainer_state.json").write_text("{}")
+    return folder
+
+
+def coordinates_file():
+    return str(shared_path("atlases", "A424_Coordinates.dat"))
+
+
+@pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
+@pytest.mark.parametrize("case", RUNS)
+def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, case, weights_format):
+    source = original_folder(tmp_path, case, weights_format)
+    out = tmp_path / "converted"
+    convert_checkpoint(str(source), str(out), atlas_coordinates=coordinates_file())
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "configuration_brainlm.py",
+        "modeling_brainlm.py",
+        "preprocessor_config.json",
+        "README.md",
+    }
+    model, info = AutoModelForPreTraining.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    encoder, info = AutoModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]  # the decoder's keys are the only ones let through
+
+    original_config = json.loads((source / "config.json").read_text())
+    inputs = load_file(shared_path("reference", case, RUNS[case], "inputs.safetensors"))
+    expected = load_file(shared_path("reference", case, RUNS[case], "outputs.safetensors"))
+    with torch.no_grad():
+        out_logits = model.eval()(inputs["signal_vectors"], inputs["xyz_vectors"], noise=inputs["noise"]).logits
+    torch.testing.assert_close(out_logits, expected["logits"].reshape(out_logits.shape), atol=1e-4, rtol=1e-4)
+    reference = model_from_original(load_file(shared_path("reference", case, "model.safetensors")), original_config)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(encoder.embeddings.cls_token, model.brainlm.embeddings.cls_token)
+
+
+def test_released_family_processor_holds_the_y_order_and_scale(tmp_path):
+    out = tmp_path / "converted"
+    convert_checkpoint(
+        str(original_folder(tmp_path, "vitmae_pad_small")), str(out), atlas_coordinates=coordinates_file()
+    )
+    extractor = AutoFeatureExtractor.from_pretrained(out)
+    coordinates = np.loadtxt(coordinates_file())[:, 1:4]
+    assert extractor.region_order == np.argsort(coordinates[:, 1], kind="stable").tolist()
+    assert extractor.input_scale == 5.6430855
+    y = np.asarray(extractor.to_model_order(np.asarray(extractor.coordinates)))[:, 1]
+    assert (np.diff(y) >= 0).all()
+    recording = np.random.default_rng(0).normal(size=(200, 424)).astype(np.float32)
+    signal = extractor(recording)["signal_values"]
+    torch.testing.assert_close(extractor.to_atlas_order(signal)[0].T * 5.6430855, torch.from_numpy(recording))
+
+
+def test_released_family_needs_the_atlas_coordinates(tmp_path):
+    with pytest.raises(ValueError, match="--atlas-coordinates"):
+        convert_checkpoint(str(original_folder(tmp_path, "vitmae_pad_small")), str(tmp_path / "out"))
+
+
+def test_model_card_is_rendered(tmp_path):
+    out = tmp_path / "converted"
+    source = original_folder(tmp_path, "brainlm_small")
+    convert_checkpoint(str(source), str(out))
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "license:" not in card.split("---")[1]  # custom architecture: no license
+    assert str(source) in card and "$" not in card
+
+
+@pytest.mark.parametrize("case, preset", [("brainlm_small", "brainlm-111m"), ("vitmae_pad_small", "brainlm-13m")])
+def test_a_checkpoint_offered_as_another_release_is_refused(tmp_path, case, preset):
+    with pytest.raises(ValueError, match=f"architecture is not {preset}"):
+        convert_checkpoint(
+            str(original_folder(tmp_path, case)),
+            str(tmp_path / "out"),
+            atlas_coordinates=coordinates_file(),
+            expected_preset=preset,
+        )
+
+
+def test_hub_sources_are_downloaded_through_hf_hub_download(tmp_path):
+    source = original_folder(tmp_path, "brainlm_small")
+    requested = []
+
+    def fake_download(repo_id, filename, subfolder=None, revision=None, token=None):
+        requested.append((repo_id, subfolder, filename))
+        if not (source / filename).exists():
+            from huggingface_hub.errors import EntryNotFoundError
+
+            raise EntryNotFoundError(filename)
+        return str(source / filename)
+
+    with mock.patch("huggingface_hub.hf_hub_download", fake_download):
+        convert_checkpoint("vandijklab/brainlm", str(tmp_path / "out"), subfolder="old_13M")
+    assert requested[0] == ("vandijklab/brainlm", "old_13M", "config.json")
+    assert ("vandijklab/brainlm", "old_13M", "model.safetensors") in requested
+    assert "vandijklab/brainlm/old_13M" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
+    source = original_folder(tmp_path, "vitmae_pad_small")
+    with pytest.raises(ValueError, match="CC BY-NC-ND 4.0"):
+        convert_checkpoint(str(source), str(tmp_path / "a"), atlas_coordinates=coordinates_file(), push_to_hub="me/x")
+    commits = []
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm")) as create,
+        mock.patch.object(HfApi, "create_commit", side_effect=lambda **kw: commits.append(kw)),
+    ):
+        convert_checkpoint(
+            str(source),
+            str(tmp_path / "b"),
+            atlas_coordinates=coordinates_file(),
+            push_to_hub="me/brainlm",
+            accept_weights_license=True,
+        )
+    create.assert_called_once()
+    assert create.call_args.args[0] == "me/brainlm"
+    (commit,) = commits
+    assert commit["repo_id"] == "me/brainlm"
+    uploaded = {op.path_in_repo: op for op in commit["operations"]}
+    assert set(uploaded) == {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "configuration_brainlm.py",
+        "modeling_brainlm.py",
+        "preprocessor_config.json",
+    }
+    card = uploaded["README.md"].path_or_fileobj
+    assert (tmp_path / "b" / "README.md").read_text() == open(card).read()
+
+
+def test_cli(tmp_path, capsys):
+    assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
+    out = tmp_path / "cli_out"
+    main(["convert", str(original_folder(tmp_path, "brainlm_small")), str(out)])
+    assert "Converted" in capsys.readouterr().out and (out / "model.safetensors").is_file()
+    result = subprocess.run(
+        [sys.executable, "-m", "brainlm_hf.cli", "convert", str(tmp_path / "missing"), str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "brainlm convert: error" in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["brainlm-13m", "brainlm-111m", "brainlm-650m", "brainlm-custom"])
+def test_packaged_model_cards_have_valid_metadata(preset):
+    card = ModelCard(render_model_card(preset, "vandijklab/brainlm", "sub", "vit_mae"))
+    assert card.data.library_name == "transformers" and "brainlm" in card.data.tags
+    if preset != "brainlm-custom":
+        assert card.data.license == "cc-by-nc-nd-4.0"
+        for fact in ("UK Biobank", "6,700 hours", "A424", "0.735", "never released", "Akiki", "Nemati", "ICLR 2024"):
+            assert fact in card.text, fact
