@@ -6,14 +6,16 @@ its own. A training step is forward + backward + AdamW step. Rows:
 
 * `original`: the original 13M-family compute path (`original_equivalent.py`: transformers' `NystromformerLayer`,
   the layer the original runs, with its eager full attention matrix), in the original repository's configuration;
-* `13m-options`: brainlm_hf with the same architecture and options (post-LN, value convolution, MLP head);
-* `small`: the native `brainlm-small` preset (same widths, pre-LN ViT blocks, no value convolution);
-* `base`: the native ViT-B preset.
+* `original-111m`: the original 111M compute path (transformers' `ViTMAEForPreTraining`, eager attention, the
+  3-channel matrix padded to 432 x 432);
+* `13m-options`: brainlm_hf with the `original` row's architecture and options (post-LN, value conv, MLP head);
+* any preset: `small` (the same widths as `original`, native blocks), `base`, `13m`, `111m`, `650m`, ...
 
 Defaults reproduce the comparison of issue 2: hidden 256, 4 encoder + 2 decoder layers, 4 heads, input 424 x 200,
 patch 20, batch 8, mask ratio 0.2, fp32, on whatever device is given (CPU by default).
 
     python benchmarks/bench_model.py                          # the CPU comparison table
+    python benchmarks/bench_model.py --rows original-111m,111m --attn eager,sdpa --mask-ratio 0.75 --batch-size 4
     python benchmarks/bench_model.py --rows base --device cuda --dtype bf16 --batch-size 64 --peak-tflops 989
 """
 
@@ -31,28 +33,44 @@ SMALL = {"hidden": 256, "layers": 4, "heads": 4, "mlp": 1024, "decoder_layers": 
 
 
 def build(row: str, attn: str, mask_ratio: float):
-    """Model for a row, and its per-sample (encoder tokens, decoder tokens, widths) used for FLOP counting."""
+    """Model for a row, and its widths for FLOP counting. A row is `original`, `original-111m` or a preset name."""
     if row == "original":
         sys.path.insert(0, __file__.rsplit("/", 1)[0])
         from original_equivalent import OriginalEquivalent
 
-        dims = SMALL
         model = OriginalEquivalent(
-            dims["hidden"], dims["layers"], dims["heads"], dims["mlp"], dims["decoder_layers"], PATCH, mask_ratio
+            SMALL["hidden"], SMALL["layers"], SMALL["heads"], SMALL["mlp"], SMALL["decoder_layers"], PATCH, mask_ratio
         )
+        return model, {**SMALL, "tokens": REGIONS * TIMEPOINTS // PATCH}
+    if row == "original-111m":
+        sys.path.insert(0, __file__.rsplit("/", 1)[0])
+        from original_equivalent import OriginalViTMAE
+
+        model = OriginalViTMAE(mask_ratio)
+        config = model.model.config
+        dims = {
+            "hidden": config.hidden_size,
+            "layers": config.num_hidden_layers,
+            "mlp": config.intermediate_size,
+            "decoder_hidden": config.decoder_hidden_size,
+            "decoder_layers": config.decoder_num_hidden_layers,
+            "decoder_mlp": config.decoder_intermediate_size,
+            "tokens": (432 // 16) ** 2,
+        }
         return model, dims
     from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 
-    if row == "13m-options":
+    if row == "13m-options":  # the original repository's configuration with the 13M family's options
         config = BrainLMConfig.from_preset(
             "brainlm-small", norm_position="post", value_conv_kernel_size=65, decoder_head="mlp"
         )
     else:
-        config = BrainLMConfig.from_preset(f"brainlm-{row}")
+        config = BrainLMConfig.from_preset(row if row.startswith("brainlm-") else f"brainlm-{row}")
     config.mask_ratio = mask_ratio
     config.validate_inputs = False
     config._attn_implementation = attn
     model = BrainLMForMaskedSignalModeling(config)
+    tokens = model.brainlm.embeddings.num_tokens(REGIONS, TIMEPOINTS)
     dims = {
         "hidden": config.hidden_size,
         "layers": config.num_hidden_layers,
@@ -60,13 +78,14 @@ def build(row: str, attn: str, mask_ratio: float):
         "decoder_hidden": config.decoder_hidden_size,
         "decoder_layers": config.decoder_num_hidden_layers,
         "decoder_mlp": config.decoder_intermediate_size,
+        "tokens": tokens,
     }
     return model, dims
 
 
 def step_flops(dims: dict, mask_ratio: float, batch_size: int, train: bool) -> float:
     """Matmul FLOPs of one step: per layer 2*S*(4h^2 + 2*h*mlp) + 4*S^2*h; backward counted as 2x forward."""
-    tokens = REGIONS * TIMEPOINTS // PATCH
+    tokens = dims["tokens"]
     encoder_tokens = 1 + int(tokens * (1 - mask_ratio))
 
     def layers(seq, hidden, mlp, count):
@@ -121,7 +140,7 @@ def worker(spec: dict) -> dict:
     result = {
         "step_s": seconds,
         "samples_per_s": spec["batch_size"] / seconds,
-        "tokens_per_s": spec["batch_size"] * REGIONS * TIMEPOINTS // PATCH / seconds,
+        "tokens_per_s": spec["batch_size"] * dims["tokens"] / seconds,  # input tokens (tiles include padding)
         "tflops": flops / seconds / 1e12,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
     }
@@ -159,7 +178,7 @@ def main():
     results = {}
     for mode in args.modes.split(","):
         for row in args.rows.split(","):
-            for attn in ["eager"] if row == "original" else args.attn.split(","):
+            for attn in ["eager"] if row.startswith("original") else args.attn.split(","):
                 for dtype in args.dtype.split(","):
                     spec = dict(
                         row=row,
@@ -186,16 +205,17 @@ def main():
                         f"{r['tokens_per_s']:.0f} | {r['tflops']:.3f} | {mfu} | {r['peak_gb']:.2f} |",
                         flush=True,
                     )
-    baseline = {mode: results.get(("original", "eager", "fp32", mode)) for mode in args.modes.split(",")}
     ratios = []
     for (row, attn, dtype, mode), r in results.items():
-        if row != "original" and baseline.get(mode):
-            speed = baseline[mode]["step_s"] / r["step_s"]
-            memory = r["peak_gb"] / baseline[mode]["peak_gb"]
-            ratios.append(f"| {row} | {attn} | {dtype} | {mode} | {speed:.2f}x | {memory:.2f} |")
+        baseline_row = "original-111m" if "111m" in row else "original"
+        baseline = next((b for (n, _, d, m), b in results.items() if (n, d, m) == (baseline_row, dtype, mode)), None)
+        if baseline is not None and not row.startswith("original"):
+            speed, memory = baseline["step_s"] / r["step_s"], r["peak_gb"] / baseline["peak_gb"]
+            ratios.append(f"| {row} | {baseline_row} | {attn} | {dtype} | {mode} | {speed:.2f}x | {memory:.2f} |")
     if ratios:
-        print("\nAgainst `original` in the same run: | row | attention | dtype | mode | speed-up | memory ratio |")
-        print("|---|---|---|---|---|---|\n" + "\n".join(ratios))
+        print("\nRatios against the original-equivalent row of the same dtype and mode, from this run:\n")
+        print("| row | baseline | attention | dtype | mode | speed-up | memory ratio |\n|---|---|---|---|---|---|---|")
+        print("\n".join(ratios))
 
 
 if __name__ == "__main__":

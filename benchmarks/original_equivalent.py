@@ -85,3 +85,24 @@ class OriginalEquivalent(nn.Module):
         prediction = self.decoder_pred(self.decoder_norm(x[:, 1:])).view_as(target)
         mask = (ids_restore >= keep).float().view(batch, regions, windows, 1)
         return ((prediction - target) ** 2 * mask).sum() / (mask.sum() * self.patch_size)
+
+
+class OriginalViTMAE(nn.Module):
+    """
+    The released 111M compute path: the region x time matrix repeated over 3 channels, padded with -1 to 432 x 432,
+    through transformers' `ViTMAEForPreTraining` (ViT-B, 16 x 16 patches) with eager attention, as the original ran
+    it on CPU (the original monkeypatches flash attention in on GPU). The loss is taken on the padded image here.
+    """
+
+    def __init__(self, mask_ratio: float):
+        super().__init__()
+        from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+        config = ViTMAEConfig(image_size=432, patch_size=16, mask_ratio=mask_ratio, attn_implementation="eager")
+        self.model = ViTMAEForPreTraining(config)
+
+    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+        height, width = 432 - signal_values.shape[1], 432 - signal_values.shape[2]
+        padding = (width // 2, width - width // 2, height // 2, height - height // 2)
+        pixels = nn.functional.pad(signal_values[:, None].repeat(1, 3, 1, 1), padding, value=-1.0)
+        return self.model(pixel_values=pixels).loss
