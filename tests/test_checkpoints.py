@@ -12,7 +12,7 @@ from huggingface_hub.errors import StrictDataclassError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 
-from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling, BrainLMModel
+from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 
 
 @pytest.fixture
@@ -98,6 +98,7 @@ def test_mismatched_shapes_raise(pretrained):
 def test_remote_code_loads_without_the_package(pretrained, inputs, tmp_path):
     """A fresh interpreter where `import brainlm_hf` fails loads the folder with trust_remote_code, same outputs."""
     model, path = pretrained
+    BrainLMFeatureExtractor(coordinates=inputs["coordinates"].tolist(), input_scale=2.0).save_pretrained(path)
     noise = torch.rand(3, 42)
     torch.save({**inputs, "noise": noise}, tmp_path / "inputs.pt")
     expected_logits = model(**inputs, noise=noise).logits
@@ -111,6 +112,9 @@ def test_remote_code_loads_without_the_package(pretrained, inputs, tmp_path):
         encoder = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert type(encoder).__name__ == "BrainLMModel"
+        from transformers import AutoFeatureExtractor
+        extractor = AutoFeatureExtractor.from_pretrained({str(path)!r}, trust_remote_code=True)
+        assert type(extractor).__module__.startswith("transformers_modules") and extractor.input_scale == 2.0
         inputs = torch.load({str(tmp_path / "inputs.pt")!r})
         with torch.no_grad():
             torch.save(model(**inputs).logits, {str(tmp_path / "logits.pt")!r})
@@ -142,3 +146,34 @@ def test_config_round_trip_and_validation(tmp_path):
         BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset("brainlm-tiny"))(
             torch.zeros(1, 2, 20), torch.zeros(2, 3), mask_ratio=config.mask_ratio
         )
+
+
+def test_trainer_reports_eval_loss_for_the_self_supervised_head(config, tmp_path):
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        {
+            "signal_values": torch.randn(7, 30, generator=generator),
+            "coordinates": torch.randn(7, 3, generator=generator),
+        }
+        for _ in range(8)
+    ]
+    dataset = Dataset.from_list([{k: v.tolist() for k, v in row.items()} for row in rows]).with_format("torch")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=2,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = Trainer(
+        model=BrainLMForMaskedSignalModeling(config), args=args, train_dataset=dataset, eval_dataset=dataset
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert "eval_loss" in metrics and metrics["eval_loss"] > 0

@@ -3,8 +3,8 @@
 
 Importing the package registers `BrainLMConfig` (`model_type="brainlm_hf"`) with `AutoConfig`, `BrainLMModel` with
 `AutoModel`, `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining` and `BrainLMFeatureExtractor` with
-`AutoFeatureExtractor`, and marks the model classes for remote
-code so that every `save_pretrained` writes a Hub-ready folder (weights, config and the two source files).
+`AutoFeatureExtractor`, and marks the classes for remote code so that every `save_pretrained` writes a Hub-ready
+folder (weights, config and the source files).
 """
 
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
@@ -28,6 +28,7 @@ AutoFeatureExtractor.register(BrainLMConfig, BrainLMFeatureExtractor, exist_ok=T
 BrainLMConfig.register_for_auto_class()
 BrainLMModel.register_for_auto_class("AutoModel")
 BrainLMForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining")
+BrainLMFeatureExtractor.register_for_auto_class()
 
 __all__ = [
     "PRESETS",

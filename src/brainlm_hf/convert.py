@@ -325,7 +325,11 @@ def convert_checkpoint(
                 f"{expected_preset}: {differences} (checkpoint, preset)."
             )
     elif preset is None:
-        logger.warning("The checkpoint matches no preset; converted as a custom architecture.")
+        nearest = min(PRESETS, key=lambda name: len(preset_differences(model.config, name)))
+        logger.warning(
+            f"The checkpoint matches no preset; converted as a custom architecture as its config.json says. "
+            f"Differences from the nearest preset, {nearest}: {preset_differences(model.config, nearest)}."
+        )
 
     if atlas_coordinates is None and family == "vit_mae":
         raise ValueError(
