@@ -53,6 +53,7 @@ def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, c
         "configuration_brainlm.py",
         "modeling_brainlm.py",
         "preprocessor_config.json",
+        "feature_extraction_brainlm.py",
         "README.md",
     }
     model, info = AutoModelForPreTraining.from_pretrained(out, output_loading_info=True)
@@ -160,6 +161,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
         "configuration_brainlm.py",
         "modeling_brainlm.py",
         "preprocessor_config.json",
+        "feature_extraction_brainlm.py",
     }
     card = uploaded["README.md"].path_or_fileobj
     assert (tmp_path / "b" / "README.md").read_text() == open(card).read()
