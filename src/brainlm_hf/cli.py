@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert SRC OUT`, more subcommands as they land."""
+"""The `brainlm` command line: `brainlm convert SRC OUT`, `brainlm prepare INPUTS OUT`."""
 
 import argparse
 import sys
@@ -23,6 +23,38 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"Converted {args.source} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.output_dir}")
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .atlas import load_a424, load_atlas
+    from .data import prepare_dataset
+
+    atlas = None
+    if args.atlas == "A424":
+        atlas = load_a424(args.atlas_dir)
+    elif args.atlas:
+        coordinates = np.loadtxt(args.atlas_coordinates)[:, 1:4] if args.atlas_coordinates else None
+        atlas = load_atlas(args.atlas, coordinates=coordinates)
+    fractions = dict(zip(("train", "validation", "test"), args.split, strict=True))
+    summary = prepare_dataset(
+        args.inputs,
+        args.output_dir,
+        atlas=atlas,
+        phenotypes=args.phenotypes,
+        repetition_time=args.tr,
+        num_timepoints=args.num_timepoints,
+        normalization=args.normalization,
+        splits=fractions,
+        seed=args.seed,
+        shard_multiple=args.shard_multiple,
+    )
+    for split, numbers in summary["splits"].items():
+        print(
+            f"{split}: {numbers['recordings']} recordings, {numbers['subjects']} subjects, {numbers['shards']} shards"
+        )
+    print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +73,26 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repository")
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
     convert.set_defaults(run=_convert)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="turn NIfTI images or parcel tables into Parquet shards with a fitted processor",
+        description="INPUTS is a folder, a glob (quoted) or files: 4-D NIfTI images (parcellated with --atlas) or "
+        "parcel tables (T, V) as .npy/.csv/.tsv/.dat.",
+    )
+    prepare.add_argument("inputs", metavar="INPUTS", nargs="+")
+    prepare.add_argument("output_dir", metavar="OUT")
+    prepare.add_argument("--atlas", help="'A424' or a label NIfTI; needed for NIfTI inputs")
+    prepare.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
+    prepare.add_argument("--atlas-coordinates", help="coordinate table for a custom atlas (label x y z)")
+    prepare.add_argument("--phenotypes", help="CSV/TSV with a 'subject' or 'id' column")
+    prepare.add_argument("--tr", type=float, help="repetition time in seconds (default: from the NIfTI header)")
+    prepare.add_argument("--num-timepoints", type=int, default=200, help="window length")
+    prepare.add_argument("--normalization", default="robust", choices=["robust", "zscore", "none"])
+    prepare.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    prepare.add_argument("--seed", type=int, default=0)
+    prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
+    prepare.set_defaults(run=_prepare)
     args = parser.parse_args(argv)
     try:
         args.run(args)

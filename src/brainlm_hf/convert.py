@@ -356,13 +356,15 @@ def convert_checkpoint(
 
 
 def _feature_extractor(family: str, atlas_coordinates: str | None) -> BrainLMFeatureExtractor:
-    scale = RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0
+    """BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort)."""
+    settings = {"normalization": "robust", "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0}
     if atlas_coordinates is None:
-        return BrainLMFeatureExtractor(input_scale=scale)
+        return BrainLMFeatureExtractor(**settings)
     coordinates = np.loadtxt(atlas_coordinates)[:, 1:4]  # label, x, y, z
+    settings["atlas"] = "A424" if len(coordinates) == 424 else None
     if family == "vit_mae":
-        return BrainLMFeatureExtractor.sorted_by_y(coordinates, input_scale=scale)
-    return BrainLMFeatureExtractor(coordinates=coordinates.tolist(), input_scale=scale)
+        return BrainLMFeatureExtractor.sorted_by_y(coordinates, **settings)
+    return BrainLMFeatureExtractor(coordinates=coordinates.tolist(), **settings)
 
 
 def render_model_card(preset: str, source: str, subfolder: str | None, family: str) -> str:

@@ -1,59 +1,91 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """Turns parcel time series into BrainLM model inputs, and model outputs back into atlas order.
 
-The feature extractor is saved next to a checkpoint as `preprocessor_config.json` and loads with
-`AutoFeatureExtractor.from_pretrained`. It holds what the model expects of its input beyond the signal itself:
+The feature extractor is saved next to a checkpoint or a prepared dataset as `preprocessor_config.json` and loads
+with `AutoFeatureExtractor.from_pretrained`, so that pretraining, fine-tuning and inference see identical inputs. It
+holds:
 
-* `coordinates`: region xyz (MNI mm) in atlas order, `(V, 3)`;
-* `region_order`: model row `i` is atlas region `region_order[i]` (the released 111M/650M weights expect regions
-  sorted by a stable sort on the Y coordinate); `None` means atlas order;
-* `input_scale`: the signal is divided by it (the tutorials of the released 111M/650M weights use 5.6430855).
+* `normalization` and its statistics: `"robust"` is BrainLM's per-region robust scaling `(x - median) / IQR` with
+  the median and inter-quartile range of each region computed across the training recordings by `fit` (the original
+  toolkit's code computes `x - median / IQR`, an operator-precedence slip; we implement the formula as written).
+  `"zscore"` standardises each recording per region with its own mean and std; `"none"` leaves the signal as is.
+* `input_scale`: the normalised signal is divided by it (5.6430855 for the released 111M/650M weights, as in their
+  tutorials; 1.0 otherwise).
+* `coordinates` `(V, 3)` (MNI mm) and `region_names`, in atlas order; `region_order` (model row `i` is atlas region
+  `region_order[i]`; the 111M/650M weights expect a stable sort on Y; `None` keeps atlas order);
+* `num_timepoints` (the window length) and `repetition_time` (TR, seconds).
 
-Normalisation of raw recordings is not part of this class yet: pass signal already normalised the way the model
-expects (see the model card).
+Converted checkpoints carry the method and scale but no statistics, since the pretraining statistics were never
+released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
 """
 
 import numpy as np
 import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
+NORMALIZATIONS = ("robust", "zscore", "none")
+
 
 class BrainLMFeatureExtractor(FeatureExtractionMixin):
     """
     Args:
+        normalization (`str`, defaults to `"robust"`): `"robust"`, `"zscore"` or `"none"`, see above.
+        median, iqr (`list[float]`, *optional*): per-region statistics of `"robust"`, set by `fit`.
+        input_scale (`float`, defaults to 1.0): divisor applied after normalisation.
         coordinates (`list[list[float]]`, *optional*): region xyz in atlas order, `(V, 3)`.
         region_order (`list[int]`, *optional*): atlas index of each model row; `None` keeps atlas order.
-        input_scale (`float`, defaults to 1.0): divisor applied to the signal.
         region_names (`list[str]`, *optional*): names of the regions in atlas order.
+        num_timepoints (`int`, defaults to 200): window length given to the model.
         repetition_time (`float`, *optional*): TR in seconds of the data the model was trained on.
+        atlas (`str`, *optional*): name of the parcellation.
     """
 
     model_input_names = ["signal_values", "coordinates"]
 
     def __init__(
         self,
+        normalization: str = "robust",
+        median: list[float] | None = None,
+        iqr: list[float] | None = None,
+        input_scale: float = 1.0,
         coordinates: list[list[float]] | None = None,
         region_order: list[int] | None = None,
-        input_scale: float = 1.0,
         region_names: list[str] | None = None,
+        num_timepoints: int = 200,
         repetition_time: float | None = None,
+        atlas: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        num_regions = len(coordinates) if coordinates is not None else None
-        if region_order is not None:
-            region_order = [int(i) for i in region_order]
-            if sorted(region_order) != list(range(len(region_order))):
-                raise ValueError("region_order must be a permutation of 0 .. V - 1.")
-            if num_regions is not None and len(region_order) != num_regions:
-                raise ValueError(f"region_order has {len(region_order)} entries for {num_regions} coordinates.")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         if input_scale <= 0:
             raise ValueError(f"input_scale must be positive, got {input_scale}.")
-        self.coordinates = coordinates
-        self.region_order = region_order
+        sizes = {
+            name: len(v)
+            for name, v in [
+                ("coordinates", coordinates),
+                ("region_order", region_order),
+                ("region_names", region_names),
+                ("median", median),
+                ("iqr", iqr),
+            ]
+            if v
+        }
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"Per-region fields disagree on the number of regions: {sizes}.")
+        if region_order is not None and sorted(region_order) != list(range(len(region_order))):
+            raise ValueError("region_order must be a permutation of 0 .. V - 1.")
+        self.normalization = normalization
+        self.median = median
+        self.iqr = iqr
         self.input_scale = float(input_scale)
+        self.coordinates = coordinates
+        self.region_order = [int(i) for i in region_order] if region_order is not None else None
         self.region_names = region_names
+        self.num_timepoints = int(num_timepoints)
         self.repetition_time = repetition_time
+        self.atlas = atlas
 
     @classmethod
     def sorted_by_y(cls, coordinates, **kwargs) -> "BrainLMFeatureExtractor":
@@ -63,36 +95,95 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         return cls(coordinates=coordinates.tolist(), region_order=region_order, **kwargs)
 
     @property
+    def num_regions(self) -> int | None:
+        for values in (self.coordinates, self.region_order, self.median):
+            if values is not None:
+                return len(values)
+        return None
+
+    @property
     def inverse_order(self) -> list[int] | None:
         """Model row of each atlas region (`inverse_order[region_order[i]] == i`)."""
-        if self.region_order is None:
-            return None
-        return np.argsort(self.region_order).tolist()
+        return None if self.region_order is None else np.argsort(self.region_order).tolist()
 
-    def __call__(self, recordings, return_tensors: str | None = "pt") -> BatchFeature:
+    def fit(self, recordings) -> "BrainLMFeatureExtractor":
+        """
+        Compute the `"robust"` statistics (per-region median and IQR over every timepoint of every training
+        recording, `(T_i, V)` arrays in atlas order). Holds all training timepoints in memory once. Other methods
+        need no fitting; `fit` then only checks the recordings.
+        """
+        recordings = [self._checked(r, f"recording {i}") for i, r in enumerate(recordings)]
+        if not recordings:
+            raise ValueError("fit needs at least one training recording.")
+        if self.normalization == "robust":
+            stacked = np.concatenate(recordings, axis=0)
+            q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
+            flat = np.flatnonzero(q3 - q1 <= 0)
+            if len(flat):
+                raise ValueError(f"Regions {flat.tolist()} have zero inter-quartile range in the training data.")
+            self.median, self.iqr = median.tolist(), (q3 - q1).tolist()
+        return self
+
+    def normalize(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
+        """One `(T, V)` recording in atlas order -> normalised and divided by `input_scale`, float32."""
+        out = np.array(self._checked(recording, name), dtype=np.float32)  # one copy, then in place
+        if self.normalization == "robust":
+            if self.median is None:
+                raise ValueError(
+                    "This feature extractor uses BrainLM's robust scaling but holds no statistics (the pretraining "
+                    "statistics were never released): call fit() on your training recordings first."
+                )
+            center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
+        elif self.normalization == "zscore":
+            center, scale = out.mean(0), out.std(0)
+            if (scale == 0).any():
+                raise ValueError(
+                    f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score."
+                )
+        else:
+            center, scale = np.float32(0), np.float32(1)
+        out -= center
+        out *= 1 / (scale * np.float32(self.input_scale))
+        return out
+
+    def windows(self, num_timepoints: int, stride: int | None = None) -> list[int]:
+        """Start indices of the `self.num_timepoints` windows of a recording (every `stride`, default the window)."""
+        return list(range(0, num_timepoints - self.num_timepoints + 1, stride or self.num_timepoints))
+
+    def __call__(
+        self, recordings, sliding_windows: bool = False, stride: int | None = None, return_tensors: str | None = "pt"
+    ) -> BatchFeature:
         """
         Args:
-            recordings: one recording `(T, V)` in atlas order, a list of them with equal T, or an array `(B, T, V)`.
+            recordings: one recording `(T, V)` in atlas order, a list of them, or an array `(B, T, V)`.
+            sliding_windows (`bool`): cut every recording into `num_timepoints` windows every `stride` timepoints
+                (default: non-overlapping); `recording_index` then says which recording each window comes from. A
+                recording shorter than one window is an error. Without it the recordings are used whole and must
+                have equal lengths.
 
-        Returns a `BatchFeature` with `signal_values` `(B, V, T)` (model region order, divided by `input_scale`)
-        and, when known, `coordinates` `(V, 3)` in model order.
+        Returns a `BatchFeature` with `signal_values` `(B, V, T)` (normalised, model region order) and, when known,
+        `coordinates` `(V, 3)` in model order.
         """
-        if isinstance(recordings, list):
-            signal = np.stack([np.asarray(r, dtype=np.float32) for r in recordings])
-        else:
-            signal = np.asarray(recordings, dtype=np.float32)
-        if signal.ndim == 2:
-            signal = signal[None]
-        if signal.ndim != 3:
-            raise ValueError(f"Expected recordings of shape (timepoints, regions), got {signal.shape[1:]}.")
-        num_regions = signal.shape[2]
-        if self.coordinates is not None and num_regions != len(self.coordinates):
-            raise ValueError(
-                f"The recordings have {num_regions} regions but this feature extractor's atlas has "
-                f"{len(self.coordinates)}: parcellate with the same atlas."
-            )
-        signal = signal.transpose(0, 2, 1) / self.input_scale  # (B, V, T)
-        data = {"signal_values": self.to_model_order(signal)}
+        if isinstance(recordings, np.ndarray | torch.Tensor) and recordings.ndim == 2:
+            recordings = [recordings]
+        normalized = [self.normalize(np.asarray(r), f"recording {i}") for i, r in enumerate(recordings)]
+        data = {}
+        if sliding_windows:
+            pieces, index = [], []
+            for i, recording in enumerate(normalized):
+                starts = self.windows(len(recording), stride)
+                if not starts:
+                    raise ValueError(
+                        f"recording {i} has {len(recording)} timepoints, fewer than one window of "
+                        f"{self.num_timepoints}."
+                    )
+                pieces += [recording[s : s + self.num_timepoints] for s in starts]
+                index += [i] * len(starts)
+            normalized, data["recording_index"] = pieces, np.asarray(index)
+        if len({len(r) for r in normalized}) > 1:
+            raise ValueError("Recordings of different lengths: use sliding_windows=True or crop them to one length.")
+        signal = np.stack(normalized).transpose(0, 2, 1)  # (B, V, T)
+        data["signal_values"] = self.to_model_order(signal)
         if self.coordinates is not None:
             data["coordinates"] = self.to_model_order(np.asarray(self.coordinates, dtype=np.float32))
         return BatchFeature(data=data, tensor_type=return_tensors)
@@ -104,6 +195,21 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     def to_atlas_order(self, values):
         """Reorder model outputs `(..., V, T)` (or `(V, 3)`) back to atlas order."""
         return values if self.region_order is None else _take(values, self.inverse_order)
+
+    def _checked(self, recording, name: str) -> np.ndarray:
+        recording = np.asarray(recording, dtype=np.float32)
+        if recording.ndim != 2:
+            raise ValueError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
+        if self.num_regions is not None and recording.shape[1] != self.num_regions:
+            raise ValueError(
+                f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
+                "parcellate with the same atlas (is the array transposed? expected (timepoints, regions))."
+            )
+        bad = ~np.isfinite(recording)
+        if bad.any():
+            regions = np.flatnonzero(bad.any(0))
+            raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
+        return recording
 
 
 def _take(values, order: list[int]):

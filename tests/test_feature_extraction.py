@@ -1,0 +1,89 @@
+"""The saved preprocessing: normalisation statistics, region order, windows, and its refusals."""
+
+import numpy as np
+import pytest
+from transformers import AutoFeatureExtractor
+
+from brainlm_hf import BrainLMFeatureExtractor
+
+from .conftest import shared_path
+
+
+@pytest.fixture
+def recordings():
+    rng = np.random.default_rng(0)
+    return [rng.normal(loc=100, scale=5, size=(t, 6)).astype(np.float32) for t in (250, 300, 410)]
+
+
+def test_robust_scaling_uses_the_training_median_and_iqr(recordings):
+    extractor = BrainLMFeatureExtractor(num_timepoints=50).fit(recordings)
+    stacked = np.concatenate(recordings)
+    q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
+    np.testing.assert_allclose(extractor.median, median, rtol=1e-6)
+    np.testing.assert_allclose(extractor.iqr, q3 - q1, rtol=1e-6)
+    x = recordings[0]
+    out = extractor(x[:50])["signal_values"][0].numpy()  # (V, T)
+    np.testing.assert_allclose(out.T, (x[:50] - median) / (q3 - q1), rtol=1e-5, atol=1e-5)
+    # not the original toolkit's precedence slip, x - median / IQR
+    assert not np.allclose(out.T, x[:50] - median / (q3 - q1))
+
+
+def test_zscore_and_none(recordings):
+    x = recordings[1][:50]
+    zscored = BrainLMFeatureExtractor(normalization="zscore", num_timepoints=50)(x)["signal_values"][0].numpy().T
+    np.testing.assert_allclose(zscored.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(zscored.std(0), 1, atol=1e-4)
+    raw = BrainLMFeatureExtractor(normalization="none", input_scale=4.0)(x)["signal_values"][0].numpy().T
+    np.testing.assert_allclose(raw, x / 4.0, rtol=1e-6)
+
+
+def test_sliding_windows(recordings):
+    extractor = BrainLMFeatureExtractor(normalization="none", num_timepoints=100)
+    out = extractor(recordings, sliding_windows=True, stride=50)
+    # windows per recording: (250-100)//50+1 = 4, (300-100)//50+1 = 5, (410-100)//50+1 = 7
+    assert out["signal_values"].shape == (16, 6, 100)
+    assert out["recording_index"].tolist() == [0] * 4 + [1] * 5 + [2] * 7
+    np.testing.assert_array_equal(out["signal_values"][5].numpy(), recordings[1][50:150].T)
+    with pytest.raises(ValueError, match="different lengths"):
+        extractor(recordings)
+
+
+def test_too_short_recording_is_refused():
+    example = np.loadtxt(shared_path("atlases", "A424_example_fMRI.dat"), dtype=np.float32)  # 99 x 424, real
+    extractor = BrainLMFeatureExtractor(normalization="zscore", num_timepoints=200)
+    with pytest.raises(ValueError, match="recording 0 has 99 timepoints, fewer than one window of 200"):
+        extractor(example, sliding_windows=True)
+
+
+def test_refusals(recordings):
+    fitted = BrainLMFeatureExtractor().fit(recordings)
+    with pytest.raises(ValueError, match="holds no statistics.*call fit\\(\\)"):
+        BrainLMFeatureExtractor()(recordings[0])
+    bad = recordings[0].copy()
+    bad[3, 4] = np.nan
+    with pytest.raises(ValueError, match="NaN/Inf values in regions \\[4\\]"):
+        fitted(bad)
+    with pytest.raises(ValueError, match="has 5 regions but this feature extractor's atlas has 6"):
+        fitted(recordings[0][:, :5])
+    with pytest.raises(ValueError, match="zero inter-quartile range"):
+        BrainLMFeatureExtractor().fit([np.ones((10, 6), np.float32)])
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        BrainLMFeatureExtractor(normalization="minmax")
+    with pytest.raises(ValueError, match="disagree on the number of regions"):
+        BrainLMFeatureExtractor(coordinates=[[0, 0, 0]] * 3, region_order=[0, 1])
+
+
+def test_save_and_reload_with_auto(recordings, tmp_path):
+    coordinates = np.random.default_rng(1).normal(size=(6, 3)) * 40
+    extractor = BrainLMFeatureExtractor.sorted_by_y(coordinates, num_timepoints=50, repetition_time=0.72).fit(
+        recordings
+    )
+    extractor.save_pretrained(tmp_path)
+    reloaded = AutoFeatureExtractor.from_pretrained(tmp_path)
+    assert isinstance(reloaded, BrainLMFeatureExtractor)
+    assert reloaded.to_dict() == extractor.to_dict()
+    a, b = extractor(recordings[0][:50]), reloaded(recordings[0][:50])
+    np.testing.assert_array_equal(a["signal_values"].numpy(), b["signal_values"].numpy())
+    # model order is sorted by Y, and to_atlas_order undoes it
+    assert (np.diff(a["coordinates"].numpy()[:, 1]) >= 0).all()
+    np.testing.assert_array_equal(reloaded.to_atlas_order(a["coordinates"]).numpy(), coordinates.astype(np.float32))
