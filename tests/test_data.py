@@ -218,3 +218,35 @@ def test_prepare_cli(corpus, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "train:" in printed and "left out (shorter than 200 timepoints): 0" in printed
     assert BrainLMFeatureExtractor.from_pretrained(tmp_path / "out").normalization == "zscore"
+
+
+def test_prepare_parcellates_nifti_images_with_the_atlas(tmp_path):
+    """NIfTI inputs go through `parcellate`; TR comes from the header; the atlas name and coordinates are kept."""
+    import nibabel as nib
+
+    from brainlm_hf.atlas import load_atlas
+
+    labels = np.zeros((6, 6, 6), dtype=np.int16)
+    labels[:3], labels[3:, :3], labels[3:, 3:] = 1, 2, 3
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "toy_atlas.nii.gz")
+    atlas = load_atlas(tmp_path / "toy_atlas.nii.gz")
+    rng = np.random.default_rng(0)
+    expected = {}
+    for subject in ("01", "02", "03"):
+        series = rng.normal(size=(30, 3)).astype(np.float32)
+        data = series.T[labels - 1].astype(np.float32)  # every voxel of region i holds series[:, i]
+        image = nib.Nifti1Image(data, affine)
+        image.header.set_sform(affine, code=4)
+        image.header.set_zooms((3.0, 3.0, 3.0, 1.5))
+        nib.save(image, tmp_path / f"sub-{subject}_bold.nii.gz")
+        expected[subject] = series
+    out = tmp_path / "out"
+    prepare_dataset(tmp_path / "sub-*_bold.nii.gz", out, atlas=atlas, num_timepoints=20, splits={"train": 1.0})
+    rows = datasets.load_dataset(str(out), split="train")
+    for row in rows:
+        series = np.asarray(row["series"], np.float32).reshape(row["num_timepoints"], row["num_regions"])
+        np.testing.assert_array_equal(series, expected[row["subject"]])
+        assert row["repetition_time"] == 1.5 and row["atlas"] == "toy_atlas"
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    np.testing.assert_allclose(processor.coordinates, atlas.coordinates)
