@@ -99,7 +99,7 @@ def bench_parcellation(folder: Path, atlas_dir: str, num_volumes: int) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--atlas-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "atlases"))
-    parser.add_argument("--recordings", type=int, default=96)
+    parser.add_argument("--recordings", type=int, default=256)
     parser.add_argument("--crops", default="1,4,8")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--volumes", type=int, default=490)

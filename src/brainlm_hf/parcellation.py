@@ -68,16 +68,30 @@ def parcellate(
     starts = np.concatenate([[0], np.cumsum(counts)])[present]  # first voxel of each region that has voxels
 
     num_timepoints = image.shape[3]
+    data = _voxel_data(image)
     series = np.empty((num_timepoints, atlas.num_regions), dtype=np.float32)
     for start in range(0, num_timepoints, chunk_size):
         stop = min(start + chunk_size, num_timepoints)
-        chunk = np.asarray(image.dataobj[..., start:stop], dtype=np.float32)
+        chunk = np.asarray(data[..., start:stop], dtype=np.float32)  # a view of a memory map where possible
         volumes = chunk.reshape(-1, stop - start, order="F").T  # (chunk, voxels), each volume contiguous
         # float64 accumulation: a region of identical voxels averages back to exactly their value
         sums = np.add.reduceat(volumes[:, voxels], starts, axis=1, dtype=np.float64)  # (chunk, regions with voxels)
         series[start:stop, present] = sums / counts[present]
     series[:, empty] = np.nan
     return series
+
+
+def _voxel_data(image: nib.Nifti1Image):
+    """
+    Something to slice volumes from: the memory map of an uncompressed, unscaled file (only the atlas voxels are
+    then read), else nibabel's array proxy (each slice read and scaled on its own).
+    """
+    proxy = image.dataobj
+    filename = image.get_filename() or ""
+    plain = getattr(proxy, "slope", 1.0) == 1.0 and getattr(proxy, "inter", 0.0) == 0.0
+    if nib.is_proxy(proxy) and filename.endswith(".nii") and plain:
+        return np.asanyarray(proxy)  # np.memmap: nothing is read yet
+    return proxy
 
 
 def _check_standard_space(image: nib.Nifti1Image, name) -> None:
