@@ -68,12 +68,10 @@ def parcellate(
     starts = np.concatenate([[0], np.cumsum(counts)])[present]  # first voxel of each region that has voxels
 
     num_timepoints = image.shape[3]
-    data = _voxel_data(image)
     series = np.empty((num_timepoints, atlas.num_regions), dtype=np.float32)
     for start in range(0, num_timepoints, chunk_size):
         stop = min(start + chunk_size, num_timepoints)
-        chunk = np.asarray(data[..., start:stop], dtype=np.float32)  # a view of a memory map where possible
-        volumes = chunk.reshape(-1, stop - start, order="F").T  # (chunk, voxels), each volume contiguous
+        volumes = _read_volumes(image, start, stop).reshape(-1, stop - start, order="F").T  # (chunk, voxels)
         # float64 accumulation: a region of identical voxels averages back to exactly their value
         sums = np.add.reduceat(volumes[:, voxels], starts, axis=1, dtype=np.float64)  # (chunk, regions with voxels)
         series[start:stop, present] = sums / counts[present]
@@ -81,17 +79,24 @@ def parcellate(
     return series
 
 
-def _voxel_data(image: nib.Nifti1Image):
+def _read_volumes(image: nib.Nifti1Image, start: int, stop: int) -> np.ndarray:
     """
-    Something to slice volumes from: the memory map of an uncompressed, unscaled file (only the atlas voxels are
-    then read), else nibabel's array proxy (each slice read and scaled on its own).
+    Volumes `[start, stop)` as `(x, y, z, n)` float32. A plain `.nii` file (no scaling) is memory-mapped for just
+    these volumes, so only the pages of atlas voxels are read and nothing stays mapped after the chunk; any other
+    image goes through nibabel's proxy, which reads and scales the slice.
     """
     proxy = image.dataobj
     filename = image.get_filename() or ""
     plain = getattr(proxy, "slope", 1.0) == 1.0 and getattr(proxy, "inter", 0.0) == 0.0
-    if nib.is_proxy(proxy) and filename.endswith(".nii") and plain:
-        return np.asanyarray(proxy)  # np.memmap: nothing is read yet
-    return proxy
+    if not (nib.is_proxy(proxy) and filename.endswith(".nii") and plain and getattr(proxy, "order", "F") == "F"):
+        return np.asarray(proxy[..., start:stop], dtype=np.float32)
+    dtype = proxy.dtype  # the proxy knows where the data starts in the file, and its byte order
+    volume_bytes = int(np.prod(image.shape[:3])) * dtype.itemsize
+    offset = int(proxy.offset) + start * volume_bytes
+    mapped = np.memmap(
+        filename, dtype=dtype, mode="r", offset=offset, shape=(*image.shape[:3], stop - start), order="F"
+    )
+    return mapped if dtype == np.float32 else mapped.astype(np.float32)
 
 
 def _check_standard_space(image: nib.Nifti1Image, name) -> None:
