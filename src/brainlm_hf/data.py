@@ -87,6 +87,9 @@ def prepare_dataset(
     seed: int = 0,
     shard_multiple: int = 8,
     target_shard_bytes: int = 200 * 2**20,
+    coordinates=None,
+    region_names: list[str] | None = None,
+    atlas_name: str | None = None,
 ) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
@@ -102,6 +105,8 @@ def prepare_dataset(
         splits (`dict`): split fractions by subject, default `{"train": 0.8, "validation": 0.1, "test": 0.1}`.
         shard_multiple (`int`): shard counts are a multiple of this (e.g. GPUs x loader workers) whenever the split
             has that many recordings, so that every rank streams whole shards.
+        coordinates, region_names, atlas_name (*optional*): region coordinates `(V, 3)`, names and atlas name for
+            parcel tables made without an `Atlas` object (they override the atlas's).
 
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns a summary dict.
     """
@@ -126,7 +131,7 @@ def prepare_dataset(
             "session": session,
             "series": series,
             "repetition_time": tr,
-            "atlas": atlas.name if atlas is not None else None,
+            "atlas": atlas_name or (atlas.name if atlas is not None else None),
         }
         row.update(_phenotype_row(table, record_id, subject))
         rows.append(row)
@@ -137,13 +142,15 @@ def prepare_dataset(
         raise ValueError(f"Recordings have different numbers of regions {sorted(num_regions)}: use one atlas.")
 
     assignment = split_subjects([r["subject"] for r in rows], splits, seed)
+    if coordinates is None and atlas is not None:
+        coordinates = atlas.coordinates
     processor = BrainLMFeatureExtractor(
         normalization=normalization,
-        coordinates=atlas.coordinates.tolist() if atlas is not None else None,
-        region_names=atlas.region_names if atlas is not None else None,
+        coordinates=np.asarray(coordinates, dtype=np.float64).tolist() if coordinates is not None else None,
+        region_names=region_names or (atlas.region_names if atlas is not None else None),
         num_timepoints=num_timepoints,
         repetition_time=next((r["repetition_time"] for r in rows if r["repetition_time"]), None),
-        atlas=atlas.name if atlas is not None else None,
+        atlas=atlas_name or (atlas.name if atlas is not None else None),
     )
     processor.fit([r["series"] for r in rows if assignment[r["subject"]] == "train"])
 
@@ -267,7 +274,8 @@ class WindowStream(torch.utils.data.IterableDataset):
     recordings are shuffled with `(seed, epoch, shard, block)`. Nothing depends on a shuffle buffer or RNG state,
     so `state_dict()` (epoch, shard, window position) restores the stream exactly. Recordings shorter than one window
     are skipped and counted in `skipped`.
-    Yields dicts with `signal_values` `(V, T)` in model region order (float32 numpy) and `id`.
+    Yields dicts with `signal_values` `(V, T)` in model region order (float32 numpy), the recording `id` and the
+    `crop` number (`id` and `crop` name a window uniquely within an epoch).
     """
 
     def __init__(
@@ -332,9 +340,10 @@ class WindowStream(torch.utils.data.IterableDataset):
                 series = values[offsets[row] : offsets[row + 1]].reshape(shapes[row])  # (T, V)
                 series = self.feature_extractor.normalize(series, f"{shard}: {ids[row]}")
                 rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(ids[row].encode())])
-                for start in rng.integers(0, len(series) - length + 1, self.crops_per_recording):
+                starts = rng.integers(0, len(series) - length + 1, self.crops_per_recording)
+                for crop, start in enumerate(starts):
                     window = self.feature_extractor.to_model_order(series[start : start + length].T)  # (V, T)
-                    block.append({"signal_values": np.ascontiguousarray(window), "id": ids[row]})
+                    block.append({"signal_values": np.ascontiguousarray(window), "id": ids[row], "crop": crop})
             rng = np.random.default_rng([self.seed, self.epoch, shard_position, block_start])
             windows += [block[i] for i in rng.permutation(len(block))]
         return windows
@@ -361,10 +370,8 @@ class BrainLMCollator:
     """Stacks `WindowStream` items into model inputs: `signal_values` `(B, V, T)` and `coordinates` `(V, 3)`."""
 
     def __init__(self, feature_extractor: BrainLMFeatureExtractor):
-        self.coordinates = None
-        if feature_extractor.coordinates is not None:
-            coordinates = np.asarray(feature_extractor.coordinates, dtype=np.float32)
-            self.coordinates = torch.from_numpy(feature_extractor.to_model_order(coordinates))
+        coordinates = feature_extractor.model_coordinates()
+        self.coordinates = torch.from_numpy(coordinates) if coordinates is not None else None
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {"signal_values": torch.from_numpy(np.stack([item["signal_values"] for item in items]))}

