@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	touch $@
 
 demo: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) examples/reconstruct_hcp.py --output-dir outputs/demo
+	HF_HUB_OFFLINE=1 $(PY) examples/pretrain_hcp.py --output-dir outputs/hcp
 
 test: $(VENV)/.installed lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q tests

@@ -47,17 +47,7 @@ def build(row: str, attn: str, mask_ratio: float):
         from original_equivalent import OriginalViTMAE
 
         model = OriginalViTMAE(mask_ratio)
-        config = model.model.config
-        dims = {
-            "hidden": config.hidden_size,
-            "layers": config.num_hidden_layers,
-            "mlp": config.intermediate_size,
-            "decoder_hidden": config.decoder_hidden_size,
-            "decoder_layers": config.decoder_num_hidden_layers,
-            "decoder_mlp": config.decoder_intermediate_size,
-            "tokens": (432 // 16) ** 2,
-        }
-        return model, dims
+        return model, widths(model.model.config, tokens=(432 // 16) ** 2)
     from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 
     if row == "13m-options":  # the original repository's configuration with the 13M family's options
@@ -70,8 +60,12 @@ def build(row: str, attn: str, mask_ratio: float):
     config.validate_inputs = False
     config._attn_implementation = attn
     model = BrainLMForMaskedSignalModeling(config)
-    tokens = model.brainlm.embeddings.num_tokens(REGIONS, TIMEPOINTS)
-    dims = {
+    return model, widths(config, tokens=model.brainlm.embeddings.num_tokens(REGIONS, TIMEPOINTS))
+
+
+def widths(config, tokens: int) -> dict:
+    """Widths for FLOP counting from a BrainLM or ViT-MAE config (they share these field names)."""
+    return {
         "hidden": config.hidden_size,
         "layers": config.num_hidden_layers,
         "mlp": config.intermediate_size,
@@ -80,7 +74,6 @@ def build(row: str, attn: str, mask_ratio: float):
         "decoder_mlp": config.decoder_intermediate_size,
         "tokens": tokens,
     }
-    return model, dims
 
 
 def step_flops(dims: dict, mask_ratio: float, batch_size: int, train: bool) -> float:

@@ -21,6 +21,15 @@ from brainlm_hf.convert import convert_checkpoint, model_from_original, render_m
 from .conftest import shared_path
 
 RUNS = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
+CONVERTED_FILES = {
+    "README.md",
+    "config.json",
+    "model.safetensors",
+    "configuration_brainlm.py",
+    "modeling_brainlm.py",
+    "feature_extraction_brainlm.py",
+    "preprocessor_config.json",
+}
 
 
 def original_folder(tmp_path, case, weights_format="safetensors"):
@@ -47,15 +56,7 @@ def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, c
     source = original_folder(tmp_path, case, weights_format)
     out = tmp_path / "converted"
     convert_checkpoint(str(source), str(out), atlas_coordinates=coordinates_file())
-    assert {p.name for p in out.iterdir()} == {
-        "config.json",
-        "model.safetensors",
-        "configuration_brainlm.py",
-        "modeling_brainlm.py",
-        "preprocessor_config.json",
-        "feature_extraction_brainlm.py",
-        "README.md",
-    }
+    assert {p.name for p in out.iterdir()} == CONVERTED_FILES
     model, info = AutoModelForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     encoder, info = AutoModel.from_pretrained(out, output_loading_info=True)
@@ -160,15 +161,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
     (commit,) = commits
     assert commit["repo_id"] == "me/brainlm"
     uploaded = {op.path_in_repo: op for op in commit["operations"]}
-    assert set(uploaded) == {
-        "README.md",
-        "config.json",
-        "model.safetensors",
-        "configuration_brainlm.py",
-        "modeling_brainlm.py",
-        "preprocessor_config.json",
-        "feature_extraction_brainlm.py",
-    }
+    assert set(uploaded) == CONVERTED_FILES
     card = uploaded["README.md"].path_or_fileobj
     assert (tmp_path / "b" / "README.md").read_text() == open(card).read()
 

@@ -8,21 +8,10 @@ from brainlm_hf.modeling_brainlm import signal_to_tiles, sincos_2d_encoding, til
 
 
 @pytest.fixture
-def tile_config():
-    return BrainLMConfig(
-        token_layout="tile_2d",
-        patch_size=4,
-        image_size=24,  # G = 6, 36 tiles
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        decoder_hidden_size=16,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2,
-        decoder_intermediate_size=32,
-        mask_ratio=0.5,
-    )
+def tile_config(config):
+    """The small test config with the tile layout: 4 x 4 tiles in a 24 x 24 square (G = 6, 36 tiles)."""
+    config.token_layout, config.patch_size, config.image_size = "tile_2d", 4, 24
+    return config
 
 
 def test_tiles_round_trip_and_padding(tile_config):
