@@ -13,7 +13,7 @@
 5. Reloads the model through `AutoModel` and prints a summary. Exits with an error if the model's held-out R^2 does
    not beat the per-region-mean baseline.
 
-    python examples/pretrain_hcp.py --output-dir outputs/hcp               # about 8 minutes on 2 CPU cores
+    python examples/pretrain_hcp.py --output-dir outputs/hcp               # about 5 minutes on 2 CPU cores
     python examples/pretrain_hcp.py --output-dir /tmp/hcp --max-steps 20   # a smoke run (no R^2 requirement)
 """
 
@@ -36,7 +36,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs/hcp")
     parser.add_argument("--model", default="brainlm-tiny")
-    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--max-steps", type=int, default=1500)
     parser.add_argument("--mask-ratio", type=float, default=0.5)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -124,7 +124,7 @@ def main():
 def score_test_subject(model, processor, dataset: Path, seed: int) -> tuple[dict, dict]:
     """Every non-overlapping window of the test split, fixed masks; the metrics, and one window to draw."""
     shards = sorted(str(p) for p in (dataset / "test").glob("*.parquet"))
-    items = list(WindowStream(shards, processor, crops_per_recording=6, seed=seed))
+    items = list(WindowStream(shards, processor, crops_per_recording=12, seed=seed))
     batch = BrainLMCollator(processor)(items)
     num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
     noise = window_noise(seed, EVALUATION_EPOCH, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)

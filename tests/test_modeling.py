@@ -45,7 +45,7 @@ def test_token_embedding_is_window_plus_xyz_plus_window_index_sinusoid(config, i
     v, n = 4, 3
     expected = (
         emb.signal_projection(signal[:, v, 5 * n : 5 * n + 5])
-        + emb.coordinate_projection(xyz[v])
+        + emb.coordinate_projection(xyz[v] * config.coordinate_scale)
         + sinusoidal_encoding(6, 32)[n]
     )
     torch.testing.assert_close(tokens[:, v * 6 + n], expected)

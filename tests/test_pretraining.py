@@ -229,3 +229,16 @@ def test_the_main_job_runs_in_fast_mode(tmp_path):
     assert (tmp_path / "reconstruction.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "final" / "preprocessor_config.json").is_file()
     assert "reloaded with AutoModel" in result.stdout
+
+
+def test_demo_coordinates_follow_the_region_order():
+    """AAL2 regions come in (left, right) pairs: left at x < 0, right at x > 0, mirrored within a few mm."""
+    from brainlm_hf.demo_data import aal2_coordinates
+
+    coordinates, names = aal2_coordinates()
+    assert coordinates.shape == (94, 3) and len(names) == 94
+    for left in range(0, 94, 2):
+        assert names[left].endswith("_L") and names[left + 1] == names[left][:-2] + "_R"
+        (xl, yl, zl), (xr, yr, zr) = coordinates[left], coordinates[left + 1]
+        assert xl < 0 < xr
+        assert abs(xl + xr) < 8 and abs(yl - yr) < 8 and abs(zl - zr) < 8, names[left]

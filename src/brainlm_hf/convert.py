@@ -130,6 +130,7 @@ def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
             "norm_position": "post",
             "value_conv_kernel_size": original["conv_kernel_size"],
             "decoder_head": "mlp",
+            "coordinate_scale": 1.0,  # the original feeds raw millimetres
             # the original's exact-softmax branch never applies its attention dropout, nor do we
             "attention_probs_dropout_prob": 0.0,
             "reconstruction_loss": original.get("loss_fn", "mse"),

@@ -205,7 +205,7 @@ def mask_tokens(
 
 
 class BrainLMRegionWindowEmbeddings(nn.Module):
-    """Region-window tokens: window projection + region xyz projection + sinusoid of the window index."""
+    """Region-window tokens: window projection + projection of the scaled region xyz + sinusoid of the window index."""
 
     def __init__(self, config: BrainLMConfig):
         super().__init__()
@@ -238,7 +238,8 @@ class BrainLMRegionWindowEmbeddings(nn.Module):
         num_windows = num_timepoints // self.config.patch_size
         windows = signal_values.reshape(batch_size, num_regions, num_windows, self.config.patch_size)
         embeddings = self.signal_projection(windows)  # (B, V, N, H)
-        embeddings = embeddings + self.coordinate_projection(coordinates).unsqueeze(2)  # + (B, V, 1, H)
+        xyz = self.coordinate_projection(coordinates * self.config.coordinate_scale)  # (B or 1, V, H)
+        embeddings = embeddings + xyz.unsqueeze(2)  # + (B, V, 1, H)
         time_encoding = sinusoidal_encoding(num_windows, self.config.hidden_size, embeddings.device)
         embeddings = embeddings + time_encoding.to(embeddings.dtype)  # + (N, H)
         return embeddings.flatten(1, 2)  # (B, L, H)
@@ -618,7 +619,7 @@ class BrainLMDecoder(nn.Module):
         if self.coordinate_projection is None:
             return sincos_2d_encoding(self.config.image_size // self.config.patch_size, hidden, device)
         num_windows = num_timepoints // self.config.patch_size
-        xyz = self.coordinate_projection(coordinates).unsqueeze(2)  # (B or 1, V, 1, Hd)
+        xyz = self.coordinate_projection(coordinates * self.config.coordinate_scale).unsqueeze(2)  # (B or 1, V, 1, Hd)
         return (xyz + sinusoidal_encoding(num_windows, hidden, device)).flatten(1, 2)  # (B or 1, L, Hd)
 
 
