@@ -256,3 +256,12 @@ def test_prepare_parcellates_nifti_images_with_the_atlas(tmp_path):
         assert row["repetition_time"] == 1.5 and row["atlas"] == "toy_atlas"
     processor = BrainLMFeatureExtractor.from_pretrained(out)
     np.testing.assert_allclose(processor.coordinates, atlas.coordinates)
+
+
+def test_a_finished_pass_repeats_until_set_epoch(prepared):
+    out, _ = prepared
+    windows = stream(out, seed=2)
+    first = [w["id"] for w in windows]
+    assert [w["id"] for w in windows] == first  # iterating again repeats the epoch
+    windows.set_epoch(1)
+    assert sorted(w["id"] for w in windows) == sorted(first)

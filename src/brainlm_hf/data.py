@@ -272,8 +272,9 @@ class WindowStream(torch.utils.data.IterableDataset):
     Recordings are read in order, normalised whole by the feature extractor, and cut into `crops_per_recording`
     windows at offsets drawn from `(seed, epoch, recording id)`; the windows of each block of `block_size`
     recordings are shuffled with `(seed, epoch, shard, block)`. Nothing depends on a shuffle buffer or RNG state,
-    so `state_dict()` (epoch, shard, window position) restores the stream exactly. Recordings shorter than one window
-    are skipped and counted in `skipped`.
+    so `state_dict()` (epoch, shard, window position) restores the stream exactly. Iterating again after a complete
+    pass repeats the epoch; call `set_epoch` for a new order. Recordings shorter than one window are skipped and
+    counted in `skipped`.
     Yields dicts with `signal_values` `(V, T)` in model region order (float32 numpy), the recording `id` and the
     `crop` number (`id` and `crop` name a window uniquely within an epoch).
     """
@@ -321,6 +322,7 @@ class WindowStream(torch.utils.data.IterableDataset):
                 self._window_position = index + 1
                 yield windows[index]
             self._shard_position, self._window_position = self._shard_position + 1, 0
+        self._shard_position = 0  # a finished pass starts over (same epoch, same order) unless set_epoch is called
 
     def _shard_windows(self, shard: str, shard_position: int) -> list[dict]:
         """Every window of one shard in its shuffled order (re-derived identically on resume)."""

@@ -210,6 +210,8 @@ def pretrain(args: PretrainingArguments) -> dict:
                 "learning_rate": scheduler.get_last_lr()[0],
                 "windows_per_s": windows / seconds,
                 "tokens_per_s": windows * num_tokens / seconds,
+                "windows": windows,  # since this process started the loop (resumes count afresh)
+                "elapsed_s": seconds,
             }
             accelerator.log(record, step=state.step)
             if accelerator.is_main_process:
