@@ -62,7 +62,7 @@ def arguments(dataset, output_dir, **overrides) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
-def run(argv, processes=1, check=True, wait=True):
+def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, "-m", "brainlm_hf.cli", "pretrain", *argv]
@@ -72,7 +72,7 @@ def run(argv, processes=1, check=True, wait=True):
             sys.executable,
             "-m",
             "accelerate.commands.launch",
-            "--multi_gpu",
+            *launcher,
             "--num_processes",
             str(processes),
             "--num_machines",
@@ -115,6 +115,18 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tm
     assert a.keys() == b.keys() == {1, 2, 3}
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5)
+
+
+def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
+    """FSDP v2 with transformer-layer wrapping from `_no_split_modules`: same losses as DDP, strict reload."""
+    fsdp = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
+    run(arguments(dataset, tmp_path / "fsdp"), processes=2, launcher=fsdp)
+    run(arguments(dataset, tmp_path / "ddp"), processes=2)
+    a, b = losses(tmp_path / "fsdp"), losses(tmp_path / "ddp")
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4)
+    _, info = BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "fsdp" / "final", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
 def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):

@@ -169,7 +169,6 @@ def pretrain(args: PretrainingArguments) -> dict:
             stream.load_state_dict(stream_state)
     loaders = [_loader(stream, processor, args.per_device_train_batch_size) for stream in streams]
     unwrapped = accelerator.unwrap_model(model)
-    num_tokens = unwrapped.brainlm.embeddings.num_tokens(processor.num_regions, processor.num_timepoints)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
@@ -182,6 +181,7 @@ def pretrain(args: PretrainingArguments) -> dict:
         step_loss = 0.0
         for stream, loader in zip(streams, loaders, strict=True):  # one micro-batch per stream, then one step
             batch, ids = _next_batch(stream, loader, args.per_device_train_batch_size)
+            num_tokens = unwrapped.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
             noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
             with accelerator.accumulate(model):
                 out = model(**_to_device(batch, accelerator.device), noise=noise.to(accelerator.device))
