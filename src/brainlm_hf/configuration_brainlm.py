@@ -76,6 +76,9 @@ PRESETS: dict[str, dict] = {
     },
 }
 
+# the token layouts, and the masking strategies each supports
+MASK_STRATEGIES = {"region_window": ("random", "forecast"), "tile_2d": ("random", "predict_last")}
+
 _AUTO_MAP = {
     "AutoConfig": "configuration_brainlm.BrainLMConfig",
     "AutoModel": "modeling_brainlm.BrainLMModel",
@@ -200,10 +203,10 @@ class BrainLMConfig(PreTrainedConfig):
                 )
         tiles = self.token_layout == "tile_2d"
         choices = {
-            "token_layout": ("region_window", "tile_2d"),
+            "token_layout": tuple(MASK_STRATEGIES),
             "norm_position": ("pre", "post"),
             "decoder_head": ("linear", "mlp"),
-            "mask_strategy": ("random", "predict_last") if tiles else ("random", "forecast"),
+            "mask_strategy": MASK_STRATEGIES.get(self.token_layout, ()),
             "reconstruction_loss": ("mse", "mae"),
         }
         for name, allowed in choices.items():
@@ -235,4 +238,4 @@ class BrainLMConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["BrainLMConfig", "PRESETS"]
+__all__ = ["MASK_STRATEGIES", "PRESETS", "BrainLMConfig"]

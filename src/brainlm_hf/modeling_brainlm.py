@@ -21,7 +21,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
-from .configuration_brainlm import BrainLMConfig
+from .configuration_brainlm import MASK_STRATEGIES, BrainLMConfig
 
 
 @dataclass
@@ -550,7 +550,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
     def _choose_visible_tokens(self, num_regions, num_timepoints, mask_ratio, strategy, noise, batch_size, device):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
-        allowed = ("random", "predict_last") if self.config.token_layout == "tile_2d" else ("random", "forecast")
+        allowed = MASK_STRATEGIES[self.config.token_layout]
         if strategy not in allowed:
             raise ValueError(
                 f"mask_strategy must be one of {allowed} for {self.config.token_layout}, got {strategy!r}."

@@ -167,7 +167,8 @@ def pretrain(args: PretrainingArguments) -> dict:
         accelerator.load_state(_checkpoint_path(output, args.resume_from_checkpoint))
         for stream, stream_state in zip(streams, state.streams[accelerator.process_index], strict=True):
             stream.load_state_dict(stream_state)
-    loaders = [_loader(stream, processor, args.per_device_train_batch_size) for stream in streams]
+    batch_size = args.per_device_train_batch_size
+    sources = [_full_batches(stream, _loader(stream, processor, batch_size), batch_size) for stream in streams]
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
@@ -179,8 +180,8 @@ def pretrain(args: PretrainingArguments) -> dict:
     model.train()
     while state.step < args.max_steps:
         step_loss = 0.0
-        for stream, loader in zip(streams, loaders, strict=True):  # one micro-batch per stream, then one step
-            batch, ids = _next_batch(stream, loader, args.per_device_train_batch_size)
+        for stream, source in zip(streams, sources, strict=True):  # one micro-batch per stream, then one step
+            batch, ids = next(source)
             num_tokens = unwrapped.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
             noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
             with accelerator.accumulate(model):
@@ -313,20 +314,13 @@ def _collate_with_ids(processor):
     return collate_fn
 
 
-def _next_batch(stream: WindowStream, loader, batch_size: int):
-    """The next full batch of a stream; at the end of an epoch the stream moves to the next one by itself."""
-    iterator = getattr(stream, "_loader_iterator", None)
+def _full_batches(stream: WindowStream, loader, batch_size: int):
+    """Endless full batches of one stream: a short last batch is dropped and the stream moves to its next epoch."""
     while True:
-        if iterator is None:
-            iterator = stream._loader_iterator = iter(loader)
-        try:
-            batch, ids = next(iterator)
+        for batch, ids in loader:
             if len(ids) == batch_size:
-                return batch, ids
-        except StopIteration:
-            pass
-        stream.set_epoch(stream.epoch + 1)  # a short last batch is dropped, so every step has the same size
-        iterator = stream._loader_iterator = None
+                yield batch, ids
+        stream.set_epoch(stream.epoch + 1)
 
 
 def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, limit: int, name: str = "") -> Path:
