@@ -265,3 +265,18 @@ def test_a_finished_pass_repeats_until_set_epoch(prepared):
     assert [w["id"] for w in windows] == first  # iterating again repeats the epoch
     windows.set_epoch(1)
     assert sorted(w["id"] for w in windows) == sorted(first)
+
+
+def test_phenotype_ids_stay_strings_and_unmatched_recordings_are_reported(tmp_path):
+    rng = np.random.default_rng(0)
+    for subject in ("007", "012", "999"):
+        np.save(tmp_path / f"sub-{subject}_bold.npy", rng.normal(size=(40, 3)).astype(np.float32))
+    (tmp_path / "participants.tsv").write_text("subject\tscore\n007\t1.5\n012\t2.5\n")  # 999 has no row
+    with pytest.warns(UserWarning, match=r"1 recordings have no row in the phenotype table.*sub-999_bold"):
+        summary = prepare_dataset(
+            str(tmp_path / "*.npy"), tmp_path / "out", phenotypes=tmp_path / "participants.tsv",
+            num_timepoints=20, normalization="zscore", splits={"train": 1.0}, shard_multiple=1,
+        )  # fmt: skip
+    assert summary["without_phenotypes"] == ["sub-999_bold"]
+    rows = load_prepared(tmp_path / "out")["train"]
+    assert {r["subject"]: r["score"] for r in rows} == {"007": 1.5, "012": 2.5, "999": None}

@@ -11,6 +11,7 @@ import glob
 import json
 import math
 import re
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +116,7 @@ def prepare_dataset(
 
     splits = splits or {"train": 0.8, "validation": 0.1, "test": 0.1}
     table = _phenotype_table(phenotypes)
-    rows, too_short = [], []
+    rows, too_short, without_phenotypes = [], [], []
     for path in find_recordings(inputs):
         series, tr = load_recording(path, atlas, repetition_time)
         record_id, subject, session = recording_ids(path)
@@ -134,6 +135,8 @@ def prepare_dataset(
             "atlas": atlas_name or (atlas.name if atlas is not None else None),
         }
         row.update(_phenotype_row(table, record_id, subject))
+        if table is not None and all(row[column] is None for column in table.columns):
+            without_phenotypes.append(record_id)
         rows.append(row)
     if not rows:
         raise ValueError(f"No recording has {num_timepoints} timepoints or more ({len(too_short)} too short).")
@@ -156,7 +159,18 @@ def prepare_dataset(
 
     output = Path(output_dir)
     features = None
-    summary = {"splits": {}, "too_short": too_short, "num_regions": num_regions.pop()}
+    summary = {
+        "splits": {},
+        "too_short": too_short,
+        "without_phenotypes": without_phenotypes,
+        "num_regions": num_regions.pop(),
+    }
+    if without_phenotypes:
+        warnings.warn(
+            f"{len(without_phenotypes)} recordings have no row in the phenotype table (their phenotype columns are "
+            f"empty): {without_phenotypes[:10]}{' ...' if len(without_phenotypes) > 10 else ''}",
+            stacklevel=2,
+        )
     for split in splits:
         members = [r for r in rows if assignment[r["subject"]] == split]
         if not members:
@@ -206,7 +220,11 @@ def _phenotype_table(phenotypes):
     table = (
         phenotypes
         if isinstance(phenotypes, pd.DataFrame)
-        else pd.read_csv(phenotypes, sep="\t" if str(phenotypes).endswith((".tsv", ".txt")) else ",")
+        else pd.read_csv(  # identifiers stay strings: "007" must not become 7
+            phenotypes,
+            sep="\t" if str(phenotypes).endswith((".tsv", ".txt")) else ",",
+            dtype={"id": str, "subject": str},
+        )
     )
     key = "id" if "id" in table.columns else "subject"
     if key not in table.columns:
