@@ -143,6 +143,9 @@ def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
     process.wait()
     assert not (crashed / "final").exists(), "the run finished before it could be killed"
     resumed_from = max(int(p.name.split("_")[1]) for p in (crashed / "checkpoints").glob("checkpoint_*"))
+    # a kill during a save leaves only a `.partial` folder, which resuming must ignore
+    (crashed / "checkpoints" / "checkpoint_99.partial").mkdir()
+    (crashed / "checkpoints" / "checkpoint_99.partial" / "model.safetensors").write_bytes(b"half-written")
     (crashed / "log.jsonl").unlink()  # keep only what the resumed run logs
     run(argv(crashed, resume_from_checkpoint="latest"))
     after = losses(crashed)

@@ -324,12 +324,25 @@ def _full_batches(stream: WindowStream, loader, batch_size: int):
 
 
 def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, limit: int, name: str = "") -> Path:
-    """`save_state` into `checkpoints/checkpoint_<step>`, keeping the newest `limit` step checkpoints."""
+    """
+    `save_state` into `checkpoints/checkpoint_<step>`, keeping the newest `limit` step checkpoints. The state is
+    written to `<folder>.partial` and renamed when complete, so a run killed while saving never leaves a
+    checkpoint that `--resume_from_checkpoint latest` would pick up half-written.
+    """
     from accelerate.utils import gather_object
 
     state.streams = gather_object([[stream.state_dict() for stream in streams]])  # every process's positions
     folder = output / "checkpoints" / f"checkpoint_{state.step}{'_' + name if name else ''}"
-    accelerator.save_state(str(folder))
+    partial = folder.with_name(folder.name + ".partial")
+    if accelerator.is_main_process and partial.exists():  # left by a run killed while saving
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
     if accelerator.is_main_process and not name:
         for old in _step_checkpoints(output)[:-limit]:
             shutil.rmtree(old)
