@@ -164,3 +164,24 @@ def test_auxiliary_reconstruction_loss(config, inputs):
     out = model(**inputs, labels=labels)
     full = model.brainlm(**inputs).last_hidden_state[:, 0]
     assert torch.allclose(out.loss, ((model.classifier(full)[:, 0] - labels) ** 2).mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["brainlm_small", "vitmae_pad_small"])
+def test_converted_checkpoints_of_both_families_get_a_head(case, tmp_path):
+    from brainlm_hf.convert import model_from_original
+
+    from .test_convert import original
+
+    converted = model_from_original(*original(case))
+    converted.save_pretrained(tmp_path / "converted")
+    head, info = AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "converted", num_labels=2, pooling="mean", output_loading_info=True
+    )
+    assert {k.split(".")[0] for k in info["missing_keys"]} == {"classifier"} and not info["unexpected_keys"]
+    for key, value in converted.brainlm.state_dict().items():
+        assert torch.equal(head.brainlm.state_dict()[key], value), key
+    config = head.config
+    regions = 6 if config.token_layout == "tile_2d" else 7
+    signal = torch.randn(2, regions, config.patch_size * 2 if config.token_layout == "region_window" else 10)
+    out = head.eval()(signal, torch.randn(regions, 3) * 50, labels=torch.tensor([0, 1]))
+    assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
