@@ -176,3 +176,25 @@ def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained
     with pytest.raises(ValueError, match=r"Label columns \['age'\] are not in .*'level', 'group'"):
         cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
              "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
+
+
+def test_cli_finetune_pushes_the_final_folder(phenotype_dataset, pretrained, tmp_path):
+    from unittest import mock
+
+    from huggingface_hub import HfApi, RepoUrl
+
+    path, _ = pretrained
+    commits = []
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm-level")),
+        mock.patch.object(HfApi, "create_commit", side_effect=lambda **kw: commits.append(kw)),
+    ):
+        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
+             "--output_dir", str(tmp_path / "pushed"), "--num_train_epochs", "1", "--report_to", "none",
+             "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "me/brainlm-level"])  # fmt: skip
+    final = commits[-1]
+    assert final["repo_id"] == "me/brainlm-level"
+    uploaded = {op.path_in_repo for op in final["operations"]}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "test_results.json"} <= uploaded
+    assert {"modeling_brainlm.py", "configuration_brainlm.py"} <= uploaded
+    assert not any(name.startswith("checkpoint-") for name in uploaded)

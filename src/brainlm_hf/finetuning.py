@@ -270,7 +270,9 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     """
     `brainlm finetune`: read the prepared splits with their label columns, fine-tune, keep the best epoch by the
     validation split, save model + processor to `training_args.output_dir`, evaluate the test split per recording
-    (`test_results.json`). Pushes to the Hub when `training_args.push_to_hub` is set (Trainer's own mechanism).
+    (`test_results.json`). With `--push_to_hub` (and `--hub_model_id`, `--hub_token`, `--hub_private_repo`),
+    Trainer pushes its checkpoints as it does by itself (`--hub_strategy`), and the final folder is uploaded in one
+    commit at the end (with LoRA, the merged model rather than the adapters).
     """
     processor = BrainLMFeatureExtractor.from_pretrained(args.dataset)
     splits = {
@@ -311,9 +313,25 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
         results = {f"test_{name}": value for name, value in metrics.items()}
         (output / "test_results.json").write_text(json.dumps(results, indent=2))
     if training_args.push_to_hub:
-        model.push_to_hub(training_args.hub_model_id or output.name, token=training_args.hub_token)
-        processor.push_to_hub(training_args.hub_model_id or output.name, token=training_args.hub_token)
+        push_final_model(output, training_args)
     return results
+
+
+def push_final_model(output: Path, training_args: TrainingArguments) -> str:
+    """Upload the final folder (model, processor, test results; no Trainer checkpoints) in one commit."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi(token=training_args.hub_token)
+    repo = api.create_repo(
+        training_args.hub_model_id or output.name, private=training_args.hub_private_repo, exist_ok=True
+    ).repo_id
+    files = sorted(p for p in output.iterdir() if p.is_file() and p.name != "training_args.bin")
+    api.create_commit(
+        repo_id=repo,
+        operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
+        commit_message="brainlm finetune: final model, processor and test results",
+    )
+    return repo
 
 
 def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list[np.ndarray], np.ndarray, list]:
