@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert`, `brainlm prepare`, `brainlm pretrain`."""
+"""The `brainlm` command line: `brainlm convert`, `brainlm prepare`, `brainlm pretrain`, `brainlm attention`."""
 
 import argparse
 import json
@@ -54,6 +54,30 @@ def _prepare(args: argparse.Namespace) -> None:
             f"{split}: {numbers['recordings']} recordings, {numbers['subjects']} subjects, {numbers['shards']} shards"
         )
     print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
+
+
+def _attention(args: argparse.Namespace) -> None:
+    from transformers import AutoModel
+
+    from . import BrainLMFeatureExtractor
+    from .analysis import analyze_attention, load_recordings
+    from .atlas import load_a424_networks
+    from .demo_data import aal2_lobes
+
+    processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
+    networks = None
+    if args.networks == "a424":
+        networks = load_a424_networks(args.atlas_dir)
+    elif args.networks == "aal2-lobes":
+        networks = aal2_lobes(processor.region_names or [])
+    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    report = analyze_attention(
+        model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
+    )
+    if networks is not None:
+        ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
+        print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
+    print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
 
 
 def parse_pretraining_arguments(argv: list[str] | None):
@@ -118,6 +142,22 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
     prepare.set_defaults(run=_prepare)
+    attention = commands.add_parser(
+        "attention",
+        help="CLS attention per region and network of a checkpoint on recordings, with figures",
+        description="CHECKPOINT is a folder with the model and its processor; INPUTS are parcel tables (T, V) "
+        "(.npy/.csv/.tsv/.dat) or prepared Parquet shards or split folders (e.g. prepared/test).",
+    )
+    attention.add_argument("checkpoint", metavar="CHECKPOINT")
+    attention.add_argument("inputs", metavar="INPUTS", nargs="+")
+    attention.add_argument("output_dir", metavar="OUT")
+    attention.add_argument("--layers", type=int, nargs="+", help="encoder layers to average (default: all)")
+    attention.add_argument("--stride", type=int, help="timepoints between windows (default: one window)")
+    attention.add_argument(
+        "--networks", choices=["a424", "aal2-lobes", "none"], default="none", help="region-to-network grouping"
+    )
+    attention.add_argument("--atlas-dir", help="A424 labels table or its folder (default: download and verify it)")
+    attention.set_defaults(run=_attention)
     commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
     args = parser.parse_args(argv)
     try:
