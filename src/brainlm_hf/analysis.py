@@ -40,26 +40,32 @@ def load_recordings(inputs: list[str]) -> dict[str, np.ndarray]:
     return recordings
 
 
+def window_attention(
+    model, processor, recording, layers=None, stride: int | None = None, batch_size: int = 8
+) -> np.ndarray:
+    """
+    Region x time CLS attention `(W, V, Tw)` (atlas order) of the windows of one raw `(T, V)` recording, placed as in
+    `reconstruction.window_starts`, averaged over the chosen layers and all heads.
+    """
+    coordinates = processor.model_coordinates()
+    coordinates = None if coordinates is None else torch.from_numpy(coordinates)
+    signal = processor.normalize(recording).T  # (V, T), atlas order
+    starts = window_starts(signal.shape[1], processor.num_timepoints, stride)
+    windows = processor.to_model_order(np.stack([signal[:, s : s + processor.num_timepoints] for s in starts]))
+    maps = attention_maps(model, torch.from_numpy(windows), coordinates, layers, batch_size)  # (W, V, Tw)
+    return processor.to_atlas_order(maps)
+
+
 def recording_attention(
     model, processor, recordings: dict[str, np.ndarray], layers=None, stride: int | None = None, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """
-    CLS attention of every window of every recording (windows as in `reconstruction.window_starts`), averaged over
-    the chosen layers and all heads. Returns region scores per recording `(R, V)` (mean over its windows) and the
-    region x time map `(V, Tw)` averaged over all windows, both in atlas order.
+    Region scores per recording `(R, V)` (mean over its windows, see `window_attention`) and the region x time map
+    `(V, Tw)` averaged over all windows of all recordings, both in atlas order.
     """
-    coordinates = processor.model_coordinates()
-    coordinates = None if coordinates is None else torch.from_numpy(coordinates)
-    scores, maps = [], []
-    for name, recording in recordings.items():
-        signal = processor.normalize(recording, name).T  # (V, T), atlas order
-        starts = window_starts(signal.shape[1], processor.num_timepoints, stride)
-        windows = processor.to_model_order(np.stack([signal[:, s : s + processor.num_timepoints] for s in starts]))
-        window_maps = attention_maps(model, torch.from_numpy(windows), coordinates, layers, batch_size)  # (W, V, Tw)
-        window_maps = processor.to_atlas_order(window_maps)
-        scores.append(region_scores(window_maps).mean(0))
-        maps.append(window_maps)
-    return np.stack(scores), np.concatenate(maps).mean(0)
+    maps = [window_attention(model, processor, r, layers, stride, batch_size) for r in recordings.values()]
+    scores = np.stack([region_scores(m).mean(0) for m in maps])
+    return scores, np.concatenate(maps).mean(0)
 
 
 def analyze_attention(
