@@ -64,15 +64,18 @@ def main():
     figures[report["figures"]["heatmap"]] = "CLS attention over regions and time, mean over the test windows"
 
     metrics["group_comparison"] = compare_subjects(model, processor, test, validation, args.seed)
-    metrics["reconstruction"], figures["reconstruction_whole.png"] = reconstruction(model, processor, test, output)
+    metrics["reconstruction"] = reconstruction(model, processor, test, output / "reconstruction_whole.png")
+    figures["reconstruction_whole.png"] = "Stitched reconstruction of the test subject (first 288 s), masked shaded"
     models = {"pretrained": model}
     if args.finetune_steps:
         models["finetuned"] = finetune_for_forecasting(run, output, args.finetune_steps, args.seed)
     metrics["forecast"] = {}
     for stage, predictor in models.items():
         metrics["forecast"][stage] = forecast(predictor, processor, test)
-        path = plot_forecast(metrics["forecast"][stage], output / f"forecast_{stage}.png", HCP_REPETITION_TIME)
-        figures[path.name] = f"Forecast MSE and R^2 by horizon vs the baselines, {stage} model"
+        caption = f"Forecast MSE and R^2 by horizon, {stage} model vs the baselines (test subject)"
+        path = output / f"forecast_{stage}.png"
+        plot_forecast(metrics["forecast"][stage], path, HCP_REPETITION_TIME, caption)
+        figures[path.name] = caption
 
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (output / "figures.json").write_text(json.dumps(figures, indent=2))
@@ -101,7 +104,7 @@ def compare_subjects(model, processor, group_a: dict, group_b: dict, seed: int) 
     }
 
 
-def reconstruction(model, processor, test: dict, output: Path) -> tuple[dict, str]:
+def reconstruction(model, processor, test: dict, path: Path) -> dict:
     """Stitched whole-recording reconstruction of the first test subject, with the two baselines on its mask."""
     result = reconstruct_recording(model, processor, next(iter(test.values())), mask_ratio=0.5, seed=0)
     values = result.metrics()
@@ -112,17 +115,17 @@ def reconstruction(model, processor, test: dict, output: Path) -> tuple[dict, st
     values["per_region_r2"] = {"median": float(np.median(per_region_r2)), "min": float(per_region_r2.min())}
     values["per_region_r2"]["max"] = float(per_region_r2.max())
     span = slice(0, 400)  # the first 288 s, readable
-    path = plot_reconstruction(
+    plot_reconstruction(
         result.signal[:, span],
         result.prediction[:, span],
         result.mask[:, span],
-        output / "reconstruction_whole.png",
+        path,
         regions=(0, 38, 52, 70),
         region_names=processor.region_names,
         repetition_time=HCP_REPETITION_TIME,
         title="Held-out HCP subject, stitched reconstruction (mask ratio 0.5; masked windows shaded)",
     )
-    return values, path.name
+    return values
 
 
 def forecast(model, processor, test: dict) -> dict:
