@@ -24,6 +24,7 @@ from brainlm_hf.attention import (
     token_to_region_time,
 )
 from brainlm_hf.cli import main
+from brainlm_hf.data import prepare_dataset
 from brainlm_hf.modeling_brainlm import signal_to_tiles
 from brainlm_hf.plotting import (
     plot_attention_heatmap,
@@ -186,11 +187,23 @@ def test_network_table_and_inputs_must_match():
         load_a424_networks("/nonexistent/labels.csv")
 
 
-def test_load_recordings_reads_tables_and_refuses_empty_folders(tmp_path):
-    series = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
-    np.save(tmp_path / "sub-1.npy", series)
+def test_load_recordings_reads_tables_and_prepared_shards(tmp_path):
+    rng = np.random.default_rng(0)
+    series = {f"sub-{i}": rng.normal(size=(12 + i, 3)).astype(np.float32) for i in range(3)}
+    for name, values in series.items():
+        np.save(tmp_path / f"{name}.npy", values)
     recordings = load_recordings([str(tmp_path / "sub-1.npy")])
-    np.testing.assert_array_equal(recordings["sub-1"], series)
+    np.testing.assert_array_equal(recordings["sub-1"], series["sub-1"])
+    prepare_dataset(tmp_path / "*.npy", tmp_path / "prepared", num_timepoints=10, normalization="zscore")
+    splits = [str(folder) for folder in (tmp_path / "prepared").iterdir() if list(folder.glob("*.parquet"))]
+    from_split = load_recordings(splits)
+    assert sorted(from_split) == sorted(series)
+    for name, values in series.items():  # the raw series, as stored
+        np.testing.assert_array_equal(from_split[name], values)
+    shard = next((tmp_path / "prepared" / "train").glob("*.parquet"))
+    assert set(load_recordings([str(shard)])) <= set(series)
+    with pytest.raises(ValueError, match="Two inputs give the recording id 'sub-1'"):
+        load_recordings([str(tmp_path / "sub-1.npy"), str(tmp_path / "sub-1.npy")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no .parquet shards"):
         load_recordings([str(tmp_path / "empty")])

@@ -20,24 +20,39 @@ from .reconstruction import window_starts
 
 def load_recordings(inputs: list[str]) -> dict[str, np.ndarray]:
     """
-    Recording id -> `(T, V)` series from parcel tables (`.npy`, `.csv`, `.tsv`, `.dat`, `.txt`) and from prepared
-    Parquet shards (`.parquet` files, or a split folder holding them such as `prepared/test`; ids from the shards).
+    Recording id -> `(T, V)` series from parcel tables (`.npy`, `.csv`, `.tsv`, `.dat`, `.txt`; id = file name
+    without suffix) and from prepared Parquet shards (`.parquet` files, or a split folder holding them such as
+    `prepared/test`; ids from the shards).
     """
     recordings = {}
     for item in map(Path, inputs):
-        shards = sorted(item.glob("*.parquet")) if item.is_dir() else [item] if item.suffix == ".parquet" else []
-        if not shards and item.is_dir():
-            raise ValueError(f"{item} holds no .parquet shards: give a prepared split folder or parcel tables.")
-        for shard in shards:
-            table = read_shard(str(shard))
-            for row in table.to_pylist():
-                series = np.asarray(row["series"], dtype=np.float32)
-                recordings[row["id"]] = series.reshape(row["num_timepoints"], row["num_regions"])
-        if not shards:
-            recordings[item.stem] = load_parcel_series(item)
+        if item.is_dir():
+            shards = sorted(item.glob("*.parquet"))
+            if not shards:
+                raise ValueError(f"{item} holds no .parquet shards: give a prepared split folder or parcel tables.")
+            found = [pair for shard in shards for pair in _shard_recordings(shard)]
+        elif item.suffix == ".parquet":
+            found = _shard_recordings(item)
+        else:
+            found = [(item.stem, load_parcel_series(item))]
+        for name, series in found:
+            if name in recordings:
+                raise ValueError(f"Two inputs give the recording id {name!r}; rename one of them.")
+            recordings[name] = series
     if not recordings:
         raise ValueError("No recordings given.")
     return recordings
+
+
+def _shard_recordings(shard: Path) -> list[tuple[str, np.ndarray]]:
+    """(id, `(T, V)` series) of every row of a prepared Parquet shard."""
+    table = read_shard(str(shard))
+    series = table.column("series").combine_chunks()
+    shapes = zip(*(table.column(c).to_pylist() for c in ("num_timepoints", "num_regions")), strict=True)
+    return [
+        (name, series[i].values.to_numpy(zero_copy_only=False).reshape(shape))
+        for i, (name, shape) in enumerate(zip(table.column("id").to_pylist(), shapes, strict=True))
+    ]
 
 
 def window_attention(
@@ -79,8 +94,8 @@ def analyze_attention(
     batch_size: int = 8,
 ) -> dict:
     """
-    Region (and, given `networks`, the network of each region in atlas order, per-network) CLS attention scores of
-    the recordings. Writes to `output_dir`: `region_scores.csv` (per region: name, mean score and one column per
+    CLS attention scores of the recordings per region and, given `networks` (the network of each region, in atlas
+    order), per network. Writes to `output_dir`: `region_scores.csv` (per region: name, mean score and one column per
     recording), `network_scores.csv`, `attention.json` (everything, plus the file names of the figures) and the
     figures `attention_networks.png`, `attention_glass_brain.png`, `attention_heatmap.png`. Returns the JSON dict.
     """

@@ -69,7 +69,9 @@ def _attention(args: argparse.Namespace) -> None:
     if args.networks == "a424":
         networks = load_a424_networks(args.atlas_dir)
     elif args.networks == "aal2-lobes":
-        networks = aal2_lobes(processor.region_names or [])
+        if not processor.region_names:
+            raise ValueError("--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor.")
+        networks = aal2_lobes(processor.region_names)
     model = AutoModel.from_pretrained(args.checkpoint).eval()
     report = analyze_attention(
         model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
