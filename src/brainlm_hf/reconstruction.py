@@ -7,7 +7,8 @@ Windows start every `stride` timepoints (default: one window, no overlap) and on
 timepoint, so that every timepoint is covered. Stitching rule: a timepoint masked in at least one window is
 predicted by the mean of the predictions of the windows that masked it (a prediction never sees the value it
 predicts); any other timepoint by the mean over all windows that cover it (the model's reconstruction of visible
-input). The stitched mask is 1 where at least one window masked the timepoint.
+input). The stitched mask is 1 where at least one window masked the timepoint. Pass models in eval mode (as
+`from_pretrained` returns them).
 """
 
 from dataclasses import dataclass
@@ -59,7 +60,6 @@ def predict_windows(
     num_tokens = model.brainlm.embeddings.num_tokens(*windows.shape[1:])
     noise = torch.rand(len(starts), num_tokens, generator=torch.Generator().manual_seed(seed))
     predictions, masks = [], []
-    model.eval()
     for first in range(0, len(starts), batch_size):
         batch = slice(first, first + batch_size)
         out = model(
