@@ -40,7 +40,8 @@ def cls_attention(model, signal_values, coordinates=None, layers: Sequence[int] 
 
     Args:
         model: a `BrainLMModel` or `BrainLMForMaskedSignalModeling` (its encoder is used).
-        signal_values (`torch.Tensor` of shape `(B, V, T)`), coordinates (`(V, 3)`; ignored by the tile layout).
+        signal_values (`torch.Tensor` of shape `(B, V, T)`), coordinates (`(V, 3)`; ignored by the tile layout):
+            moved to the model's device and dtype.
         layers (`list[int]`, *optional*): encoder layers (negative indices count from the last); default all.
 
     Returns `(B, len(layers), heads, 1 + L)`: softmax rows, column 0 is the CLS token itself, column `1 + i` token
@@ -48,6 +49,8 @@ def cls_attention(model, signal_values, coordinates=None, layers: Sequence[int] 
     """
     encoder = getattr(model, "brainlm", model)
     layers = _layer_indices(layers, encoder.config.num_hidden_layers)
+    signal_values = signal_values.to(encoder.device, encoder.dtype)
+    coordinates = None if coordinates is None else coordinates.to(encoder.device, encoder.dtype)
     with eager_attention(model):
         outputs = encoder(signal_values, coordinates, mask_ratio=0.0, output_attentions=True)
     return torch.stack([outputs.attentions[i][:, :, 0] for i in layers], dim=1)

@@ -8,7 +8,7 @@ timepoint, so that every timepoint is covered. Stitching rule: a timepoint maske
 predicted by the mean of the predictions of the windows that masked it (a prediction never sees the value it
 predicts); any other timepoint by the mean over all windows that cover it (the model's reconstruction of visible
 input). The stitched mask is 1 where at least one window masked the timepoint. Pass models in eval mode (as
-`from_pretrained` returns them).
+`from_pretrained` returns them); inputs go to the model's device and dtype, results come back as numpy.
 """
 
 from dataclasses import dataclass
@@ -54,19 +54,20 @@ def predict_windows(
         raise ValueError("Reconstruction needs the decoder: load the checkpoint with AutoModelForPreTraining.")
     signal = processor.normalize(recording).T  # (V, T), atlas order
     length = processor.num_timepoints
-    windows = torch.from_numpy(processor.to_model_order(np.stack([signal[:, s : s + length] for s in starts])))
+    windows = processor.to_model_order(np.stack([signal[:, s : s + length] for s in starts]))  # (W, V, Tw)
+    windows = torch.from_numpy(windows).to(model.device, model.dtype)
     coordinates = processor.model_coordinates()
-    coordinates = None if coordinates is None else torch.from_numpy(coordinates)
+    coordinates = None if coordinates is None else torch.from_numpy(coordinates).to(model.device, model.dtype)
     num_tokens = model.brainlm.embeddings.num_tokens(*windows.shape[1:])
-    noise = torch.rand(len(starts), num_tokens, generator=torch.Generator().manual_seed(seed))
+    noise = torch.rand(len(starts), num_tokens, generator=torch.Generator().manual_seed(seed)).to(model.device)
     predictions, masks = [], []
     for first in range(0, len(starts), batch_size):
         batch = slice(first, first + batch_size)
         out = model(
             windows[batch], coordinates, noise=noise[batch], mask_ratio=mask_ratio, mask_strategy=mask_strategy
         )
-        predictions.append(out.logits.float())
-        masks.append(model.mask_to_signal(out.mask).float())
+        predictions.append(out.logits.float().cpu())
+        masks.append(model.mask_to_signal(out.mask).float().cpu())
     to_atlas = processor.to_atlas_order
     return signal, to_atlas(torch.cat(predictions)).numpy(), to_atlas(torch.cat(masks)).numpy()
 
