@@ -53,6 +53,8 @@ def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, p
             total[:, start : start + 10] += logits[0].numpy()
             count[:, start : start + 10] += 1
     np.testing.assert_allclose(result.prediction, total / count, rtol=1e-5, atol=1e-6)
+    in_double = reconstruct_recording(model.double(), processor, recording, mask_ratio=0.0, stride=stride)
+    np.testing.assert_allclose(in_double.prediction, result.prediction, rtol=1e-4, atol=1e-5)  # inputs follow dtype
 
 
 def test_stitching_prefers_the_windows_that_masked_a_timepoint():
