@@ -105,7 +105,7 @@ def attention_maps(
     """
     Region x time CLS attention of each window, averaged over the chosen layers and all heads, `(B, V, T)` in the
     model's region order (`processor.to_atlas_order` maps it back). `batch_size` windows at a time: eager attention
-    holds `layers x batch_size x heads x (1 + L)^2` floats.
+    keeps every layer's `batch_size x heads x (1 + L)^2` floats during a batch.
     """
     num_regions, num_timepoints = signal_values.shape[-2:]
     index = token_to_region_time(model.config, num_regions, num_timepoints)
