@@ -7,6 +7,7 @@ SHA-256 (cite Akiki & Abdallah 2019 and Nemati et al. 2020 when you use it). Any
 loads with `load_atlas`, its coordinates computed as label centroids in world (mm) space.
 """
 
+import csv
 import hashlib
 import os
 import urllib.request
@@ -24,6 +25,18 @@ A424_FILES = {
     "A424_Coordinates.dat": (
         "A424_Coordinates.txt",
         "cdad8f8859c211b1400211ebbad455dedcc4399ac14fd614354fb71b110c892c",
+    ),
+}
+# region names and functional-network assignments (AA-7, AA-24, AA-50, AAc-6, AAc-22) of the 424 regions, pinned at
+# the upstream commit where the table is recorded (the atlas commit above predates it)
+_A424_LABELS_COMMIT = "d286aba743a5380d71376cf2b3ec570163bf0e48"
+_A424_LABELS_BASE = (
+    f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_LABELS_COMMIT}/brainmaps/"
+)
+A424_LABELS_FILES = {
+    "A424_Labels_AA-AAc_main_maps.csv": (
+        "A424_Labels_AA-AAc_main_maps.csv",
+        "2920dac75cc297e48a8444c8a58a50c8ae2244b664167ac13c573633e9842b58",
     ),
 }
 
@@ -90,7 +103,7 @@ def load_a424(path=None, cache_dir=None, base_url: str = _A424_BASE) -> Atlas:
     `~/.cache/brainlm_hf/atlases`) and checked against their SHA-256. The coordinates are the atlas's own (MNI mm),
     which BrainLM feeds to its coordinate embedding, not recomputed centroids.
     """
-    folder = Path(path) if path is not None else _download_a424(cache_dir, base_url)
+    folder = Path(path) if path is not None else _download_verified(A424_FILES, cache_dir, base_url)
     coordinates_file = folder / "A424_Coordinates.dat"
     if not coordinates_file.exists() and (folder / "A424_Coordinates.txt").exists():
         coordinates_file = folder / "A424_Coordinates.txt"
@@ -104,10 +117,36 @@ def load_a424(path=None, cache_dir=None, base_url: str = _A424_BASE) -> Atlas:
     return atlas
 
 
-def _download_a424(cache_dir, base_url: str) -> Path:
+def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_BASE, level: str = "AA-7") -> list[str]:
+    """
+    The functional network of each A424 region, `(424,)` names in atlas order (label 1 .. 424), read from
+    `A424_Labels_AA-AAc_main_maps.csv` (Akiki & Abdallah 2019). `path` is that file or a folder holding it; without
+    it the file is downloaded from the pinned upstream commit (SHA-256 checked) like `load_a424`. `level` is a
+    column of the table: `"AA-7"` (Visual, Ventral Salience, Central Executive, Sensorimotor, Default Mode, Dorsal
+    Salience, Subcortical), `"AA-24"` or `"AA-50"` (every region assigned), `"AAc-6"` or `"AAc-22"` (cortex only).
+    """
+    name = next(iter(A424_LABELS_FILES))
+    if path is None:
+        path = _download_verified(A424_LABELS_FILES, cache_dir, base_url) / name
+    path = Path(path) / name if Path(path).is_dir() else Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: give the A424 labels table {name} or the folder that holds it.")
+    rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
+    header, rows = rows[0], rows[1:]
+    if level not in header:
+        levels = [column for column in header if column.startswith("AA")]
+        raise ValueError(f"{path} has no column {level!r}; choose one of {levels}.")
+    column = header.index(level) + 2  # each level is followed by its abbreviation and its name
+    if [int(row[0]) for row in rows] != list(range(1, 425)):
+        raise ValueError(f"{path} does not list the A424 labels 1..424 in order; is it the A424 labels table?")
+    return [row[column] or "unassigned" for row in rows]
+
+
+def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: str) -> Path:
+    """Download `files` (local name -> (upstream name, sha256)) into the cache folder, refusing other bytes."""
     cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / "atlases"
     cache.mkdir(parents=True, exist_ok=True)
-    for local_name, (remote_name, sha256) in A424_FILES.items():
+    for local_name, (remote_name, sha256) in files.items():
         target = cache / local_name
         if target.exists() and _sha256(target) == sha256:
             continue

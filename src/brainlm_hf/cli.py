@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`."""
+"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`, `attention`."""
 
 import argparse
 import json
@@ -80,6 +80,32 @@ def _embed(args: argparse.Namespace) -> None:
     )
     path = save_embeddings(args.output, [recording_ids(p)[0] for p in paths], embeddings)
     print(f"{len(paths)} recordings -> {embeddings.shape[1]}-d {args.pooling} embeddings in {path}")
+
+
+def _attention(args: argparse.Namespace) -> None:
+    from transformers import AutoModel
+
+    from . import BrainLMFeatureExtractor
+    from .analysis import analyze_attention, load_recordings
+    from .atlas import load_a424_networks
+    from .demo_data import aal2_lobes
+
+    processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
+    networks = None
+    if args.networks == "a424":
+        networks = load_a424_networks(args.atlas_dir)
+    elif args.networks == "aal2-lobes":
+        if not processor.region_names:
+            raise ValueError("--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor.")
+        networks = aal2_lobes(processor.region_names)
+    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    report = analyze_attention(
+        model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
+    )
+    if networks is not None:
+        ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
+        print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
+    print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
 
 
 def parse_pretraining_arguments(argv: list[str] | None):
@@ -166,6 +192,22 @@ def main(argv: list[str] | None = None) -> None:
     embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(run=_embed)
+    attention = commands.add_parser(
+        "attention",
+        help="CLS attention per region and network of a checkpoint on recordings, with figures",
+        description="CHECKPOINT is a folder with the model and its processor; INPUTS are parcel tables (T, V) "
+        "(.npy/.csv/.tsv/.dat) or prepared Parquet shards or split folders (e.g. prepared/test).",
+    )
+    attention.add_argument("checkpoint", metavar="CHECKPOINT")
+    attention.add_argument("inputs", metavar="INPUTS", nargs="+")
+    attention.add_argument("output_dir", metavar="OUT")
+    attention.add_argument("--layers", type=int, nargs="+", help="encoder layers to average (default: all)")
+    attention.add_argument("--stride", type=int, help="timepoints between windows (default: one window)")
+    attention.add_argument(
+        "--networks", choices=["a424", "aal2-lobes", "none"], default="none", help="region-to-network grouping"
+    )
+    attention.add_argument("--atlas-dir", help="A424 labels table or its folder (default: download and verify it)")
+    attention.set_defaults(run=_attention)
     commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
     commands.add_parser("finetune", help="fine-tune for phenotype columns with Trainer (see `brainlm finetune -h`)")
     args = parser.parse_args(argv)

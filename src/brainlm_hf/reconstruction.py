@@ -1,0 +1,153 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""Whole-recording reconstruction: masked windows slid over a long recording, predictions stitched back together.
+
+Notation: V regions, T timepoints of the recording, W windows of `processor.num_timepoints` (Tw) timepoints.
+
+Windows start every `stride` timepoints (default: one window, no overlap) and one more window ends at the last
+timepoint, so that every timepoint is covered. Stitching rule: a timepoint masked in at least one window is
+predicted by the mean of the predictions of the windows that masked it (a prediction never sees the value it
+predicts); any other timepoint by the mean over all windows that cover it (the model's reconstruction of visible
+input). The stitched mask is 1 where at least one window masked the timepoint. Pass models in eval mode (as
+`from_pretrained` returns them); inputs go to the model's device and dtype, results come back as numpy.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .metrics import masked_reconstruction_metrics
+
+
+def window_starts(num_timepoints: int, window: int, stride: int | None = None) -> list[int]:
+    """Starts every `stride` (default `window`), plus a last window ending at `num_timepoints`."""
+    if num_timepoints < window:
+        raise ValueError(
+            f"The recording has {num_timepoints} timepoints, fewer than one window of {window}: use a longer "
+            "recording or a processor with a shorter num_timepoints."
+        )
+    if stride is not None and stride < 1:
+        raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
+    starts = list(range(0, num_timepoints - window + 1, stride or window))
+    if starts[-1] + window < num_timepoints:
+        starts.append(num_timepoints - window)
+    return starts
+
+
+@torch.no_grad()
+def predict_windows(
+    model,
+    processor,
+    recording,
+    starts: list[int],
+    mask_ratio: float,
+    mask_strategy: str | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Normalise a `(T, V)` recording (atlas order) with `processor`, run `model` on its windows at `starts` with a
+    mask drawn from `seed`, and return the normalised signal `(V, T)`, predictions `(W, V, Tw)` and masks
+    `(W, V, Tw)` (1 = masked), all in atlas order.
+    """
+    if not hasattr(model, "decoder"):
+        raise ValueError("Reconstruction needs the decoder: load the checkpoint with AutoModelForPreTraining.")
+    signal = processor.normalize(recording).T  # (V, T), atlas order
+    length = processor.num_timepoints
+    windows = processor.to_model_order(np.stack([signal[:, s : s + length] for s in starts]))  # (W, V, Tw)
+    windows = torch.from_numpy(windows).to(model.device, model.dtype)
+    coordinates = processor.model_coordinates()
+    coordinates = None if coordinates is None else torch.from_numpy(coordinates).to(model.device, model.dtype)
+    num_tokens = model.brainlm.embeddings.num_tokens(*windows.shape[1:])
+    noise = torch.rand(len(starts), num_tokens, generator=torch.Generator().manual_seed(seed)).to(model.device)
+    predictions, masks = [], []
+    for first in range(0, len(starts), batch_size):
+        batch = slice(first, first + batch_size)
+        out = model(
+            windows[batch], coordinates, noise=noise[batch], mask_ratio=mask_ratio, mask_strategy=mask_strategy
+        )
+        predictions.append(out.logits.float().cpu())
+        masks.append(model.mask_to_signal(out.mask).float().cpu())
+    to_atlas = processor.to_atlas_order
+    return signal, to_atlas(torch.cat(predictions)).numpy(), to_atlas(torch.cat(masks)).numpy()
+
+
+def stitch(predictions, masks, starts: list[int], num_timepoints: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window predictions and masks `(W, V, Tw)` -> recording prediction `(V, T)` and mask `(V, T)` (module rule)."""
+    shape = (predictions.shape[1], num_timepoints)
+    total, count, masked_total, masked_count = (np.zeros(shape) for _ in range(4))
+    for prediction, mask, start in zip(predictions, masks, starts, strict=True):
+        span = slice(start, start + prediction.shape[-1])
+        total[:, span] += prediction
+        count[:, span] += 1
+        masked_total[:, span] += prediction * mask
+        masked_count[:, span] += mask
+    if (count == 0).any():
+        raise ValueError("The windows do not cover every timepoint; use window_starts to place them.")
+    stitched = np.where(masked_count > 0, masked_total / np.maximum(masked_count, 1), total / count)
+    return stitched, masked_count > 0
+
+
+@dataclass
+class Reconstruction:
+    """
+    A stitched whole-recording reconstruction (atlas order): `signal` `(V, T)` the normalised recording,
+    `prediction` `(V, T)`, `mask` `(V, T)` bool (masked in at least one window), `starts` the window starts.
+    """
+
+    signal: np.ndarray
+    prediction: np.ndarray
+    mask: np.ndarray
+    starts: list[int]
+
+    def metrics(self) -> dict:
+        """Masked-timepoint MSE, R^2 and Pearson r overall (`masked_reconstruction_metrics`) and per region."""
+        return {
+            "overall": masked_reconstruction_metrics(self.prediction, self.signal, self.mask),
+            "per_region": {k: v.tolist() for k, v in region_metrics(self.prediction, self.signal, self.mask).items()},
+        }
+
+
+def reconstruct_recording(
+    model,
+    processor,
+    recording,
+    mask_ratio: float = 0.5,
+    mask_strategy: str | None = None,
+    stride: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> Reconstruction:
+    """
+    Reconstruct a whole `(T, V)` recording (atlas order, raw: `processor` normalises it) from windows masked with
+    `mask_ratio` and `mask_strategy` (default the model's), placed and stitched as the module docstring says.
+    """
+    starts = window_starts(len(recording), processor.num_timepoints, stride)
+    signal, predictions, masks = predict_windows(
+        model, processor, recording, starts, mask_ratio, mask_strategy, seed, batch_size
+    )
+    prediction, mask = stitch(predictions, masks, starts, signal.shape[1])
+    return Reconstruction(signal, prediction, mask, starts)
+
+
+def region_metrics(prediction, target, mask) -> dict[str, np.ndarray]:
+    """
+    MSE, R^2 (around each region's mean masked target) and Pearson r of each region over its masked timepoints.
+    Inputs `(V, T)`; outputs `(V,)`, NaN for a region with fewer than 2 masked timepoints.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    count = mask.sum(-1)
+    valid = count >= 2
+    n = np.maximum(count, 1)
+    p, y = np.where(mask, prediction, 0.0), np.where(mask, target, 0.0)
+    p_centered = np.where(mask, prediction - p.sum(-1, keepdims=True) / n[:, None], 0.0)
+    y_centered = np.where(mask, target - y.sum(-1, keepdims=True) / n[:, None], 0.0)
+    sse, sst = ((p - y) ** 2).sum(-1), (y_centered**2).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = 1 - sse / sst
+        pearson = (p_centered * y_centered).sum(-1) / np.sqrt((p_centered**2).sum(-1) * sst)
+    return {
+        "mse": np.where(valid, sse / n, np.nan),
+        "r2": np.where(valid, r2, np.nan),
+        "pearson_r": np.where(valid, pearson, np.nan),
+    }

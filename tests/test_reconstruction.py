@@ -1,0 +1,187 @@
+"""Whole-recording reconstruction (windows, stitching, per-region metrics), forecasting and its baselines, and
+forecast fine-tuning through `brainlm pretrain`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
+from brainlm_hf.cli import main
+from brainlm_hf.data import prepare_dataset
+from brainlm_hf.forecasting import forecast_baselines, forecast_recording, horizon_metrics
+from brainlm_hf.metrics import masked_reconstruction_metrics
+from brainlm_hf.reconstruction import reconstruct_recording, region_metrics, stitch, window_starts
+
+from .test_analysis import SMALL, tile_config
+
+
+@pytest.fixture
+def recording() -> np.ndarray:
+    """One raw recording (27 timepoints, 7 regions): not a multiple of the window, so the last window overlaps."""
+    return np.random.default_rng(0).normal(size=(27, 7)).astype(np.float32)
+
+
+@pytest.fixture
+def processor(inputs) -> BrainLMFeatureExtractor:
+    return BrainLMFeatureExtractor(normalization="none", coordinates=inputs["coordinates"].tolist(), num_timepoints=10)
+
+
+def test_window_starts_cover_every_timepoint():
+    assert window_starts(20, 10) == [0, 10]
+    assert window_starts(25, 10) == [0, 10, 15]
+    assert window_starts(25, 10, stride=7) == [0, 7, 14, 15]
+    with pytest.raises(ValueError, match="fewer than one window of 10"):
+        window_starts(9, 10)
+    with pytest.raises(ValueError, match="stride must be a positive"):
+        window_starts(20, 10, stride=0)
+
+
+@pytest.mark.parametrize("stride", [None, 4])
+def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, processor, recording, stride):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    result = reconstruct_recording(model, processor, recording, mask_ratio=0.0, stride=stride)
+    assert not result.mask.any()
+    np.testing.assert_array_equal(result.signal, recording.T)
+    total, count = np.zeros((7, 27)), np.zeros((7, 27))
+    with torch.no_grad():
+        for start in result.starts:  # each window reconstructed by the model alone, averaged where windows overlap
+            window = torch.from_numpy(recording[start : start + 10].T[None].copy())
+            logits = model(window, torch.from_numpy(processor.model_coordinates()), mask_ratio=0.0).logits
+            total[:, start : start + 10] += logits[0].numpy()
+            count[:, start : start + 10] += 1
+    np.testing.assert_allclose(result.prediction, total / count, rtol=1e-5, atol=1e-6)
+    in_double = reconstruct_recording(model.double(), processor, recording, mask_ratio=0.0, stride=stride)
+    np.testing.assert_allclose(in_double.prediction, result.prediction, rtol=1e-4, atol=1e-5)  # inputs follow dtype
+
+
+def test_stitching_prefers_the_windows_that_masked_a_timepoint():
+    predictions = np.array([[[1.0, 2.0, 3.0, 4.0]], [[10.0, 20.0, 30.0, 40.0]]])  # (W=2, V=1, Tw=4), starts 0, 2
+    masks = np.array([[[0, 0, 1, 0]], [[0, 1, 0, 0]]])
+    prediction, mask = stitch(predictions, masks, [0, 2], 6)
+    # t=2: masked in window 0 only -> 3; t=3: masked in window 1 only -> 20; t=0,1: window 0; t=4,5: window 1
+    np.testing.assert_allclose(prediction, [[1.0, 2.0, 3.0, 20.0, 30.0, 40.0]])
+    assert mask.tolist() == [[False, False, True, True, False, False]]
+    with pytest.raises(ValueError, match="do not cover every timepoint"):
+        stitch(predictions, masks, [0, 2], 7)
+
+
+def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metrics(config, processor, recording):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    first = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
+    again = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
+    np.testing.assert_array_equal(first.mask, again.mask)
+    assert 0.3 < first.mask.mean() < 0.8  # half the tokens of each window; the overlap may add some
+    metrics = first.metrics()
+    assert metrics["overall"] == masked_reconstruction_metrics(first.prediction, first.signal, first.mask)
+    for region in range(7):  # per region = the pooled metrics restricted to that region
+        alone = masked_reconstruction_metrics(first.prediction[region], first.signal[region], first.mask[region])
+        for key in ("mse", "r2", "pearson_r"):
+            assert metrics["per_region"][key][region] == pytest.approx(alone[key], rel=1e-9)
+    with pytest.raises(ValueError, match="AutoModelForPreTraining"):
+        reconstruct_recording(BrainLMModel(config), processor, recording)
+    with pytest.raises(ValueError, match="fewer than one window"):
+        reconstruct_recording(model, processor, recording[:9])
+
+
+def test_region_metrics_mark_regions_without_masked_timepoints():
+    target = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    mask = np.array([[1, 1, 1, 0], [0, 0, 0, 1]])
+    values = region_metrics(target + 1, target, mask)
+    assert values["mse"][0] == 1.0 and values["r2"][0] == pytest.approx(1 - 3 / 2) and values["pearson_r"][0] == 1
+    assert np.isnan(values["mse"][1])
+
+
+def test_forecast_baselines_by_hand():
+    baselines = forecast_baselines(np.array([[1.0, 2.0, 3.0, 4.0, 5.0]]), horizon=3, ar_order=1)
+    np.testing.assert_allclose(baselines["persistence"], [[5, 5, 5]])
+    np.testing.assert_allclose(baselines["region_mean"], [[3, 3, 3]])
+    np.testing.assert_allclose(baselines["autoregressive"], [[6, 7, 8]])  # x_t = 1 + x_{t-1} fits exactly
+    fibonacci = np.array([[[1.0, 1, 2, 3, 5, 8, 13, 21]]])  # x_t = x_{t-1} + x_{t-2}
+    np.testing.assert_allclose(forecast_baselines(fibonacci, 2, ar_order=2)["autoregressive"], [[[34, 55]]])
+    with pytest.raises(ValueError, match="needs at least 5 past timepoints"):
+        forecast_baselines(np.ones((1, 4)), 2, ar_order=2)
+
+
+def test_horizon_metrics_by_hand():
+    target = np.array([[[1.0, 0.0]], [[3.0, 2.0]]])  # (W=2, V=1, H=2)
+    prediction = np.array([[[2.0, 0.0]], [[3.0, 0.0]]])
+    metrics = horizon_metrics(prediction, target)
+    np.testing.assert_allclose(metrics["mse"], [0.5, 2.0])
+    np.testing.assert_allclose(metrics["r2"], [1 - 1 / 2, 1 - 4 / 2])
+
+
+def test_forecast_recording_predicts_the_last_windows_from_the_past(config, inputs, recording):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    processor = BrainLMFeatureExtractor(
+        normalization="none", coordinates=inputs["coordinates"].tolist(), num_timepoints=20
+    )
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3)  # ceil(0.3 * 4) = 2 windows of 5
+    assert forecast.starts == [0, 7] and forecast.past.shape == (2, 7, 10) and forecast.target.shape == (2, 7, 10)
+    np.testing.assert_array_equal(forecast.target[1], recording[17:27].T)
+    np.testing.assert_array_equal(forecast.past[1], recording[7:17].T)
+    with torch.no_grad():
+        window = torch.from_numpy(recording[7:27].T[None].copy())
+        xyz = torch.from_numpy(processor.model_coordinates())
+        out = model(window, xyz, mask_ratio=0.3, mask_strategy="forecast")
+    np.testing.assert_allclose(forecast.prediction[1], out.logits[0, :, 10:], rtol=1e-5, atol=1e-6)
+    metrics = forecast.metrics(ar_order=2)
+    assert set(metrics) == {"model", "persistence", "autoregressive", "region_mean"}
+    persistence = np.broadcast_to(forecast.past[..., -1:], forecast.target.shape)
+    assert metrics["persistence"]["by_horizon"] == horizon_metrics(persistence, forecast.target)
+    assert len(metrics["model"]["by_horizon"]["mse"]) == 10
+
+
+def test_forecast_with_converted_tile_models_uses_predict_last(recording):
+    config = tile_config(image_size=16, patch_size=4, num_hidden_layers=1)  # 7 regions x 10 timepoints in 16 x 16
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    processor = BrainLMFeatureExtractor(normalization="none", num_timepoints=10)
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3)
+    # left padding 3: signal columns 3..12; int(0.3 * 10) = 3 timepoints from column 10 -> tile columns 2..3 (8..15)
+    assert forecast.target.shape == (3, 7, 5) and forecast.past.shape == (3, 7, 5)
+    with pytest.raises(ValueError, match="does not hide a final block"):
+        forecast_recording(model, processor, recording, mask_ratio=0.0)
+
+
+def test_forecast_fine_tuning_through_brainlm_pretrain(tmp_path):
+    rng = np.random.default_rng(0)
+    for subject in range(4):
+        np.save(tmp_path / f"sub-{subject}_bold.npy", rng.normal(size=(60, 6)).astype(np.float32))
+    prepare_dataset(
+        tmp_path / "*.npy",
+        tmp_path / "prepared",
+        num_timepoints=40,
+        normalization="zscore",
+        shard_multiple=1,
+        splits={"train": 0.5, "validation": 0.25, "test": 0.25},
+        coordinates=rng.normal(size=(6, 3)) * 40,
+    )
+    checkpoint = tmp_path / "checkpoint"
+    BrainLMForMaskedSignalModeling(BrainLMConfig(patch_size=20, **SMALL)).save_pretrained(checkpoint)
+    arguments = {
+        "model": checkpoint,
+        "mask_strategy": "forecast",
+        "mask_ratio": 0.3,
+        "dataset": tmp_path / "prepared",
+        "output_dir": tmp_path / "run",
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "learning_rate": 1e-2,
+        "warmup_steps": 1,
+        "eval_steps": 0,
+        "eval_windows": 2,
+        "logging_steps": 1,
+        "save_steps": 2,
+    }
+    main(["pretrain", *(item for key, value in arguments.items() for item in (f"--{key}", str(value)))])
+    final = tmp_path / "run" / "final"
+    assert json.loads((final / "config.json").read_text())["mask_strategy"] == "forecast"
+    assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2
+    before, after = load_file(checkpoint / "model.safetensors"), load_file(final / "model.safetensors")
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    # validation used forecast masks: ceil(0.3 * 2) = 1 window of 20 in each of the 6 regions of the 2 windows
+    # (random masking would hide 12 - int(12 * 0.7) = 4 tokens per window: 160 timepoints)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["model"]["num_masked"] == 2 * 6 * 20
