@@ -7,7 +7,7 @@ import torch
 
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 from brainlm_hf.cli import main as cli
-from brainlm_hf.embeddings import covering_starts, embed_recordings, recording_windows, save_embeddings
+from brainlm_hf.embeddings import embed_recordings, recording_windows, save_embeddings, window_starts
 
 
 @pytest.fixture
@@ -24,11 +24,11 @@ def recordings():
 
 
 def test_covering_windows():
-    assert covering_starts(90, 30) == [0, 30, 60]
-    assert covering_starts(100, 30) == [0, 30, 60, 70]  # the last window is aligned to the end
-    assert covering_starts(30, 30) == [0]
+    assert window_starts(90, 30) == [0, 30, 60]
+    assert window_starts(100, 30) == [0, 30, 60, 70]  # the last window is aligned to the end
+    assert window_starts(30, 30) == [0]
     with pytest.raises(ValueError, match="shorter than one window"):
-        covering_starts(29, 30)
+        window_starts(29, 30)
 
 
 def test_windows_are_normalised_whole_recordings_in_model_order(inputs, recordings):

@@ -33,7 +33,7 @@ def test_window_starts_cover_every_timepoint():
     assert window_starts(20, 10) == [0, 10]
     assert window_starts(25, 10) == [0, 10, 15]
     assert window_starts(25, 10, stride=7) == [0, 7, 14, 15]
-    with pytest.raises(ValueError, match="fewer than one window of 10"):
+    with pytest.raises(ValueError, match="shorter than one window of 10"):
         window_starts(9, 10)
     with pytest.raises(ValueError, match="stride must be a positive"):
         window_starts(20, 10, stride=0)
@@ -82,7 +82,7 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
             assert metrics["per_region"][key][region] == pytest.approx(alone[key], rel=1e-9)
     with pytest.raises(ValueError, match="AutoModelForPreTraining"):
         reconstruct_recording(BrainLMModel(config), processor, recording)
-    with pytest.raises(ValueError, match="fewer than one window"):
+    with pytest.raises(ValueError, match="shorter than one window"):
         reconstruct_recording(model, processor, recording[:9])
 
 

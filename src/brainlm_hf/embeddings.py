@@ -19,14 +19,19 @@ from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .modeling_brainlm import pool_tokens
 
 
-def covering_starts(num_timepoints: int, window: int) -> list[int]:
-    """Start indices of the windows that cover `num_timepoints`: every `window`, plus one aligned to the end."""
+def window_starts(num_timepoints: int, window: int, stride: int | None = None) -> list[int]:
+    """
+    Starts of the windows that cover `num_timepoints`: every `stride` (default `window`: no overlap), plus one window
+    ending at the last timepoint when the others miss it. A recording shorter than one window is an error.
+    """
     if num_timepoints < window:
         raise ValueError(
             f"A recording of {num_timepoints} timepoints is shorter than one window of {window}: leave it out or use "
             "a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
         )
-    starts = list(range(0, num_timepoints - window + 1, window))
+    if stride is not None and stride < 1:
+        raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
+    starts = list(range(0, num_timepoints - window + 1, stride or window))
     if starts[-1] + window < num_timepoints:
         starts.append(num_timepoints - window)
     return starts
@@ -40,7 +45,7 @@ def recording_windows(processor: BrainLMFeatureExtractor, recordings) -> tuple[n
     windows, owners = [], []
     for index, recording in enumerate(recordings):
         series = processor.normalize(np.asarray(recording), f"recording {index}")  # (T, V)
-        for start in covering_starts(len(series), processor.num_timepoints):
+        for start in window_starts(len(series), processor.num_timepoints):
             windows.append(processor.to_model_order(series[start : start + processor.num_timepoints].T))
             owners.append(index)
     return np.stack(windows).astype(np.float32, copy=False), np.asarray(owners)
@@ -133,4 +138,4 @@ def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray) -> Path:
     return path
 
 
-__all__ = ["covering_starts", "embed_recordings", "embed_windows", "recording_windows", "save_embeddings"]
+__all__ = ["embed_recordings", "embed_windows", "recording_windows", "save_embeddings", "window_starts"]

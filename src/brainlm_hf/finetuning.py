@@ -30,7 +30,7 @@ from transformers import AutoModelForSequenceClassification, EarlyStoppingCallba
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .data import BrainLMCollator, read_shard
-from .embeddings import average_by_recording, covering_starts, recording_windows
+from .embeddings import average_by_recording, recording_windows, window_starts
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .metrics import classification_metrics, regression_metrics
 from .modeling_brainlm import BrainLMForSequenceClassification
@@ -87,7 +87,7 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
         length, rng = processor.num_timepoints, np.random.default_rng(seed)
         windows, owners = [], []
         for index, recording in enumerate(recordings):
-            covering_starts(len(recording), length)  # refuses recordings shorter than one window
+            window_starts(len(recording), length)  # refuses recordings shorter than one window
             series = processor.to_model_order(processor.normalize(recording, f"recording {index}").T)  # (V, T_i)
             for start in rng.integers(0, series.shape[1] - length + 1, windows_per_recording):
                 windows.append(series[:, start : start + length])

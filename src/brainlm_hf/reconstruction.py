@@ -16,22 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .embeddings import window_starts
 from .metrics import masked_reconstruction_metrics
-
-
-def window_starts(num_timepoints: int, window: int, stride: int | None = None) -> list[int]:
-    """Starts every `stride` (default `window`), plus a last window ending at `num_timepoints`."""
-    if num_timepoints < window:
-        raise ValueError(
-            f"The recording has {num_timepoints} timepoints, fewer than one window of {window}: use a longer "
-            "recording or a processor with a shorter num_timepoints."
-        )
-    if stride is not None and stride < 1:
-        raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
-    starts = list(range(0, num_timepoints - window + 1, stride or window))
-    if starts[-1] + window < num_timepoints:
-        starts.append(num_timepoints - window)
-    return starts
 
 
 @torch.no_grad()
