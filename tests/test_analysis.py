@@ -31,6 +31,7 @@ from brainlm_hf.plotting import (
     plot_attention_heatmap,
     plot_forecast,
     plot_glass_brain,
+    plot_glass_brain_nilearn,
     plot_network_bars,
     plot_reconstruction,
 )
@@ -273,6 +274,7 @@ def test_figures_are_written_and_not_empty(tmp_path):
     paths = [
         plot_network_bars(["a", "b", "c"], [0.3, 0.1, 0.2], tmp_path / "bars.png", errors=[0.01, 0.02, 0.01]),
         plot_glass_brain(rng.normal(size=(5, 3)) * 40, rng.random(5), tmp_path / "brain.png"),
+        plot_glass_brain_nilearn(rng.normal(size=(5, 3)) * 40, rng.random(5), tmp_path / "nilearn.png"),
         plot_attention_heatmap(rng.random((5, 40)), tmp_path / "heat.png", list("abcde"), repetition_time=0.72),
         plot_reconstruction(signal, signal + 0.1, mask, tmp_path / "rec.png", regions=(0, 3), repetition_time=0.72),
         plot_forecast(metrics, tmp_path / "forecast.png", repetition_time=0.72),

@@ -68,6 +68,33 @@ def plot_glass_brain(coordinates, values, path, title: str = "CLS attention per 
     return _save(figure, path)
 
 
+def plot_glass_brain_nilearn(
+    coordinates, values, path, title: str = "CLS attention per region", display_mode: str = "lyrz"
+) -> Path:
+    """
+    The same region values `(V,)` at their coordinates `(V, 3)` (MNI mm) on nilearn's glass brain
+    (`nilearn.plotting.plot_markers`); needs the optional `plots` extra (`pip install brainlm_hf[plots]`).
+    """
+    try:
+        from nilearn import plotting
+    except ImportError as error:
+        raise ImportError("plot_glass_brain_nilearn needs nilearn: pip install 'brainlm_hf[plots]'.") from error
+    import matplotlib
+
+    matplotlib.use("Agg")
+    xyz, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if xyz.shape != (len(values), 3):
+        raise ValueError(f"coordinates must have shape ({len(values)}, 3) to match the values, got {xyz.shape}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    display = plotting.plot_markers(
+        values, xyz, node_cmap="magma_r", display_mode=display_mode, title=title, node_size=20
+    )
+    display.savefig(str(path), dpi=DPI)
+    display.close()
+    return path
+
+
 def plot_attention_heatmap(
     attention_map, path, region_names: list[str] | None = None, repetition_time: float | None = None, title=None
 ) -> Path:
