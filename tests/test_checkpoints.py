@@ -49,6 +49,7 @@ def test_saved_folder_is_hub_ready(pretrained):
         "AutoConfig": "configuration_brainlm.BrainLMConfig",
         "AutoModel": "modeling_brainlm.BrainLMModel",
         "AutoModelForPreTraining": "modeling_brainlm.BrainLMForMaskedSignalModeling",
+        "AutoModelForSequenceClassification": "modeling_brainlm.BrainLMForSequenceClassification",
     }
 
 
@@ -112,6 +113,12 @@ def test_remote_code_loads_without_the_package(pretrained, inputs, tmp_path):
         encoder = AutoModel.from_pretrained({str(path)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         assert type(encoder).__name__ == "BrainLMModel"
+        from transformers import AutoModelForSequenceClassification
+        head = AutoModelForSequenceClassification.from_pretrained(
+            {str(path)!r}, trust_remote_code=True, num_labels=3, problem_type="single_label_classification"
+        )
+        assert type(head).__name__ == "BrainLMForSequenceClassification"
+        assert torch.equal(head.brainlm.layers[0].mlp.fc1.weight, encoder.layers[0].mlp.fc1.weight)
         from transformers import AutoFeatureExtractor
         extractor = AutoFeatureExtractor.from_pretrained({str(path)!r}, trust_remote_code=True)
         assert type(extractor).__module__.startswith("transformers_modules") and extractor.input_scale == 2.0

@@ -2,18 +2,26 @@
 """brainlm_hf: BrainLM, the fMRI foundation model, as a Hugging Face Transformers model.
 
 Importing the package registers `BrainLMConfig` (`model_type="brainlm_hf"`) with `AutoConfig`, `BrainLMModel` with
-`AutoModel`, `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining` and `BrainLMFeatureExtractor` with
-`AutoFeatureExtractor`, and marks the classes for remote code so that every `save_pretrained` writes a Hub-ready
-folder (weights, config and the source files).
+`AutoModel`, `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining`, `BrainLMForSequenceClassification` with
+`AutoModelForSequenceClassification` and `BrainLMFeatureExtractor` with `AutoFeatureExtractor`, and marks the
+classes for remote code so that every `save_pretrained` writes a Hub-ready folder (weights, config and the source
+files).
 """
 
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    AutoModelForPreTraining,
+    AutoModelForSequenceClassification,
+)
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .modeling_brainlm import (
     BrainLMForMaskedSignalModeling,
     BrainLMForMaskedSignalModelingOutput,
+    BrainLMForSequenceClassification,
     BrainLMModel,
     BrainLMModelOutput,
     BrainLMPreTrainedModel,
@@ -24,10 +32,12 @@ __version__ = "0.1.0"
 AutoConfig.register(BrainLMConfig.model_type, BrainLMConfig, exist_ok=True)
 AutoModel.register(BrainLMConfig, BrainLMModel, exist_ok=True)
 AutoModelForPreTraining.register(BrainLMConfig, BrainLMForMaskedSignalModeling, exist_ok=True)
+AutoModelForSequenceClassification.register(BrainLMConfig, BrainLMForSequenceClassification, exist_ok=True)
 AutoFeatureExtractor.register(BrainLMConfig, BrainLMFeatureExtractor, exist_ok=True)
 BrainLMConfig.register_for_auto_class()
 BrainLMModel.register_for_auto_class("AutoModel")
 BrainLMForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining")
+BrainLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 BrainLMFeatureExtractor.register_for_auto_class()
 
 __all__ = [
@@ -36,6 +46,7 @@ __all__ = [
     "BrainLMFeatureExtractor",
     "BrainLMForMaskedSignalModeling",
     "BrainLMForMaskedSignalModelingOutput",
+    "BrainLMForSequenceClassification",
     "BrainLMModel",
     "BrainLMModelOutput",
     "BrainLMPreTrainedModel",

@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert`, `brainlm prepare`, `brainlm pretrain`."""
+"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`."""
 
 import argparse
 import json
@@ -56,6 +56,32 @@ def _prepare(args: argparse.Namespace) -> None:
     print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
 
 
+def _embed(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModel
+
+    from .data import find_recordings, load_recording, recording_ids
+    from .embeddings import embed_recordings, save_embeddings
+    from .feature_extraction_brainlm import BrainLMFeatureExtractor
+
+    processor = BrainLMFeatureExtractor.from_pretrained(args.processor or args.model)
+    atlas = None
+    if args.atlas:
+        from .atlas import load_a424, load_atlas
+
+        atlas = load_a424(args.atlas_dir) if args.atlas == "A424" else load_atlas(args.atlas)
+    paths = find_recordings(args.inputs)
+    recordings = [load_recording(path, atlas)[0] for path in paths]
+    model = AutoModel.from_pretrained(args.model)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    embeddings = embed_recordings(
+        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet
+    )
+    path = save_embeddings(args.output, [recording_ids(p)[0] for p in paths], embeddings)
+    print(f"{len(paths)} recordings -> {embeddings.shape[1]}-d {args.pooling} embeddings in {path}")
+
+
 def parse_pretraining_arguments(argv: list[str] | None):
     """`PretrainingArguments` from the command line, or from one JSON/YAML file given as the only argument."""
     from transformers import HfArgumentParser
@@ -81,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["pretrain"]:  # its arguments come from a dataclass parser
         return pretrain_main(argv[1:])
+    if argv[:1] == ["finetune"]:  # FinetuningArguments + TrainingArguments
+        from .finetuning import main as finetune_main
+
+        return finetune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser(
@@ -118,7 +148,26 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
     prepare.set_defaults(run=_prepare)
+    embed = commands.add_parser(
+        "embed",
+        help="per-recording embeddings (no masking, windows covering each recording, averaged)",
+        description="INPUTS: parcel tables (T, V) as .npy/.csv/.tsv/.dat, or 4-D NIfTI images with --atlas; a "
+        "folder or a quoted glob. Writes OUT as .parquet (id, embedding) or .npz (ids, embeddings).",
+    )
+    embed.add_argument("model", metavar="MODEL", help="checkpoint folder or Hub id (with its processor)")
+    embed.add_argument("inputs", metavar="INPUTS", nargs="+")
+    embed.add_argument("--output", required=True, help="OUT: embeddings.parquet or embeddings.npz")
+    embed.add_argument("--processor", help="processor folder when it is not saved with the model")
+    embed.add_argument("--atlas", help="'A424' or a label NIfTI, for NIfTI inputs")
+    embed.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
+    embed.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--device", help="default: cuda when available, else cpu")
+    embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    embed.set_defaults(run=_embed)
     commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
+    commands.add_parser("finetune", help="fine-tune for phenotype columns with Trainer (see `brainlm finetune -h`)")
     args = parser.parse_args(argv)
     try:
         args.run(args)

@@ -83,6 +83,7 @@ _AUTO_MAP = {
     "AutoConfig": "configuration_brainlm.BrainLMConfig",
     "AutoModel": "modeling_brainlm.BrainLMModel",
     "AutoModelForPreTraining": "modeling_brainlm.BrainLMForMaskedSignalModeling",
+    "AutoModelForSequenceClassification": "modeling_brainlm.BrainLMForSequenceClassification",
 }
 
 
@@ -145,6 +146,22 @@ class BrainLMConfig(PreTrainedConfig):
         validate_inputs (`bool`, defaults to `True`):
             Check inputs for shape errors and NaN/Inf in `forward`. The NaN/Inf check synchronises with the device;
             switch it off for compiled or high-throughput runs.
+        pooling (`str`, defaults to `"cls"`):
+            `BrainLMForSequenceClassification`: `"cls"` (the CLS row) or `"mean"` (mean of the visible data tokens;
+            padding-only tiles never count).
+        classifier_head (`str`, defaults to `"linear"`):
+            `"linear"`: dropout + `Linear(H -> num_labels)`. `"mlp"`: the paper's 3-layer MLP head,
+            `H -> H/2 -> H/4 -> num_labels` with GELU and dropout (the original widths were not released).
+        classifier_dropout (`float`, defaults to 0.0): dropout before each layer of the head.
+        freeze_encoder (`bool`, defaults to `False`):
+            Train the head only (linear probe): the encoder gets no gradients and runs without autograd.
+        auxiliary_reconstruction_weight (`float`, defaults to 0.0):
+            If > 0, `BrainLMForSequenceClassification` keeps the decoder and, in training, masks `mask_ratio` of the
+            tokens and adds this weight times the masked reconstruction loss to the label loss.
+        label_mean, label_std (`list[float]`, *optional*):
+            Regression only: per-target statistics of the training labels. The head predicts standardised targets
+            (the loss is taken on that scale, so every target weighs the same) and `logits` are returned in label
+            units, `z * label_std + label_mean`.
 
     Example:
 
@@ -183,6 +200,13 @@ class BrainLMConfig(PreTrainedConfig):
     mask_strategy: str = "random"
     reconstruction_loss: str = "mse"
     validate_inputs: bool = True
+    pooling: str = "cls"
+    classifier_head: str = "linear"
+    classifier_dropout: float | int = 0.0
+    freeze_encoder: bool = False
+    auxiliary_reconstruction_weight: float | int = 0.0
+    label_mean: list[float] | None = None
+    label_std: list[float] | None = None
 
     def __post_init__(self, **kwargs):
         # Hub-ready by default: a saved checkpoint names every Auto class it can be loaded with (remote code).
@@ -208,6 +232,8 @@ class BrainLMConfig(PreTrainedConfig):
             "decoder_head": ("linear", "mlp"),
             "mask_strategy": MASK_STRATEGIES.get(self.token_layout, ()),
             "reconstruction_loss": ("mse", "mae"),
+            "pooling": ("cls", "mean"),
+            "classifier_head": ("linear", "mlp"),
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -224,11 +250,30 @@ class BrainLMConfig(PreTrainedConfig):
             raise ValueError(
                 f"hidden_size and decoder_hidden_size must be multiples of {multiple} for {self.token_layout}."
             )
+        self._validate_head()
         if tiles and (self.image_size < self.patch_size or self.image_size % self.patch_size):
             raise ValueError(
                 f"token_layout='tile_2d' needs image_size (the padded square side) to be a positive multiple of "
                 f"patch_size ({self.patch_size}), got {self.image_size}."
             )
+
+    def _validate_head(self):
+        if self.auxiliary_reconstruction_weight < 0:
+            raise ValueError(
+                f"auxiliary_reconstruction_weight must be >= 0, got {self.auxiliary_reconstruction_weight}."
+            )
+        if self.freeze_encoder and self.auxiliary_reconstruction_weight > 0:
+            raise ValueError("freeze_encoder=True with an auxiliary reconstruction loss trains nothing it could help.")
+        if (self.label_mean is None) != (self.label_std is None):
+            raise ValueError("Give both label_mean and label_std (per-target label scaling), or neither.")
+        if self.label_mean is not None:
+            if len(self.label_mean) != self.num_labels or len(self.label_std) != self.num_labels:
+                raise ValueError(
+                    f"label_mean/label_std need one value per target: num_labels is {self.num_labels}, got "
+                    f"{len(self.label_mean)} and {len(self.label_std)}."
+                )
+            if min(self.label_std) <= 0:
+                raise ValueError(f"label_std must be positive, got {self.label_std}.")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "BrainLMConfig":

@@ -351,13 +351,16 @@ class WindowStream(torch.utils.data.IterableDataset):
         return windows
 
 
-def read_shard(path: str):
-    """One Parquet shard as a pyarrow Table (local path or any fsspec URL); a corrupt shard raises naming it."""
+def read_shard(path: str, extra_columns: list[str] | None = None):
+    """
+    One Parquet shard as a pyarrow Table (local path or any fsspec URL) with the recording columns and
+    `extra_columns` (e.g. phenotypes); a corrupt shard raises naming it.
+    """
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = ["id", "series", "num_timepoints", "num_regions"]
+    columns = ["id", "series", "num_timepoints", "num_regions", *(extra_columns or [])]
     try:
         filesystem, location = fsspec.core.url_to_fs(path)
         if filesystem.protocol in ("file", ("file", "local")):
@@ -369,7 +372,10 @@ def read_shard(path: str):
 
 
 class BrainLMCollator:
-    """Stacks `WindowStream` items into model inputs: `signal_values` `(B, V, T)` and `coordinates` `(V, 3)`."""
+    """
+    Stacks window items into model inputs: `signal_values` `(B, V, T)`, `coordinates` `(V, 3)` and, when the items
+    have them, `labels` `(B, ...)`.
+    """
 
     def __init__(self, feature_extractor: BrainLMFeatureExtractor):
         coordinates = feature_extractor.model_coordinates()
@@ -377,6 +383,8 @@ class BrainLMCollator:
 
     def __call__(self, items: list[dict]) -> dict:
         batch = {"signal_values": torch.from_numpy(np.stack([item["signal_values"] for item in items]))}
+        if "labels" in items[0]:
+            batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]))
         if self.coordinates is not None:
             batch["coordinates"] = self.coordinates
         return batch

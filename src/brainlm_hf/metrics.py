@@ -30,11 +30,10 @@ def masked_reconstruction_metrics(prediction, target, mask) -> dict[str, float]:
         raise ValueError("The mask selects no timepoint: nothing to score.")
     p, y = prediction[selected], target[selected]
     sse, sst = np.sum((p - y) ** 2), np.sum((y - y.mean()) ** 2)
-    pearson = np.corrcoef(p, y)[0, 1] if p.std() > 0 and y.std() > 0 else float("nan")
     return {
         "mse": float(sse / len(y)),
         "r2": float(1 - sse / sst),
-        "pearson_r": float(pearson),
+        "pearson_r": _pearson(p, y),
         "num_masked": int(len(y)),
     }
 
@@ -55,3 +54,70 @@ def baseline_predictions(signal, mask) -> dict[str, np.ndarray]:
         if seen.any():
             interpolated[index] = np.interp(time, time[seen], signal[index][seen])
     return {"region_mean": np.broadcast_to(region_mean, signal.shape), "linear_interpolation": interpolated}
+
+
+def regression_metrics(predictions, targets) -> dict[str, float]:
+    """
+    Args:
+        predictions, targets (array-like of shape `(R,)` or `(R, D)`): one row per recording, D targets.
+
+    Returns `mse`, `mae`, `r2` (`1 - SSE / SST` around the targets' mean) and `pearson_r`, each averaged over the
+    targets, plus `<metric>_<d>` per target when D > 1.
+    """
+    predictions, targets = (np.asarray(x, dtype=np.float64) for x in (predictions, targets))
+    predictions, targets = predictions.reshape(len(predictions), -1), targets.reshape(len(targets), -1)
+    if predictions.shape != targets.shape:
+        raise ValueError(f"Shapes differ: predictions {predictions.shape}, targets {targets.shape}.")
+    error = predictions - targets
+    per_target = {
+        "mse": np.mean(error**2, 0),
+        "mae": np.mean(np.abs(error), 0),
+        "r2": 1 - np.sum(error**2, 0) / np.sum((targets - targets.mean(0)) ** 2, 0),
+        "pearson_r": np.array([_pearson(predictions[:, d], targets[:, d]) for d in range(targets.shape[1])]),
+    }
+    result = {name: float(values.mean()) for name, values in per_target.items()}
+    if targets.shape[1] > 1:
+        result.update({f"{name}_{d}": float(v) for name, values in per_target.items() for d, v in enumerate(values)})
+    return result
+
+
+def classification_metrics(logits, labels) -> dict[str, float]:
+    """
+    Args:
+        logits (array-like of shape `(R, C)`): class scores (any monotonic scale), C >= 2.
+        labels (array-like of shape `(R,)`): class indices.
+
+    Returns `accuracy`, `balanced_accuracy` (mean recall over the classes present) and `auroc` (binary: the
+    probability that a positive outranks a negative, ties counting half; multi-class: the mean one-vs-rest AUROC
+    over classes that have both positives and negatives).
+    """
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels).astype(int).reshape(-1)
+    if logits.ndim != 2 or logits.shape[0] != len(labels) or logits.shape[1] < 2:
+        raise ValueError(f"Expected logits (R, C >= 2) and labels (R,), got {logits.shape} and {labels.shape}.")
+    predicted = logits.argmax(1)
+    present = np.unique(labels)
+    recalls = [np.mean(predicted[labels == c] == c) for c in present]
+    if logits.shape[1] == 2:
+        auroc = _auroc(logits[:, 1] - logits[:, 0], labels == 1)
+    else:
+        scores = [_auroc(logits[:, c], labels == c) for c in range(logits.shape[1])]
+        auroc = float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "balanced_accuracy": float(np.mean(recalls)),
+        "auroc": auroc,
+    }
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+
+
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Mann-Whitney AUROC: P(positive score > negative score) + P(tie) / 2; NaN when only one class is present."""
+    negatives = np.sort(scores[~positive])
+    if not positive.any() or not len(negatives):
+        return float("nan")
+    below = np.searchsorted(negatives, scores[positive], side="left")  # negatives strictly below each positive
+    ties = np.searchsorted(negatives, scores[positive], side="right") - below
+    return float((below + ties / 2).sum() / (positive.sum() * len(negatives)))

@@ -9,6 +9,7 @@ This file only imports from `torch`, `transformers` and its sibling `configurati
 saved next to a checkpoint and loaded with `trust_remote_code=True` where `brainlm_hf` is not installed.
 """
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,10 +19,13 @@ from torch import nn
 from transformers import GradientCheckpointingLayer, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .configuration_brainlm import MASK_STRATEGIES, BrainLMConfig
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -228,6 +232,10 @@ class BrainLMRegionWindowEmbeddings(nn.Module):
             )
         return (torch.arange(num_regions * num_windows, device=device) % num_windows) >= num_windows - num_masked
 
+    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
+        """Which tokens hold signal, `(L,)` bool: all of them in this layout."""
+        return torch.ones(self.num_tokens(num_regions, num_timepoints), dtype=torch.bool, device=device)
+
     def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
         """`(B, L)` -> `(B, V, N)`."""
         return token_mask.view(token_mask.shape[0], num_regions, -1)
@@ -268,6 +276,14 @@ class BrainLMTileEmbeddings(nn.Module):
         num_columns = (columns_end * patch - mask_start) // patch + (1 if mask_start % patch else 0)
         columns = torch.arange(self.grid_size**2, device=device) % self.grid_size
         return (columns >= columns_end - num_columns) & (columns < columns_end)
+
+    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
+        """Which tiles hold at least one real value (not only padding), `(G * G,)` bool."""
+        top, left = tile_padding(num_regions, num_timepoints, self.config.image_size)
+        cells = torch.arange(self.grid_size, device=device) * self.config.patch_size  # first row/column of each tile
+        rows = (cells + self.config.patch_size > top) & (cells < top + num_regions)
+        columns = (cells + self.config.patch_size > left) & (cells < left + num_timepoints)
+        return (rows[:, None] & columns[None, :]).flatten()
 
     def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
         """`(B, L)` -> per-timepoint mask `(B, V, T)`."""
@@ -423,13 +439,16 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BrainLMDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
 
+    _new_head_prefix: str | None = None  # a task head that may be absent, as a whole, from a pretrained checkpoint
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """
         `PreTrainedModel.from_pretrained`, made strict: any missing, unexpected or mismatched key raises a
         `ValueError` that lists it, instead of a silently re-initialised weight. The only keys let through are the
-        decoder's (`^decoder\\.`) when an encoder-only model is loaded from a pretraining checkpoint, and shape
-        mismatches when `ignore_mismatched_sizes=True` is passed explicitly.
+        decoder's (`^decoder\\.`) when an encoder-only model is loaded from a pretraining checkpoint, a task head that
+        the checkpoint lacks entirely (`classifier.`, initialised with a warning; a partly present head is an
+        error), and shape mismatches when `ignore_mismatched_sizes=True` is passed explicitly.
         """
         want_info = kwargs.pop("output_loading_info", False)
         checked = ["missing_keys", "unexpected_keys"]
@@ -438,6 +457,13 @@ class BrainLMPreTrainedModel(PreTrainedModel):
             kwargs["ignore_mismatched_sizes"] = True
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {name: sorted(map(str, info[name])) for name in checked}
+        head = sorted(k for k in model.state_dict() if cls._new_head_prefix and k.startswith(cls._new_head_prefix))
+        if head and set(head) <= set(problems["missing_keys"]):  # a checkpoint without this head: start a new one
+            problems["missing_keys"] = sorted(set(problems["missing_keys"]) - set(head))
+            logger.warning(
+                f"{cls.__name__}: the checkpoint has no `{cls._new_head_prefix}` weights; they were "
+                "newly initialised: train them before use."
+            )
         problems = {name: keys for name, keys in problems.items() if keys}
         if problems:
             details = "; ".join(f"{name}: {keys}" for name, keys in problems.items())
@@ -623,6 +649,26 @@ class BrainLMDecoder(nn.Module):
         return (xyz + sinusoidal_encoding(num_windows, hidden, device)).flatten(1, 2)  # (B or 1, L, Hd)
 
 
+def masked_reconstruction_loss(
+    model, logits: torch.Tensor, signal_values: torch.Tensor, outputs
+) -> torch.Tensor | None:
+    """Masked MSE (or MAE) of the reconstruction `(B, V, T)` over masked timepoints; `None` when nothing is masked."""
+    if outputs.last_hidden_state.shape[1] - 1 == outputs.ids_restore.shape[1]:
+        return None
+    mask = model.mask_to_signal(outputs.mask)  # (B, V, T)
+    error = logits - signal_values
+    error = error.abs() if model.config.reconstruction_loss == "mae" else error.square()
+    return (error * mask).sum() / mask.sum()
+
+
+def _decoder_coordinates(config: BrainLMConfig, coordinates, dtype) -> torch.Tensor | None:
+    """Coordinates as the decoder takes them: `(B or 1, V, 3)` in the signal's dtype (region-window layout)."""
+    if coordinates is None or config.token_layout != "region_window":
+        return coordinates
+    coordinates = coordinates.to(dtype)
+    return coordinates.unsqueeze(0) if coordinates.dim() == 2 else coordinates
+
+
 class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
     """BrainLM encoder + decoder trained to reconstruct masked signal (masking with `config.mask_ratio`)."""
 
@@ -669,18 +715,11 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        if coordinates is not None and self.config.token_layout == "region_window":
-            coordinates = coordinates.to(signal_values.dtype)
-            coordinates = coordinates.unsqueeze(0) if coordinates.dim() == 2 else coordinates
+        coordinates = _decoder_coordinates(self.config, coordinates, signal_values.dtype)
         latent, ids_restore = outputs.last_hidden_state, outputs.ids_restore
         logits = self.decoder(latent, ids_restore, coordinates, signal_values.shape, **kwargs)  # (B, V, T)
 
-        loss = None
-        if return_loss and outputs.last_hidden_state.shape[1] - 1 < outputs.ids_restore.shape[1]:
-            mask = self.mask_to_signal(outputs.mask)  # (B, V, T)
-            error = logits - signal_values
-            error = error.abs() if self.config.reconstruction_loss == "mae" else error.square()
-            loss = (error * mask).sum() / mask.sum()  # mean over masked timepoints
+        loss = masked_reconstruction_loss(self, logits, signal_values, outputs) if return_loss else None
 
         output = BrainLMForMaskedSignalModelingOutput(
             loss=loss,
@@ -695,10 +734,155 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def pool_tokens(encoder: BrainLMModel, outputs: BrainLMModelOutput, signal_shape, pooling: str) -> torch.Tensor:
+    """
+    One embedding per sample, `(B, H)`, from the encoder output `(B, 1 + K, H)`: `"cls"` takes the CLS row,
+    `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count).
+    """
+    hidden = outputs.last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling != "mean":
+        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
+    data = encoder.embeddings.data_tokens(*signal_shape[1:], hidden.device)  # (L,) in canonical order
+    visible = torch.argsort(outputs.ids_restore, dim=1)[:, : hidden.shape[1] - 1]  # (B, K): token of each row
+    weights = data[visible].to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
+    return (hidden[:, 1:] * weights).sum(1) / weights.sum(1)
+
+
+class BrainLMClassificationHead(nn.Module):
+    """`linear`: dropout, `Linear(H -> labels)`. `mlp`: 3 layers, `H -> H/2 -> H/4 -> labels`, GELU, dropout."""
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__()
+        hidden = config.hidden_size
+        widths = [hidden] if config.classifier_head == "linear" else [hidden, hidden // 2, hidden // 4]
+        layers = []
+        for width_in, width_out in itertools.pairwise(widths):
+            layers += [nn.Dropout(config.classifier_dropout), nn.Linear(width_in, width_out), nn.GELU()]
+        layers += [nn.Dropout(config.classifier_dropout), nn.Linear(widths[-1], config.num_labels)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.layers(pooled)  # (B, H) -> (B, num_labels)
+
+
+class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
+    """
+    BrainLM encoder + a head on the pooled embedding (`config.pooling`, `config.classifier_head`) for regression
+    (one or several targets), single-label or multi-label classification (`config.problem_type`, as in
+    transformers: MSE, cross-entropy, BCE-with-logits; inferred from `num_labels` and the label dtype when unset).
+
+    The encoder sees every token in canonical order unless masking is asked for, or unless
+    `config.auxiliary_reconstruction_weight > 0`, which keeps the decoder and, in training, masks `config.mask_ratio`
+    of the tokens and adds the weighted masked-reconstruction loss (the head then pools the visible tokens).
+    `config.freeze_encoder` trains the head only. Loading a pretraining or encoder checkpoint creates a new head.
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    _new_head_prefix = "classifier."
+
+    def __init__(self, config: BrainLMConfig):
+        super().__init__(config)
+        self.brainlm = BrainLMModel(config)
+        self.decoder = BrainLMDecoder(config) if config.auxiliary_reconstruction_weight > 0 else None
+        self.classifier = BrainLMClassificationHead(config)
+        self.post_init()
+        if config.freeze_encoder:
+            self.brainlm.requires_grad_(False)
+
+    def forward(
+        self,
+        signal_values: torch.Tensor,
+        coordinates: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+        mask_strategy: str | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutput | tuple:
+        r"""
+        Args:
+            signal_values (`torch.FloatTensor` of shape `(B, V, T)`): parcel time series.
+            coordinates (`torch.FloatTensor` of shape `(V, 3)` or `(B, V, 3)`): region xyz (region-window layout).
+            labels (`torch.Tensor`, *optional*): `(B,)` or `(B, num_labels)` float targets (regression), `(B,)`
+                class indices (single-label) or `(B, num_labels)` 0/1 (multi-label).
+            noise, mask_ratio, mask_strategy: masking of the encoder input, as in `BrainLMModel` (default: none, or
+                `config.mask_ratio` in training with an auxiliary reconstruction loss).
+
+        Returns `SequenceClassifierOutput` with `logits` `(B, num_labels)` (regression: in label units) and `loss`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if mask_ratio is None:
+            mask_ratio = self.config.mask_ratio if self.decoder is not None and self.training else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
+            outputs = self.brainlm(
+                signal_values,
+                coordinates,
+                noise=noise,
+                mask_ratio=mask_ratio,
+                mask_strategy=mask_strategy,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+                **kwargs,
+            )
+        pooled = pool_tokens(self.brainlm, outputs, signal_values.shape, self.config.pooling)  # (B, H)
+        scores = self.classifier(pooled)  # (B, num_labels)
+        logits = self._to_label_units(scores)
+        loss = self._label_loss(scores, labels) if labels is not None else None
+        if loss is not None and self.decoder is not None:
+            reconstruction = self.decoder(
+                outputs.last_hidden_state,
+                outputs.ids_restore,
+                _decoder_coordinates(self.config, coordinates, signal_values.dtype),
+                signal_values.shape,
+            )  # (B, V, T)
+            extra = masked_reconstruction_loss(self, reconstruction, signal_values, outputs)
+            if extra is not None:
+                loss = loss + self.config.auxiliary_reconstruction_weight * extra
+
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+    def _to_label_units(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.config.label_mean is None:
+            return scores
+        mean, std = (scores.new_tensor(v) for v in (self.config.label_mean, self.config.label_std))
+        return scores * std + mean
+
+    def _label_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        config, labels = self.config, labels.to(scores.device)
+        if config.problem_type is None:
+            if config.num_labels == 1:
+                config.problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                config.problem_type = "single_label_classification"
+            else:
+                config.problem_type = "multi_label_classification"
+        if config.problem_type == "regression":
+            targets = labels.to(scores.dtype).view(scores.shape)
+            if config.label_mean is not None:
+                mean, std = (scores.new_tensor(v) for v in (config.label_mean, config.label_std))
+                targets = (targets - mean) / std
+            return nn.functional.mse_loss(scores, targets)
+        if config.problem_type == "single_label_classification":
+            return nn.functional.cross_entropy(scores.view(-1, config.num_labels), labels.view(-1).long())
+        return nn.functional.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
+
+
 __all__ = [
+    "BrainLMClassificationHead",
     "BrainLMForMaskedSignalModeling",
     "BrainLMForMaskedSignalModelingOutput",
     "BrainLMModel",
     "BrainLMModelOutput",
+    "BrainLMForSequenceClassification",
     "BrainLMPreTrainedModel",
+    "pool_tokens",
 ]

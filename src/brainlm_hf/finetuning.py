@@ -1,0 +1,367 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""
+Fine-tuning for clinical variables with `transformers.Trainer`.
+
+* Training samples `windows_per_recording` windows per recording (start offsets drawn once from the seed; Trainer
+  shuffles them every epoch), each labelled with its recording's phenotype.
+* Evaluation embeds every covering window of a recording (see `brainlm_hf.embeddings`) and averages the logits per
+  recording; metrics are per recording: MSE / MAE / R^2 / Pearson r for regression (in label units), accuracy /
+  balanced accuracy / AUROC for classification. The best epoch is kept by `eval_mse` (regression) or
+  `eval_balanced_accuracy` (classification).
+* Regression targets are standardised with the training split's mean and std, stored in the config
+  (`label_mean`, `label_std`): several clinical variables weigh the same in the loss, and `logits` come back in label
+  units.
+* Heads and options: see `BrainLMForSequenceClassification` (`pooling`, `classifier_head`, `freeze_encoder`,
+  `auxiliary_reconstruction_weight`); `lora_rank > 0` trains LoRA adapters on the attention projections (`peft`),
+  merged into the saved model.
+
+Entry points: `brainlm finetune` / `examples/finetune.py` (`FinetuningArguments` + `TrainingArguments`, on a dataset
+made by `brainlm prepare --phenotypes ...`), and `finetune_recordings` / `predict_recordings` for arrays in memory.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
+
+from .configuration_brainlm import PRESETS, BrainLMConfig
+from .data import BrainLMCollator, read_shard
+from .embeddings import average_by_recording, covering_starts, recording_windows
+from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from .metrics import classification_metrics, regression_metrics
+from .modeling_brainlm import BrainLMForSequenceClassification
+
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+@dataclass
+class FinetuningArguments:
+    """Arguments of `brainlm finetune` besides `transformers.TrainingArguments`."""
+
+    dataset: str = field(metadata={"help": "prepared dataset folder (brainlm prepare --phenotypes) with train/ etc."})
+    model: str = field(metadata={"help": "pretraining or encoder checkpoint (folder or Hub id), or a preset name"})
+    label_columns: list[str] = field(metadata={"help": "phenotype column(s) to predict"})
+    problem_type: str = field(default="regression", metadata={"help": " / ".join(PROBLEM_TYPES)})
+    pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+    classifier_head: str = field(default="linear", metadata={"help": "linear or mlp (3 layers)"})
+    classifier_dropout: float = 0.0
+    freeze_encoder: bool = field(default=False, metadata={"help": "train the head only (linear probe)"})
+    lora_rank: int = field(default=0, metadata={"help": "> 0: LoRA adapters of this rank (needs peft)"})
+    auxiliary_reconstruction_weight: float = field(default=0.0, metadata={"help": "weight of a masked MSE term"})
+    windows_per_recording: int = field(default=8, metadata={"help": "training windows drawn per recording"})
+    early_stopping_patience: int = field(default=0, metadata={"help": "> 0: stop after this many worse evaluations"})
+    select_best_model: bool = field(
+        default=True,
+        metadata={"help": "evaluate every epoch and keep the best by eval_mse / eval_balanced_accuracy"},
+    )
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_split: str = "test"
+
+
+class RecordingWindowDataset(torch.utils.data.Dataset):
+    """
+    Windows of recordings with their recording's labels, for `Trainer`.
+
+    Args:
+        processor: normalises the recordings and fixes region order, coordinates and window length.
+        recordings: raw `(T_i, V)` arrays in atlas order.
+        labels (`np.ndarray` of shape `(R,)` or `(R, D)`): one row per recording.
+        windows_per_recording (`int`, *optional*): draw this many window starts per recording (seeded); `None`
+            takes the covering windows (evaluation).
+
+    Items: `{"signal_values": (V, T) float32, "labels": ...}`; `recording_index` `(W,)` names each item's recording.
+    """
+
+    def __init__(self, processor, recordings, labels, windows_per_recording: int | None = None, seed: int = 0):
+        self.labels = np.asarray(labels)
+        if len(self.labels) != len(recordings):
+            raise ValueError(f"{len(recordings)} recordings but {len(self.labels)} labels.")
+        if windows_per_recording is None:
+            self.windows, self.recording_index = recording_windows(processor, recordings)  # (W, V, T), (W,)
+            return
+        length, rng = processor.num_timepoints, np.random.default_rng(seed)
+        windows, owners = [], []
+        for index, recording in enumerate(recordings):
+            covering_starts(len(recording), length)  # refuses recordings shorter than one window
+            series = processor.to_model_order(processor.normalize(recording, f"recording {index}").T)  # (V, T_i)
+            for start in rng.integers(0, series.shape[1] - length + 1, windows_per_recording):
+                windows.append(series[:, start : start + length])
+                owners.append(index)
+        self.windows, self.recording_index = np.stack(windows), np.asarray(owners)
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"signal_values": self.windows[index], "labels": self.labels[self.recording_index[index]]}
+
+
+def recording_metrics(window_logits, dataset: RecordingWindowDataset, problem_type: str) -> dict[str, float]:
+    """Logits of every window of `dataset` `(W, C)` -> averaged per recording -> `score_recordings`."""
+    window_logits = np.asarray(window_logits).reshape(len(dataset), -1)
+    logits = average_by_recording(window_logits, dataset.recording_index, len(dataset.labels))  # (R, C)
+    return score_recordings(logits, dataset.labels, problem_type)
+
+
+def score_recordings(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> dict[str, float]:
+    """Per-recording metrics of `(R, C)` predictions: regression or classification (multi-label: mean per label)."""
+    if problem_type == "regression":
+        return regression_metrics(logits, labels)
+    if problem_type == "single_label_classification":
+        return classification_metrics(logits, labels)
+    per_label = [
+        classification_metrics(np.stack([np.zeros(len(logits)), logits[:, d]], 1), labels[:, d])
+        for d in range(logits.shape[1])
+    ]
+    return {name: float(np.nanmean([m[name] for m in per_label])) for name in per_label[0]}
+
+
+def build_classifier(model_name_or_path: str, num_labels: int, problem_type: str, **config_overrides):
+    """A `BrainLMForSequenceClassification` from a checkpoint (new head, encoder loaded strictly) or a preset."""
+    if problem_type not in PROBLEM_TYPES:
+        raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+    options = {"num_labels": num_labels, "problem_type": problem_type, **config_overrides}
+    if model_name_or_path in PRESETS:
+        return BrainLMForSequenceClassification(BrainLMConfig.from_preset(model_name_or_path, **options))
+    return AutoModelForSequenceClassification.from_pretrained(model_name_or_path, **options)
+
+
+def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.ndarray], dict]:
+    """
+    Raw labels -> model targets for the train split and `others`, and the config entries they imply: regression
+    `(R, D)` float32 + `label_mean`/`label_std`; single-label class indices (classes sorted from the train split) +
+    `id2label`; multi-label `(R, D)` float 0/1. Missing values and unseen classes raise.
+    """
+    splits = [np.asarray(labels, dtype=object) for labels in (train_labels, *others)]
+    if problem_type == "single_label_classification":
+        splits = [[str(v) for v in labels.reshape(len(labels), -1)[:, 0]] for labels in splits]
+        classes = sorted(set(splits[0]))
+        if len(classes) < 2:
+            raise ValueError(f"Classification needs at least two classes in the training split, got {classes}.")
+        unseen = sorted({v for labels in splits[1:] for v in labels} - set(classes))
+        if unseen:
+            raise ValueError(f"Labels {unseen} do not occur in the training split; the head cannot predict them.")
+        index = {name: i for i, name in enumerate(classes)}
+        encoded = [np.array([index[v] for v in labels], dtype=np.int64) for labels in splits]
+        return encoded, {"id2label": dict(enumerate(classes)), "label2id": index}
+    encoded = [labels.reshape(len(labels), -1).astype(np.float32) for labels in splits]
+    for labels in encoded:
+        if not np.isfinite(labels).all():
+            raise ValueError("Some labels are missing (NaN): drop those recordings or impute the labels first.")
+    if problem_type == "multi_label_classification":
+        return encoded, {}
+    std = encoded[0].std(0)
+    if (std == 0).any():
+        raise ValueError(f"Targets {np.flatnonzero(std == 0).tolist()} are constant in the training split.")
+    return encoded, {"label_mean": encoded[0].mean(0).tolist(), "label_std": std.tolist()}
+
+
+def train_classifier(
+    model,
+    processor: BrainLMFeatureExtractor,
+    train_dataset: RecordingWindowDataset,
+    eval_dataset: RecordingWindowDataset | None,
+    training_args: TrainingArguments,
+    lora_rank: int = 0,
+    early_stopping_patience: int = 0,
+):
+    """Run `Trainer` (optionally with LoRA adapters and early stopping); returns the trained model (LoRA merged)."""
+    problem_type = model.config.problem_type
+    if lora_rank > 0:
+        model = _with_lora(model, lora_rank)
+    callbacks = [EarlyStoppingCallback(early_stopping_patience)] if early_stopping_patience > 0 else []
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=BrainLMCollator(processor),
+        compute_metrics=(lambda p: recording_metrics(p.predictions, eval_dataset, problem_type))
+        if eval_dataset is not None
+        else None,
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return model.merge_and_unload() if lora_rank > 0 else model
+
+
+def best_model_arguments(problem_type: str, has_eval: bool, **overrides) -> dict:
+    """`TrainingArguments` entries for per-epoch evaluation and best-model selection on a per-recording metric."""
+    if not has_eval:
+        return {"eval_strategy": "no", "save_strategy": "no", **overrides}
+    metric = "mse" if problem_type == "regression" else "balanced_accuracy"
+    return {
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": metric,
+        "greater_is_better": metric != "mse",
+        "save_total_limit": 1,
+        **overrides,
+    }
+
+
+def finetune_recordings(
+    model_name_or_path: str,
+    processor: BrainLMFeatureExtractor,
+    train_recordings,
+    train_labels,
+    problem_type: str = "regression",
+    output_dir: str = "finetuned",
+    eval_recordings=None,
+    eval_labels=None,
+    windows_per_recording: int = 8,
+    lora_rank: int = 0,
+    early_stopping_patience: int = 0,
+    head_options: dict | None = None,
+    **training_arguments,
+):
+    """
+    Fine-tune on arrays in memory: raw `(T_i, V)` recordings (atlas order) and their labels (`(R,)` or `(R, D)`;
+    class names or indices for classification). `head_options` go to the config (`pooling`, `classifier_head`,
+    `classifier_dropout`, `freeze_encoder`, `auxiliary_reconstruction_weight`); `training_arguments` to
+    `TrainingArguments` (defaults: 10 epochs, batch 16, lr 1e-3, no reporting). Returns the trained model.
+    """
+    has_eval = eval_recordings is not None
+    labels, label_config = encode_labels(problem_type, train_labels, *([eval_labels] if has_eval else []))
+    model = build_classifier(
+        model_name_or_path,
+        labels[0].shape[1] if labels[0].ndim == 2 else len(label_config["id2label"]),
+        problem_type,
+        **label_config,
+        **(head_options or {}),
+    )
+    defaults = {
+        "num_train_epochs": 10,
+        "per_device_train_batch_size": 16,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "dataloader_pin_memory": torch.cuda.is_available(),
+    }
+    args = TrainingArguments(
+        output_dir=output_dir,
+        **best_model_arguments(problem_type, has_eval, **{**defaults, **training_arguments}),
+    )
+    train = RecordingWindowDataset(processor, train_recordings, labels[0], windows_per_recording, args.seed)
+    evaluation = RecordingWindowDataset(processor, eval_recordings, labels[1]) if has_eval else None
+    return train_classifier(model, processor, train, evaluation, args, lora_rank, early_stopping_patience)
+
+
+@torch.no_grad()
+def predict_recordings(model, processor: BrainLMFeatureExtractor, recordings, batch_size: int = 16) -> np.ndarray:
+    """Per-recording predictions `(R, num_labels)`: the logits of the covering windows, averaged (label units)."""
+    windows, owners = recording_windows(processor, recordings)
+    model = model.eval()
+    coordinates = processor.model_coordinates()
+    xyz = torch.from_numpy(coordinates).to(model.device) if coordinates is not None else None
+    logits = [
+        model(torch.from_numpy(windows[start : start + batch_size]).to(model.device), xyz).logits.float().cpu()
+        for start in range(0, len(windows), batch_size)
+    ]
+    return average_by_recording(torch.cat(logits).numpy(), owners, len(recordings))
+
+
+def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dict:
+    """
+    `brainlm finetune`: read the prepared splits with their label columns, fine-tune, keep the best epoch by the
+    validation split, save model + processor to `training_args.output_dir`, evaluate the test split per recording
+    (`test_results.json`). Pushes to the Hub when `training_args.push_to_hub` is set (Trainer's own mechanism).
+    """
+    processor = BrainLMFeatureExtractor.from_pretrained(args.dataset)
+    splits = {
+        name: load_split(args.dataset, split, args.label_columns)
+        for name, split in (("train", args.train_split), ("eval", args.validation_split), ("test", args.test_split))
+        if (Path(args.dataset) / split).is_dir()
+    }
+    if "train" not in splits:
+        raise FileNotFoundError(f"{args.dataset} has no {args.train_split}/ split.")
+    names = list(splits)
+    labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
+    labels = dict(zip(names, labels, strict=True))
+    num_labels = labels["train"].shape[1] if labels["train"].ndim == 2 else len(label_config["id2label"])
+    head = {
+        "pooling": args.pooling,
+        "classifier_head": args.classifier_head,
+        "classifier_dropout": args.classifier_dropout,
+        "freeze_encoder": args.freeze_encoder,
+        "auxiliary_reconstruction_weight": args.auxiliary_reconstruction_weight,
+    }
+    model = build_classifier(args.model, num_labels, args.problem_type, **label_config, **head)
+    train = RecordingWindowDataset(
+        processor, splits["train"][0], labels["train"], args.windows_per_recording, training_args.seed
+    )
+    evaluation = RecordingWindowDataset(processor, splits["eval"][0], labels["eval"]) if "eval" in splits else None
+    if args.select_best_model and evaluation is not None:
+        training_args = dataclasses.replace(training_args, **best_model_arguments(args.problem_type, True))
+    model = train_classifier(
+        model, processor, train, evaluation, training_args, args.lora_rank, args.early_stopping_patience
+    )
+    output = Path(training_args.output_dir)
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    results = {}
+    if "test" in splits:
+        predictions = predict_recordings(model, processor, splits["test"][0])
+        metrics = score_recordings(predictions, labels["test"], args.problem_type)
+        results = {f"test_{name}": value for name, value in metrics.items()}
+        (output / "test_results.json").write_text(json.dumps(results, indent=2))
+    if training_args.push_to_hub:
+        model.push_to_hub(training_args.hub_model_id or output.name, token=training_args.hub_token)
+        processor.push_to_hub(training_args.hub_model_id or output.name, token=training_args.hub_token)
+    return results
+
+
+def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list[np.ndarray], np.ndarray, list]:
+    """Recordings `(T_i, V)`, labels `(R, D)` (objects) and ids of one prepared split, in shard order."""
+    import pyarrow.parquet as pq
+
+    files = sorted(str(p) for p in (Path(dataset) / split).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"No Parquet shards under {Path(dataset) / split}.")
+    available = pq.read_schema(files[0]).names
+    missing = [c for c in label_columns if c not in available]
+    if missing:
+        raise ValueError(
+            f"Label columns {missing} are not in {dataset}; its columns are {available}. Add them with "
+            "`brainlm prepare --phenotypes`."
+        )
+    recordings, labels, ids = [], [], []
+    for path in files:
+        table = read_shard(path, label_columns)
+        shapes = zip(table.column("num_timepoints").to_pylist(), table.column("num_regions").to_pylist(), strict=True)
+        for series, shape in zip(table.column("series").to_numpy(zero_copy_only=False), shapes, strict=True):
+            recordings.append(np.asarray(series, dtype=np.float32).reshape(shape))
+        labels += list(zip(*(table.column(c).to_pylist() for c in label_columns), strict=True))
+        ids += table.column("id").to_pylist()
+    return recordings, np.array([[np.nan if v is None else v for v in row] for row in labels], dtype=object), ids
+
+
+def _with_lora(model, rank: int):
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError("lora_rank > 0 needs peft: pip install 'brainlm_hf[peft]'.") from error
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]
+    )
+    return get_peft_model(model, config)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`brainlm finetune`: `FinetuningArguments` and `TrainingArguments` from the command line or a JSON/YAML file."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((FinetuningArguments, TrainingArguments), prog="brainlm finetune")
+    if argv and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
+        args, training_args = read(argv[0])
+    else:
+        args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    results = finetune(args, training_args)
+    print(json.dumps(results, indent=2))
+    return results
