@@ -59,28 +59,34 @@ def subject_kfold(subjects, n_splits: int, seed: int) -> list[tuple[np.ndarray, 
     return folds
 
 
-def time_split_windows(num_timepoints: int, window: int, n_splits: int, gap: int) -> list[tuple[list, list]]:
+def time_split(num_windows: int, n_splits: int, gap: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """
-    K-fold cross-validation by time within one recording: the recording is cut into `n_splits` contiguous blocks;
-    fold k tests on the non-overlapping windows inside block k and trains on those outside it, leaving `gap`
-    timepoints between any training window and the test block on each side.
+    K-fold cross-validation by time within each recording, for recordings cut into `num_windows` consecutive
+    non-overlapping windows: fold k tests on the k-th contiguous block of windows and trains on the windows outside
+    it, leaving out the `gap` windows next to the block on each side (so training and test windows are separated by
+    at least `gap` windows of time).
 
-    Returns `n_splits` pairs `(train_starts, test_starts)` of window start indices (each window is
-    `[start, start + window)`).
+    Returns `n_splits` pairs `(train_positions, test_positions)` of window positions `0 .. num_windows - 1`; apply
+    them to every recording (`expand_positions`).
     """
-    edges = np.linspace(0, num_timepoints, n_splits + 1).astype(int)
-    if window < 1 or gap < 0 or np.diff(edges).min() < window:
+    if not 2 <= n_splits <= num_windows or gap < 0:
         raise ValueError(
-            f"Blocks of {num_timepoints} // {n_splits} timepoints cannot hold a window of {window} (gap {gap} >= 0): "
-            "use fewer splits or a shorter window."
+            f"Need 2 <= n_splits <= num_windows ({num_windows}) and gap >= 0, got n_splits={n_splits}, gap={gap}: "
+            "cut the recordings into more windows or use fewer splits."
         )
+    positions = np.arange(num_windows)
     folds = []
-    for low, high in zip(edges[:-1], edges[1:], strict=True):
-        test = list(range(low, high - window + 1, window))
-        before = list(range(0, low - gap - window + 1, window))
-        after = list(range(high + gap, num_timepoints - window + 1, window))
-        folds.append((before + after, test))
+    for block in np.array_split(positions, n_splits):
+        train = positions[(positions < block[0] - gap) | (positions > block[-1] + gap)]
+        if not len(train):
+            raise ValueError(f"With {num_windows} windows, {n_splits} splits and gap {gap} a fold has no training.")
+        folds.append((train, block))
     return folds
+
+
+def expand_positions(positions: np.ndarray, num_recordings: int, num_windows: int) -> np.ndarray:
+    """Window positions -> sample indices when sample `r * num_windows + p` is window `p` of recording `r`."""
+    return (np.arange(num_recordings)[:, None] * num_windows + np.asarray(positions)[None]).ravel()
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -151,7 +157,7 @@ def baseline_inputs(recordings: np.ndarray) -> dict[str, tuple[np.ndarray, Calla
     connectivity = functional_connectivity(recordings)
     return {
         "Raw data (ridge)": (recordings.reshape(len(recordings), -1), linear_probe),
-        "SVR (FC)": (connectivity, svm_probe),
+        "SVR / SVC (FC)": (connectivity, svm_probe),
         "MLP (FC)": (connectivity, mlp_probe),
         "LSTM (time series)": (recordings, lstm_fit_predict),
         "GCN (FC graph)": (correlation_matrices(recordings), gcn_fit_predict),
