@@ -20,7 +20,9 @@ fine-tuned model (`finetune_recordings`, a fixed small budget). Every recording 
 (`BrainLMFeatureExtractor(normalization="zscore")`) for every method. Every method sees the same folds and tunes only
 on the training folds.
 
-    python benchmarks/clinical_probe.py --task all --checkpoints random=brainlm-tiny hcp300=outputs/hcp/run/final
+    for s in 300 900 1500; do python examples/pretrain_hcp.py --output-dir outputs/hcp_$s --max-steps $s; done
+    python benchmarks/clinical_probe.py --task all --checkpoints random=brainlm-tiny \\
+        hcp300=outputs/hcp_300/run/final hcp900=outputs/hcp_900/run/final hcp1500=outputs/hcp_1500/run/final
 """
 
 import argparse
@@ -170,11 +172,12 @@ def finetuned_predictor(spec: str, processor, args):
             )
         logits = predict_recordings(model, processor, list(x_test))
         if not classification:
-            return logits[:, 0]
+            return logits  # (M, D): every target at once
         order = [int(model.config.id2label[i]) for i in range(logits.shape[1])]
         probabilities = torch.softmax(torch.from_numpy(logits), -1).numpy()
         return probabilities[:, np.argsort(order)]
 
+    fit_predict.multi_output = True  # regression: one model for all targets (standardised)
     return fit_predict
 
 
@@ -182,29 +185,34 @@ def finetuned_predictor(spec: str, processor, args):
 
 
 def evaluate(task: Task, rows: dict, seed: int) -> list[dict]:
-    """Cross-validate every row on every target: one record per (row, target, metric) with the fold values."""
+    """Cross-validate every row: one record per (row, target, metric) with its values on the folds."""
     records = []
     for row, (inputs, predictor) in rows.items():
         started = time.perf_counter()
-        for target, values in task.targets.items():
-            scores = [score_fold(task, inputs, predictor, values, train, test, seed) for train, test in task.folds]
-            for metric in scores[0]:
-                folds = np.array([s[metric] for s in scores])
-                records.append({"method": row, "target": target, "metric": metric, "folds": folds})
+        scores = [score_fold(task, inputs, predictor, train, test, seed) for train, test in task.folds]  # folds
         seconds = time.perf_counter() - started
-        for record in records[-len(task.targets) * len(scores[0]) :]:
-            record["seconds"] = seconds
+        for target in task.targets:
+            for metric in scores[0][target]:
+                folds = np.array([fold[target][metric] for fold in scores])
+                records.append({"method": row, "target": target, "metric": metric, "folds": folds, "seconds": seconds})
         print(f"  {row}: {seconds:.0f} s", flush=True)
     return records
 
 
-def score_fold(task: Task, inputs, predictor, values, train, test, seed) -> dict[str, float]:
+def score_fold(task: Task, inputs, predictor, train, test, seed) -> dict[str, dict[str, float]]:
+    """Target name -> metrics of `predictor` trained on `train` and tested on `test`."""
+    fit = (inputs[train], task.groups[train], inputs[test], task.classification, seed)
     if task.classification:
-        probabilities = predictor(inputs[train], values[train], task.groups[train], inputs[test], True, seed)
-        return classification_metrics(values[test], probabilities)
-    y_train, y_test = standardize_targets(values[train], values[test])
-    prediction = predictor(inputs[train], y_train, task.groups[train], inputs[test], False, seed)
-    return regression_metrics(y_test, prediction)
+        ((target, labels),) = task.targets.items()  # one label column
+        probabilities = predictor(fit[0], labels[train], *fit[1:])
+        return {target: classification_metrics(labels[test], probabilities)}
+    pairs = [standardize_targets(values[train], values[test]) for values in task.targets.values()]
+    y_train, y_test = (np.stack(side, 1) for side in zip(*pairs, strict=True))  # (N, D), (M, D)
+    if getattr(predictor, "multi_output", False):
+        prediction = predictor(fit[0], y_train, *fit[1:])
+    else:
+        prediction = np.stack([predictor(fit[0], y, *fit[1:]) for y in y_train.T], 1)
+    return {target: regression_metrics(y_test[:, i], prediction[:, i]) for i, target in enumerate(task.targets)}
 
 
 def markdown_table(task: Task, records: list[dict]) -> str:
@@ -260,7 +268,9 @@ def main():
         header = (
             f"Command: `{command}`\n"
             f"Task: {task.description}. {args.folds} folds (seed {args.seed}); model seed {args.seed}.\n"
-            f"Table: mean ± std over folds."
+            f"BrainLM checkpoints: {checkpoints or 'none'}; fine-tuned: {finetune or 'none'} ({args.finetune_epochs} "
+            f"epochs, {args.finetune_windows} windows per recording, lr 1e-3, batch 16, no search).\n"
+            "Table: mean ± std over folds."
         )
         print(f"\n## {name}\n{header}", flush=True)
         with threadpool_limits(1):
