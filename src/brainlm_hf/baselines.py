@@ -6,7 +6,7 @@ Every predictor has the signature `fit_predict(x_train, y_train, groups, x_test,
 * `x_*`: its inputs, one row per recording (raw windows, functional connectivity, time series, FC matrices or
   BrainLM embeddings; see `baseline_inputs`);
 * `y_train`: `(N,)` standardised targets (regression) or class labels `0 .. C-1` (classification);
-* `groups`: `(N,)` the unit that must not straddle an inner split (the subject, or a block of time);
+* `groups`: `(N,)` the unit that must not straddle an inner split (the subject, or a window's position in time);
 * returns `(M,)` predictions (regression) or `(M, C)` class probabilities (classification).
 
 Each has a fixed small tuning budget spent on the training data only: scikit-learn models pick one of 2-3
@@ -15,7 +15,7 @@ pick a hidden size on one group-disjoint inner hold-out (25 %), then retrain on 
 of epochs.
 
 Functional connectivity (FC) is the upper triangle of each recording's Pearson correlation matrix, Fisher
-z-transformed (`arctanh`).
+z-transformed (`arctanh`). Needs scikit-learn (the `demo` extra).
 """
 
 from collections.abc import Callable
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import Ridge, RidgeClassifier
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_squared_error, r2_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -102,8 +103,6 @@ def standardize_targets(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray
 
 def regression_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """`mse` and `r2` (`1 - SSE / SST`, SST around the test targets' own mean) of `(N,)` arrays."""
-    from sklearn.metrics import mean_squared_error, r2_score
-
     return {"mse": float(mean_squared_error(target, prediction)), "r2": float(r2_score(target, prediction))}
 
 
@@ -112,8 +111,6 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
     `accuracy`, `balanced_accuracy` and `auroc` (one-vs-rest, macro; NaN unless every class is in `labels`) of
     labels `(N,)` in `0 .. C-1` and class probabilities `(N, C)`.
     """
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
-
     predicted = probabilities.argmax(1)
     classes = probabilities.shape[1]
     if len(np.unique(labels)) < classes:
