@@ -257,8 +257,12 @@ def main():
     parser.add_argument("--finetune-windows", type=int, default=4, help="training windows drawn per recording")
     parser.add_argument("--output", default="benchmarks/results")
     args = parser.parse_args()
+    if any("=" not in spec for spec in args.checkpoints):
+        parser.error("--checkpoints takes NAME=PATH pairs (PATH: a checkpoint folder or a preset, e.g. brainlm-tiny).")
     checkpoints = dict(spec.split("=", 1) for spec in args.checkpoints)
     finetune = args.finetune if args.finetune is not None else list(checkpoints)[-1:]
+    if set(finetune) - set(checkpoints):
+        parser.error(f"--finetune names {sorted(set(finetune) - set(checkpoints))}, not among --checkpoints names.")
     torch.set_num_threads(1)  # small models: threads only add overhead (and the machine is shared)
     warnings.filterwarnings("ignore", message=".*(converge|Maximum iterations).*")
     command = "python benchmarks/clinical_probe.py " + shlex.join(sys.argv[1:])
