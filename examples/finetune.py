@@ -12,7 +12,9 @@ plus the `FinetuningArguments` of `brainlm_hf.finetuning` (`--pooling mean`, `--
 JSON or YAML file with all of them works too.
 """
 
-from brainlm_hf.finetuning import main
+import sys
+
+from brainlm_hf.cli import finetune_main
 
 if __name__ == "__main__":
-    main()
+    finetune_main(sys.argv[1:])

@@ -108,25 +108,37 @@ def _attention(args: argparse.Namespace) -> None:
     print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
 
 
-def parse_pretraining_arguments(argv: list[str] | None):
-    """`PretrainingArguments` from the command line, or from one JSON/YAML file given as the only argument."""
+def parse_dataclass_arguments(types: tuple, argv: list[str] | None, prog: str) -> tuple:
+    """Instances of the dataclasses `types` from the command line, or from one JSON/YAML file given alone."""
     from transformers import HfArgumentParser
 
-    from .pretraining import PretrainingArguments
-
-    parser = HfArgumentParser(PretrainingArguments, prog="brainlm pretrain")
+    parser = HfArgumentParser(types, prog=prog)
     if argv and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        return read(argv[0])[0]
-    return parser.parse_args_into_dataclasses(args=argv)[0]
+        return tuple(read(argv[0]))
+    return tuple(parser.parse_args_into_dataclasses(args=argv))
 
 
 def pretrain_main(argv: list[str] | None = None) -> None:
-    from .pretraining import pretrain
+    """`brainlm pretrain`: `PretrainingArguments` from the command line or a JSON/YAML file."""
+    from .pretraining import PretrainingArguments, pretrain
 
-    metrics = pretrain(parse_pretraining_arguments(argv))
+    (args,) = parse_dataclass_arguments((PretrainingArguments,), argv, "brainlm pretrain")
+    metrics = pretrain(args)
     if metrics:
         print(json.dumps(metrics, indent=2))
+
+
+def finetune_main(argv: list[str] | None = None) -> dict:
+    """`brainlm finetune`: `FinetuningArguments` and `TrainingArguments` from the command line or a JSON/YAML file."""
+    from transformers import TrainingArguments
+
+    from .finetuning import FinetuningArguments, finetune
+
+    args, training_args = parse_dataclass_arguments((FinetuningArguments, TrainingArguments), argv, "brainlm finetune")
+    results = finetune(args, training_args)
+    print(json.dumps(results, indent=2))
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,8 +146,6 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["pretrain"]:  # its arguments come from a dataclass parser
         return pretrain_main(argv[1:])
     if argv[:1] == ["finetune"]:  # FinetuningArguments + TrainingArguments
-        from .finetuning import main as finetune_main
-
         return finetune_main(argv[1:])
     parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -368,18 +368,3 @@ def _with_lora(model, rank: int):
         r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"], modules_to_save=["classifier"]
     )
     return get_peft_model(model, config)
-
-
-def main(argv: list[str] | None = None) -> dict:
-    """`brainlm finetune`: `FinetuningArguments` and `TrainingArguments` from the command line or a JSON/YAML file."""
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser((FinetuningArguments, TrainingArguments), prog="brainlm finetune")
-    if argv and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
-        args, training_args = read(argv[0])
-    else:
-        args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    results = finetune(args, training_args)
-    print(json.dumps(results, indent=2))
-    return results
