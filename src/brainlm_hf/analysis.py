@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .attention import attention_maps, network_scores, region_scores
-from .data import read_shard
+from .data import read_recordings
 from .parcellation import load_parcel_series
 from .plotting import plot_attention_heatmap, plot_glass_brain, plot_network_bars
 from .reconstruction import window_starts
@@ -46,13 +46,7 @@ def load_recordings(inputs: list[str]) -> dict[str, np.ndarray]:
 
 def _shard_recordings(shard: Path) -> list[tuple[str, np.ndarray]]:
     """(id, `(T, V)` series) of every row of a prepared Parquet shard."""
-    table = read_shard(str(shard))
-    series = table.column("series").combine_chunks()
-    shapes = zip(*(table.column(c).to_pylist() for c in ("num_timepoints", "num_regions")), strict=True)
-    return [
-        (name, series[i].values.to_numpy(zero_copy_only=False).reshape(shape))
-        for i, (name, shape) in enumerate(zip(table.column("id").to_pylist(), shapes, strict=True))
-    ]
+    return [(record["id"], record["series"]) for record in read_recordings(str(shard))]
 
 
 def window_attention(

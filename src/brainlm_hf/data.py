@@ -344,26 +344,21 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     def _shard_windows(self, shard: str, shard_position: int) -> list[dict]:
         """Every window of one shard in its shuffled order (re-derived identically on resume)."""
-        table = read_shard(shard)
-        ids = table.column("id").to_pylist()
-        shapes = np.stack([table.column(c).to_numpy() for c in ("num_timepoints", "num_regions")], 1)
-        column = table.column("series").combine_chunks()
-        offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
+        records = read_recordings(shard)
         length = self.feature_extractor.num_timepoints
         windows = []
-        for block_start in range(0, table.num_rows, self.block_size):
+        for block_start in range(0, len(records), self.block_size):
             block = []
-            for row in range(block_start, min(block_start + self.block_size, table.num_rows)):
-                if shapes[row, 0] < length:
-                    self.skipped.append(ids[row])
+            for record in records[block_start : block_start + self.block_size]:
+                if len(record["series"]) < length:
+                    self.skipped.append(record["id"])
                     continue
-                series = values[offsets[row] : offsets[row + 1]].reshape(shapes[row])  # (T, V)
-                series = self.feature_extractor.normalize(series, f"{shard}: {ids[row]}")
-                rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(ids[row].encode())])
+                series = self.feature_extractor.normalize(record["series"], f"{shard}: {record['id']}")  # (T, V)
+                rng = np.random.default_rng([self.seed, self.epoch, zlib.crc32(record["id"].encode())])
                 starts = rng.integers(0, len(series) - length + 1, self.crops_per_recording)
                 for crop, start in enumerate(starts):
                     window = self.feature_extractor.to_model_order(series[start : start + length].T)  # (V, T)
-                    block.append({"signal_values": np.ascontiguousarray(window), "id": ids[row], "crop": crop})
+                    block.append({"signal_values": np.ascontiguousarray(window), "id": record["id"], "crop": crop})
             rng = np.random.default_rng([self.seed, self.epoch, shard_position, block_start])
             windows += [block[i] for i in rng.permutation(len(block))]
         return windows
@@ -387,6 +382,26 @@ def read_shard(path: str, extra_columns: list[str] | None = None):
         return pq.read_table(pa.BufferReader(data), columns=columns)
     except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
+
+
+def read_recordings(path: str, extra_columns: list[str] | None = None) -> list[dict]:
+    """
+    Every row of a prepared shard (`read_shard`) as `{"id", "series": (T, V) float32 view, **extra_columns}`,
+    in shard order.
+    """
+    table = read_shard(path, extra_columns)
+    column = table.column("series").combine_chunks()
+    offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
+    shapes = zip(table.column("num_timepoints").to_pylist(), table.column("num_regions").to_pylist(), strict=True)
+    extras = {name: table.column(name).to_pylist() for name in extra_columns or []}
+    return [
+        {
+            "id": record_id,
+            "series": values[offsets[row] : offsets[row + 1]].reshape(shape),
+            **{name: extra[row] for name, extra in extras.items()},
+        }
+        for row, (record_id, shape) in enumerate(zip(table.column("id").to_pylist(), shapes, strict=True))
+    ]
 
 
 class BrainLMCollator:

@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
-from .data import BrainLMCollator, read_shard
+from .data import BrainLMCollator, read_recordings
 from .embeddings import average_by_recording, recording_windows, window_starts
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .metrics import classification_metrics, regression_metrics
@@ -334,8 +334,8 @@ def push_final_model(output: Path, training_args: TrainingArguments) -> str:
     return repo
 
 
-def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list[np.ndarray], np.ndarray, list]:
-    """Recordings `(T_i, V)`, labels `(R, D)` (objects) and ids of one prepared split, in shard order."""
+def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """Recordings `(T_i, V)` and labels `(R, D)` (objects) of one prepared split, in shard order."""
     import pyarrow.parquet as pq
 
     files = sorted(str(p) for p in (Path(dataset) / split).glob("*.parquet"))
@@ -348,15 +348,9 @@ def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list
             f"Label columns {missing} are not in {dataset}; its columns are {available}. Add them with "
             "`brainlm prepare --phenotypes`."
         )
-    recordings, labels, ids = [], [], []
-    for path in files:
-        table = read_shard(path, label_columns)
-        shapes = zip(table.column("num_timepoints").to_pylist(), table.column("num_regions").to_pylist(), strict=True)
-        for series, shape in zip(table.column("series").to_numpy(zero_copy_only=False), shapes, strict=True):
-            recordings.append(np.asarray(series, dtype=np.float32).reshape(shape))
-        labels += list(zip(*(table.column(c).to_pylist() for c in label_columns), strict=True))
-        ids += table.column("id").to_pylist()
-    return recordings, np.array([[np.nan if v is None else v for v in row] for row in labels], dtype=object), ids
+    records = [record for path in files for record in read_recordings(path, label_columns)]
+    labels = [[np.nan if record[c] is None else record[c] for c in label_columns] for record in records]
+    return [record["series"] for record in records], np.array(labels, dtype=object)
 
 
 def _with_lora(model, rank: int):
