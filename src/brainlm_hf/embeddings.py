@@ -9,7 +9,7 @@ the length is not a multiple of the window (it overlaps the one before), so that
 recording shorter than one window is an error.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +37,21 @@ def window_starts(num_timepoints: int, window: int, stride: int | None = None) -
     return starts
 
 
-def recording_windows(processor: BrainLMFeatureExtractor, recordings) -> tuple[np.ndarray, np.ndarray]:
+def recording_windows(
+    processor: BrainLMFeatureExtractor, recordings, starts: Callable[[int], Sequence[int]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """
-    Recordings `(T_i, V)` in atlas order -> covering windows `(W, V, num_timepoints)` in model order (normalised,
-    float32) and the recording index of each window `(W,)`.
+    Recordings `(T_i, V)` in atlas order -> windows `(W, V, num_timepoints)` in model order (normalised, float32) and
+    the recording index of each window `(W,)`. `starts(T_i)` gives each recording's window starts; by default the
+    covering windows of `window_starts`.
     """
+    length = processor.num_timepoints
+    starts = starts or (lambda num_timepoints: window_starts(num_timepoints, length))
     windows, owners = [], []
     for index, recording in enumerate(recordings):
         series = processor.normalize(np.asarray(recording), f"recording {index}")  # (T, V)
-        for start in window_starts(len(series), processor.num_timepoints):
-            windows.append(processor.to_model_order(series[start : start + processor.num_timepoints].T))
+        for start in starts(len(series)):
+            windows.append(processor.to_model_order(series[start : start + length].T))
             owners.append(index)
     return np.stack(windows).astype(np.float32, copy=False), np.asarray(owners)
 

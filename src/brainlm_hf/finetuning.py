@@ -81,18 +81,14 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
         self.labels = np.asarray(labels)
         if len(self.labels) != len(recordings):
             raise ValueError(f"{len(recordings)} recordings but {len(self.labels)} labels.")
-        if windows_per_recording is None:
-            self.windows, self.recording_index = recording_windows(processor, recordings)  # (W, V, T), (W,)
-            return
         length, rng = processor.num_timepoints, np.random.default_rng(seed)
-        windows, owners = [], []
-        for index, recording in enumerate(recordings):
-            window_starts(len(recording), length)  # refuses recordings shorter than one window
-            series = processor.to_model_order(processor.normalize(recording, f"recording {index}").T)  # (V, T_i)
-            for start in rng.integers(0, series.shape[1] - length + 1, windows_per_recording):
-                windows.append(series[:, start : start + length])
-                owners.append(index)
-        self.windows, self.recording_index = np.stack(windows), np.asarray(owners)
+
+        def random_starts(num_timepoints: int) -> np.ndarray:
+            window_starts(num_timepoints, length)  # refuses recordings shorter than one window
+            return rng.integers(0, num_timepoints - length + 1, windows_per_recording)
+
+        sampler = random_starts if windows_per_recording is not None else None
+        self.windows, self.recording_index = recording_windows(processor, recordings, sampler)  # (W, V, T), (W,)
 
     def __len__(self) -> int:
         return len(self.windows)
