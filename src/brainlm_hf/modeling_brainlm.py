@@ -850,10 +850,14 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _to_label_units(self, scores: torch.Tensor) -> torch.Tensor:
+    def _label_scaling(self, scores: torch.Tensor) -> tuple:
+        """Per-target `(label_mean, label_std)` as tensors like `scores` `(num_labels,)`; `(0, 1)` when unset."""
         if self.config.label_mean is None:
-            return scores
-        mean, std = (scores.new_tensor(v) for v in (self.config.label_mean, self.config.label_std))
+            return 0.0, 1.0
+        return scores.new_tensor(self.config.label_mean), scores.new_tensor(self.config.label_std)
+
+    def _to_label_units(self, scores: torch.Tensor) -> torch.Tensor:
+        mean, std = self._label_scaling(scores)
         return scores * std + mean
 
     def _label_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -866,11 +870,8 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
             else:
                 config.problem_type = "multi_label_classification"
         if config.problem_type == "regression":
-            targets = labels.to(scores.dtype).view(scores.shape)
-            if config.label_mean is not None:
-                mean, std = (scores.new_tensor(v) for v in (config.label_mean, config.label_std))
-                targets = (targets - mean) / std
-            return nn.functional.mse_loss(scores, targets)
+            mean, std = self._label_scaling(scores)
+            return nn.functional.mse_loss(scores, (labels.to(scores.dtype).view(scores.shape) - mean) / std)
         if config.problem_type == "single_label_classification":
             return nn.functional.cross_entropy(scores.view(-1, config.num_labels), labels.view(-1).long())
         return nn.functional.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
