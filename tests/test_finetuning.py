@@ -99,6 +99,7 @@ def test_training_windows_are_drawn_per_recording(pretrained):
 def test_label_encoding():
     (train, test), config = encode_labels("single_label_classification", ["b", "a", "b"], ["a"])
     assert train.tolist() == [1, 0, 1] and test.tolist() == [0] and config["id2label"] == {0: "a", 1: "b"}
+    assert config["num_labels"] == 2
     with pytest.raises(ValueError, match=r"\['c'\] do not occur in the training split"):
         encode_labels("single_label_classification", ["a", "b"], ["c"])
     with pytest.raises(ValueError, match="missing"):
@@ -106,7 +107,7 @@ def test_label_encoding():
     with pytest.raises(ValueError, match="constant"):
         encode_labels("regression", [[1.0, 2.0], [1.0, 3.0]])
     (train,), config = encode_labels("regression", [[1.0, 2.0], [3.0, 6.0]])
-    assert train.shape == (2, 2) and config == {"label_mean": [2.0, 4.0], "label_std": [1.0, 2.0]}
+    assert train.shape == (2, 2) and config == {"num_labels": 2, "label_mean": [2.0, 4.0], "label_std": [1.0, 2.0]}
 
 
 def test_metrics_match_scikit_learn():

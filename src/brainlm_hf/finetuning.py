@@ -129,9 +129,9 @@ def build_classifier(model_name_or_path: str, num_labels: int, problem_type: str
 
 def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.ndarray], dict]:
     """
-    Raw labels -> model targets for the train split and `others`, and the config entries they imply: regression
-    `(R, D)` float32 + `label_mean`/`label_std`; single-label class indices (classes sorted from the train split) +
-    `id2label`; multi-label `(R, D)` float 0/1. Missing values and unseen classes raise.
+    Raw labels -> model targets for the train split and `others`, and the config entries they imply (`num_labels`
+    and): regression `(R, D)` float32 + `label_mean`/`label_std`; single-label class indices (classes sorted from the
+    train split) + `id2label`; multi-label `(R, D)` float 0/1. Missing values and unseen classes raise.
     """
     splits = [np.asarray(labels, dtype=object) for labels in (train_labels, *others)]
     if problem_type == "single_label_classification":
@@ -144,17 +144,18 @@ def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.nda
             raise ValueError(f"Labels {unseen} do not occur in the training split; the head cannot predict them.")
         index = {name: i for i, name in enumerate(classes)}
         encoded = [np.array([index[v] for v in labels], dtype=np.int64) for labels in splits]
-        return encoded, {"id2label": dict(enumerate(classes)), "label2id": index}
+        return encoded, {"num_labels": len(classes), "id2label": dict(enumerate(classes)), "label2id": index}
     encoded = [labels.reshape(len(labels), -1).astype(np.float32) for labels in splits]
     for labels in encoded:
         if not np.isfinite(labels).all():
             raise ValueError("Some labels are missing (NaN): drop those recordings or impute the labels first.")
     if problem_type == "multi_label_classification":
-        return encoded, {}
+        return encoded, {"num_labels": encoded[0].shape[1]}
     std = encoded[0].std(0)
     if (std == 0).any():
         raise ValueError(f"Targets {np.flatnonzero(std == 0).tolist()} are constant in the training split.")
-    return encoded, {"label_mean": encoded[0].mean(0).tolist(), "label_std": std.tolist()}
+    scaling = {"label_mean": encoded[0].mean(0).tolist(), "label_std": std.tolist()}
+    return encoded, {"num_labels": encoded[0].shape[1], **scaling}
 
 
 def train_classifier(
@@ -225,13 +226,7 @@ def finetune_recordings(
     """
     has_eval = eval_recordings is not None
     labels, label_config = encode_labels(problem_type, train_labels, *([eval_labels] if has_eval else []))
-    model = build_classifier(
-        model_name_or_path,
-        labels[0].shape[1] if labels[0].ndim == 2 else len(label_config["id2label"]),
-        problem_type,
-        **label_config,
-        **(head_options or {}),
-    )
+    model = build_classifier(model_name_or_path, problem_type=problem_type, **label_config, **(head_options or {}))
     defaults = {
         "num_train_epochs": 10,
         "per_device_train_batch_size": 16,
@@ -281,7 +276,6 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     names = list(splits)
     labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
     labels = dict(zip(names, labels, strict=True))
-    num_labels = labels["train"].shape[1] if labels["train"].ndim == 2 else len(label_config["id2label"])
     head = {
         "pooling": args.pooling,
         "classifier_head": args.classifier_head,
@@ -289,7 +283,7 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
         "freeze_encoder": args.freeze_encoder,
         "auxiliary_reconstruction_weight": args.auxiliary_reconstruction_weight,
     }
-    model = build_classifier(args.model, num_labels, args.problem_type, **label_config, **head)
+    model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **head)
     train = RecordingWindowDataset(
         processor, splits["train"][0], labels["train"], args.windows_per_recording, training_args.seed
     )
