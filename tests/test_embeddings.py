@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
+from brainlm_hf.analysis.recording_embeddings import (
+    embed_recordings,
+    recording_windows,
+    save_embeddings,
+    window_starts,
+)
 from brainlm_hf.cli import main as cli
-from brainlm_hf.embeddings import embed_recordings, recording_windows, save_embeddings, window_starts
 
 
 @pytest.fixture

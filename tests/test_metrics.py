@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from brainlm_hf.metrics import EVALUATE_MODULE, baseline_predictions, masked_reconstruction_metrics
+from brainlm_hf.training.metrics import EVALUATE_MODULE, baseline_predictions, masked_reconstruction_metrics
 
 
 def test_metrics_on_hand_computed_values():

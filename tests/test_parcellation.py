@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from nibabel.processing import resample_from_to
 
-from brainlm_hf.atlas import A424_FILES, load_a424, load_atlas
-from brainlm_hf.parcellation import load_parcel_series, parcellate, repetition_time
+from brainlm_hf.data.atlas import A424_FILES, load_a424, load_atlas
+from brainlm_hf.data.parcellation import load_parcel_series, parcellate, repetition_time
 
 from .conftest import shared_path
 

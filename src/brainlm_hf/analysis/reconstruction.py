@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .embeddings import window_starts
-from .metrics import masked_reconstruction_metrics
+from ..training.metrics import masked_reconstruction_metrics
+from .recording_embeddings import window_starts
 
 
 @torch.no_grad()

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .attention import attention_maps, network_scores, region_scores
-from .data import read_recordings
-from .parcellation import load_parcel_series
-from .plotting import plot_attention_heatmap, plot_glass_brain, plot_network_bars
+from ..data.parcellation import load_parcel_series
+from ..data.prepare import read_recordings
+from .attention_maps import attention_maps, network_scores, region_scores
+from .figures import plot_attention_heatmap, plot_glass_brain, plot_network_bars
 from .reconstruction import window_starts
 
 

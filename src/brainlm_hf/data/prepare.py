@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

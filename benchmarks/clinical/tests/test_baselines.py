@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainlm_hf.baselines import (
+from benchmarks.clinical.baselines import (
     baseline_inputs,
     classification_metrics,
     correlation_matrices,
