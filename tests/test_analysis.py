@@ -34,7 +34,7 @@ from brainlm_hf.cli import main
 from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
 from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
 from brainlm_hf.data.prepare import prepare_dataset
-from brainlm_hf.modeling_brainlm import signal_to_tiles
+from brainlm_hf.modeling_brainlm import TileLayout
 
 from .conftest import shared_path
 
@@ -125,7 +125,7 @@ def test_tiles_map_to_regions_and_time_each_region_once_per_tile_column():
         assert in_column.any(1).all()  # ... and every region is covered in that column
     # the same cells as the model's own tiling: value v * 1000 + t sits in tile index[v, t]
     signal = torch.arange(num_regions)[:, None] * 1000.0 + torch.arange(num_timepoints)[None, :]
-    tiles = signal_to_tiles(signal[None], config)[0]
+    tiles = TileLayout(config).signal_to_tokens(signal[None])[0]
     for v, t in [(0, 0), (5, 3), (16, 9), (8, 6)]:
         assert (tiles[index[v, t]] == v * 1000 + t).any()
     # spreading: the signal receives exactly the attention of the tiles that hold signal, padding cells none

@@ -7,7 +7,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling, BrainLMForSequenceClassification, BrainLMModel
-from brainlm_hf.modeling_brainlm import pool_tokens, signal_to_tiles
+from brainlm_hf.modeling_brainlm import TileLayout
 
 
 @pytest.fixture
@@ -59,8 +59,8 @@ def test_cls_and_mean_pooling(config, inputs):
     model = classifier(config, pooling="mean", num_labels=1)
     outputs = model.brainlm(**inputs)
     hidden = outputs.last_hidden_state
-    assert torch.equal(pool_tokens(model.brainlm, outputs, inputs["signal_values"].shape, "cls"), hidden[:, 0])
-    mean = pool_tokens(model.brainlm, outputs, inputs["signal_values"].shape, "mean")
+    assert torch.equal(model.brainlm.pool(outputs, 7, 30, "cls"), hidden[:, 0])
+    mean = model.brainlm.pool(outputs, 7, 30, "mean")
     assert torch.allclose(mean, hidden[:, 1:].mean(1), atol=1e-6)
 
 
@@ -73,13 +73,15 @@ def test_mean_pooling_of_tiles_excludes_padding_tiles():
     model = BrainLMModel(config).eval()
     signal = torch.randn(2, 5, 6)  # 5 regions x 6 timepoints in a 16 x 16 square: most tiles are padding
     # independent expectation: a tile holds data iff some value in it is not the padding value
-    marked = signal_to_tiles(torch.full((1, 5, 6), config.padding_value + 2.0), config)[0]  # (G * G, p * p)
+    marked = TileLayout(config).signal_to_tokens(torch.full((1, 5, 6), config.padding_value + 2.0))[
+        0
+    ]  # (G * G, p * p)
     is_data = (marked != config.padding_value).any(-1)
     assert 0 < is_data.sum() < len(is_data)
-    assert torch.equal(model.embeddings.data_tokens(5, 6, "cpu"), is_data)
+    assert torch.equal(model.layout.data_tokens(5, 6, "cpu"), is_data)
     outputs = model(signal)
     expected = outputs.last_hidden_state[:, 1:][:, is_data].mean(1)
-    assert torch.allclose(pool_tokens(model, outputs, signal.shape, "mean"), expected, atol=1e-6)
+    assert torch.allclose(model.pool(outputs, 5, 6, "mean"), expected, atol=1e-6)
     # under masking, only the visible data tiles count
     noise = torch.rand(2, 16)
     masked = model(signal, noise=noise, mask_ratio=0.5)
@@ -87,7 +89,7 @@ def test_mean_pooling_of_tiles_excludes_padding_tiles():
     for b in range(2):
         rows = [j for j in range(8) if is_data[visible[b, j]]]
         expected = masked.last_hidden_state[b, 1:][rows].mean(0)
-        assert torch.allclose(pool_tokens(model, masked, signal.shape, "mean")[b], expected, atol=1e-6)
+        assert torch.allclose(model.pool(masked, 5, 6, "mean")[b], expected, atol=1e-6)
 
 
 def test_heads(config):

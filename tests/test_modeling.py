@@ -40,15 +40,16 @@ def test_token_embedding_is_window_plus_xyz_plus_window_index_sinusoid(config, i
     model = make(BrainLMModel, config)
     emb = model.embeddings
     signal, xyz = inputs["signal_values"], inputs["coordinates"]
-    tokens = emb(signal, xyz[None])  # (B, L, H)
-    # token k = v * N + n holds region v, timepoints [5n, 5n + 5)
+    tokens = emb(signal, xyz[None])  # (B, 1 + L, H): CLS, then every token in canonical order
+    assert torch.equal(tokens[:, 0], emb.cls_token[0].expand(3, -1))
+    # token k = v * N + n (row 1 + k) holds region v, timepoints [5n, 5n + 5)
     v, n = 4, 3
     expected = (
         emb.signal_projection(signal[:, v, 5 * n : 5 * n + 5])
         + emb.coordinate_projection(xyz[v] * config.coordinate_scale)
         + sinusoidal_encoding(6, 32)[n]
     )
-    torch.testing.assert_close(tokens[:, v * 6 + n], expected)
+    torch.testing.assert_close(tokens[:, 1 + v * 6 + n], expected)
 
 
 def test_sinusoid_matches_the_textbook_formula():

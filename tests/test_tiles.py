@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling, BrainLMModel
-from brainlm_hf.modeling_brainlm import signal_to_tiles, sincos_2d_encoding, tiles_to_signal
+from brainlm_hf.modeling_brainlm import TileLayout, sincos_2d_encoding
 
 
 @pytest.fixture
@@ -16,9 +16,10 @@ def tile_config(config):
 
 def test_tiles_round_trip_and_padding(tile_config):
     signal = torch.randn(2, 21, 10)
-    tiles = signal_to_tiles(signal, tile_config)
+    layout = TileLayout(tile_config)
+    tiles = layout.signal_to_tokens(signal)
     assert tiles.shape == (2, 36, 16)
-    assert torch.equal(tiles_to_signal(tiles, 21, 10, tile_config), signal)
+    assert torch.equal(layout.tokens_to_signal(tiles, 21, 10), signal)
     # the signal sits at rows 1..21 and columns 7..16 of the 24 x 24 square, the rest is padding_value
     square = tiles.view(2, 6, 6, 4, 4).transpose(2, 3).reshape(2, 24, 24)
     assert torch.equal(square[:, 1:22, 7:17], signal)
@@ -47,7 +48,7 @@ def test_outputs_have_the_tile_contract(tile_config):
     assert out.last_hidden_state.shape == (2, 1 + 18, 32)  # padding tiles included
     assert torch.equal(model.mask_to_signal(out.mask), out.mask)
     # the timepoint mask is the token mask spread over each tile's pixels, cropped
-    expected = tiles_to_signal(out.token_mask[..., None].expand(-1, -1, 16), 21, 10, tile_config)
+    expected = TileLayout(tile_config).tokens_to_signal(out.token_mask[..., None].expand(-1, -1, 16), 21, 10)
     assert torch.equal(out.mask, expected)
     # the loss is the mean squared error over masked timepoints
     expected_loss = ((out.logits - signal) ** 2 * out.mask).sum() / out.mask.sum()
@@ -112,7 +113,7 @@ def test_signal_larger_than_the_square_is_refused(tile_config):
 
 
 def test_tile_layout_refuses_region_window_strategies(tile_config):
-    with pytest.raises(ValueError, match="for tile_2d"):
+    with pytest.raises(ValueError, match="for the tile_2d layout"):
         BrainLMModel(tile_config)(torch.randn(1, 10, 10), mask_ratio=0.5, mask_strategy="forecast")
 
 

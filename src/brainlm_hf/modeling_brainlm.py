@@ -108,33 +108,196 @@ def sincos_2d_encoding(grid_size: int, dim: int, device=None) -> torch.Tensor:
     return torch.cat([encode(cols), encode(rows)], dim=1).float()
 
 
-def tile_padding(num_regions: int, num_timepoints: int, image_size: int) -> tuple[int, int]:
-    """Rows above and columns left of the signal in the padded square (the rest goes below / right)."""
-    return (image_size - num_regions) // 2, (image_size - num_timepoints) // 2
+class RegionWindowLayout:
+    """
+    Token geometry of the region-window layout: token `v * N + n` is window `n` (timepoints `[n * P, (n + 1) * P)`)
+    of region `v`. Every token holds signal; positions are the window index (sinusoid) plus the region's coordinates.
+    """
+
+    name = "region_window"
+    uses_coordinates = True
+    forecast_strategy = "forecast"
+
+    def __init__(self, config: BrainLMConfig):
+        self.patch_size = config.patch_size
+        self.values_per_token = config.patch_size
+        self.mask_strategies = MASK_STRATEGIES[config.token_layout]
+
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        return num_regions * (num_timepoints // self.patch_size)
+
+    def check_signal(self, num_regions: int, num_timepoints: int) -> None:
+        """Raise a `ValueError` for a signal shape this layout cannot cut into tokens."""
+        if num_timepoints % self.patch_size != 0:
+            raise ValueError(
+                f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({self.patch_size});"
+                f" crop the recording to {num_timepoints - num_timepoints % self.patch_size} timepoints or use the "
+                "processor's sliding windows."
+            )
+
+    def signal_to_tokens(self, signal_values: torch.Tensor) -> torch.Tensor:
+        """`(B, V, T)` -> `(B, L, P)`, token `v * N + n`."""
+        batch_size, num_regions, num_timepoints = signal_values.shape
+        return signal_values.reshape(batch_size, num_regions * (num_timepoints // self.patch_size), self.patch_size)
+
+    def tokens_to_signal(self, values: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """`(B, L, P)` -> `(B, V, T)`."""
+        return values.reshape(-1, num_regions, num_timepoints)
+
+    def add_positions(
+        self, tokens: torch.Tensor, num_regions: int, num_timepoints: int, per_region: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        `tokens` `(B, L, D)` + the sinusoid of each token's window index, to which a value per region `per_region`
+        `(B or 1, V, D)` (projected coordinates) is added first when given.
+        """
+        batch_size, _, dim = tokens.shape
+        num_windows = num_timepoints // self.patch_size
+        positions = sinusoidal_encoding(num_windows, dim, tokens.device)  # (N, D)
+        if per_region is not None:
+            positions = per_region.unsqueeze(2) + positions  # (B or 1, V, N, D)
+        return (tokens.view(batch_size, num_regions, num_windows, dim) + positions.to(tokens.dtype)).flatten(1, 2)
+
+    def build_embeddings(self, config: BrainLMConfig) -> nn.Module:
+        return BrainLMRegionWindowEmbeddings(config, self)
+
+    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
+        """Which tokens hold signal, `(L,)` bool: all of them in this layout."""
+        return torch.ones(self.num_tokens(num_regions, num_timepoints), dtype=torch.bool, device=device)
+
+    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
+        """`forecast`: the last `ceil(mask_ratio * N)` windows of every region, `(L,)` bool (True = masked)."""
+        num_windows = num_timepoints // self.patch_size
+        num_masked = math.ceil(mask_ratio * num_windows)
+        if num_masked >= num_windows:
+            raise ValueError(
+                f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
+                "lower it so that at least one window per region stays visible."
+            )
+        return (torch.arange(num_regions * num_windows, device=device) % num_windows) >= num_windows - num_masked
+
+    def token_index(self, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """The token that covers each cell of the signal, `(V, T)` int64: `v * N + t // P`."""
+        self.check_signal(num_regions, num_timepoints)
+        regions, times = torch.arange(num_regions), torch.arange(num_timepoints)
+        return regions[:, None] * (num_timepoints // self.patch_size) + (times // self.patch_size)[None, :]
+
+    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """The `mask` output: `(B, L)` -> one value per token, `(B, V, N)`."""
+        return token_mask.view(token_mask.shape[0], num_regions, -1)
+
+    def mask_to_signal(self, mask: torch.Tensor) -> torch.Tensor:
+        """The `mask` output `(B, V, N)` -> per timepoint `(B, V, T)`."""
+        return mask.repeat_interleave(self.patch_size, dim=-1)
 
 
-def signal_to_tiles(signal_values: torch.Tensor, config: BrainLMConfig) -> torch.Tensor:
-    """`(B, V, T)` -> the padded `(S, S)` square cut into tiles `(B, G * G, p * p)`, token `r * G + c`, row-major."""
-    batch_size, num_regions, num_timepoints = signal_values.shape
-    size, patch = config.image_size, config.patch_size
-    grid = size // patch
-    top, left = tile_padding(num_regions, num_timepoints, size)
-    padding = (left, size - num_timepoints - left, top, size - num_regions - top)
-    square = nn.functional.pad(signal_values, padding, value=config.padding_value)  # (B, S, S)
-    tiles = square.view(batch_size, grid, patch, grid, patch).transpose(2, 3)  # (B, G, G, p, p)
-    return tiles.reshape(batch_size, grid * grid, patch * patch)
+class TileLayout:
+    """
+    Token geometry of the 2-D tile layout: the region x time matrix is padded with `padding_value` to an `S x S`
+    square (centred) and cut into `p x p` tiles, token `r * G + c` (row-major, G = S / p), with fixed 2-D sin-cos
+    positions. Tiles made only of padding are tokens too; coordinates are not used.
+    """
+
+    name = "tile_2d"
+    uses_coordinates = False
+    forecast_strategy = "predict_last"
+
+    def __init__(self, config: BrainLMConfig):
+        self.patch_size, self.image_size, self.padding_value = (
+            config.patch_size,
+            config.image_size,
+            config.padding_value,
+        )
+        self.grid_size = config.image_size // config.patch_size
+        self.values_per_token = config.patch_size**2
+        self.mask_strategies = MASK_STRATEGIES[config.token_layout]
+
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        return self.grid_size**2
+
+    def check_signal(self, num_regions: int, num_timepoints: int) -> None:
+        if num_regions > self.image_size or num_timepoints > self.image_size:
+            raise ValueError(
+                f"A signal of {num_regions} regions x {num_timepoints} timepoints does not fit in the "
+                f"{self.image_size} x {self.image_size} square of this model: use at most {self.image_size} regions "
+                f"and {self.image_size} timepoints (crop the recording or use the processor's sliding windows)."
+            )
+
+    def padding(self, num_regions: int, num_timepoints: int) -> tuple[int, int]:
+        """Rows above and columns left of the signal in the padded square (the rest goes below / right)."""
+        return (self.image_size - num_regions) // 2, (self.image_size - num_timepoints) // 2
+
+    def signal_to_tokens(self, signal_values: torch.Tensor) -> torch.Tensor:
+        """`(B, V, T)` -> the padded `(S, S)` square cut into tiles `(B, G * G, p * p)`, row-major."""
+        batch_size, num_regions, num_timepoints = signal_values.shape
+        size, patch, grid = self.image_size, self.patch_size, self.grid_size
+        top, left = self.padding(num_regions, num_timepoints)
+        padding = (left, size - num_timepoints - left, top, size - num_regions - top)
+        square = nn.functional.pad(signal_values, padding, value=self.padding_value)  # (B, S, S)
+        tiles = square.view(batch_size, grid, patch, grid, patch).transpose(2, 3)  # (B, G, G, p, p)
+        return tiles.reshape(batch_size, grid * grid, patch * patch)
+
+    def tokens_to_signal(self, values: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """Inverse of `signal_to_tokens`: `(B, G * G, p * p)` -> square, cropped to `(B, V, T)`."""
+        size, patch, grid = self.image_size, self.patch_size, self.grid_size
+        square = values.reshape(-1, grid, grid, patch, patch).transpose(2, 3).reshape(-1, size, size)
+        top, left = self.padding(num_regions, num_timepoints)
+        return square[:, top : top + num_regions, left : left + num_timepoints]
+
+    def add_positions(
+        self, tokens: torch.Tensor, num_regions: int, num_timepoints: int, per_region: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`tokens` `(B, G * G, D)` + the fixed 2-D sin-cos position of each tile; `per_region` is not used."""
+        return tokens + sincos_2d_encoding(self.grid_size, tokens.shape[-1], tokens.device).to(tokens.dtype)
+
+    def build_embeddings(self, config: BrainLMConfig) -> nn.Module:
+        return BrainLMTileEmbeddings(config, self)
+
+    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
+        """Which tiles hold at least one real value (not only padding), `(G * G,)` bool."""
+        top, left = self.padding(num_regions, num_timepoints)
+        cells = torch.arange(self.grid_size, device=device) * self.patch_size  # first row/column of each tile
+        rows = (cells + self.patch_size > top) & (cells < top + num_regions)
+        columns = (cells + self.patch_size > left) & (cells < left + num_timepoints)
+        return (rows[:, None] & columns[None, :]).flatten()
+
+    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
+        """`predict_last`: the original code's tile columns `[start, end)` in every tile row, `(L,)` bool."""
+        patch = self.patch_size
+        signal_end = self.padding(num_regions, num_timepoints)[1] + num_timepoints
+        columns_end = math.ceil(signal_end / patch)
+        mask_start = signal_end - int(mask_ratio * num_timepoints)
+        num_columns = (columns_end * patch - mask_start) // patch + (1 if mask_start % patch else 0)
+        columns = torch.arange(self.grid_size**2, device=device) % self.grid_size
+        return (columns >= columns_end - num_columns) & (columns < columns_end)
+
+    def token_index(self, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """The tile that holds each cell of the signal, `(V, T)` int64: `r * G + c` in the padded square."""
+        self.check_signal(num_regions, num_timepoints)
+        top, left = self.padding(num_regions, num_timepoints)
+        rows = (torch.arange(num_regions) + top) // self.patch_size
+        columns = (torch.arange(num_timepoints) + left) // self.patch_size
+        return rows[:, None] * self.grid_size + columns[None, :]
+
+    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
+        """The `mask` output: `(B, L)` -> per timepoint `(B, V, T)`."""
+        tiles = token_mask.unsqueeze(-1).expand(-1, -1, self.values_per_token)
+        return self.tokens_to_signal(tiles, num_regions, num_timepoints)
+
+    def mask_to_signal(self, mask: torch.Tensor) -> torch.Tensor:
+        """The `mask` output is already per timepoint, `(B, V, T)`."""
+        return mask
 
 
-def tiles_to_signal(tiles: torch.Tensor, num_regions: int, num_timepoints: int, config: BrainLMConfig) -> torch.Tensor:
-    """Inverse of `signal_to_tiles`: `(B, G * G, p * p)` -> square, cropped to `(B, V, T)`."""
-    size, patch = config.image_size, config.patch_size
-    grid = size // patch
-    square = tiles.reshape(-1, grid, grid, patch, patch).transpose(2, 3).reshape(-1, size, size)
-    top, left = tile_padding(num_regions, num_timepoints, size)
-    return square[:, top : top + num_regions, left : left + num_timepoints]
+TokenLayout = RegionWindowLayout | TileLayout
 
 
-def validate_signal(config: BrainLMConfig, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
+def layout_for(config: BrainLMConfig) -> TokenLayout:
+    """The token geometry that `config.token_layout` names."""
+    return {layout.name: layout for layout in (RegionWindowLayout, TileLayout)}[config.token_layout](config)
+
+
+def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
     """Raise a `ValueError` naming the problem and the fix for inputs the model cannot read."""
     if signal_values.dim() != 3:
         raise ValueError(
@@ -142,37 +305,31 @@ def validate_signal(config: BrainLMConfig, signal_values: torch.Tensor, coordina
             "add a batch dimension with signal_values[None] for a single recording."
         )
     batch_size, num_regions, num_timepoints = signal_values.shape
-    if config.token_layout == "tile_2d":
-        if num_regions > config.image_size or num_timepoints > config.image_size:
-            raise ValueError(
-                f"signal_values {tuple(signal_values.shape)} does not fit in the {config.image_size} x "
-                f"{config.image_size} square of this model: use at most {config.image_size} regions and "
-                f"{config.image_size} timepoints (crop the recording or use the processor's sliding windows)."
-            )
-        coordinates = None  # the tile layout does not use coordinates; any value is accepted
-    else:
-        if num_timepoints % config.patch_size != 0:
-            raise ValueError(
-                f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({config.patch_size});"
-                f" crop the recording to {num_timepoints - num_timepoints % config.patch_size} timepoints or use the "
-                "processor's sliding windows."
-            )
-        if coordinates is None:
-            raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (MNI mm).")
-        if coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
-            raise ValueError(
-                f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
-                f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
-            )
-        if coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
-            raise ValueError(
-                f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size})."
-            )
+    layout.check_signal(num_regions, num_timepoints)
+    if not layout.uses_coordinates:
+        coordinates = None  # any value is accepted and ignored
+    elif coordinates is None:
+        raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (MNI mm).")
+    elif coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
+        raise ValueError(
+            f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
+            f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
+        )
+    elif coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
+        raise ValueError(f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).")
     for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
         if tensor is not None and not torch.isfinite(tensor).all():
             raise ValueError(
                 f"{name} contains NaN or Inf values; interpolate or drop the affected regions/timepoints first."
             )
+
+
+def batched_coordinates(coordinates: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """Coordinates `(V, 3)` or `(B, V, 3)` -> `(1 or B, V, 3)` in `dtype`."""
+    if coordinates is None:
+        return None
+    coordinates = coordinates.to(dtype)
+    return coordinates.unsqueeze(0) if coordinates.dim() == 2 else coordinates
 
 
 def mask_tokens(
@@ -208,96 +365,58 @@ def mask_tokens(
     return ids_shuffle[:, :len_keep], token_mask, ids_restore
 
 
+def keep_tokens(tokens: torch.Tensor, ids_keep: torch.Tensor | None) -> torch.Tensor:
+    """The visible tokens `(B, K, H)` of `tokens` `(B, L, H)`, in the order of `ids_keep` `(B, K)` (None: all)."""
+    if ids_keep is None:
+        return tokens
+    return torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
 class BrainLMRegionWindowEmbeddings(nn.Module):
     """Region-window tokens: window projection + projection of the scaled region xyz + sinusoid of the window index."""
 
-    def __init__(self, config: BrainLMConfig):
+    def __init__(self, config: BrainLMConfig, layout: RegionWindowLayout):
         super().__init__()
-        self.config = config
+        self.layout, self.coordinate_scale = layout, config.coordinate_scale
         self.signal_projection = nn.Linear(config.patch_size, config.hidden_size)
         self.coordinate_projection = nn.Linear(3, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
 
-    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
-        return num_regions * (num_timepoints // self.config.patch_size)
-
-    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
-        """`forecast`: the last `ceil(mask_ratio * N)` windows of every region, `(L,)` bool (True = masked)."""
-        num_windows = num_timepoints // self.config.patch_size
-        num_masked = math.ceil(mask_ratio * num_windows)
-        if num_masked >= num_windows:
-            raise ValueError(
-                f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
-                "lower it so that at least one window per region stays visible."
-            )
-        return (torch.arange(num_regions * num_windows, device=device) % num_windows) >= num_windows - num_masked
-
-    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
-        """Which tokens hold signal, `(L,)` bool: all of them in this layout."""
-        return torch.ones(self.num_tokens(num_regions, num_timepoints), dtype=torch.bool, device=device)
-
-    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
-        """`(B, L)` -> `(B, V, N)`."""
-        return token_mask.view(token_mask.shape[0], num_regions, -1)
-
-    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> torch.Tensor:
-        """`(B, V, T)`, `(B or 1, V, 3)` -> token embeddings `(B, L, H)` in canonical (region-major) order."""
-        batch_size, num_regions, num_timepoints = signal_values.shape
-        num_windows = num_timepoints // self.config.patch_size
-        windows = signal_values.reshape(batch_size, num_regions, num_windows, self.config.patch_size)
-        embeddings = self.signal_projection(windows)  # (B, V, N, H)
-        xyz = self.coordinate_projection(coordinates * self.config.coordinate_scale)  # (B or 1, V, H)
-        embeddings = embeddings + xyz.unsqueeze(2)  # + (B, V, 1, H)
-        time_encoding = sinusoidal_encoding(num_windows, self.config.hidden_size, embeddings.device)
-        embeddings = embeddings + time_encoding.to(embeddings.dtype)  # + (N, H)
-        return embeddings.flatten(1, 2)  # (B, L, H)
+    def forward(
+        self, signal_values: torch.Tensor, coordinates: torch.Tensor, ids_keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """
+        `(B, V, T)`, `(B or 1, V, 3)`, visible tokens `(B, K)` (None: all, canonical order) -> encoder input
+        `(B, 1 + K, H)`, CLS first.
+        """
+        _, num_regions, num_timepoints = signal_values.shape
+        embeddings = self.signal_projection(self.layout.signal_to_tokens(signal_values))  # (B, L, H)
+        xyz = self.coordinate_projection(coordinates * self.coordinate_scale)  # (B or 1, V, H)
+        embeddings = self.layout.add_positions(embeddings, num_regions, num_timepoints, per_region=xyz)
+        embeddings = keep_tokens(embeddings, ids_keep)  # (B, K, H)
+        return torch.cat([self.cls_token.to(embeddings.dtype).expand(len(embeddings), -1, -1), embeddings], dim=1)
 
 
 class BrainLMTileEmbeddings(nn.Module):
-    """2-D tile tokens: the padded region x time square cut into p x p tiles, + fixed 2-D sin-cos positions."""
+    """2-D tile tokens: the projection of each tile of the padded square + fixed 2-D sin-cos positions."""
 
-    def __init__(self, config: BrainLMConfig):
+    def __init__(self, config: BrainLMConfig, layout: TileLayout):
         super().__init__()
-        self.config = config
-        self.grid_size = config.image_size // config.patch_size
-        self.tile_projection = nn.Linear(config.patch_size**2, config.hidden_size)
+        self.layout = layout
+        self.tile_projection = nn.Linear(layout.values_per_token, config.hidden_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
 
-    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
-        return self.grid_size**2
-
-    def forecast_pattern(self, num_regions: int, num_timepoints: int, mask_ratio: float, device) -> torch.Tensor:
-        """`predict_last`: the original code's tile columns `[start, end)` in every tile row, `(L,)` bool."""
-        patch = self.config.patch_size
-        left = tile_padding(num_regions, num_timepoints, self.config.image_size)[1]
-        signal_end = left + num_timepoints
-        columns_end = math.ceil(signal_end / patch)
-        mask_start = signal_end - int(mask_ratio * num_timepoints)
-        num_columns = (columns_end * patch - mask_start) // patch + (1 if mask_start % patch else 0)
-        columns = torch.arange(self.grid_size**2, device=device) % self.grid_size
-        return (columns >= columns_end - num_columns) & (columns < columns_end)
-
-    def data_tokens(self, num_regions: int, num_timepoints: int, device) -> torch.Tensor:
-        """Which tiles hold at least one real value (not only padding), `(G * G,)` bool."""
-        top, left = tile_padding(num_regions, num_timepoints, self.config.image_size)
-        cells = torch.arange(self.grid_size, device=device) * self.config.patch_size  # first row/column of each tile
-        rows = (cells + self.config.patch_size > top) & (cells < top + num_regions)
-        columns = (cells + self.config.patch_size > left) & (cells < left + num_timepoints)
-        return (rows[:, None] & columns[None, :]).flatten()
-
-    def output_mask(self, token_mask: torch.Tensor, num_regions: int, num_timepoints: int) -> torch.Tensor:
-        """`(B, L)` -> per-timepoint mask `(B, V, T)`."""
-        tiles = token_mask.unsqueeze(-1).expand(-1, -1, self.config.patch_size**2)
-        return tiles_to_signal(tiles, num_regions, num_timepoints, self.config)
-
-    def forward(self, signal_values: torch.Tensor, coordinates: torch.Tensor | None = None) -> torch.Tensor:
-        """`(B, V, T)` -> tile embeddings `(B, G * G, H)`; `coordinates` is not used."""
-        embeddings = self.tile_projection(signal_to_tiles(signal_values, self.config))  # (B, G * G, H)
-        positions = sincos_2d_encoding(self.grid_size, self.config.hidden_size, embeddings.device)
-        return embeddings + positions.to(embeddings.dtype)
-
-
-EMBEDDINGS = {"region_window": BrainLMRegionWindowEmbeddings, "tile_2d": BrainLMTileEmbeddings}
+    def forward(
+        self,
+        signal_values: torch.Tensor,
+        coordinates: torch.Tensor | None = None,
+        ids_keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`(B, V, T)`, visible tokens `(B, K)` -> encoder input `(B, 1 + K, H)`; `coordinates` is not used."""
+        _, num_regions, num_timepoints = signal_values.shape
+        embeddings = self.tile_projection(self.layout.signal_to_tokens(signal_values))  # (B, G * G, H)
+        embeddings = keep_tokens(self.layout.add_positions(embeddings, num_regions, num_timepoints), ids_keep)
+        return torch.cat([self.cls_token.to(embeddings.dtype).expand(len(embeddings), -1, -1), embeddings], dim=1)
 
 
 def eager_attention_forward(
@@ -378,11 +497,10 @@ class BrainLMMLP(nn.Module):
 
 
 class BrainLMLayer(GradientCheckpointingLayer):
-    """Transformer block: ViT (`norm_position="pre"`) or BERT (`"post"`) arrangement of attention, MLP and norms."""
+    """Pre-LayerNorm transformer block (ViT): `x + attention(norm(x))`, then `x + mlp(norm(x))`."""
 
     def __init__(self, config: BrainLMConfig, hidden_size: int, num_heads: int, intermediate_size: int):
         super().__init__()
-        self.pre_norm = config.norm_position == "pre"
         self.attention = BrainLMAttention(config, hidden_size, num_heads)
         self.attention_norm = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = BrainLMMLP(config, hidden_size, intermediate_size)
@@ -391,15 +509,29 @@ class BrainLMLayer(GradientCheckpointingLayer):
 
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`(B, S, hidden)` -> `(B, S, hidden)` and the attention weights."""
-        if self.pre_norm:  # x + f(norm(x))
-            update, attn_weights = self.attention(self.attention_norm(hidden_states), **kwargs)
-            hidden_states = hidden_states + self.dropout(update)
-            hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
-        else:  # norm(x + f(x))
-            update, attn_weights = self.attention(hidden_states, **kwargs)
-            hidden_states = self.attention_norm(hidden_states + self.dropout(update))
-            hidden_states = self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+        update, attn_weights = self.attention(self.attention_norm(hidden_states), **kwargs)
+        hidden_states = hidden_states + self.dropout(update)
+        hidden_states = hidden_states + self.dropout(self.mlp(self.mlp_norm(hidden_states)))
         return hidden_states, attn_weights
+
+
+class BrainLMPostNormLayer(BrainLMLayer):
+    """
+    Post-LayerNorm transformer block (BERT, the released 13M checkpoint): `norm(x + attention(x))`, then
+    `norm(x + mlp(x))`. Same parameters as `BrainLMLayer`.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        update, attn_weights = self.attention(hidden_states, **kwargs)
+        hidden_states = self.attention_norm(hidden_states + self.dropout(update))
+        hidden_states = self.mlp_norm(hidden_states + self.dropout(self.mlp(hidden_states)))
+        return hidden_states, attn_weights
+
+
+def transformer_layers(config: BrainLMConfig, hidden_size: int, num_heads: int, intermediate_size: int, depth: int):
+    """`depth` blocks of the kind `config.norm_position` names."""
+    layer_class = BrainLMPostNormLayer if config.norm_position == "post" else BrainLMLayer
+    return nn.ModuleList(layer_class(config, hidden_size, num_heads, intermediate_size) for _ in range(depth))
 
 
 def run_layers(
@@ -424,7 +556,12 @@ class BrainLMPreTrainedModel(PreTrainedModel):
     main_input_name = "signal_values"
     input_modalities = ("time",)
     supports_gradient_checkpointing = True
-    _no_split_modules = ["BrainLMRegionWindowEmbeddings", "BrainLMTileEmbeddings", "BrainLMLayer"]
+    _no_split_modules = [
+        "BrainLMRegionWindowEmbeddings",
+        "BrainLMTileEmbeddings",
+        "BrainLMLayer",
+        "BrainLMPostNormLayer",
+    ]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -473,11 +610,18 @@ class BrainLMPreTrainedModel(PreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    @property
+    def layout(self) -> TokenLayout:
+        """The token geometry of this model (`RegionWindowLayout` or `TileLayout`)."""
+        return self.base_model.embeddings.layout
+
+    def num_tokens(self, num_regions: int, num_timepoints: int) -> int:
+        """Number of tokens L (CLS excluded) of a `(V, T)` input: the width of `noise` and `token_mask`."""
+        return self.layout.num_tokens(num_regions, num_timepoints)
+
     def mask_to_signal(self, mask: torch.Tensor) -> torch.Tensor:
         """The `mask` output of either layout as a per-timepoint mask `(B, V, T)` (1 = masked)."""
-        if self.config.token_layout == "tile_2d":
-            return mask  # already per timepoint
-        return mask.repeat_interleave(self.config.patch_size, dim=-1)  # (B, V, N) -> (B, V, T)
+        return self.layout.mask_to_signal(mask)
 
     def _check_output_attentions(self, output_attentions: bool) -> None:
         if output_attentions and self.config._attn_implementation != "eager":
@@ -496,10 +640,9 @@ class BrainLMModel(BrainLMPreTrainedModel):
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
-        self.embeddings = EMBEDDINGS[config.token_layout](config)
-        self.layers = nn.ModuleList(
-            BrainLMLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
-            for _ in range(config.num_hidden_layers)
+        self.embeddings = layout_for(config).build_embeddings(config)
+        self.layers = transformer_layers(
+            config, config.hidden_size, config.num_attention_heads, config.intermediate_size, config.num_hidden_layers
         )
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
@@ -536,36 +679,22 @@ class BrainLMModel(BrainLMPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_output_attentions(output_attentions)
         if self.config.validate_inputs:
-            validate_signal(self.config, signal_values, coordinates)
+            validate_signal(self.layout, signal_values, coordinates)
         if mask_ratio is None:
             mask_ratio = self.config.mask_ratio if noise is not None else 0.0
-        if coordinates is not None and coordinates.dim() == 2:
-            coordinates = coordinates.unsqueeze(0)  # (1, V, 3)
-        if coordinates is not None:
-            coordinates = coordinates.to(signal_values.dtype)
 
         batch_size, num_regions, num_timepoints = signal_values.shape
-        embeddings = self.embeddings(signal_values, coordinates)  # (B, L, H), canonical token order
         ids_keep, token_mask, ids_restore = self._choose_visible_tokens(
-            num_regions,
-            num_timepoints,
-            mask_ratio,
-            mask_strategy or self.config.mask_strategy,
-            noise,
-            batch_size,
-            embeddings.device,
+            batch_size, num_regions, num_timepoints, mask_ratio, mask_strategy, noise, signal_values.device
         )
-        if ids_keep is not None:
-            embeddings = torch.gather(embeddings, 1, ids_keep.unsqueeze(-1).expand(-1, -1, embeddings.shape[-1]))
-        cls_tokens = self.embeddings.cls_token.expand(batch_size, -1, -1).to(embeddings.dtype)
-        embeddings = torch.cat([cls_tokens, embeddings], dim=1)  # (B, 1 + K, H)
-
+        coordinates = batched_coordinates(coordinates, signal_values.dtype)  # (1 or B, V, 3)
+        embeddings = self.embeddings(signal_values, coordinates, ids_keep)  # (B, 1 + K, H)
         hidden_states, all_hidden_states, all_attentions = run_layers(
             self.layers, embeddings, output_hidden_states, output_attentions, **kwargs
         )
         output = BrainLMModelOutput(
             last_hidden_state=self.layernorm(hidden_states),
-            mask=self.embeddings.output_mask(token_mask, num_regions, num_timepoints),
+            mask=self.layout.output_mask(token_mask, num_regions, num_timepoints),
             token_mask=token_mask,
             ids_restore=ids_restore,
             hidden_states=all_hidden_states,
@@ -573,22 +702,38 @@ class BrainLMModel(BrainLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
-    def _choose_visible_tokens(self, num_regions, num_timepoints, mask_ratio, strategy, noise, batch_size, device):
+    def pool(self, outputs: BrainLMModelOutput, num_regions: int, num_timepoints: int, pooling: str) -> torch.Tensor:
+        """
+        One embedding per sample, `(B, H)`, from the output of `forward` on a `(B, V, T)` input: `"cls"` takes the
+        CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count).
+        """
+        hidden = outputs.last_hidden_state  # (B, 1 + K, H)
+        if pooling == "cls":
+            return hidden[:, 0]
+        if pooling != "mean":
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
+        data = self.layout.data_tokens(num_regions, num_timepoints, hidden.device)  # (L,) in canonical order
+        visible = torch.argsort(outputs.ids_restore, dim=1)[:, : hidden.shape[1] - 1]  # (B, K): token of each row
+        weights = data[visible].to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
+        return (hidden[:, 1:] * weights).sum(1) / weights.sum(1)
+
+    def _choose_visible_tokens(self, batch_size, num_regions, num_timepoints, mask_ratio, strategy, noise, device):
+        strategy = strategy or self.config.mask_strategy
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
-        allowed = MASK_STRATEGIES[self.config.token_layout]
+        allowed = self.layout.mask_strategies
         if strategy not in allowed:
             raise ValueError(
-                f"mask_strategy must be one of {allowed} for {self.config.token_layout}, got {strategy!r}."
+                f"mask_strategy must be one of {allowed} for the {self.layout.name} layout, got {strategy!r}."
             )
-        num_tokens = self.embeddings.num_tokens(num_regions, num_timepoints)
+        num_tokens = self.layout.num_tokens(num_regions, num_timepoints)
         pattern = None
         if mask_ratio == 0:
             len_keep = num_tokens
         elif strategy == "random":
             len_keep = int(num_tokens * (1 - mask_ratio))
         else:  # a fixed pattern; its size is computed on the host from Python integers, no device sync
-            pattern = self.embeddings.forecast_pattern(num_regions, num_timepoints, mask_ratio, "cpu")
+            pattern = self.layout.forecast_pattern(num_regions, num_timepoints, mask_ratio, "cpu")
             len_keep = num_tokens - int(pattern.sum())
             pattern = pattern.to(device)
         return mask_tokens(pattern, noise, len_keep, batch_size, num_tokens, device)
@@ -600,25 +745,24 @@ class BrainLMDecoder(nn.Module):
     + window-index sinusoid; tile layout: fixed 2-D sin-cos), transformer blocks, predict every token's values.
     """
 
-    def __init__(self, config: BrainLMConfig):
+    def __init__(self, config: BrainLMConfig, layout: TokenLayout):
         super().__init__()
-        self.config = config
+        self.layout, self.coordinate_scale = layout, config.coordinate_scale
         hidden = config.decoder_hidden_size
         self.decoder_embed = nn.Linear(config.hidden_size, hidden)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, hidden))
-        self.coordinate_projection = nn.Linear(3, hidden) if config.token_layout == "region_window" else None
-        self.layers = nn.ModuleList(
-            BrainLMLayer(config, hidden, config.decoder_num_attention_heads, config.decoder_intermediate_size)
-            for _ in range(config.decoder_num_hidden_layers)
-        )
+        self.coordinate_projection = nn.Linear(3, hidden) if layout.uses_coordinates else None
+        self.layers = transformer_layers(
+            config, hidden, config.decoder_num_attention_heads, config.decoder_intermediate_size,
+            config.decoder_num_hidden_layers,
+        )  # fmt: skip
         self.decoder_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        values_per_token = config.patch_size ** (2 if config.token_layout == "tile_2d" else 1)
         if config.decoder_head == "mlp":
             self.decoder_pred = nn.Sequential(
-                nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.1), nn.Linear(hidden // 2, values_per_token)
+                nn.Linear(hidden, hidden // 2), nn.LeakyReLU(0.1), nn.Linear(hidden // 2, layout.values_per_token)
             )
         else:
-            self.decoder_pred = nn.Linear(hidden, values_per_token)
+            self.decoder_pred = nn.Linear(hidden, layout.values_per_token)
 
     def forward(
         self, latent: torch.Tensor, ids_restore: torch.Tensor, coordinates: torch.Tensor | None, signal_shape, **kwargs
@@ -630,27 +774,20 @@ class BrainLMDecoder(nn.Module):
         mask_tokens = self.mask_token.to(hidden_states.dtype).expand(batch_size, num_tokens + 1 - latent.shape[1], -1)
         tokens = torch.cat([hidden_states[:, 1:], mask_tokens], dim=1)  # (B, L, Hd), shuffled order
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, hidden))  # canonical order
-        tokens = tokens + self._positions(coordinates, num_regions, num_timepoints, tokens.device).to(tokens.dtype)
+        xyz = None
+        if self.coordinate_projection is not None:
+            coordinates = batched_coordinates(coordinates, self.coordinate_projection.weight.dtype)
+            xyz = self.coordinate_projection(coordinates * self.coordinate_scale)  # (B or 1, V, Hd)
+        tokens = self.layout.add_positions(tokens, num_regions, num_timepoints, per_region=xyz)
         hidden_states = torch.cat([hidden_states[:, :1], tokens], dim=1)  # (B, 1 + L, Hd)
 
         hidden_states, _, _ = run_layers(self.layers, hidden_states, False, False, **kwargs)
         values = self.decoder_pred(self.decoder_norm(hidden_states[:, 1:]))  # (B, L, P or p * p)
-        if self.coordinate_projection is None:
-            return tiles_to_signal(values, num_regions, num_timepoints, self.config)
-        return values.reshape(batch_size, num_regions, num_timepoints)
-
-    def _positions(self, coordinates, num_regions, num_timepoints, device) -> torch.Tensor:
-        """Position encodings of the tokens, `(B or 1, L, Hd)` or `(L, Hd)`."""
-        hidden = self.config.decoder_hidden_size
-        if self.coordinate_projection is None:
-            return sincos_2d_encoding(self.config.image_size // self.config.patch_size, hidden, device)
-        num_windows = num_timepoints // self.config.patch_size
-        xyz = self.coordinate_projection(coordinates * self.config.coordinate_scale).unsqueeze(2)  # (B or 1, V, 1, Hd)
-        return (xyz + sinusoidal_encoding(num_windows, hidden, device)).flatten(1, 2)  # (B or 1, L, Hd)
+        return self.layout.tokens_to_signal(values, num_regions, num_timepoints)
 
 
 def masked_reconstruction_loss(
-    model, logits: torch.Tensor, signal_values: torch.Tensor, outputs
+    model: BrainLMPreTrainedModel, logits: torch.Tensor, signal_values: torch.Tensor, outputs: BrainLMModelOutput
 ) -> torch.Tensor | None:
     """Masked MSE (or MAE) of the reconstruction `(B, V, T)` over masked timepoints; `None` when nothing is masked."""
     if outputs.last_hidden_state.shape[1] - 1 == outputs.ids_restore.shape[1]:
@@ -661,21 +798,13 @@ def masked_reconstruction_loss(
     return (error * mask).sum() / mask.sum()
 
 
-def _decoder_coordinates(config: BrainLMConfig, coordinates, dtype) -> torch.Tensor | None:
-    """Coordinates as the decoder takes them: `(B or 1, V, 3)` in the signal's dtype (region-window layout)."""
-    if coordinates is None or config.token_layout != "region_window":
-        return coordinates
-    coordinates = coordinates.to(dtype)
-    return coordinates.unsqueeze(0) if coordinates.dim() == 2 else coordinates
-
-
 class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
     """BrainLM encoder + decoder trained to reconstruct masked signal (masking with `config.mask_ratio`)."""
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
         self.brainlm = BrainLMModel(config)
-        self.decoder = BrainLMDecoder(config)
+        self.decoder = BrainLMDecoder(config, self.brainlm.layout)
         self.post_init()
 
     def forward(
@@ -715,10 +844,9 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             return_dict=True,
             **kwargs,
         )
-        coordinates = _decoder_coordinates(self.config, coordinates, signal_values.dtype)
-        latent, ids_restore = outputs.last_hidden_state, outputs.ids_restore
-        logits = self.decoder(latent, ids_restore, coordinates, signal_values.shape, **kwargs)  # (B, V, T)
-
+        logits = self.decoder(
+            outputs.last_hidden_state, outputs.ids_restore, coordinates, signal_values.shape, **kwargs
+        )  # (B, V, T)
         loss = masked_reconstruction_loss(self, logits, signal_values, outputs) if return_loss else None
 
         output = BrainLMForMaskedSignalModelingOutput(
@@ -732,22 +860,6 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             attentions=outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
-
-
-def pool_tokens(encoder: BrainLMModel, outputs: BrainLMModelOutput, signal_shape, pooling: str) -> torch.Tensor:
-    """
-    One embedding per sample, `(B, H)`, from the encoder output `(B, 1 + K, H)`: `"cls"` takes the CLS row,
-    `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count).
-    """
-    hidden = outputs.last_hidden_state
-    if pooling == "cls":
-        return hidden[:, 0]
-    if pooling != "mean":
-        raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
-    data = encoder.embeddings.data_tokens(*signal_shape[1:], hidden.device)  # (L,) in canonical order
-    visible = torch.argsort(outputs.ids_restore, dim=1)[:, : hidden.shape[1] - 1]  # (B, K): token of each row
-    weights = data[visible].to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
-    return (hidden[:, 1:] * weights).sum(1) / weights.sum(1)
 
 
 class BrainLMClassificationHead(nn.Module):
@@ -770,8 +882,11 @@ class BrainLMClassificationHead(nn.Module):
 class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
     """
     BrainLM encoder + a head on the pooled embedding (`config.pooling`, `config.classifier_head`) for regression
-    (one or several targets), single-label or multi-label classification (`config.problem_type`, as in
-    transformers: MSE, cross-entropy, BCE-with-logits; inferred from `num_labels` and the label dtype when unset).
+    (one or several targets), single-label or multi-label classification (`config.problem_type`; the losses and the
+    inference of an unset `problem_type` are transformers' `ForSequenceClassification` loss).
+
+    Regression targets are standardised with `config.label_mean` / `config.label_std` when set: the loss is taken on
+    that scale (every target weighs the same) and `logits` are returned in label units.
 
     The encoder sees every token in canonical order unless masking is asked for, or unless
     `config.auxiliary_reconstruction_weight > 0`, which keeps the decoder and, in training, masks `config.mask_ratio`
@@ -785,7 +900,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
         self.brainlm = BrainLMModel(config)
-        self.decoder = BrainLMDecoder(config) if config.auxiliary_reconstruction_weight > 0 else None
+        self.decoder = BrainLMDecoder(config, self.brainlm.layout) if config.auxiliary_reconstruction_weight else None
         self.classifier = BrainLMClassificationHead(config)
         self.post_init()
         if config.freeze_encoder:
@@ -830,23 +945,22 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
                 return_dict=True,
                 **kwargs,
             )
-        pooled = pool_tokens(self.brainlm, outputs, signal_values.shape, self.config.pooling)  # (B, H)
-        scores = self.classifier(pooled)  # (B, num_labels)
-        logits = self._to_label_units(scores)
-        loss = self._label_loss(scores, labels) if labels is not None else None
+        pooled = self.brainlm.pool(outputs, *signal_values.shape[1:], self.config.pooling)  # (B, H)
+        scores = self.classifier(pooled)  # (B, num_labels), standardised scale for regression
+        mean, std = self._label_scaling(scores)
+        loss = None
+        if labels is not None:
+            loss = self._label_loss(scores, labels, mean, std)
         if loss is not None and self.decoder is not None:
             reconstruction = self.decoder(
-                outputs.last_hidden_state,
-                outputs.ids_restore,
-                _decoder_coordinates(self.config, coordinates, signal_values.dtype),
-                signal_values.shape,
+                outputs.last_hidden_state, outputs.ids_restore, coordinates, signal_values.shape
             )  # (B, V, T)
             extra = masked_reconstruction_loss(self, reconstruction, signal_values, outputs)
             if extra is not None:
                 loss = loss + self.config.auxiliary_reconstruction_weight * extra
 
         output = SequenceClassifierOutput(
-            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+            loss=loss, logits=scores * std + mean, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
 
@@ -856,34 +970,23 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
             return 0.0, 1.0
         return scores.new_tensor(self.config.label_mean), scores.new_tensor(self.config.label_std)
 
-    def _to_label_units(self, scores: torch.Tensor) -> torch.Tensor:
-        mean, std = self._label_scaling(scores)
-        return scores * std + mean
-
-    def _label_loss(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        config, labels = self.config, labels.to(scores.device)
-        if config.problem_type is None:
-            if config.num_labels == 1:
-                config.problem_type = "regression"
-            elif labels.dtype in (torch.long, torch.int):
-                config.problem_type = "single_label_classification"
-            else:
-                config.problem_type = "multi_label_classification"
-        if config.problem_type == "regression":
-            mean, std = self._label_scaling(scores)
-            return nn.functional.mse_loss(scores, (labels.to(scores.dtype).view(scores.shape) - mean) / std)
-        if config.problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(scores.view(-1, config.num_labels), labels.view(-1).long())
-        return nn.functional.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
+    def _label_loss(self, scores: torch.Tensor, labels: torch.Tensor, mean, std) -> torch.Tensor:
+        """transformers' sequence-classification loss, on standardised targets for regression."""
+        labels = labels.to(scores.device)
+        problem_type = self.config.problem_type
+        if problem_type == "regression" or (problem_type is None and self.config.num_labels == 1):
+            labels = (labels.to(scores.dtype).view(scores.shape) - mean) / std
+        return self.loss_function(labels, scores, self.config)
 
 
 __all__ = [
     "BrainLMClassificationHead",
     "BrainLMForMaskedSignalModeling",
     "BrainLMForMaskedSignalModelingOutput",
+    "BrainLMForSequenceClassification",
     "BrainLMModel",
     "BrainLMModelOutput",
-    "BrainLMForSequenceClassification",
     "BrainLMPreTrainedModel",
-    "pool_tokens",
+    "RegionWindowLayout",
+    "TileLayout",
 ]
