@@ -25,7 +25,7 @@ def bench_stream(folder: Path, recordings: int, crops: list[int], batch_size: in
     import torch
 
     from brainlm_hf import BrainLMFeatureExtractor
-    from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
+    from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
 
     rng = np.random.default_rng(0)
     for i in range(recordings):

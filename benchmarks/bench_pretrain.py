@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling
-from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
+from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
 

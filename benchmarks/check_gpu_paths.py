@@ -44,12 +44,14 @@ def main(device: str = "cuda"):
     untrained = build_classifier(folder, 1, "regression", label_mean=[float(levels.mean())], label_std=[1.0]).to(
         device
     )
-    before = regression_metrics(predict_recordings(untrained, processor, recordings), levels)["mse"]
+    before = regression_metrics(predictions=predict_recordings(untrained, processor, recordings), targets=levels)[
+        "mse"
+    ]
     trained = finetune_recordings(
         folder, processor, recordings, levels, "regression", tempfile.mkdtemp(), num_train_epochs=3,
         bf16=device == "cuda", use_cpu=device == "cpu", learning_rate=1e-3, disable_tqdm=True, logging_strategy="no",
     )  # fmt: skip
-    after = regression_metrics(predict_recordings(trained, processor, recordings), levels)["mse"]
+    after = regression_metrics(predictions=predict_recordings(trained, processor, recordings), targets=levels)["mse"]
     print(f"fine-tuning on {trained.device} with bf16: per-recording MSE {before:.4f} -> {after:.4f}")
 
     window = torch.from_numpy(np.stack([r[:length].T for r in recordings[:4]]))

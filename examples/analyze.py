@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from brainlm_hf import BrainLMFeatureExtractor
-from brainlm_hf.analysis.attention_maps import compare_groups, region_scores
-from brainlm_hf.analysis.attention_report import analyze_attention, load_recordings, window_attention
+from brainlm_hf.analysis.attention_maps import compare_groups, region_scores, window_attention
+from brainlm_hf.analysis.attention_report import analyze_attention
 from brainlm_hf.analysis.figures import plot_forecast, plot_reconstruction
 from brainlm_hf.analysis.forecasting import forecast_recording
 from brainlm_hf.analysis.reconstruction import reconstruct_recording
+from brainlm_hf.data import load_recordings
 from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_lobes
 from brainlm_hf.training.metrics import baseline_predictions, masked_reconstruction_metrics
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain

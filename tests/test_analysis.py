@@ -19,9 +19,8 @@ from brainlm_hf.analysis.attention_maps import (
     network_scores,
     region_scores,
     region_time_attention,
-    token_to_region_time,
 )
-from brainlm_hf.analysis.attention_report import analyze_attention, load_recordings
+from brainlm_hf.analysis.attention_report import analyze_attention
 from brainlm_hf.analysis.figures import (
     plot_attention_heatmap,
     plot_forecast,
@@ -31,10 +30,10 @@ from brainlm_hf.analysis.figures import (
     plot_reconstruction,
 )
 from brainlm_hf.cli import main
+from brainlm_hf.data import load_recordings, prepare_dataset
 from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
 from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
-from brainlm_hf.data.prepare import prepare_dataset
-from brainlm_hf.modeling_brainlm import TileLayout
+from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
 from .conftest import shared_path
 
@@ -96,7 +95,7 @@ def test_cls_rows_sum_to_one_and_the_attention_implementation_is_restored(config
 
 def test_region_aggregation_of_a_constructed_pattern_gives_the_expected_ranking():
     config = BrainLMConfig(patch_size=5)
-    index = token_to_region_time(config, 4, 10)  # 4 regions x 2 windows, token v * 2 + n
+    index = layout_for(config).token_index(4, 10).numpy()  # 4 regions x 2 windows, token v * 2 + n
     assert index.tolist() == [[0] * 5 + [1] * 5, [2] * 5 + [3] * 5, [4] * 5 + [5] * 5, [6] * 5 + [7] * 5]
     rows = np.array([0.2, 0.15, 0.1, 0.05, 0.0, 0.3, 0.1, 0.04, 0.06])  # CLS, then tokens 0 .. 7
     cells = region_time_attention(rows, index)
@@ -113,7 +112,7 @@ def test_region_aggregation_of_a_constructed_pattern_gives_the_expected_ranking(
 def test_tiles_map_to_regions_and_time_each_region_once_per_tile_column():
     config = tile_config(image_size=24, patch_size=4)  # G = 6; 17 regions: 3 rows above, 4 below (odd difference)
     num_regions, num_timepoints = 17, 10
-    index = token_to_region_time(config, num_regions, num_timepoints)
+    index = layout_for(config).token_index(num_regions, num_timepoints).numpy()
     assert index[0, 0] == 0 * 6 + 7 // 4 and index[16, 9] == (16 + 3) // 4 * 6 + (9 + 7) // 4
     rows, columns = index // 6, index % 6
     for column in range(6):
@@ -207,7 +206,7 @@ def test_load_recordings_reads_tables_and_prepared_shards(tmp_path):
     with pytest.raises(ValueError, match="Two inputs give the recording id 'sub-1'"):
         load_recordings([str(tmp_path / "sub-1.npy"), str(tmp_path / "sub-1.npy")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no .parquet shards"):
+    with pytest.raises(FileNotFoundError, match="No recordings"):
         load_recordings([str(tmp_path / "empty")])
 
 

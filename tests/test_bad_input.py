@@ -60,6 +60,7 @@ def test_noise_of_the_wrong_shape(model, inputs):
 
 def test_unknown_mask_strategy(model, inputs):
     with pytest.raises(
-        ValueError, match="mask_strategy must be one of \\('random', 'forecast'\\) for the region_window layout, got 'blocks'"
+        ValueError,
+        match="mask_strategy must be one of \\('random', 'forecast'\\) for the region_window layout, got 'blocks'",
     ):
         model(**inputs, mask_strategy="blocks")

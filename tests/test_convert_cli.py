@@ -147,7 +147,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
     commits = []
     with (
         mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm")) as create,
-        mock.patch.object(HfApi, "create_commit", side_effect=lambda **kw: commits.append(kw)),
+        mock.patch.object(HfApi, "upload_folder", side_effect=lambda **kw: commits.append(kw)),
     ):
         convert_checkpoint(
             str(source),
@@ -158,12 +158,10 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
         )
     create.assert_called_once()
     assert create.call_args.args[0] == "me/brainlm"
-    (commit,) = commits
-    assert commit["repo_id"] == "me/brainlm"
-    uploaded = {op.path_in_repo: op for op in commit["operations"]}
-    assert set(uploaded) == CONVERTED_FILES
-    card = uploaded["README.md"].path_or_fileobj
-    assert (tmp_path / "b" / "README.md").read_text() == open(card).read()
+    (commit,) = commits  # one upload_folder call, of exactly the converted files
+    assert commit["repo_id"] == "me/brainlm" and commit["folder_path"] == str(tmp_path / "b")
+    assert set(commit["allow_patterns"]) == CONVERTED_FILES == {p.name for p in (tmp_path / "b").iterdir()}
+    assert commit["commit_message"].startswith(f"Convert {source}")
 
 
 def test_cli(tmp_path, capsys):

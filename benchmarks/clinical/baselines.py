@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from sklearn.base import clone
 from sklearn.linear_model import Ridge, RidgeClassifier
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, mean_squared_error, r2_score, roc_auc_score
 from sklearn.model_selection import GridSearchCV, GroupKFold, GroupShuffleSplit
 from sklearn.neural_network import MLPClassifier, MLPRegressor
 from sklearn.pipeline import make_pipeline
@@ -99,31 +98,6 @@ def standardize_targets(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray
     if scale == 0:
         raise ValueError("The training targets are constant: nothing to regress (check the target column).")
     return (train - train.mean()) / scale, (test - train.mean()) / scale
-
-
-def regression_metrics(target: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-    """`mse` and `r2` (`1 - SSE / SST`, SST around the test targets' own mean) of `(N,)` arrays."""
-    return {"mse": float(mean_squared_error(target, prediction)), "r2": float(r2_score(target, prediction))}
-
-
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """
-    `accuracy`, `balanced_accuracy` and `auroc` (one-vs-rest, macro; NaN unless every class is in `labels`) of
-    labels `(N,)` in `0 .. C-1` and class probabilities `(N, C)`.
-    """
-    predicted = probabilities.argmax(1)
-    classes = probabilities.shape[1]
-    if len(np.unique(labels)) < classes:
-        auroc = float("nan")
-    elif classes == 2:
-        auroc = roc_auc_score(labels, probabilities[:, 1])
-    else:
-        auroc = roc_auc_score(labels, probabilities, multi_class="ovr", labels=np.arange(classes))
-    return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)),
-        "auroc": float(auroc),
-    }
 
 
 # ------------------------------------------------------------------------------------------------- features

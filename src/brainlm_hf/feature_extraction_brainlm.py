@@ -19,6 +19,8 @@ Converted checkpoints carry the method and scale but no statistics, since the pr
 released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
 """
 
+from collections.abc import Callable, Mapping, Sequence
+
 import numpy as np
 import torch
 from transformers import BatchFeature, FeatureExtractionMixin
@@ -146,9 +148,60 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         out *= 1 / (scale * np.float32(self.input_scale))
         return out
 
-    def windows(self, num_timepoints: int, stride: int | None = None) -> list[int]:
-        """Start indices of the `self.num_timepoints` windows of a recording (every `stride`, default the window)."""
-        return list(range(0, num_timepoints - self.num_timepoints + 1, stride or self.num_timepoints))
+    def window_starts(
+        self, num_timepoints: int, stride: int | None = None, cover_end: bool = True, name: str = "a recording"
+    ) -> list[int]:
+        """
+        Starts of the `self.num_timepoints`-long windows of a recording of `num_timepoints`: every `stride`
+        timepoints from the start (default one window: no overlap), plus, with `cover_end`, one window ending at the
+        last timepoint when the others miss it (so every timepoint is covered); without it the remainder is dropped.
+        A recording shorter than one window is an error that names it (`name`).
+        """
+        if stride is not None and stride < 1:
+            raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
+        if num_timepoints < self.num_timepoints:
+            raise ValueError(
+                f"{name} has {num_timepoints} timepoints, fewer than one window of {self.num_timepoints}: leave it "
+                "out or use a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
+            )
+        starts = list(range(0, num_timepoints - self.num_timepoints + 1, stride or self.num_timepoints))
+        if cover_end and starts[-1] + self.num_timepoints < num_timepoints:
+            starts.append(num_timepoints - self.num_timepoints)
+        return starts
+
+    def windows(
+        self,
+        recordings,
+        starts: Callable[[int], Sequence[int]] | None = None,
+        stride: int | None = None,
+        cover_end: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        The one way a recording becomes model windows: normalise it whole (`normalize`), place the windows, cut them
+        and put the regions in model order.
+
+        Args:
+            recordings: raw `(T_i, V)` arrays in atlas order: one array, a list, or a dict whose keys name the
+                recordings in error messages.
+            starts (*optional*): `starts(T_i)` gives a recording's window starts (e.g. random crops); by default
+                `window_starts(T_i, stride, cover_end)`.
+
+        Returns the windows `(W, V, num_timepoints)` float32 (normalised, model region order) and the index of the
+        recording of each window `(W,)`.
+        """
+        if isinstance(recordings, np.ndarray | torch.Tensor) and recordings.ndim == 2:
+            recordings = [recordings]
+        if not isinstance(recordings, Mapping):
+            recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
+        windows, owners = [], []
+        for index, (name, recording) in enumerate(recordings.items()):
+            series = self.normalize(recording, name)  # (T, V)
+            placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
+            windows += [self.to_model_order(series[s : s + self.num_timepoints].T) for s in placed]
+            owners += [index] * len(placed)
+        if not windows:
+            raise ValueError("No window: give at least one recording.")
+        return np.stack(windows), np.asarray(owners)
 
     def __call__(
         self, recordings, sliding_windows: bool = False, stride: int | None = None, return_tensors: str | None = "pt"
@@ -157,33 +210,25 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         Args:
             recordings: one recording `(T, V)` in atlas order, a list of them, or an array `(B, T, V)`.
             sliding_windows (`bool`): cut every recording into `num_timepoints` windows every `stride` timepoints
-                (default: non-overlapping); `recording_index` then says which recording each window comes from. A
-                recording shorter than one window is an error. Without it the recordings are used whole and must
-                have equal lengths.
+                (default: non-overlapping; the remainder is dropped, see `windows`); `recording_index` then says
+                which recording each window comes from. A recording shorter than one window is an error. Without it
+                the recordings are used whole and must have equal lengths.
 
         Returns a `BatchFeature` with `signal_values` `(B, V, T)` (normalised, model region order) and, when known,
         `coordinates` `(V, 3)` in model order.
         """
         if isinstance(recordings, np.ndarray | torch.Tensor) and recordings.ndim == 2:
             recordings = [recordings]
-        normalized = [self.normalize(np.asarray(r), f"recording {i}") for i, r in enumerate(recordings)]
         data = {}
         if sliding_windows:
-            pieces, index = [], []
-            for i, recording in enumerate(normalized):
-                starts = self.windows(len(recording), stride)
-                if not starts:
-                    raise ValueError(
-                        f"recording {i} has {len(recording)} timepoints, fewer than one window of "
-                        f"{self.num_timepoints}."
-                    )
-                pieces += [recording[s : s + self.num_timepoints] for s in starts]
-                index += [i] * len(starts)
-            normalized, data["recording_index"] = pieces, np.asarray(index)
-        if len({len(r) for r in normalized}) > 1:
-            raise ValueError("Recordings of different lengths: use sliding_windows=True or crop them to one length.")
-        signal = np.stack(normalized).transpose(0, 2, 1)  # (B, V, T)
-        data["signal_values"] = self.to_model_order(signal)
+            data["signal_values"], data["recording_index"] = self.windows(recordings, stride=stride, cover_end=False)
+        else:
+            normalized = [self.normalize(r, f"recording {i}") for i, r in enumerate(recordings)]
+            if len({len(r) for r in normalized}) > 1:
+                raise ValueError(
+                    "Recordings of different lengths: use sliding_windows=True or crop them to one length."
+                )
+            data["signal_values"] = self.to_model_order(np.stack(normalized).transpose(0, 2, 1))  # (B, V, T)
         if self.coordinates is not None:
             data["coordinates"] = self.model_coordinates()
         return BatchFeature(data=data, tensor_type=return_tensors)

@@ -6,7 +6,6 @@ import torch
 
 from benchmarks.clinical.baselines import (
     baseline_inputs,
-    classification_metrics,
     correlation_matrices,
     expand_positions,
     functional_connectivity,
@@ -14,12 +13,12 @@ from benchmarks.clinical.baselines import (
     linear_probe,
     lstm_fit_predict,
     mlp_probe,
-    regression_metrics,
     standardize_targets,
     subject_kfold,
     svm_probe,
     time_split,
 )
+from brainlm_hf.training.metrics import classification_metrics, regression_metrics
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -86,15 +85,16 @@ def test_standardize_and_metrics_by_hand():
     np.testing.assert_allclose(test, [0, 3])  # training mean 2 and std 1, not the test set's
     with pytest.raises(ValueError, match="constant"):
         standardize_targets(np.ones(3), np.ones(2))
-    assert regression_metrics(np.array([0.0, 2.0]), np.array([1.0, 2.0])) == {"mse": 0.5, "r2": 0.5}
+    metrics = regression_metrics(predictions=np.array([1.0, 2.0]), targets=np.array([0.0, 2.0]))
+    assert (metrics["mse"], metrics["r2"]) == (0.5, 0.5)  # R^2 around the targets' mean: 1 - 1 / 2
     labels = np.array([0, 0, 1, 2])
     probabilities = np.array([[0.8, 0.1, 0.1], [0.05, 0.7, 0.25], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
-    metrics = classification_metrics(labels, probabilities)
+    metrics = classification_metrics(scores=probabilities, labels=labels)
     assert metrics["accuracy"] == 0.75
     assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1 + 1) / 3)
     # one-vs-rest AUROC: class 0, positives 0.8 and 0.05 vs negatives 0.1, 0.1: 2 of 4 pairs -> 0.5; classes 1, 2: 1
     assert metrics["auroc"] == pytest.approx((0.5 + 1 + 1) / 3)
-    assert np.isnan(classification_metrics(np.array([0, 0]), probabilities[:2])["auroc"])
+    assert np.isnan(classification_metrics(scores=probabilities[:2], labels=np.array([0, 0]))["auroc"])
 
 
 def synthetic_cohort(seed: int = 0, recordings: int = 60, timepoints: int = 40, regions: int = 6):

@@ -17,7 +17,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from ..modeling_brainlm import tile_padding
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..inference import map_windows
+from ..modeling_brainlm import BrainLMPreTrainedModel
 
 
 @contextmanager
@@ -34,7 +36,12 @@ def eager_attention(model):
 
 
 @torch.no_grad()
-def cls_attention(model, signal_values, coordinates=None, layers: Sequence[int] | None = None) -> torch.Tensor:
+def cls_attention(
+    model: BrainLMPreTrainedModel,
+    signal_values: torch.Tensor,
+    coordinates: torch.Tensor | None = None,
+    layers: Sequence[int] | None = None,
+) -> torch.Tensor:
     """
     CLS-to-token attention of every chosen layer and head, nothing masked.
 
@@ -64,35 +71,18 @@ def _layer_indices(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return [i % num_layers for i in layers]
 
 
-def token_to_region_time(config, num_regions: int, num_timepoints: int) -> np.ndarray:
-    """
-    The token (CLS excluded) that covers each cell of the `(V, T)` signal, `(V, T)` int: region-window layout
-    `v * N + t // patch_size`; tile layout `r * G + c` of the tile that holds the cell in the padded square.
-    """
-    patch = config.patch_size
-    regions, times = np.arange(num_regions), np.arange(num_timepoints)
-    if config.token_layout == "tile_2d":
-        if max(num_regions, num_timepoints) > config.image_size:
-            raise ValueError(f"({num_regions}, {num_timepoints}) does not fit in the {config.image_size} square.")
-        top, left = tile_padding(num_regions, num_timepoints, config.image_size)
-        grid = config.image_size // patch
-        return ((regions + top) // patch)[:, None] * grid + ((times + left) // patch)[None, :]
-    if num_timepoints % patch:
-        raise ValueError(f"num_timepoints ({num_timepoints}) must be a multiple of patch_size ({patch}).")
-    return regions[:, None] * (num_timepoints // patch) + (times // patch)[None, :]
-
-
 def region_time_attention(token_attention, token_index: np.ndarray) -> np.ndarray:
     """
     Spread token attention over the signal cells each token covers.
 
     Args:
         token_attention (array of shape `(..., 1 + L)`): CLS rows as returned by `cls_attention` (column 0 = CLS).
-        token_index (`(V, T)` int): from `token_to_region_time`.
+        token_index (`(V, T)` int): the token covering each cell, `model.layout.token_index(V, T)`.
 
     Returns `(..., V, T)`: cell `(v, t)` holds its token's attention divided by the number of cells of that token.
     """
     tokens = np.asarray(token_attention, dtype=np.float64)[..., 1:]  # (..., L), CLS self-attention dropped
+    token_index = np.asarray(token_index)
     cells = np.bincount(token_index.ravel(), minlength=tokens.shape[-1])  # (L,), 0 for pure padding tiles
     if len(cells) != tokens.shape[-1]:
         raise ValueError(f"token_index points past the {tokens.shape[-1]} tokens of token_attention.")
@@ -100,20 +90,58 @@ def region_time_attention(token_attention, token_index: np.ndarray) -> np.ndarra
 
 
 def attention_maps(
-    model, signal_values, coordinates=None, layers: Sequence[int] | None = None, batch_size: int = 8
+    model: BrainLMPreTrainedModel,
+    signal_values: np.ndarray,
+    coordinates: np.ndarray | None = None,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
 ) -> np.ndarray:
     """
-    Region x time CLS attention of each window, averaged over the chosen layers and all heads, `(B, V, T)` in the
-    model's region order (`processor.to_atlas_order` maps it back). `batch_size` windows at a time: eager attention
-    keeps every layer's `batch_size x heads x (1 + L)^2` floats during a batch.
+    Region x time CLS attention of each window `(W, V, T)` (normalised, model order), averaged over the chosen layers
+    and all heads: `(W, V, T)` in the model's region order (`processor.to_atlas_order` maps it back). `batch_size`
+    windows at a time: eager attention keeps every layer's `batch_size x heads x (1 + L)^2` floats during a batch.
     """
-    num_regions, num_timepoints = signal_values.shape[-2:]
-    index = token_to_region_time(model.config, num_regions, num_timepoints)
-    maps = []
-    for start in range(0, len(signal_values), batch_size):
-        rows = cls_attention(model, signal_values[start : start + batch_size], coordinates, layers)
-        maps.append(region_time_attention(rows.mean(dim=(1, 2)).float().cpu().numpy(), index))
-    return np.concatenate(maps)
+
+    def mean_cls_rows(batch, xyz, rows):
+        return cls_attention(model, batch, xyz, layers).mean(dim=(1, 2))  # (b, 1 + L)
+
+    with eager_attention(model):
+        rows = map_windows(model, signal_values, coordinates, mean_cls_rows, batch_size)  # (W, 1 + L)
+    return region_time_attention(rows, model.layout.token_index(*signal_values.shape[1:]).numpy())
+
+
+def window_attention(
+    model: BrainLMPreTrainedModel,
+    processor: BrainLMFeatureExtractor,
+    recording: np.ndarray,
+    layers: Sequence[int] | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """
+    Region x time CLS attention `(W, V, Tw)` (atlas order) of the windows of one raw `(T, V)` recording, placed by
+    `processor.window_starts`, averaged over the chosen layers and all heads.
+    """
+    windows, _ = processor.windows([recording], stride=stride)  # (W, V, Tw), model order
+    maps = attention_maps(model, windows, processor.model_coordinates(), layers, batch_size)
+    return processor.to_atlas_order(maps)
+
+
+def recording_attention(
+    model: BrainLMPreTrainedModel,
+    processor: BrainLMFeatureExtractor,
+    recordings: dict[str, np.ndarray],
+    layers: Sequence[int] | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Region scores per recording `(R, V)` (mean over its windows, see `window_attention`) and the region x time map
+    `(V, Tw)` averaged over all windows of all recordings, both in atlas order.
+    """
+    maps = [window_attention(model, processor, r, layers, stride, batch_size) for r in recordings.values()]
+    scores = np.stack([region_scores(m).mean(0) for m in maps])
+    return scores, np.concatenate(maps).mean(0)
 
 
 def region_scores(attention_map) -> np.ndarray:
@@ -128,7 +156,7 @@ def network_scores(scores, networks: Sequence[str]) -> tuple[list[str], np.ndarr
     Args:
         scores (array of shape `(..., V)`): region scores in atlas order.
         networks (`list[str]` of length V): the network of each region, e.g. `atlas.load_a424_networks()` or
-            `demo_data.aal2_lobes(names)`.
+            `brainlm_hf.data.demo.aal2_lobes(names)`.
 
     Returns the network names (in order of first appearance) and `(..., K)` scores.
     """

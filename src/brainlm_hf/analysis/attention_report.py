@@ -9,77 +9,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from ..data.parcellation import load_parcel_series
-from ..data.prepare import read_recordings
-from .attention_maps import attention_maps, network_scores, region_scores
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import BrainLMPreTrainedModel
+from .attention_maps import network_scores, recording_attention
 from .figures import plot_attention_heatmap, plot_glass_brain, plot_network_bars
-from .reconstruction import window_starts
-
-
-def load_recordings(inputs: list[str]) -> dict[str, np.ndarray]:
-    """
-    Recording id -> `(T, V)` series from parcel tables (`.npy`, `.csv`, `.tsv`, `.dat`, `.txt`; id = file name
-    without suffix) and from prepared Parquet shards (`.parquet` files, or a split folder holding them such as
-    `prepared/test`; ids from the shards).
-    """
-    recordings = {}
-    for item in map(Path, inputs):
-        if item.is_dir():
-            shards = sorted(item.glob("*.parquet"))
-            if not shards:
-                raise ValueError(f"{item} holds no .parquet shards: give a prepared split folder or parcel tables.")
-            found = [pair for shard in shards for pair in _shard_recordings(shard)]
-        elif item.suffix == ".parquet":
-            found = _shard_recordings(item)
-        else:
-            found = [(item.stem, load_parcel_series(item))]
-        for name, series in found:
-            if name in recordings:
-                raise ValueError(f"Two inputs give the recording id {name!r}; rename one of them.")
-            recordings[name] = series
-    if not recordings:
-        raise ValueError("No recordings given.")
-    return recordings
-
-
-def _shard_recordings(shard: Path) -> list[tuple[str, np.ndarray]]:
-    """(id, `(T, V)` series) of every row of a prepared Parquet shard."""
-    return [(record["id"], record["series"]) for record in read_recordings(str(shard))]
-
-
-def window_attention(
-    model, processor, recording, layers=None, stride: int | None = None, batch_size: int = 8
-) -> np.ndarray:
-    """
-    Region x time CLS attention `(W, V, Tw)` (atlas order) of the windows of one raw `(T, V)` recording, placed as in
-    `reconstruction.window_starts`, averaged over the chosen layers and all heads.
-    """
-    coordinates = processor.model_coordinates()
-    coordinates = None if coordinates is None else torch.from_numpy(coordinates)
-    signal = processor.normalize(recording).T  # (V, T), atlas order
-    starts = window_starts(signal.shape[1], processor.num_timepoints, stride)
-    windows = processor.to_model_order(np.stack([signal[:, s : s + processor.num_timepoints] for s in starts]))
-    maps = attention_maps(model, torch.from_numpy(windows), coordinates, layers, batch_size)  # (W, V, Tw)
-    return processor.to_atlas_order(maps)
-
-
-def recording_attention(
-    model, processor, recordings: dict[str, np.ndarray], layers=None, stride: int | None = None, batch_size: int = 8
-) -> tuple[np.ndarray, np.ndarray]:
-    """
-    Region scores per recording `(R, V)` (mean over its windows, see `window_attention`) and the region x time map
-    `(V, Tw)` averaged over all windows of all recordings, both in atlas order.
-    """
-    maps = [window_attention(model, processor, r, layers, stride, batch_size) for r in recordings.values()]
-    scores = np.stack([region_scores(m).mean(0) for m in maps])
-    return scores, np.concatenate(maps).mean(0)
 
 
 def analyze_attention(
-    model,
-    processor,
+    model: BrainLMPreTrainedModel,
+    processor: BrainLMFeatureExtractor,
     recordings: dict[str, np.ndarray],
     output_dir,
     networks: list[str] | None = None,

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from ..training.metrics import masked_reconstruction_metrics
-from .reconstruction import predict_windows, window_starts
+from .reconstruction import predict_windows
 
 
 @dataclass
@@ -43,18 +45,22 @@ class Forecast:
 
 
 def forecast_recording(
-    model, processor, recording, mask_ratio: float = 0.2, stride: int | None = None, batch_size: int = 8
+    model: BrainLMForMaskedSignalModeling,
+    processor: BrainLMFeatureExtractor,
+    recording: np.ndarray,
+    mask_ratio: float = 0.2,
+    stride: int | None = None,
+    batch_size: int = 8,
 ) -> Forecast:
     """
     Forecast the end of every window of a `(T, V)` recording (atlas order, raw) from its beginning. Windows are
-    placed like `reconstruction.window_starts`; the strategy is `forecast` (tiles: `predict_last`).
+    placed by `processor.window_starts`; the strategy is the layout's forecast strategy (`forecast`; tiles:
+    `predict_last`).
     """
-    strategy = "predict_last" if model.config.token_layout == "tile_2d" else "forecast"
-    starts = window_starts(len(recording), processor.num_timepoints, stride)
-    signal, predictions, masks = predict_windows(
-        model, processor, recording, starts, mask_ratio, strategy, batch_size=batch_size
-    )
-    windows = np.stack([signal[:, s : s + processor.num_timepoints] for s in starts])  # (W, V, Tw)
+    starts = processor.window_starts(len(recording), stride)
+    windows, predictions, masks = predict_windows(
+        model, processor, recording, starts, mask_ratio, model.layout.forecast_strategy, batch_size=batch_size
+    )  # (W, V, Tw) each, atlas order
     horizon = int(masks[0, 0].sum())
     expected = np.zeros_like(masks)
     expected[..., expected.shape[-1] - horizon :] = 1

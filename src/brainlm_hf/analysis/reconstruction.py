@@ -7,8 +7,8 @@ Windows start every `stride` timepoints (default: one window, no overlap) and on
 timepoint, so that every timepoint is covered. Stitching rule: a timepoint masked in at least one window is
 predicted by the mean of the predictions of the windows that masked it (a prediction never sees the value it
 predicts); any other timepoint by the mean over all windows that cover it (the model's reconstruction of visible
-input). The stitched mask is 1 where at least one window masked the timepoint. Pass models in eval mode (as
-`from_pretrained` returns them); inputs go to the model's device and dtype, results come back as numpy.
+input). The stitched mask is 1 where at least one window masked the timepoint. Models run in eval mode on their
+device and dtype (`brainlm_hf.inference.map_windows`); results come back as numpy.
 """
 
 from dataclasses import dataclass
@@ -16,15 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..inference import map_windows
+from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from ..training.metrics import masked_reconstruction_metrics
-from .recording_embeddings import window_starts
 
 
-@torch.no_grad()
 def predict_windows(
-    model,
-    processor,
-    recording,
+    model: BrainLMForMaskedSignalModeling,
+    processor: BrainLMFeatureExtractor,
+    recording: np.ndarray,
     starts: list[int],
     mask_ratio: float,
     mask_strategy: str | None = None,
@@ -32,30 +33,23 @@ def predict_windows(
     batch_size: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
-    Normalise a `(T, V)` recording (atlas order) with `processor`, run `model` on its windows at `starts` with a
-    mask drawn from `seed`, and return the normalised signal `(V, T)`, predictions `(W, V, Tw)` and masks
-    `(W, V, Tw)` (1 = masked), all in atlas order.
+    Cut a raw `(T, V)` recording (atlas order) into the processor's windows at `starts`, run `model` on them with a
+    mask drawn from `seed`, and return the normalised windows, the predictions and the masks (1 = masked), each
+    `(W, V, Tw)` in atlas order.
     """
     if not hasattr(model, "decoder"):
         raise ValueError("Reconstruction needs the decoder: load the checkpoint with AutoModelForPreTraining.")
-    signal = processor.normalize(recording).T  # (V, T), atlas order
-    length = processor.num_timepoints
-    windows = processor.to_model_order(np.stack([signal[:, s : s + length] for s in starts]))  # (W, V, Tw)
-    windows = torch.from_numpy(windows).to(model.device, model.dtype)
-    coordinates = processor.model_coordinates()
-    coordinates = None if coordinates is None else torch.from_numpy(coordinates).to(model.device, model.dtype)
-    num_tokens = model.brainlm.embeddings.num_tokens(*windows.shape[1:])
-    noise = torch.rand(len(starts), num_tokens, generator=torch.Generator().manual_seed(seed)).to(model.device)
-    predictions, masks = [], []
-    for first in range(0, len(starts), batch_size):
-        batch = slice(first, first + batch_size)
-        out = model(
-            windows[batch], coordinates, noise=noise[batch], mask_ratio=mask_ratio, mask_strategy=mask_strategy
-        )
-        predictions.append(out.logits.float().cpu())
-        masks.append(model.mask_to_signal(out.mask).float().cpu())
-    to_atlas = processor.to_atlas_order
-    return signal, to_atlas(torch.cat(predictions)).numpy(), to_atlas(torch.cat(masks)).numpy()
+    windows, _ = processor.windows([recording], starts=lambda num_timepoints: starts)  # (W, V, Tw), model order
+    noise = torch.rand(
+        len(starts), model.num_tokens(*windows.shape[1:]), generator=torch.Generator().manual_seed(seed)
+    )
+
+    def reconstruct(batch, xyz, rows):
+        out = model(batch, xyz, noise=noise[rows].to(batch.device), mask_ratio=mask_ratio, mask_strategy=mask_strategy)
+        return out.logits, model.mask_to_signal(out.mask)
+
+    predictions, masks = map_windows(model, windows, processor.model_coordinates(), reconstruct, batch_size)
+    return tuple(processor.to_atlas_order(x) for x in (windows, predictions, masks))
 
 
 def stitch(predictions, masks, starts: list[int], num_timepoints: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +63,7 @@ def stitch(predictions, masks, starts: list[int], num_timepoints: int) -> tuple[
         masked_total[:, span] += prediction * mask
         masked_count[:, span] += mask
     if (count == 0).any():
-        raise ValueError("The windows do not cover every timepoint; use window_starts to place them.")
+        raise ValueError("The windows do not cover every timepoint; place them with processor.window_starts.")
     stitched = np.where(masked_count > 0, masked_total / np.maximum(masked_count, 1), total / count)
     return stitched, masked_count > 0
 
@@ -95,9 +89,9 @@ class Reconstruction:
 
 
 def reconstruct_recording(
-    model,
-    processor,
-    recording,
+    model: BrainLMForMaskedSignalModeling,
+    processor: BrainLMFeatureExtractor,
+    recording: np.ndarray,
     mask_ratio: float = 0.5,
     mask_strategy: str | None = None,
     stride: int | None = None,
@@ -108,12 +102,12 @@ def reconstruct_recording(
     Reconstruct a whole `(T, V)` recording (atlas order, raw: `processor` normalises it) from windows masked with
     `mask_ratio` and `mask_strategy` (default the model's), placed and stitched as the module docstring says.
     """
-    starts = window_starts(len(recording), processor.num_timepoints, stride)
-    signal, predictions, masks = predict_windows(
+    starts = processor.window_starts(len(recording), stride)
+    _, predictions, masks = predict_windows(
         model, processor, recording, starts, mask_ratio, mask_strategy, seed, batch_size
     )
-    prediction, mask = stitch(predictions, masks, starts, signal.shape[1])
-    return Reconstruction(signal, prediction, mask, starts)
+    prediction, mask = stitch(predictions, masks, starts, len(recording))
+    return Reconstruction(processor.normalize(recording).T, prediction, mask, starts)
 
 
 def region_metrics(prediction, target, mask) -> dict[str, np.ndarray]:

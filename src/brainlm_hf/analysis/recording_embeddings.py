@@ -1,71 +1,24 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """
-Per-recording embeddings: every recording is normalised by the processor, cut into windows that cover it, embedded by
-the encoder without masking in canonical token order (deterministic), pooled per window (`"cls"` or `"mean"`) and
-averaged over its windows.
-
-Windows: non-overlapping windows of `processor.num_timepoints` from the start, plus one window aligned to the end when
-the length is not a multiple of the window (it overlaps the one before), so that every timepoint is covered. A
-recording shorter than one window is an error.
+Per-recording embeddings: every recording is cut into windows by the processor (`BrainLMFeatureExtractor.windows`:
+normalised, covering every timepoint, one window aligned to the end when the length is not a multiple of the
+window), embedded by the encoder without masking in canonical token order (deterministic), pooled per window
+(`"cls"` or `"mean"`) and averaged over its windows. A recording shorter than one window is an error.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from ..modeling_brainlm import pool_tokens
+from ..inference import average_by_recording, map_windows
+from ..modeling_brainlm import BrainLMPreTrainedModel
 
 
-def window_starts(num_timepoints: int, window: int, stride: int | None = None) -> list[int]:
-    """
-    Starts of the windows that cover `num_timepoints`: every `stride` (default `window`: no overlap), plus one window
-    ending at the last timepoint when the others miss it. A recording shorter than one window is an error.
-    """
-    if num_timepoints < window:
-        raise ValueError(
-            f"A recording of {num_timepoints} timepoints is shorter than one window of {window}: leave it out or use "
-            "a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
-        )
-    if stride is not None and stride < 1:
-        raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
-    starts = list(range(0, num_timepoints - window + 1, stride or window))
-    if starts[-1] + window < num_timepoints:
-        starts.append(num_timepoints - window)
-    return starts
-
-
-def recording_windows(
-    processor: BrainLMFeatureExtractor, recordings, starts: Callable[[int], Sequence[int]] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """
-    Recordings `(T_i, V)` in atlas order -> windows `(W, V, num_timepoints)` in model order (normalised, float32) and
-    the recording index of each window `(W,)`. `starts(T_i)` gives each recording's window starts; by default the
-    covering windows of `window_starts`.
-    """
-    length = processor.num_timepoints
-    starts = starts or (lambda num_timepoints: window_starts(num_timepoints, length))
-    windows, owners = [], []
-    for index, recording in enumerate(recordings):
-        series = processor.normalize(np.asarray(recording), f"recording {index}")  # (T, V)
-        for start in starts(len(series)):
-            windows.append(processor.to_model_order(series[start : start + length].T))
-            owners.append(index)
-    return np.stack(windows).astype(np.float32, copy=False), np.asarray(owners)
-
-
-def average_by_recording(values: np.ndarray, owners: np.ndarray, num_recordings: int) -> np.ndarray:
-    """Mean of the rows of `values` `(W, D)` per recording index in `owners` `(W,)` -> `(R, D)`."""
-    sums = np.zeros((num_recordings, values.shape[1]), dtype=np.float64)
-    np.add.at(sums, owners, values)
-    return (sums / np.bincount(owners, minlength=num_recordings)[:, None]).astype(np.float32)
-
-
-@torch.no_grad()
 def embed_windows(
-    model,
+    model: BrainLMPreTrainedModel,
     signal_values: np.ndarray,
     coordinates: np.ndarray | None,
     pooling: str = "cls",
@@ -81,25 +34,16 @@ def embed_windows(
     `torch.bfloat16`) runs the encoder under autocast on that device.
     """
     encoder = model.base_model
-    device = torch.device(device) if device is not None else encoder.device
-    encoder = encoder.to(device).eval()
-    xyz = torch.from_numpy(np.asarray(coordinates, dtype=np.float32)).to(device) if coordinates is not None else None
-    starts = range(0, len(signal_values), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
+    num_regions, num_timepoints = signal_values.shape[1:]
 
-        starts = tqdm(starts, desc="embedding", unit="batch")
-    pooled = []
-    for start in starts:
-        batch = torch.from_numpy(signal_values[start : start + batch_size]).to(device)  # (b, V, T)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            outputs = encoder(batch, xyz)
-            pooled.append(pool_tokens(encoder, outputs, batch.shape, pooling).float().cpu())  # (b, H)
-    return torch.cat(pooled).numpy()
+    def pooled(batch, xyz, rows):
+        return encoder.pool(encoder(batch, xyz), num_regions, num_timepoints, pooling)  # (b, H)
+
+    return map_windows(encoder, signal_values, coordinates, pooled, batch_size, device, dtype, progress)
 
 
 def embed_recordings(
-    model,
+    model: BrainLMPreTrainedModel,
     processor: BrainLMFeatureExtractor,
     recordings: Sequence[np.ndarray] | Mapping[str, np.ndarray],
     pooling: str = "cls",
@@ -117,7 +61,7 @@ def embed_recordings(
     recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
     if not recordings:
         raise ValueError("embed_recordings needs at least one recording.")
-    windows, owners = recording_windows(processor, recordings)
+    windows, owners = processor.windows(recordings)  # (W, V, T), (W,)
     pooled = embed_windows(
         model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress
     )  # (W, H)
@@ -143,4 +87,4 @@ def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray) -> Path:
     return path
 
 
-__all__ = ["embed_recordings", "embed_windows", "recording_windows", "save_embeddings", "window_starts"]
+__all__ = ["embed_recordings", "embed_windows", "save_embeddings"]

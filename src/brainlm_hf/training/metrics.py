@@ -1,7 +1,11 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""Reconstruction metrics on masked timepoints, and the two model-free baselines they are compared with.
+"""Metrics: reconstruction on masked timepoints (with the two model-free baselines it is compared with), and the
+per-recording regression and classification metrics of fine-tuning and of the clinical benchmark.
 
-All metrics pool every masked value of the evaluation set (the paper evaluates on masked tokens):
+Arguments whose order matters are keyword-only (`predictions=`, `targets=`, `scores=`, `labels=`): R^2 is not
+symmetric, so a swapped call must not be possible.
+
+Reconstruction metrics pool every masked value of the evaluation set (the paper evaluates on masked tokens):
 `mse = mean((prediction - target)^2)`, `r2 = 1 - SSE / SST` with `SST` taken around the mean of the pooled masked
 targets, and `pearson_r` the correlation of the pooled masked predictions and targets. The same functions back the
 `evaluate` module shipped in the package (`evaluate.load(brainlm_hf.metrics.EVALUATE_MODULE)`, offline).
@@ -56,7 +60,7 @@ def baseline_predictions(signal, mask) -> dict[str, np.ndarray]:
     return {"region_mean": np.broadcast_to(region_mean, signal.shape), "linear_interpolation": interpolated}
 
 
-def regression_metrics(predictions, targets) -> dict[str, float]:
+def regression_metrics(*, predictions, targets) -> dict[str, float]:
     """
     Args:
         predictions, targets (array-like of shape `(R,)` or `(R, D)`): one row per recording, D targets.
@@ -81,19 +85,19 @@ def regression_metrics(predictions, targets) -> dict[str, float]:
     return result
 
 
-def classification_metrics(logits, labels) -> dict[str, float]:
+def classification_metrics(*, scores, labels) -> dict[str, float]:
     """
     Args:
-        logits (array-like of shape `(R, C)`): class scores (any monotonic scale), C >= 2.
+        scores (array-like of shape `(R, C)`): class scores on any monotonic scale (logits or probabilities), C >= 2.
         labels (array-like of shape `(R,)`): class indices.
 
     Returns `accuracy`, `balanced_accuracy` (mean recall over the classes present) and `auroc` (binary: the
     probability that a positive outranks a negative, ties counting half; multi-class: the mean one-vs-rest AUROC
     over classes that have both positives and negatives).
     """
-    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels).astype(int).reshape(-1)
+    logits, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int).reshape(-1)
     if logits.ndim != 2 or logits.shape[0] != len(labels) or logits.shape[1] < 2:
-        raise ValueError(f"Expected logits (R, C >= 2) and labels (R,), got {logits.shape} and {labels.shape}.")
+        raise ValueError(f"Expected scores (R, C >= 2) and labels (R,), got {logits.shape} and {labels.shape}.")
     predicted = logits.argmax(1)
     present = np.unique(labels)
     recalls = [np.mean(predicted[labels == c] == c) for c in present]

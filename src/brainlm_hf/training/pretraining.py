@@ -16,6 +16,7 @@ same. Design choices, each forced by a measured trap (see the README):
   positions; `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted run.
 """
 
+import itertools
 import json
 import math
 import re
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 
 from ..configuration_brainlm import PRESETS, BrainLMConfig
-from ..data.prepare import BrainLMCollator, WindowStream
+from ..data import BrainLMCollator, PreparedDataset, WindowStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..inference import map_windows
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from .metrics import baseline_predictions, masked_reconstruction_metrics
 
@@ -93,6 +95,26 @@ def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) 
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
+def pretrain(args: PretrainingArguments) -> dict:
+    """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
+    from accelerate.utils import set_seed
+
+    accelerator = _accelerator(args)
+    set_seed(args.seed)  # the same initial weights on every process
+    dataset = PreparedDataset(args.dataset)
+    model = build_model(args)
+    optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
+    model, optimizer = _prepare(accelerator, model, optimizer, args)
+    streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
+    state = TrainingState(streams=[[s.state_dict() for s in streams]] * accelerator.num_processes)
+    accelerator.register_for_checkpointing(scheduler, state)
+    if args.resume_from_checkpoint:
+        resume(accelerator, Path(args.output_dir), args.resume_from_checkpoint, state, streams)
+    _start_run(accelerator, args)
+    train(accelerator, model, optimizer, scheduler, state, streams, dataset, args)
+    return finish(accelerator, model, dataset, args)
+
+
 def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
     """A fresh model from a preset or a config.json, or a checkpoint to continue from."""
     overrides = {
@@ -105,179 +127,32 @@ def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
         for key, value in overrides.items():
             setattr(config, key, value)
     else:
-        return BrainLMForMaskedSignalModeling.from_pretrained(
+        model = BrainLMForMaskedSignalModeling.from_pretrained(
             args.model, attn_implementation=args.attn_implementation, **overrides
         )
+        return _with_checkpointing(model, args)
     config._attn_implementation = args.attn_implementation
-    return BrainLMForMaskedSignalModeling(config)
+    return _with_checkpointing(BrainLMForMaskedSignalModeling(config), args)
 
 
-def shard_files(dataset: str, split: str) -> list[str]:
-    """The Parquet shards of one split of a prepared dataset (local folder, or URL with a shard list)."""
-    if "://" in dataset:
-        import fsspec
-
-        filesystem, root = fsspec.core.url_to_fs(dataset)
-        return sorted(
-            f"{dataset.rstrip('/')}/{split}/{Path(p).name}" for p in filesystem.glob(f"{root}/{split}/*.parquet")
-        )
-    return sorted(str(p) for p in (Path(dataset) / split).glob("*.parquet"))
-
-
-def pretrain(args: PretrainingArguments) -> dict:
-    """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
+def build_optimizer(model, args: PretrainingArguments, num_processes: int):
+    """AdamW (no weight decay on biases, norms and special tokens) and a cosine schedule with warmup."""
     from transformers import get_cosine_schedule_with_warmup
 
-    output = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=args.report_to or None,
-        project_config=ProjectConfiguration(project_dir=str(output)),
-    )
-    set_seed(args.seed)  # the same initial weights on every process
-    processor = load_processor(args.dataset)
-    model = build_model(args)
-    if args.gradient_checkpointing:
-        model.activation_checkpointing_enable()
-
-    total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
+    total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
     learning_rate = args.learning_rate or args.base_learning_rate * total_batch / 256
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "token" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=learning_rate,
-        betas=(0.9, args.adam_beta2),
-    )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
-    if accelerator.state.deepspeed_plugin is not None:  # unprepared loaders: DeepSpeed cannot infer the batch size
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
-            args.per_device_train_batch_size
-        )
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    streams = _streams(args, processor, accelerator.process_index, accelerator.num_processes)
-    state = TrainingState(streams=[[s.state_dict() for s in streams]] * accelerator.num_processes)
-    accelerator.register_for_checkpointing(scheduler, state)
-    if args.resume_from_checkpoint:
-        accelerator.load_state(_checkpoint_path(output, args.resume_from_checkpoint))
-        for stream, stream_state in zip(streams, state.streams[accelerator.process_index], strict=True):
-            stream.load_state_dict(stream_state)
-    batch_size = args.per_device_train_batch_size
-    sources = [_full_batches(stream, _loader(stream, processor, batch_size), batch_size) for stream in streams]
-    unwrapped = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
-    accelerator.init_trackers("brainlm_pretraining", config={k: v for k, v in asdict(args).items() if v is not None})
-
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
-    log_path, started, windows_seen = output / "log.jsonl", time.perf_counter(), 0
-    model.train()
-    while state.step < args.max_steps:
-        step_loss = 0.0
-        for stream, source in zip(streams, sources, strict=True):  # one micro-batch per stream, then one step
-            batch, ids = next(source)
-            num_tokens = unwrapped.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
-            noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
-            with accelerator.accumulate(model):
-                out = model(**_to_device(batch, accelerator.device), noise=noise.to(accelerator.device))
-                accelerator.backward(out.loss)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            step_loss += out.loss.detach() / len(streams)
-            windows_seen += len(ids)
-        if not accelerator.sync_gradients:
-            raise RuntimeError("Gradient accumulation fell out of step with the streams.")
-        scheduler.step()
-        state.step += 1
-        loss = accelerator.reduce(step_loss, "mean").item()
-        progress.update(1)
-        if not math.isfinite(loss):
-            saved = save_checkpoint(accelerator, output, state, streams, args.save_total_limit, name="nan")
-            raise RuntimeError(f"The loss is {loss} at step {state.step}; the state was saved to {saved}.")
-        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            seconds = time.perf_counter() - started
-            windows = windows_seen * accelerator.num_processes
-            record = {
-                "step": state.step,
-                "loss": loss,
-                "learning_rate": scheduler.get_last_lr()[0],
-                "windows_per_s": windows / seconds,
-                "tokens_per_s": windows * num_tokens / seconds,
-                "windows": windows,  # since this process started the loop (resumes count afresh)
-                "elapsed_s": seconds,
-            }
-            accelerator.log(record, step=state.step)
-            if accelerator.is_main_process:
-                with log_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                progress.set_postfix(loss=f"{loss:.4f}", windows_per_s=f"{record['windows_per_s']:.1f}")
-        if state.step % args.save_steps == 0 or state.step == args.max_steps:
-            save_checkpoint(accelerator, output, state, streams, args.save_total_limit)
-        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
-            metrics = evaluate_reconstruction(accelerator.unwrap_model(model), processor, args)
-            accelerator.log({f"eval_{k}": v for k, v in metrics["model"].items()}, step=state.step)
-            model.train()
-    progress.close()
-
-    metrics = evaluate_reconstruction(accelerator.unwrap_model(model), processor, args)
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process calls it
-    if accelerator.is_main_process:
-        final = output / "final"
-        accelerator.unwrap_model(model).save_pretrained(final, state_dict=state_dict)
-        processor.save_pretrained(final)
-        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    accelerator.end_training()
-    return metrics
+    decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n}
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n not in decayed], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, args.adam_beta2))
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
 
 
-@torch.no_grad()
-def evaluate_reconstruction(model, processor: BrainLMFeatureExtractor, args: PretrainingArguments) -> dict:
-    """
-    Masked-timepoint MSE, R^2 and Pearson r of the model and of the two baselines, on the first `eval_windows`
-    windows of the validation split (4 crops per recording, fixed noise: the same windows and masks every time).
-    """
-    files = shard_files(args.dataset, args.validation_split)
-    if not files:
-        return {}
-    stream = WindowStream(files, processor, crops_per_recording=4, seed=args.seed)
-    items = [item for _, item in zip(range(args.eval_windows), stream, strict=False)]
-    batch = BrainLMCollator(processor)(items)
-    num_tokens = model.brainlm.embeddings.num_tokens(*batch["signal_values"].shape[1:])
-    noise = window_noise(args.seed, EVALUATION_EPOCH, [f"{item['id']}/{item['crop']}" for item in items], num_tokens)
-    model.eval()
-    device = next(model.parameters()).device
-    out = model(**_to_device(batch, device), noise=noise.to(device))
-    signal, mask = batch["signal_values"].numpy(), model.mask_to_signal(out.mask).float().cpu().numpy()
-    results = {"model": masked_reconstruction_metrics(out.logits.float().cpu().numpy(), signal, mask)}
-    for name, prediction in baseline_predictions(signal, mask).items():
-        results[name] = masked_reconstruction_metrics(prediction, signal, mask)
-    results["num_windows"] = len(items)
-    return results
-
-
-def load_processor(dataset: str) -> BrainLMFeatureExtractor:
-    """The feature extractor saved beside a prepared dataset (a local folder or an fsspec URL)."""
-    if "://" not in dataset:
-        return BrainLMFeatureExtractor.from_pretrained(dataset)
-    import tempfile
-
-    import fsspec
-
-    with tempfile.TemporaryDirectory() as folder, fsspec.open(f"{dataset.rstrip('/')}/preprocessor_config.json") as f:
-        (Path(folder) / "preprocessor_config.json").write_bytes(f.read())
-        return BrainLMFeatureExtractor.from_pretrained(folder)
-
-
-def _streams(args, processor, process_index: int, num_processes: int) -> list[WindowStream]:
-    files = shard_files(args.dataset, "train")
+def training_streams(args: PretrainingArguments, dataset: PreparedDataset, process_index: int, num_processes: int):
+    """This process's `gradient_accumulation_steps` streams, one per accumulation micro-step (see the module)."""
+    files = dataset.shards("train")
     count = num_processes * args.gradient_accumulation_steps
     if len(files) < count:
         raise ValueError(
@@ -288,7 +163,7 @@ def _streams(args, processor, process_index: int, num_processes: int) -> list[Wi
     return [
         WindowStream(
             files,
-            processor,
+            dataset.processor,
             crops_per_recording=args.crops_per_recording,
             seed=args.seed,
             rank=first + k,
@@ -298,20 +173,201 @@ def _streams(args, processor, process_index: int, num_processes: int) -> list[Wi
     ]
 
 
-def _loader(stream: WindowStream, processor, batch_size: int):
-    # own generator: creating an iterator must not draw from the global RNG (it would shift dropout after resume)
-    return torch.utils.data.DataLoader(
-        stream, batch_size=batch_size, collate_fn=_collate_with_ids(processor), generator=torch.Generator()
+def resume(accelerator, output: Path, checkpoint: str, state: TrainingState, streams: list[WindowStream]) -> None:
+    """Restore model, optimizer, scheduler, RNG and this process's stream positions from a checkpoint."""
+    accelerator.load_state(_checkpoint_path(output, checkpoint))
+    for stream, stream_state in zip(streams, state.streams[accelerator.process_index], strict=True):
+        stream.load_state_dict(stream_state)
+
+
+def train(accelerator, model, optimizer, scheduler, state: TrainingState, streams, dataset, args) -> None:
+    """Optimizer steps until `max_steps`: a micro-batch from every stream, then log, checkpoint and evaluate."""
+    from tqdm.auto import tqdm
+
+    output, batch_size = Path(args.output_dir), args.per_device_train_batch_size
+    sources = [_full_batches(stream, _loader(stream, dataset.processor, batch_size), batch_size) for stream in streams]
+    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+    meter = _Throughput(accelerator.num_processes)
+    model.train()
+    while state.step < args.max_steps:
+        loss = train_step(accelerator, model, optimizer, streams, sources, args, meter)
+        scheduler.step()
+        state.step += 1
+        progress.update(1)
+        if not math.isfinite(loss):
+            saved = save_checkpoint(accelerator, output, state, streams, args.save_total_limit, name="nan")
+            raise RuntimeError(f"The loss is {loss} at step {state.step}; the state was saved to {saved}.")
+        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
+            record = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0], **meter.read()}
+            _log(accelerator, output, record, progress)
+        if state.step % args.save_steps == 0 or state.step == args.max_steps:
+            save_checkpoint(accelerator, output, state, streams, args.save_total_limit)
+        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+            metrics = evaluate_reconstruction(accelerator.unwrap_model(model), dataset, args)
+            accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
+            model.train()
+    progress.close()
+
+
+def train_step(accelerator, model, optimizer, streams, sources, args, meter: "_Throughput") -> float:
+    """One optimizer step over one micro-batch of each stream; returns the loss averaged over streams and processes."""
+    step_loss = 0.0
+    for stream, source in zip(streams, sources, strict=True):
+        batch, ids = next(source)
+        num_tokens = accelerator.unwrap_model(model).num_tokens(*batch["signal_values"].shape[1:])
+        noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
+        with accelerator.accumulate(model):
+            out = model(**_to_device(batch, accelerator.device), noise=noise.to(accelerator.device))
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and args.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        step_loss += out.loss.detach() / len(streams)
+        meter.add(len(ids), num_tokens)
+    if not accelerator.sync_gradients:
+        raise RuntimeError("Gradient accumulation fell out of step with the streams.")
+    return accelerator.reduce(step_loss, "mean").item()
+
+
+def finish(accelerator, model, dataset: PreparedDataset, args: PretrainingArguments) -> dict:
+    """Final evaluation, `final/` (model + processor) and `metrics.json`; returns the metrics."""
+    metrics = evaluate_reconstruction(accelerator.unwrap_model(model), dataset, args)
+    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process calls it
+    if accelerator.is_main_process:
+        output = Path(args.output_dir)
+        accelerator.unwrap_model(model).save_pretrained(output / "final", state_dict=state_dict)
+        dataset.processor.save_pretrained(output / "final")
+        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.end_training()
+    return metrics
+
+
+@dataclass
+class WindowReconstructions:
+    """Held-out windows in model order with the model's reconstruction and mask (1 = masked), each `(W, V, T)`."""
+
+    signal: np.ndarray
+    prediction: np.ndarray
+    mask: np.ndarray
+
+    def metrics(self) -> dict:
+        """Masked-timepoint MSE, R^2 and Pearson r of the model and of the two model-free baselines."""
+        results = {"model": masked_reconstruction_metrics(self.prediction, self.signal, self.mask)}
+        for name, prediction in baseline_predictions(self.signal, self.mask).items():
+            results[name] = masked_reconstruction_metrics(prediction, self.signal, self.mask)
+        results["num_windows"] = len(self.signal)
+        return results
+
+
+def reconstruct_held_out(
+    model: BrainLMForMaskedSignalModeling,
+    processor: BrainLMFeatureExtractor,
+    shards: list[str],
+    max_windows: int | None = None,
+    crops_per_recording: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> WindowReconstructions:
+    """
+    The first `max_windows` windows (all by default) of `shards`, `crops_per_recording` per recording, reconstructed
+    with fixed masks (noise keyed by `(seed, EVALUATION_EPOCH, window id)`): the same windows and masks every time.
+    """
+    stream = WindowStream(shards, processor, crops_per_recording=crops_per_recording, seed=seed)
+    items = list(itertools.islice(stream, max_windows))
+    windows = np.stack([item["signal_values"] for item in items])  # (W, V, T)
+    ids = [f"{item['id']}/{item['crop']}" for item in items]
+    noise = window_noise(seed, EVALUATION_EPOCH, ids, model.num_tokens(*windows.shape[1:]))  # (W, L)
+
+    def reconstruct(batch, xyz, rows):
+        out = model(batch, xyz, noise=noise[rows].to(batch.device))
+        return out.logits, model.mask_to_signal(out.mask)
+
+    prediction, mask = map_windows(model, windows, processor.model_coordinates(), reconstruct, batch_size)
+    return WindowReconstructions(windows, prediction, mask)
+
+
+def evaluate_reconstruction(model, dataset: PreparedDataset, args: PretrainingArguments) -> dict:
+    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none)."""
+    shards = dataset.shards(args.validation_split)
+    if not shards:
+        return {}
+    return reconstruct_held_out(model, dataset.processor, shards, args.eval_windows, seed=args.seed).metrics()
+
+
+def _accelerator(args: PretrainingArguments):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to or None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir),
     )
 
 
-def _collate_with_ids(processor):
+def _with_checkpointing(model, args: PretrainingArguments):
+    if args.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model
+
+
+def _prepare(accelerator, model, optimizer, args: PretrainingArguments):
+    if accelerator.state.deepspeed_plugin is not None:  # unprepared loaders: DeepSpeed cannot infer the batch size
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+            args.per_device_train_batch_size
+        )
+    return accelerator.prepare(model, optimizer)  # the DataLoaders are not prepared: the streams shard the data
+
+
+def _start_run(accelerator, args: PretrainingArguments) -> None:
+    if accelerator.is_main_process:
+        output = Path(args.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
+    accelerator.init_trackers("brainlm_pretraining", config={k: v for k, v in asdict(args).items() if v is not None})
+
+
+class _Throughput:
+    """Windows and tokens trained on since this process started the loop (a resume counts afresh), all processes."""
+
+    def __init__(self, num_processes: int):
+        self.num_processes, self.windows, self.tokens, self.started = num_processes, 0, 0, time.perf_counter()
+
+    def add(self, windows: int, tokens_per_window: int) -> None:
+        self.windows += windows
+        self.tokens += windows * tokens_per_window
+
+    def read(self) -> dict:
+        seconds = time.perf_counter() - self.started
+        windows = self.windows * self.num_processes
+        return {
+            "windows_per_s": windows / seconds,
+            "tokens_per_s": self.tokens * self.num_processes / seconds,
+            "windows": windows,
+            "elapsed_s": seconds,
+        }
+
+
+def _log(accelerator, output: Path, record: dict, progress) -> None:
+    accelerator.log(record, step=record["step"])
+    if accelerator.is_main_process:
+        with (output / "log.jsonl").open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        progress.set_postfix(loss=f"{record['loss']:.4f}", windows_per_s=f"{record['windows_per_s']:.1f}")
+
+
+def _loader(stream: WindowStream, processor: BrainLMFeatureExtractor, batch_size: int):
+    # own generator: creating an iterator must not draw from the global RNG (it would shift dropout after resume)
     collate = BrainLMCollator(processor)
 
-    def collate_fn(items):
+    def collate_with_ids(items):
         return collate(items), [f"{item['id']}/{item['crop']}" for item in items]
 
-    return collate_fn
+    return torch.utils.data.DataLoader(
+        stream, batch_size=batch_size, collate_fn=collate_with_ids, generator=torch.Generator()
+    )
 
 
 def _full_batches(stream: WindowStream, loader, batch_size: int):
