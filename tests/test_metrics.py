@@ -44,3 +44,17 @@ def test_the_evaluate_module_loads_offline_and_agrees():
     expected = masked_reconstruction_metrics(prediction, target, mask)
     for key in ("mse", "r2", "pearson_r"):
         assert result[key] == pytest.approx(expected[key], rel=1e-5)
+
+
+def test_order_sensitive_metrics_take_keywords_only():
+    """R^2 is not symmetric: a positional (possibly swapped) call must be impossible."""
+    from brainlm_hf.training.metrics import classification_metrics, regression_metrics
+
+    targets, predictions = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 6.0])
+    with pytest.raises(TypeError):
+        regression_metrics(predictions, targets)
+    with pytest.raises(TypeError):
+        classification_metrics(np.eye(2), np.array([0, 1]))
+    right = regression_metrics(predictions=predictions, targets=targets)["r2"]
+    swapped = regression_metrics(predictions=targets, targets=predictions)["r2"]
+    assert right == pytest.approx(1 - 9 / 5) and swapped == pytest.approx(1 - 9 / 20.75)  # different: order matters

@@ -245,3 +245,18 @@ def test_presets():
     assert BrainLMConfig.from_preset("brainlm-small", mask_ratio=0.2).mask_ratio == 0.2
     with pytest.raises(ValueError, match="Available presets"):
         BrainLMConfig.from_preset("brainlm-xxl")
+
+
+def test_post_norm_blocks_are_their_own_layer_class_with_the_same_parameter_names(config):
+    from brainlm_hf.modeling_brainlm import BrainLMLayer, BrainLMPostNormLayer
+
+    pre = BrainLMForMaskedSignalModeling(config)
+    config.norm_position = "post"
+    post = BrainLMForMaskedSignalModeling(config)
+    assert {type(layer) for layer in [*pre.brainlm.layers, *pre.decoder.layers]} == {BrainLMLayer}
+    assert {type(layer) for layer in [*post.brainlm.layers, *post.decoder.layers]} == {BrainLMPostNormLayer}
+    assert list(pre.state_dict()) == list(post.state_dict())  # checkpoints unchanged
+    # a post-LN block normalises after each residual sum: its output rows have zero mean (LayerNorm bias 0 at init)
+    hidden = torch.randn(2, 5, config.hidden_size)
+    out, _ = post.brainlm.layers[0](hidden)
+    torch.testing.assert_close(out.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)

@@ -23,7 +23,7 @@ from ..modeling_brainlm import BrainLMPreTrainedModel
 
 
 @contextmanager
-def eager_attention(model):
+def eager_attention(model: BrainLMPreTrainedModel):
     """Run the block with `model` under eager attention, restoring its implementation (sdpa, flash, ...) after."""
     original = model.config._attn_implementation
     if original != "eager":

@@ -135,7 +135,7 @@ def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
     return _with_checkpointing(BrainLMForMaskedSignalModeling(config), args)
 
 
-def build_optimizer(model, args: PretrainingArguments, num_processes: int):
+def build_optimizer(model: BrainLMForMaskedSignalModeling, args: PretrainingArguments, num_processes: int):
     """AdamW (no weight decay on biases, norms and special tokens) and a cosine schedule with warmup."""
     from transformers import get_cosine_schedule_with_warmup
 
@@ -287,7 +287,9 @@ def reconstruct_held_out(
     return WindowReconstructions(windows, prediction, mask)
 
 
-def evaluate_reconstruction(model, dataset: PreparedDataset, args: PretrainingArguments) -> dict:
+def evaluate_reconstruction(
+    model: BrainLMForMaskedSignalModeling, dataset: PreparedDataset, args: PretrainingArguments
+) -> dict:
     """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none)."""
     shards = dataset.shards(args.validation_split)
     if not shards:
