@@ -206,7 +206,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Which data this run used: real or stand-in atlas, the tests run on the stand-in, those that could not run."""
     write = terminalreporter.write_line
     terminalreporter.section("brainlm_hf test data")
-    reference = "present: the vendored copy is checked against it" if has_real("reference") else "absent"
+    reference = "present (test_reference_fixtures compares the two)" if has_real("reference") else "absent"
     write(f"reference numbers: vendored tests/fixtures/reference; {SHARED / 'reference'} {reference}")
     ran = {report.nodeid for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])}
     if has_real("atlas"):
