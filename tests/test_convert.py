@@ -1,10 +1,7 @@
 """Conversion refuses what it cannot convert exactly, and names the problem."""
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 from brainlm_hf.convert import (
@@ -15,14 +12,13 @@ from brainlm_hf.convert import (
     rename_key,
 )
 
-from .conftest import shared_path
+from .conftest import reference_json, reference_tensors
 
 CASES = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
 
 
 def original(case):
-    config = json.loads(shared_path("reference", case, CASES[case], "config.json").read_text())
-    return load_file(shared_path("reference", case, "model.safetensors")), config
+    return reference_tensors(case, "model.safetensors"), reference_json(case, CASES[case], "config.json")
 
 
 @pytest.mark.parametrize(
@@ -124,7 +120,7 @@ MANIFESTS = {
 
 @pytest.mark.parametrize("preset", MANIFESTS)
 def test_presets_build_the_released_architectures_and_every_manifest_key_is_accounted_for(preset):
-    manifest = json.loads(shared_path("reference", "manifests", MANIFESTS[preset]).read_text())
+    manifest = reference_json("manifests", MANIFESTS[preset])
     config = BrainLMConfig.from_preset(preset)
     translated = original_config_to_brainlm(manifest["config"])
     assert translated.to_diff_dict() == config.to_diff_dict()

@@ -12,13 +12,12 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
-from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from brainlm_hf.cli import main
 from brainlm_hf.convert import convert_checkpoint, model_from_original, render_model_card
 
-from .conftest import shared_path
+from .conftest import reference_bytes, reference_file, reference_marks, reference_tensors
 
 RUNS = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
 CONVERTED_FILES = {
@@ -36,26 +35,26 @@ def original_folder(tmp_path, case, weights_format="safetensors"):
     """An original Trainer checkpoint folder: config.json, weights, and Trainer files that must be ignored."""
     folder = tmp_path / f"original_{case}"
     folder.mkdir()
-    shutil.copy(shared_path("reference", case, RUNS[case], "config.json"), folder / "config.json")
+    shutil.copy(reference_file(case, RUNS[case], "config.json"), folder / "config.json")
     if weights_format == "safetensors":
-        shutil.copy(shared_path("reference", case, "model.safetensors"), folder / "model.safetensors")
+        (folder / "model.safetensors").write_bytes(reference_bytes(case, "model.safetensors"))
     else:
-        torch.save(load_file(shared_path("reference", case, "model.safetensors")), folder / "pytorch_model.bin")
+        torch.save(reference_tensors(case, "model.safetensors"), folder / "pytorch_model.bin")
     (folder / "optimizer.pt").write_bytes(b"not read")
     (folder / "trainer_state.json").write_text("{}")
     return folder
 
 
-def coordinates_file():
-    return str(shared_path("atlases", "A424_Coordinates.dat"))
+def coordinates_file(a424_folder):
+    return str(a424_folder / "A424_Coordinates.dat")
 
 
 @pytest.mark.parametrize("weights_format", ["safetensors", "bin"])
-@pytest.mark.parametrize("case", RUNS)
-def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, case, weights_format):
+@pytest.mark.parametrize("case", [pytest.param(case, marks=reference_marks(case)) for case in RUNS])
+def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, case, weights_format, a424_folder):
     source = original_folder(tmp_path, case, weights_format)
     out = tmp_path / "converted"
-    convert_checkpoint(str(source), str(out), atlas_coordinates=coordinates_file())
+    convert_checkpoint(str(source), str(out), atlas_coordinates=coordinates_file(a424_folder))
     assert {p.name for p in out.iterdir()} == CONVERTED_FILES
     model, info = AutoModelForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -63,24 +62,24 @@ def test_converted_folder_loads_strictly_and_reproduces_the_original(tmp_path, c
     assert not info["missing_keys"] and not info["unexpected_keys"]  # the decoder's keys are the only ones let through
 
     original_config = json.loads((source / "config.json").read_text())
-    inputs = load_file(shared_path("reference", case, RUNS[case], "inputs.safetensors"))
-    expected = load_file(shared_path("reference", case, RUNS[case], "outputs.safetensors"))
+    inputs = reference_tensors(case, RUNS[case], "inputs.safetensors", a424=a424_folder)
+    expected = reference_tensors(case, RUNS[case], "outputs.safetensors")
     with torch.no_grad():
         out_logits = model.eval()(inputs["signal_vectors"], inputs["xyz_vectors"], noise=inputs["noise"]).logits
     torch.testing.assert_close(out_logits, expected["logits"].reshape(out_logits.shape), atol=1e-4, rtol=1e-4)
-    reference = model_from_original(load_file(shared_path("reference", case, "model.safetensors")), original_config)
+    reference = model_from_original(reference_tensors(case, "model.safetensors"), original_config)
     for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert torch.equal(encoder.embeddings.cls_token, model.brainlm.embeddings.cls_token)
 
 
-def test_released_family_processor_holds_the_y_order_and_scale(tmp_path):
+def test_released_family_processor_holds_the_y_order_and_scale(tmp_path, a424_folder):
     out = tmp_path / "converted"
     convert_checkpoint(
-        str(original_folder(tmp_path, "vitmae_pad_small")), str(out), atlas_coordinates=coordinates_file()
+        str(original_folder(tmp_path, "vitmae_pad_small")), str(out), atlas_coordinates=coordinates_file(a424_folder)
     )
     extractor = AutoFeatureExtractor.from_pretrained(out)
-    coordinates = np.loadtxt(coordinates_file())[:, 1:4]
+    coordinates = np.loadtxt(coordinates_file(a424_folder))[:, 1:4]
     assert extractor.region_order == np.argsort(coordinates[:, 1], kind="stable").tolist()
     assert extractor.input_scale == 5.6430855
     y = np.asarray(extractor.to_model_order(np.asarray(extractor.coordinates)))[:, 1]
@@ -111,12 +110,12 @@ def test_model_card_is_rendered(tmp_path):
 
 
 @pytest.mark.parametrize("case, preset", [("brainlm_small", "brainlm-111m"), ("vitmae_pad_small", "brainlm-13m")])
-def test_a_checkpoint_offered_as_another_release_is_refused(tmp_path, case, preset):
+def test_a_checkpoint_offered_as_another_release_is_refused(tmp_path, case, preset, a424_folder):
     with pytest.raises(ValueError, match=f"architecture is not {preset}"):
         convert_checkpoint(
             str(original_folder(tmp_path, case)),
             str(tmp_path / "out"),
-            atlas_coordinates=coordinates_file(),
+            atlas_coordinates=coordinates_file(a424_folder),
             expected_preset=preset,
         )
 
@@ -140,10 +139,11 @@ def test_hub_sources_are_downloaded_through_hf_hub_download(tmp_path):
     assert "vandijklab/brainlm/old_13M" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
+def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folder):
     source = original_folder(tmp_path, "vitmae_pad_small")
+    coordinates = coordinates_file(a424_folder)
     with pytest.raises(ValueError, match="CC BY-NC-ND 4.0"):
-        convert_checkpoint(str(source), str(tmp_path / "a"), atlas_coordinates=coordinates_file(), push_to_hub="me/x")
+        convert_checkpoint(str(source), str(tmp_path / "a"), atlas_coordinates=coordinates, push_to_hub="me/x")
     commits = []
     with (
         mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm")) as create,
@@ -152,7 +152,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path):
         convert_checkpoint(
             str(source),
             str(tmp_path / "b"),
-            atlas_coordinates=coordinates_file(),
+            atlas_coordinates=coordinates,
             push_to_hub="me/brainlm",
             accept_weights_license=True,
         )

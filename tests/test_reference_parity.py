@@ -1,10 +1,9 @@
-"""Converted original checkpoints reproduce the original BrainLM code's outputs (../shared/reference fixtures).
+"""Converted original checkpoints reproduce the original BrainLM code's outputs (tests/fixtures/reference).
 
 Every case and run of `index.json` is covered, under eager and sdpa attention. `mask_ratio_0.00` (the original's
 random token order at mask ratio 0) is checked through our unshuffled model against `mask_ratio_0.00_identity_order`.
+The original inputs of `brainlm_small` hold the real A424 coordinates (not vendored): its runs need the real atlas.
 """
-
-import json
 
 import pytest
 import torch
@@ -12,24 +11,28 @@ from safetensors.torch import load_file
 
 from brainlm_hf.convert import model_from_original
 
-from .conftest import shared_path
+from .conftest import reference_json, reference_marks, reference_tensors, shared_path
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # the reference README's recommendation (float32 vs float64: <= 2.3e-5)
 
 
 def runs():
-    index = json.loads(shared_path("reference", "index.json").read_text())
-    return [(case, run) for case, spec in index["cases"].items() for run in spec["runs"]]
+    index = reference_json("index.json")
+    return [
+        pytest.param(case, run, marks=reference_marks(case))
+        for case, spec in index["cases"].items()
+        for run in spec["runs"]
+    ]
 
 
-def load_run(case: str, run: str):
+def load_run(case: str, run: str, a424_folder):
     if run == "mask_ratio_0.00":  # our model never shuffles at mask ratio 0: compare with the identity-order run
         run = "mask_ratio_0.00_identity_order"
-    folder = ("reference", case, run)
-    original_config = json.loads(shared_path(*folder, "config.json").read_text())
-    model = model_from_original(load_file(shared_path("reference", case, "model.safetensors")), original_config)
+    original_config = reference_json(case, run, "config.json")
+    model = model_from_original(reference_tensors(case, "model.safetensors"), original_config)
     tensors = {
-        name: load_file(shared_path(*folder, f"{name}.safetensors")) for name in ("inputs", "outputs", "intermediates")
+        "inputs": reference_tensors(case, run, "inputs.safetensors", a424=a424_folder),
+        "outputs": reference_tensors(case, run, "outputs.safetensors"),
     }
     return model, original_config, tensors
 
@@ -45,8 +48,8 @@ def by_token(last_hidden_state: torch.Tensor, ids_restore: torch.Tensor) -> torc
 
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("case, run", runs())
-def test_outputs_match_the_original(case, run, attn_implementation):
-    model, original_config, tensors = load_run(case, run)
+def test_outputs_match_the_original(case, run, attn_implementation, a424_folder):
+    model, original_config, tensors = load_run(case, run, a424_folder)
     inputs, expected = tensors["inputs"], tensors["outputs"]
     model.set_attn_implementation(attn_implementation)
     with torch.no_grad():
@@ -77,12 +80,18 @@ def test_outputs_match_the_original(case, run, attn_implementation):
         torch.testing.assert_close(out.loss, expected["loss"], atol=0, rtol=1e-5)
 
 
+@pytest.mark.real_data("reference")  # the intermediates are not vendored
 @pytest.mark.parametrize(
-    "case, run", [("brainlm_small", "mask_ratio_0.20"), ("vitmae_pad_small", "auto_encode_mask_ratio_0.75")]
+    "case, run",
+    [
+        pytest.param(case, run, marks=reference_marks(case))
+        for case, run in [("brainlm_small", "mask_ratio_0.20"), ("vitmae_pad_small", "auto_encode_mask_ratio_0.75")]
+    ],
 )
-def test_intermediates_match_the_original(case, run):
-    model, original_config, tensors = load_run(case, run)
-    inputs, expected = tensors["inputs"], tensors["intermediates"]
+def test_intermediates_match_the_original(case, run, a424_folder):
+    model, original_config, tensors = load_run(case, run, a424_folder)
+    inputs = tensors["inputs"]
+    expected = load_file(shared_path("reference", case, run, "intermediates.safetensors"))
     with torch.no_grad():
         out = model.brainlm(
             inputs["signal_vectors"],
@@ -100,10 +109,11 @@ def test_intermediates_match_the_original(case, run):
         )
 
 
-def test_mask_ratio_zero_is_canonical_where_the_original_shuffles():
+@pytest.mark.real_data("atlas")  # the brainlm_small inputs
+def test_mask_ratio_zero_is_canonical_where_the_original_shuffles(a424_folder):
     """At mask ratio 0 the original's output depends on its random token order; ours equals the identity order."""
-    model, _, identity = load_run("brainlm_small", "mask_ratio_0.00")
-    shuffled = load_file(shared_path("reference", "brainlm_small", "mask_ratio_0.00", "outputs.safetensors"))
+    model, _, identity = load_run("brainlm_small", "mask_ratio_0.00", a424_folder)
+    shuffled = reference_tensors("brainlm_small", "mask_ratio_0.00", "outputs.safetensors")
     inputs = identity["inputs"]
     with torch.no_grad():
         ours = model.brainlm(inputs["signal_vectors"], inputs["xyz_vectors"]).last_hidden_state[:, 0]
