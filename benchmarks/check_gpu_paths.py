@@ -41,9 +41,9 @@ def main(device: str = "cuda"):
         name = "bf16" if dtype else "fp32"
         print(f"embeddings {device} {name} vs cpu fp32: max |diff| {np.abs(on_gpu - reference).max():.2e}")
 
-    untrained = build_classifier(folder, 1, "regression", label_mean=[float(levels.mean())], label_std=[1.0]).to(
-        device
-    )
+    untrained = build_classifier(
+        folder, 1, "regression", label_stats={"mean": [float(levels.mean())], "std": [1.0]}
+    ).to(device)
     before = regression_metrics(predictions=predict_recordings(untrained, processor, recordings), targets=levels)[
         "mse"
     ]

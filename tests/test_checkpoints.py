@@ -69,11 +69,20 @@ def test_encoder_loads_from_a_pretraining_checkpoint(pretrained, inputs):
     assert torch.equal(encoder(**inputs).last_hidden_state, model.brainlm(**inputs).last_hidden_state)
 
 
-def test_pretraining_model_refuses_an_encoder_only_checkpoint(pretrained, tmp_path):
-    model, _ = pretrained
+def test_pretraining_model_from_an_encoder_checkpoint_gets_a_new_decoder(pretrained, tmp_path, caplog):
+    """A decoder absent as a whole is created with a warning naming it; a partly present one stays an error."""
+    model, path = pretrained
     model.brainlm.save_pretrained(tmp_path / "encoder")
-    with pytest.raises(ValueError, match="missing_keys.*decoder"):
-        BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "encoder")
+    with caplog.at_level("WARNING"):
+        loaded = BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "encoder")
+    assert "no `decoder.` weights" in caplog.text and "decoder.decoder_embed.weight" in caplog.text
+    for name, value in model.brainlm.state_dict().items():
+        assert torch.equal(loaded.brainlm.state_dict()[name], value), name
+    weights = load_file(path / "model.safetensors")
+    del weights["decoder.decoder_norm.bias"]
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys.*decoder.decoder_norm.bias"):
+        BrainLMForMaskedSignalModeling.from_pretrained(path)
 
 
 def test_missing_and_unexpected_keys_raise_and_are_listed(pretrained):

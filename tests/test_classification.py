@@ -121,7 +121,7 @@ def test_losses_match_the_standard_definitions(config, inputs):
 
 def test_multi_target_regression_scales_labels(config, inputs):
     mean, std = [10.0, -3.0], [2.0, 0.5]
-    scaled = classifier(config, num_labels=2, problem_type="regression", label_mean=mean, label_std=std)
+    scaled = classifier(config, num_labels=2, problem_type="regression", label_stats={"mean": mean, "std": std})
     plain = classifier(config, num_labels=2, problem_type="regression")
     labels = torch.tensor([[12.0, -3.5], [8.0, -2.0], [10.0, -3.0]])
     out, raw = scaled(**inputs, labels=labels), plain(**inputs)  # same weights (same seed)
@@ -129,10 +129,13 @@ def test_multi_target_regression_scales_labels(config, inputs):
     assert torch.allclose(out.logits, z * torch.tensor(std) + torch.tensor(mean), atol=1e-6)  # label units
     standardised = (labels - torch.tensor(mean)) / torch.tensor(std)
     assert torch.allclose(out.loss, ((z - standardised) ** 2).mean(), atol=1e-6)  # loss on the standardised scale
-    with pytest.raises(StrictDataclassError, match="one value per target"):
-        BrainLMConfig(num_labels=2, label_mean=[0.0], label_std=[1.0])
+    with pytest.raises(StrictDataclassError, match="one mean and one std per target"):
+        BrainLMConfig(num_labels=2, label_stats={"mean": [0.0], "std": [1.0]})
     with pytest.raises(StrictDataclassError, match="both"):
-        BrainLMConfig(num_labels=1, label_mean=[0.0])
+        BrainLMConfig(num_labels=1, label_stats={"mean": [0.0]})
+    # configs saved with the former `label_mean` / `label_std` keys load into `label_stats`
+    legacy = BrainLMConfig(num_labels=2, problem_type="regression", label_mean=mean, label_std=std)
+    assert legacy.label_stats == {"mean": mean, "std": std} and not hasattr(legacy, "label_mean")
 
 
 def test_frozen_encoder_trains_only_the_head(config, inputs):

@@ -47,7 +47,7 @@ def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained,
     recordings, levels = cohort(24)
     torch.manual_seed(0)
     untrained = build_classifier(
-        str(path), 1, "regression", label_mean=[float(levels.mean())], label_std=[float(levels.std())]
+        str(path), 1, "regression", label_stats={"mean": [float(levels.mean())], "std": [float(levels.std())]}
     )
     before = regression_metrics(predictions=predict_recordings(untrained, processor, recordings), targets=levels)[
         "mse"
@@ -59,7 +59,10 @@ def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained,
     predictions = predict_recordings(model, processor, recordings)
     after = regression_metrics(predictions=predictions, targets=levels)["mse"]
     assert after < 0.5 * before, (before, after)
-    assert model.config.label_mean == pytest.approx([levels.mean()]) and model.config.problem_type == "regression"
+    assert (
+        model.config.label_stats["mean"] == pytest.approx([levels.mean()])
+        and model.config.problem_type == "regression"
+    )
     model.save_pretrained(tmp_path / "final")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final")
     assert type(reloaded) is BrainLMForSequenceClassification
@@ -109,7 +112,10 @@ def test_label_encoding():
     with pytest.raises(ValueError, match="constant"):
         encode_labels("regression", [[1.0, 2.0], [1.0, 3.0]])
     (train,), config = encode_labels("regression", [[1.0, 2.0], [3.0, 6.0]])
-    assert train.shape == (2, 2) and config == {"num_labels": 2, "label_mean": [2.0, 4.0], "label_std": [1.0, 2.0]}
+    assert train.shape == (2, 2) and config == {
+        "num_labels": 2,
+        "label_stats": {"mean": [2.0, 4.0], "std": [1.0, 2.0]},
+    }
 
 
 def test_metrics_match_scikit_learn():

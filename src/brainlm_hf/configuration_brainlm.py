@@ -1,8 +1,18 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """BrainLM model configuration."""
 
+import dataclasses
+import difflib
+import math
+from typing import ClassVar
+
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
+from transformers.activations import ACT2CLS
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 _RELEASED_DECODER = {
     "decoder_hidden_size": 512,
@@ -158,10 +168,19 @@ class BrainLMConfig(PreTrainedConfig):
         auxiliary_reconstruction_weight (`float`, defaults to 0.0):
             If > 0, `BrainLMForSequenceClassification` keeps the decoder and, in training, masks `mask_ratio` of the
             tokens and adds this weight times the masked reconstruction loss to the label loss.
-        label_mean, label_std (`list[float]`, *optional*):
-            Regression only: per-target statistics of the training labels. The head predicts standardised targets
-            (the loss is taken on that scale, so every target weighs the same) and `logits` are returned in label
-            units, `z * label_std + label_mean`.
+        label_stats (`dict`, *optional*):
+            Regression only: `{"mean": [...], "std": [...]}`, per-target statistics of the training labels. The head
+            predicts standardised targets (the loss is taken on that scale, so every target weighs the same) and
+            `logits` are returned in label units, `z * std + mean`. (Not two fields named `label_mean` /
+            `label_std`: generic tooling reads a field ending in `_std` or `_mean` as an initialiser scale. Configs
+            saved with those two keys still load.)
+        reject_unknown_keys (`bool`, *optional*, not saved):
+            A keyword that is not a field of this configuration (e.g. a misspelt `mask_ratoi`, in code or in a
+            `config.json`) is reported with a warning that lists it; pass `reject_unknown_keys=True`, or set
+            `BrainLMConfig.reject_unknown_keys = True`, to make it a `ValueError` instead.
+
+    Every field is checked at construction: a value the model cannot be built from (`num_attention_heads=0`, a
+    negative layer count, `patch_size=0`, an unknown `hidden_act`, ...) raises a `ValueError` naming the field.
 
     Example:
 
@@ -205,29 +224,46 @@ class BrainLMConfig(PreTrainedConfig):
     classifier_dropout: float | int = 0.0
     freeze_encoder: bool = False
     auxiliary_reconstruction_weight: float | int = 0.0
-    label_mean: list[float] | None = None
-    label_std: list[float] | None = None
+    label_stats: dict[str, list[float | int]] | None = None
+
+    reject_unknown_keys: ClassVar[bool] = False
 
     def __post_init__(self, **kwargs):
+        # configs saved before `label_stats` existed carry the two lists as separate keys
+        legacy = {key: kwargs.pop(f"label_{key}", None) for key in ("mean", "std")}
+        if self.label_stats is None and legacy != {"mean": None, "std": None}:
+            self.label_stats = legacy
+        _report_unknown_keys(kwargs, kwargs.pop("reject_unknown_keys", self.reject_unknown_keys))
         # Hub-ready by default: a saved checkpoint names every Auto class it can be loaded with (remote code).
         if getattr(self, "auto_map", None) is None:
             self.auto_map = dict(_AUTO_MAP)
         super().__post_init__(**kwargs)
+        self.check_values()  # a plain ValueError at construction (strict validators would wrap it)
 
     def validate_architecture(self):
         """Checked at construction (strict dataclass validator; assignments are only type-checked)."""
         super().validate_architecture()
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Raise a `ValueError` naming the first field whose value the model cannot be built from."""
+        for name in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "patch_size"):
+            _at_least(name, getattr(self, name), 1)
+        for name in ("decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size"):
+            _at_least(name, getattr(self, name), 1)
+        _at_least("decoder_num_hidden_layers", self.decoder_num_hidden_layers, 0)
         for width, heads, name in (
             (self.hidden_size, self.num_attention_heads, ""),
             (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_"),
         ):
             if width % heads != 0:
-                raise ValueError(
+                raise ConfigValueError(
                     f"{name}hidden_size ({width}) must be a multiple of {name}num_attention_heads ({heads})."
                 )
         tiles = self.token_layout == "tile_2d"
         choices = {
             "token_layout": tuple(MASK_STRATEGIES),
+            "hidden_act": tuple(sorted(ACT2CLS)),
             "norm_position": ("pre", "post"),
             "decoder_head": ("linear", "mlp"),
             "mask_strategy": MASK_STRATEGIES.get(self.token_layout, ()),
@@ -237,43 +273,55 @@ class BrainLMConfig(PreTrainedConfig):
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}.")
+                raise ConfigValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "mask_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("layer_norm_eps", "coordinate_scale"):
+            if not 0.0 < getattr(self, name) < math.inf:
+                raise ConfigValueError(f"{name} must be positive and finite, got {getattr(self, name)}.")
+        if not 0.0 <= self.initializer_range < math.inf:
+            raise ConfigValueError(f"initializer_range must be >= 0 and finite, got {self.initializer_range}.")
         if self.value_conv_kernel_size < 0 or (self.value_conv_kernel_size and self.value_conv_kernel_size % 2 == 0):
-            raise ValueError(f"value_conv_kernel_size must be 0 (off) or odd, got {self.value_conv_kernel_size}.")
-        if self.patch_size < 1:
-            raise ValueError(f"patch_size must be positive, got {self.patch_size}.")
+            raise ConfigValueError(
+                f"value_conv_kernel_size must be 0 (off) or odd, got {self.value_conv_kernel_size}."
+            )
         # sin/cos encodings split the width in sin and cos halves (and in two axes for tiles)
         multiple = 4 if tiles else 2
         if self.hidden_size % multiple or self.decoder_hidden_size % multiple:
-            raise ValueError(
+            raise ConfigValueError(
                 f"hidden_size and decoder_hidden_size must be multiples of {multiple} for {self.token_layout}."
             )
-        self._validate_head()
+        self._check_head()
         if tiles and (self.image_size < self.patch_size or self.image_size % self.patch_size):
-            raise ValueError(
+            raise ConfigValueError(
                 f"token_layout='tile_2d' needs image_size (the padded square side) to be a positive multiple of "
                 f"patch_size ({self.patch_size}), got {self.image_size}."
             )
 
-    def _validate_head(self):
+    def _check_head(self):
         if self.auxiliary_reconstruction_weight < 0:
-            raise ValueError(
+            raise ConfigValueError(
                 f"auxiliary_reconstruction_weight must be >= 0, got {self.auxiliary_reconstruction_weight}."
             )
         if self.freeze_encoder and self.auxiliary_reconstruction_weight > 0:
-            raise ValueError("freeze_encoder=True with an auxiliary reconstruction loss trains nothing it could help.")
-        if (self.label_mean is None) != (self.label_std is None):
-            raise ValueError("Give both label_mean and label_std (per-target label scaling), or neither.")
-        if self.label_mean is not None:
-            if len(self.label_mean) != self.num_labels or len(self.label_std) != self.num_labels:
-                raise ValueError(
-                    f"label_mean/label_std need one value per target: num_labels is {self.num_labels}, got "
-                    f"{len(self.label_mean)} and {len(self.label_std)}."
-                )
-            if min(self.label_std) <= 0:
-                raise ValueError(f"label_std must be positive, got {self.label_std}.")
+            raise ConfigValueError(
+                "freeze_encoder=True with an auxiliary reconstruction loss trains nothing it could help."
+            )
+        if self.label_stats is None:
+            return
+        if set(self.label_stats) != {"mean", "std"} or None in self.label_stats.values():
+            raise ConfigValueError(
+                f"label_stats needs both 'mean' and 'std' (per-target label scaling), got {self.label_stats}."
+            )
+        mean, std = self.label_stats["mean"], self.label_stats["std"]
+        if len(mean) != self.num_labels or len(std) != self.num_labels:
+            raise ConfigValueError(
+                f"label_stats needs one mean and one std per target: num_labels is {self.num_labels}, got "
+                f"{len(mean)} and {len(std)}."
+            )
+        if min(std) <= 0:
+            raise ConfigValueError(f"label_stats['std'] must be positive, got {std}.")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "BrainLMConfig":
@@ -283,4 +331,41 @@ class BrainLMConfig(PreTrainedConfig):
         return cls(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["MASK_STRATEGIES", "PRESETS", "BrainLMConfig"]
+class ConfigValueError(ValueError, StrictDataclassError):
+    """A configuration value the model cannot be built from: a `ValueError`, and a `StrictDataclassError` like the
+    validation errors of transformers' own dataclass configs."""
+
+
+def _at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigValueError(f"{name} must be at least {minimum}, got {value}.")
+
+
+# keyword arguments that transformers' `PreTrainedConfig` consumes or that saved configs carry besides the fields
+_KNOWN_KEYS = {
+    "num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions",
+    "attn_implementation", "experts_implementation", "per_layer_config", "_attn_implementation_internal",
+    "_experts_implementation_internal", "model_type", "auto_map", "rope_scaling", "rope_theta",
+}  # fmt: skip
+
+
+def _report_unknown_keys(kwargs: dict, reject: bool) -> None:
+    """Warn about (or, with `reject`, refuse) keywords that no field or transformers convention takes."""
+    from transformers import GenerationConfig
+
+    known = _KNOWN_KEYS | set(GenerationConfig._get_default_generation_params())
+    unknown = sorted(set(kwargs) - known)
+    if not unknown:
+        return
+    fields = [f.name for f in dataclasses.fields(BrainLMConfig)]
+    hints = [
+        f"{key} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(key, fields, n=1)) else key
+        for key in unknown
+    ]
+    message = f"BrainLMConfig got keys that are not among its fields: {', '.join(hints)}."
+    if reject:
+        raise ValueError(message)
+    logger.warning(message + " They are kept as plain attributes and used by nothing.")
+
+
+__all__ = ["MASK_STRATEGIES", "PRESETS", "BrainLMConfig", "ConfigValueError"]

@@ -129,6 +129,12 @@ class RegionWindowLayout:
     def check_signal(self, num_regions: int, num_timepoints: int) -> None:
         """Raise a `ValueError` for a signal shape this layout cannot cut into tokens."""
         if num_timepoints % self.patch_size != 0:
+            if num_regions % self.patch_size == 0:
+                raise ValueError(
+                    f"The number of timepoints ({num_timepoints}) is not a multiple of patch_size "
+                    f"({self.patch_size}) but the number of regions ({num_regions}) is: is the input transposed? "
+                    "signal_values must be (batch, regions, timepoints); use signal_values.transpose(1, 2)."
+                )
             raise ValueError(
                 f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({self.patch_size});"
                 f" crop the recording to {num_timepoints - num_timepoints % self.patch_size} timepoints or use the "
@@ -297,6 +303,31 @@ def layout_for(config: BrainLMConfig) -> TokenLayout:
     return {layout.name: layout for layout in (RegionWindowLayout, TileLayout)}[config.token_layout](config)
 
 
+MAX_INPUT_MAGNITUDE = 1e15  # beyond it squared errors and LayerNorm variances overflow float32 (max 3.4e38)
+
+
+def as_model_input(name: str, value, dtype: torch.dtype) -> torch.Tensor | None:
+    """
+    `value` as a floating-point tensor of the model's `dtype`: float64 (numpy's default), float16 and bfloat16
+    inputs are cast, numpy arrays converted; integer, boolean or complex values are refused.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise TypeError(
+                f"{name} must be a torch tensor, got {type(value).__name__}; pass a torch tensor."
+            ) from error
+    if value.is_complex() or not value.is_floating_point():
+        raise ValueError(
+            f"{name} has dtype {value.dtype}; BrainLM reads real floating-point values: convert them with "
+            f"{name}.float() (and check that they are the signal you mean to pass)."
+        )
+    return value.to(dtype)
+
+
 def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
     """Raise a `ValueError` naming the problem and the fix for inputs the model cannot read."""
     if signal_values.dim() != 3:
@@ -305,6 +336,11 @@ def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinate
             "add a batch dimension with signal_values[None] for a single recording."
         )
     batch_size, num_regions, num_timepoints = signal_values.shape
+    if 0 in signal_values.shape:
+        raise ValueError(
+            f"signal_values {tuple(signal_values.shape)} is empty: every batch needs at least one recording, one "
+            "region and one window of timepoints."
+        )
     layout.check_signal(num_regions, num_timepoints)
     if not layout.uses_coordinates:
         coordinates = None  # any value is accepted and ignored
@@ -317,13 +353,26 @@ def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinate
         )
     elif coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
         raise ValueError(f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).")
-    if torch.compiler.is_compiling():  # the value check below is a host sync: skipped in compiled and exported graphs
-        return
     for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
-        if tensor is not None and not torch.isfinite(tensor).all():
-            raise ValueError(
-                f"{name} contains NaN or Inf values; interpolate or drop the affected regions/timepoints first."
-            )
+        if tensor is not None:
+            check_values(name, tensor, "regions/timepoints")
+
+
+def check_values(name: str, tensor: torch.Tensor, where: str) -> None:
+    """
+    Refuse NaN/Inf, and magnitudes above `MAX_INPUT_MAGNITUDE`, in `tensor` with one host sync (skipped in compiled
+    and exported graphs, which cannot sync).
+    """
+    if torch.compiler.is_compiling():
+        return
+    magnitude = tensor.detach().abs().amax().item() if tensor.numel() else 0.0  # NaN propagates through amax
+    if not math.isfinite(magnitude):
+        raise ValueError(f"{name} contains NaN or Inf values; interpolate or drop the affected {where} first.")
+    if magnitude > MAX_INPUT_MAGNITUDE:
+        raise ValueError(
+            f"{name} holds values up to {magnitude:.3g}, beyond {MAX_INPUT_MAGNITUDE:.0e}: the loss and LayerNorm "
+            "would overflow to NaN. Normalise the recordings first (BrainLMFeatureExtractor)."
+        )
 
 
 def batched_coordinates(coordinates: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -361,6 +410,8 @@ def mask_tokens(
             raise ValueError(
                 f"noise must have shape ({batch_size}, {num_tokens}) (batch, tokens), got {tuple(noise.shape)}."
             )
+        else:
+            check_values("noise", noise, "tokens (draw it with torch.rand)")
         ids_shuffle = torch.argsort(noise.to(device), dim=1)  # (B, L), ascending noise = visible first
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L)
     token_mask = (ids_restore >= len_keep).to(torch.float32)  # masked iff its shuffled position is past len_keep
@@ -461,17 +512,21 @@ class BrainLMAttention(nn.Module):
             else None
         )
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(B, S, hidden)` -> `(B, S, hidden)` and the attention weights `(B, heads, S, S)` (eager only)."""
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        `(B, S, hidden)` -> `(B, S, hidden)` and the attention weights `(B, heads, S, S)`, which only eager attention
+        computes: with `output_attentions` this call uses eager attention whatever the configured backend.
+        """
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, heads, S, D)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
+        implementation = "eager" if output_attentions else self.config._attn_implementation
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
         attn_output, attn_weights = attention_interface(
             self,
             query,
@@ -543,7 +598,7 @@ def run_layers(
     all_hidden_states = (hidden_states,) if output_hidden_states else None
     all_attentions = () if output_attentions else None
     for layer in layers:
-        hidden_states, attn_weights = layer(hidden_states, **kwargs)
+        hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions, **kwargs)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if output_attentions:
@@ -578,39 +633,64 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, BrainLMDecoder):
             init.normal_(module.mask_token, std=self.config.initializer_range)
 
-    _new_head_prefix: str | None = None  # a task head that may be absent, as a whole, from a pretrained checkpoint
+    # parts that a checkpoint may lack as a whole (a new task head, or a decoder when pretraining continues from an
+    # encoder or classification checkpoint): initialised with a warning that names them; a partly present one is an
+    # error like any other missing key
+    _new_part_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         """
-        `PreTrainedModel.from_pretrained`, made strict: any missing, unexpected or mismatched key raises a
-        `ValueError` that lists it, instead of a silently re-initialised weight. The only keys let through are the
-        decoder's (`^decoder\\.`) when an encoder-only model is loaded from a pretraining checkpoint, a task head that
-        the checkpoint lacks entirely (`classifier.`, initialised with a warning; a partly present head is an
-        error), and shape mismatches when `ignore_mismatched_sizes=True` is passed explicitly.
+        `PreTrainedModel.from_pretrained`, made strict: a missing, unexpected or shape-mismatched key raises a
+        `WeightsMismatchError` (a `ValueError` and a `RuntimeError`, as transformers raises for shape mismatches)
+        that lists it, instead of a silently re-initialised weight. Let through: the decoder's keys when an encoder
+        model is loaded from a pretraining checkpoint, a part the checkpoint lacks as a whole (`_new_part_prefixes`:
+        a new classification head, a new decoder), initialised with a warning that names it, and shape mismatches
+        when `ignore_mismatched_sizes=True` is passed explicitly.
+
+        With `output_loading_info=True` the caller asked for transformers' loading report: `(model, info)` is
+        returned and any problem is a warning instead of an error, except weights that share no key with the model
+        (a checkpoint of another architecture), which are always refused.
         """
-        want_info = kwargs.pop("output_loading_info", False)
+        report = kwargs.pop("output_loading_info", False)
         checked = ["missing_keys", "unexpected_keys"]
         if not kwargs.get("ignore_mismatched_sizes", False):  # report shape mismatches ourselves, listing them
             checked.append("mismatched_keys")
             kwargs["ignore_mismatched_sizes"] = True
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
         problems = {name: sorted(map(str, info[name])) for name in checked}
-        head = sorted(k for k in model.state_dict() if cls._new_head_prefix and k.startswith(cls._new_head_prefix))
-        if head and set(head) <= set(problems["missing_keys"]):  # a checkpoint without this head: start a new one
-            problems["missing_keys"] = sorted(set(problems["missing_keys"]) - set(head))
-            logger.warning(
-                f"{cls.__name__}: the checkpoint has no `{cls._new_head_prefix}` weights; they were "
-                "newly initialised: train them before use."
+        model_keys = set(model.state_dict())
+        if model_keys and set(problems["missing_keys"]) >= model_keys:
+            raise WeightsMismatchError(
+                f"The checkpoint holds no weight of {cls.__name__}: it is not a brainlm_hf checkpoint (its keys: "
+                f"{problems['unexpected_keys'][:8]}{' ...' if len(problems['unexpected_keys']) > 8 else ''}). "
+                "Convert an original BrainLM checkpoint with `brainlm convert` (brainlm_hf.convert) first."
             )
+        problems["missing_keys"] = cls._new_parts(problems["missing_keys"], model_keys)
         problems = {name: keys for name, keys in problems.items() if keys}
         if problems:
             details = "; ".join(f"{name}: {keys}" for name, keys in problems.items())
-            raise ValueError(
+            message = (
                 f"Loading {cls.__name__} did not match the checkpoint's weights ({details}). Check that the "
                 "checkpoint was saved by this architecture, or convert it first (see brainlm_hf.convert)."
             )
-        return (model, info) if want_info else model
+            if not report:
+                raise WeightsMismatchError(message)
+            logger.warning(message + " Returned anyway, as output_loading_info=True asks; the keys are in `info`.")
+        return (model, info) if report else model
+
+    @classmethod
+    def _new_parts(cls, missing: list[str], model_keys: set[str]) -> list[str]:
+        """`missing` without the parts (`_new_part_prefixes`) that are missing as a whole, each warned about."""
+        for prefix in cls._new_part_prefixes:
+            part = {key for key in model_keys if key.startswith(prefix)}
+            if part and part <= set(missing):
+                missing = sorted(set(missing) - part)
+                logger.warning(
+                    f"{cls.__name__}: the checkpoint has no `{prefix}` weights; these {len(part)} weights were newly "
+                    f"initialised ({sorted(part)[:4]}{' ...' if len(part) > 4 else ''}): train them before use."
+                )
+        return missing
 
     @property
     def layout(self) -> TokenLayout:
@@ -625,12 +705,11 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         """The `mask` output of either layout as a per-timepoint mask `(B, V, T)` (1 = masked)."""
         return self.layout.mask_to_signal(mask)
 
-    def _check_output_attentions(self, output_attentions: bool) -> None:
-        if output_attentions and self.config._attn_implementation != "eager":
-            raise ValueError(
-                f"output_attentions=True needs eager attention, but the model uses "
-                f"{self.config._attn_implementation!r}; call model.set_attn_implementation('eager') first."
-            )
+    def _model_inputs(self, signal_values, coordinates) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs as tensors of the model's dtype (see `as_model_input`)."""
+        return as_model_input("signal_values", signal_values, self.dtype), as_model_input(
+            "coordinates", coordinates, self.dtype
+        )
 
 
 class BrainLMModel(BrainLMPreTrainedModel):
@@ -679,7 +758,12 @@ class BrainLMModel(BrainLMPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_output_attentions(output_attentions)
+        if output_attentions and self.config._attn_implementation != "eager":
+            logger.warning_once(
+                f"output_attentions=True: the {self.config._attn_implementation!r} attention backend cannot return "
+                "attention weights, so the calls that ask for them use eager attention (the backend stays set)."
+            )
+        signal_values, coordinates = self._model_inputs(signal_values, coordinates)
         if self.config.validate_inputs:
             validate_signal(self.layout, signal_values, coordinates)
         if mask_ratio is None:
@@ -704,10 +788,18 @@ class BrainLMModel(BrainLMPreTrainedModel):
         )
         return output if return_dict else output.to_tuple()
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The module that embeds the signal (and prepends the CLS token): its output is the encoder's input."""
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings = value
+
     def pool(self, outputs: BrainLMModelOutput, num_regions: int, num_timepoints: int, pooling: str) -> torch.Tensor:
         """
         One embedding per sample, `(B, H)`, from the output of `forward` on a `(B, V, T)` input: `"cls"` takes the
-        CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count).
+        CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count; when
+        masking leaves no such token visible, the CLS row is used instead, never NaN).
         """
         hidden = outputs.last_hidden_state  # (B, 1 + K, H)
         if pooling == "cls":
@@ -717,7 +809,9 @@ class BrainLMModel(BrainLMPreTrainedModel):
         data = self.layout.data_tokens(num_regions, num_timepoints, hidden.device)  # (L,) in canonical order
         visible = torch.argsort(outputs.ids_restore, dim=1)[:, : hidden.shape[1] - 1]  # (B, K): token of each row
         weights = data[visible].to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
-        return (hidden[:, 1:] * weights).sum(1) / weights.sum(1)
+        count = weights.sum(1)  # (B, 1); 0 when masking left no visible token that holds data
+        mean = (hidden[:, 1:] * weights).sum(1) / count.clamp_min(1)
+        return torch.where(count > 0, mean, hidden[:, 0])  # no data token visible: the CLS row, never NaN
 
     def _choose_visible_tokens(self, batch_size, num_regions, num_timepoints, mask_ratio, strategy, noise, device):
         strategy = strategy or self.config.mask_strategy
@@ -801,7 +895,12 @@ def masked_reconstruction_loss(
 
 
 class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
-    """BrainLM encoder + decoder trained to reconstruct masked signal (masking with `config.mask_ratio`)."""
+    """
+    BrainLM encoder + decoder trained to reconstruct masked signal (masking with `config.mask_ratio`). Loading an
+    encoder or classification checkpoint creates a new decoder (with a warning).
+    """
+
+    _new_part_prefixes = ("decoder.",)
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
@@ -835,6 +934,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
         Returns `loss` (masked timepoints only; `None` when nothing is masked) and `logits` `(B, V, T)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        signal_values, coordinates = self._model_inputs(signal_values, coordinates)
         outputs = self.brainlm(
             signal_values,
             coordinates,
@@ -887,7 +987,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
     (one or several targets), single-label or multi-label classification (`config.problem_type`; the losses and the
     inference of an unset `problem_type` are transformers' `ForSequenceClassification` loss).
 
-    Regression targets are standardised with `config.label_mean` / `config.label_std` when set: the loss is taken on
+    Regression targets are standardised with `config.label_stats` (mean, std) when set: the loss is taken on
     that scale (every target weighs the same) and `logits` are returned in label units.
 
     The encoder sees every token in canonical order unless masking is asked for, or unless
@@ -897,7 +997,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
     """
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
-    _new_head_prefix = "classifier."
+    _new_part_prefixes = ("classifier.", "decoder.")
 
     def __init__(self, config: BrainLMConfig):
         super().__init__(config)
@@ -933,6 +1033,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
         Returns `SequenceClassifierOutput` with `logits` `(B, num_labels)` (regression: in label units) and `loss`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        signal_values, coordinates = self._model_inputs(signal_values, coordinates)
         if mask_ratio is None:
             mask_ratio = self.config.mask_ratio if self.decoder is not None and self.training else None
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_encoder):
@@ -967,18 +1068,59 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
     def _label_scaling(self, scores: torch.Tensor) -> tuple:
-        """Per-target `(label_mean, label_std)` as tensors like `scores` `(num_labels,)`; `(0, 1)` when unset."""
-        if self.config.label_mean is None:
+        """`config.label_stats` as tensors like `scores` `(num_labels,)`: `(mean, std)`, or `(0, 1)` when unset."""
+        if self.config.label_stats is None:
             return 0.0, 1.0
-        return scores.new_tensor(self.config.label_mean), scores.new_tensor(self.config.label_std)
+        return scores.new_tensor(self.config.label_stats["mean"]), scores.new_tensor(self.config.label_stats["std"])
 
     def _label_loss(self, scores: torch.Tensor, labels: torch.Tensor, mean, std) -> torch.Tensor:
-        """transformers' sequence-classification loss, on standardised targets for regression."""
-        labels = labels.to(scores.device)
+        """transformers' sequence-classification loss (and its `problem_type` inference), on standardised targets
+        for regression; labels of the wrong shape or outside `[0, num_labels)` are refused."""
+        labels = torch.as_tensor(labels, device=scores.device)
         problem_type = self.config.problem_type
-        if problem_type == "regression" or (problem_type is None and self.config.num_labels == 1):
-            labels = (labels.to(scores.dtype).view(scores.shape) - mean) / std
+        if problem_type is None and self.config.num_labels > 1:  # transformers' rule: integer labels are classes
+            is_integer = labels.dtype in (torch.long, torch.int)
+            problem_type = "single_label_classification" if is_integer else "multi_label_classification"
+        elif problem_type is None:
+            problem_type = "regression"
+        check_labels(labels, problem_type, scores.shape)
+        if problem_type == "regression":
+            labels = (labels.to(scores.dtype).reshape(scores.shape) - mean) / std
+        elif problem_type == "multi_label_classification":
+            labels = labels.to(scores.dtype)
         return self.loss_function(labels, scores, self.config)
+
+
+def check_labels(labels: torch.Tensor, problem_type: str, scores_shape: torch.Size) -> None:
+    """Refuse labels that would give a silently wrong loss or a raw torch error, naming the expected shape."""
+    batch_size, num_labels = scores_shape
+    if problem_type == "single_label_classification":
+        if labels.shape not in ((batch_size,), (batch_size, 1)):
+            raise ValueError(
+                f"single-label classification needs labels of shape ({batch_size},), got {tuple(labels.shape)}."
+            )
+        if labels.is_floating_point() or labels.is_complex():
+            raise ValueError(f"single-label classification needs integer class indices, got dtype {labels.dtype}.")
+        if (
+            not torch.compiler.is_compiling()
+            and labels.numel()
+            and not 0 <= int(labels.min()) <= int(labels.max()) < num_labels
+        ):
+            raise ValueError(
+                f"labels must be class indices in [0, num_labels) = [0, {num_labels}), got values from "
+                f"{int(labels.min())} to {int(labels.max())}; set num_labels to the number of classes."
+            )
+        return
+    expected = [(batch_size, num_labels)] + ([(batch_size,)] if num_labels == 1 else [])
+    if tuple(labels.shape) not in expected:
+        raise ValueError(
+            f"{problem_type} needs labels of shape {' or '.join(map(str, expected))} (batch, targets), got "
+            f"{tuple(labels.shape)}" + (" (transposed?)" if labels.shape == (num_labels, batch_size) else "") + "."
+        )
+
+
+class WeightsMismatchError(ValueError, RuntimeError):
+    """A checkpoint whose weights do not match the model (raised with the keys listed)."""
 
 
 __all__ = [
@@ -991,4 +1133,5 @@ __all__ = [
     "BrainLMPreTrainedModel",
     "RegionWindowLayout",
     "TileLayout",
+    "WeightsMismatchError",
 ]

@@ -3,16 +3,15 @@
 
 Notation: B windows, V regions, T timepoints, L tokens (CLS excluded), K networks.
 
-The CLS token's attention to the other tokens (one softmax row per layer and head) is read under eager attention
-(`cls_attention` switches sdpa/flash models to eager for the call and back). Each token's share is spread evenly over
-the (region, timepoint) cells of the signal it covers: a region-window token over its `patch_size` timepoints, a 2-D
-tile over the cells of the signal inside it (padding cells take nothing, so the attention a tile of pure padding
-receives is dropped). The result, `(..., V, T)`, sums to the attention on signal tokens; summed over time it is the
-attention each region receives (`region_scores`).
+The CLS token's attention to the other tokens (one softmax row per layer and head) is what the model returns with
+`output_attentions=True` (computed with eager attention for that call, whatever the backend). Each token's share is
+spread evenly over the (region, timepoint) cells of the signal it covers: a region-window token over its
+`patch_size` timepoints, a 2-D tile over the cells of the signal inside it (padding cells take nothing, so the
+attention a tile of pure padding receives is dropped). The result, `(..., V, T)`, sums to the attention on signal
+tokens; summed over time it is the attention each region receives (`region_scores`).
 """
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,19 +19,6 @@ import torch
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
-
-
-@contextmanager
-def eager_attention(model: BrainLMPreTrainedModel):
-    """Run the block with `model` under eager attention, restoring its implementation (sdpa, flash, ...) after."""
-    original = model.config._attn_implementation
-    if original != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield model
-    finally:
-        if original != "eager":
-            model.set_attn_implementation(original)
 
 
 @torch.no_grad()
@@ -58,8 +44,7 @@ def cls_attention(
     layers = _layer_indices(layers, encoder.config.num_hidden_layers)
     signal_values = signal_values.to(encoder.device, encoder.dtype)
     coordinates = None if coordinates is None else coordinates.to(encoder.device, encoder.dtype)
-    with eager_attention(model):
-        outputs = encoder(signal_values, coordinates, mask_ratio=0.0, output_attentions=True)
+    outputs = encoder(signal_values, coordinates, mask_ratio=0.0, output_attentions=True)
     return torch.stack([outputs.attentions[i][:, :, 0] for i in layers], dim=1)
 
 
@@ -105,8 +90,7 @@ def attention_maps(
     def mean_cls_rows(batch, xyz, rows):
         return cls_attention(model, batch, xyz, layers).mean(dim=(1, 2))  # (b, 1 + L)
 
-    with eager_attention(model):
-        rows = map_windows(model, signal_values, coordinates, mean_cls_rows, batch_size)  # (W, 1 + L)
+    rows = map_windows(model, signal_values, coordinates, mean_cls_rows, batch_size)  # (W, 1 + L)
     return region_time_attention(rows, model.layout.token_index(*signal_values.shape[1:]).numpy())
 
 

@@ -9,7 +9,7 @@ Fine-tuning for clinical variables with `transformers.Trainer`.
   balanced accuracy / AUROC for classification. The best epoch is kept by `eval_mse` (regression) or
   `eval_balanced_accuracy` (classification).
 * Regression targets are standardised with the training split's mean and std, stored in the config
-  (`label_mean`, `label_std`): several clinical variables weigh the same in the loss, and `logits` come back in label
+  (`label_stats`): several clinical variables weigh the same in the loss, and `logits` come back in label
   units.
 * Heads and options: see `BrainLMForSequenceClassification` (`pooling`, `classifier_head`, `freeze_encoder`,
   `auxiliary_reconstruction_weight`); `lora_rank > 0` trains LoRA adapters on the attention projections (`peft`),
@@ -138,8 +138,8 @@ def build_classifier(model_name_or_path: str, num_labels: int, problem_type: str
 def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.ndarray], dict]:
     """
     Raw labels -> model targets for the train split and `others`, and the config entries they imply (`num_labels`
-    and): regression `(R, D)` float32 + `label_mean`/`label_std`; single-label class indices (classes sorted from the
-    train split) + `id2label`; multi-label `(R, D)` float 0/1. Missing values and unseen classes raise.
+    and): regression `(R, D)` float32 + `label_stats` (mean and std); single-label class indices (classes sorted
+    from the train split) + `id2label`; multi-label `(R, D)` float 0/1. Missing values and unseen classes raise.
     """
     splits = [np.asarray(labels, dtype=object) for labels in (train_labels, *others)]
     if problem_type == "single_label_classification":
@@ -162,7 +162,7 @@ def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.nda
     std = encoded[0].std(0)
     if (std == 0).any():
         raise ValueError(f"Targets {np.flatnonzero(std == 0).tolist()} are constant in the training split.")
-    scaling = {"label_mean": encoded[0].mean(0).tolist(), "label_std": std.tolist()}
+    scaling = {"label_stats": {"mean": encoded[0].mean(0).tolist(), "std": std.tolist()}}
     return encoded, {"num_labels": encoded[0].shape[1], **scaling}
 
 
