@@ -7,7 +7,7 @@
         --per_device_train_batch_size 16 --early_stopping_patience 5 --report_to none
 
 Every `transformers.TrainingArguments` option is accepted (`--bf16`, `--push_to_hub --hub_model_id org/name`, ...),
-plus the `FinetuningArguments` of `brainlm_hf.finetuning` (`--pooling mean`, `--classifier_head mlp`,
+plus the `FinetuningArguments` of `brainlm_hf.training.finetuning` (`--pooling mean`, `--classifier_head mlp`,
 `--freeze_encoder`, `--lora_rank 8`, `--auxiliary_reconstruction_weight 0.1`, `--windows_per_recording 8`). A single
 JSON or YAML file with all of them works too.
 """

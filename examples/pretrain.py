@@ -6,7 +6,7 @@
         --dataset prepared --output_dir runs/a --model brainlm-base --mixed_precision bf16
     python examples/pretrain.py config.yaml            # the same arguments from a YAML or JSON file
 
-Equivalent to `brainlm pretrain ...`; see brainlm_hf/pretraining.py for the arguments and the design.
+Equivalent to `brainlm pretrain ...`; see brainlm_hf/training/pretraining.py for the arguments and the design.
 """
 
 import sys
