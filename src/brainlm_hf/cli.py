@@ -104,7 +104,11 @@ def _add_convert(commands) -> None:
     convert.add_argument("output_dir", metavar="OUT")
     convert.add_argument("--subfolder", help="folder inside SRC, e.g. old_13M, vitmae_111M, vitmae_650M")
     convert.add_argument("--revision", help="Hub revision of SRC")
-    convert.add_argument("--atlas-coordinates", help="A424_Coordinates.dat (label x y z); required for 111M/650M")
+    convert.add_argument(
+        "--atlas-coordinates",
+        help="coordinate table (label x y z), e.g. A424_Coordinates.dat (default: A424's, downloaded from the pinned "
+        "upstream commit and SHA-256 checked)",
+    )
     convert.add_argument("--preset", help="refuse a checkpoint whose architecture differs from this preset")
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repository")
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
