@@ -295,3 +295,16 @@ def test_convert_refuses_a424_coordinates_that_fail_the_pinned_hash(hub, tmp_pat
     shutil.rmtree(tmp_path / "brainlm-cache", ignore_errors=True)
     with pytest.raises(ValueError, match="does not have the pinned SHA-256"):
         BrainLMModel.from_pretrained("brainlm-111m")
+
+
+def test_brainlm_embed_reads_a_short_name(hub, tmp_path):
+    from brainlm_hf.analysis import embed_recordings
+
+    recordings = np.random.default_rng(0).normal(size=(2, 260, 424)).astype(np.float32)
+    for index, recording in enumerate(recordings):
+        np.save(tmp_path / f"sub-{index}.npy", recording)
+    main(["embed", "brainlm-13m", str(tmp_path / "*.npy"), "--output", str(tmp_path / "e.npz"), "--fit-processor",
+          "--quiet"])  # fmt: skip
+    processor = BrainLMFeatureExtractor.from_pretrained("brainlm-13m").fit(list(recordings))
+    expected = embed_recordings(BrainLMModel.from_pretrained("brainlm-13m"), processor, list(recordings))
+    np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)

@@ -805,13 +805,22 @@ class BrainLMModel(BrainLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embeddings = value
 
-    def pool(self, outputs: BrainLMModelOutput, num_regions: int, num_timepoints: int, pooling: str) -> torch.Tensor:
+    def pool(
+        self,
+        outputs: BrainLMModelOutput,
+        num_regions: int,
+        num_timepoints: int,
+        pooling: str,
+        layer: int | None = None,
+    ) -> torch.Tensor:
         """
         One embedding per sample, `(B, H)`, from the output of `forward` on a `(B, V, T)` input: `"cls"` takes the
         CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count; when
-        masking leaves no such token visible, the CLS row is used instead, never NaN).
+        masking leaves no such token visible, the CLS row is used instead, never NaN). `layer` pools
+        `outputs.hidden_states[layer]` (`forward` with `output_hidden_states=True`; `-1` is the last layer's output
+        before the final LayerNorm) instead of `last_hidden_state`.
         """
-        hidden = outputs.last_hidden_state  # (B, 1 + K, H)
+        hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # (B, 1 + K, H)
         if pooling == "cls":
             return hidden[:, 0]
         if pooling != "mean":
