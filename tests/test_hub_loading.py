@@ -141,6 +141,8 @@ def test_short_names_and_repo_subfolder_give_what_brainlm_convert_gives(hub, sho
     assert expected_processor.region_order == (np.argsort(a424[:, 1], kind="stable").tolist() if tiles else None)
     inputs = model_inputs(expected_processor)
     reference = outputs(expected, inputs)
+    main(["convert", short_name, str(tmp_path / "by-name")])  # brainlm convert reads the short name too
+    assert_same_weights(BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "by-name"), expected)
 
     for name, kwargs in [
         (short_name, {}),

@@ -97,8 +97,9 @@ def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert an original BrainLM checkpoint (13M, 111M, 650M families) into a brainlm_hf folder",
-        description="SRC is an original checkpoint folder (config.json + pytorch_model.bin or model.safetensors) or a "
-        "Hub repository id, e.g. `vandijklab/brainlm --subfolder vitmae_111M`.",
+        description="SRC is an original checkpoint folder (config.json + pytorch_model.bin or model.safetensors), a "
+        "Hub repository id, e.g. `vandijklab/brainlm --subfolder vitmae_111M`, or a released model's short name: "
+        "brainlm-13m, brainlm-111m, brainlm-650m.",
     )
     convert.add_argument("source", metavar="SRC")
     convert.add_argument("output_dir", metavar="OUT")
@@ -116,14 +117,20 @@ def _add_convert(commands) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from .convert import WEIGHTS_LICENSE_WARNING, convert_checkpoint
+    from .hub import release_location
 
     if args.push_to_hub:
         print(f"warning: {WEIGHTS_LICENSE_WARNING}", file=sys.stderr)
+    source, subfolder = (args.source, args.subfolder)
+    if not Path(source).is_dir():  # a short name: brainlm-111m is vandijklab/brainlm --subfolder vitmae_111M
+        source, subfolder = release_location(source, subfolder)
     model = convert_checkpoint(
-        args.source,
+        source,
         args.output_dir,
-        subfolder=args.subfolder,
+        subfolder=subfolder or None,
         revision=args.revision,
         atlas_coordinates=args.atlas_coordinates,
         expected_preset=args.preset,

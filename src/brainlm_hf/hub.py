@@ -63,15 +63,25 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
         target = _local_cache_folder(folder)
         _convert_once(str(folder), target, force=bool(kwargs.get("force_download")))
         return str(target), _without(kwargs, "subfolder", "revision")
-    if name.lower() in RELEASES:
-        if subfolder:
-            raise ValueError(
-                f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[name.lower()]!r}; do not also pass "
-                f"subfolder={subfolder!r} (or pass from_pretrained({RELEASE_REPO!r}, subfolder=...) instead)."
-            )
-        name, subfolder = RELEASE_REPO, RELEASES[name.lower()]
+    name, subfolder = release_location(name, subfolder)
+    if subfolder:
         kwargs["subfolder"] = subfolder
     return _resolve_hub(name, subfolder, kwargs)
+
+
+def release_location(name: str, subfolder: str | None = None) -> tuple[str, str]:
+    """
+    `(repo_id, subfolder)` of a released model's short name (`"brainlm-111m"`, any letter case); any other name is
+    returned as is. Check for a local folder of that name first: it wins.
+    """
+    if str(name).lower() not in RELEASES:
+        return name, subfolder or ""
+    if subfolder:
+        raise ValueError(
+            f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[str(name).lower()]!r}; do not also pass "
+            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead)."
+        )
+    return RELEASE_REPO, RELEASES[str(name).lower()]
 
 
 def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict) -> tuple:
