@@ -1,4 +1,5 @@
-"""`brainlm convert`: original folders or Hub ids in, Hub-ready brainlm_hf folders out, optional (mocked) upload."""
+"""`brainlm convert`: original folders in, Hub-ready brainlm_hf folders out, optional (mocked) upload. Hub sources, the
+A424 download and real uploads: tests/test_hub_loading.py."""
 
 import json
 import shutil
@@ -95,15 +96,10 @@ def test_released_family_processor_holds_the_y_order_and_scale(tmp_path, a424_fo
     np.testing.assert_allclose(restored, recordings[0], atol=1e-4)
 
 
-def test_released_family_needs_the_atlas_coordinates(tmp_path):
-    with pytest.raises(ValueError, match="--atlas-coordinates"):
-        convert_checkpoint(str(original_folder(tmp_path, "vitmae_pad_small")), str(tmp_path / "out"))
-
-
-def test_model_card_is_rendered(tmp_path):
+def test_model_card_is_rendered(tmp_path, a424_folder):
     out = tmp_path / "converted"
     source = original_folder(tmp_path, "brainlm_small")
-    convert_checkpoint(str(source), str(out))
+    convert_checkpoint(str(source), str(out), atlas_coordinates=coordinates_file(a424_folder))
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "license:" not in card.split("---")[1]  # custom architecture: no license
     assert str(source) in card and "$" not in card
@@ -118,25 +114,6 @@ def test_a_checkpoint_offered_as_another_release_is_refused(tmp_path, case, pres
             atlas_coordinates=coordinates_file(a424_folder),
             expected_preset=preset,
         )
-
-
-def test_hub_sources_are_downloaded_through_hf_hub_download(tmp_path):
-    source = original_folder(tmp_path, "brainlm_small")
-    requested = []
-
-    def fake_download(repo_id, filename, subfolder=None, revision=None, token=None):
-        requested.append((repo_id, subfolder, filename))
-        if not (source / filename).exists():
-            from huggingface_hub.errors import EntryNotFoundError
-
-            raise EntryNotFoundError(filename)
-        return str(source / filename)
-
-    with mock.patch("huggingface_hub.hf_hub_download", fake_download):
-        convert_checkpoint("vandijklab/brainlm", str(tmp_path / "out"), subfolder="old_13M")
-    assert requested[0] == ("vandijklab/brainlm", "old_13M", "config.json")
-    assert ("vandijklab/brainlm", "old_13M", "model.safetensors") in requested
-    assert "vandijklab/brainlm/old_13M" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folder):
@@ -164,10 +141,11 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folde
     assert commit["commit_message"].startswith(f"Convert {source}")
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, capsys, a424_folder):
     assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
     out = tmp_path / "cli_out"
-    main(["convert", str(original_folder(tmp_path, "brainlm_small")), str(out)])
+    source = original_folder(tmp_path, "brainlm_small")
+    main(["convert", str(source), str(out), "--atlas-coordinates", coordinates_file(a424_folder)])
     assert "Converted" in capsys.readouterr().out and (out / "model.safetensors").is_file()
     result = subprocess.run(
         [sys.executable, "-m", "brainlm_hf.cli", "convert", str(tmp_path / "missing"), str(tmp_path / "x")],

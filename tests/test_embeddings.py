@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
+from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 from brainlm_hf.analysis.recording_embeddings import embed_recordings, save_embeddings
 from brainlm_hf.cli import main as cli
 
@@ -105,3 +105,145 @@ def test_cli_embed(tmp_path, config, processor, recordings):
     assert table.column("id").to_pylist() == [f"sub-{i:02d}_bold" for i in range(4)]
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), processor, recordings, "mean")
     np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected, atol=1e-6)
+
+
+def encoder_states(model, processor, recording, cover_end=True):
+    """The unmasked encoder's outputs on the windows of one recording (the expectation, computed directly)."""
+    windows, _ = processor.windows([recording], cover_end=cover_end)
+    with torch.no_grad():
+        return model.base_model(
+            torch.from_numpy(windows), torch.from_numpy(processor.model_coordinates()), output_hidden_states=True
+        )
+
+
+@pytest.mark.parametrize("layer", [None, -1, 0, 1, -3])
+def test_layer_chooses_the_hidden_state(config, processor, recordings, layer):
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    states = encoder_states(model, processor, recordings[2])  # 3 windows
+    # None: after the final LayerNorm; i: hidden_states[i] (0 = input embeddings, -1 = last layer before the norm)
+    hidden = states.last_hidden_state if layer is None else states.hidden_states[layer]
+    if layer == -1:
+        torch.testing.assert_close(model.layernorm(hidden), states.last_hidden_state)
+    for pooling, expected in [("cls", hidden[:, 0].mean(0)), ("mean", hidden[:, 1:].mean((0, 1)))]:
+        got = embed_recordings(model, processor, recordings[2:3], pooling=pooling, layer=layer)[0]
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+
+
+def test_a_layer_that_does_not_exist_is_refused(config, processor, recordings):
+    model = BrainLMModel(config)  # 2 layers: hidden states 0, 1, 2
+    for layer in (3, -4):
+        with pytest.raises(ValueError, match=f"layer {layer} does not exist.*0 \\(its input\\) to 2"):
+            embed_recordings(model, processor, recordings, layer=layer)
+    with pytest.raises(ValueError, match="window_policy must be one of"):
+        embed_recordings(model, processor, recordings, window_policy="sliding")
+
+
+def test_non_overlapping_windows_drop_the_remainder(config, processor, recordings):
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    # 47 timepoints: covering windows start at 0 and 17, non-overlapping ones at 0 only
+    covering = embed_recordings(model, processor, recordings[1:2])[0]
+    dropped = embed_recordings(model, processor, recordings[1:2], window_policy="non_overlapping")[0]
+    states = encoder_states(model, processor, recordings[1])
+    np.testing.assert_allclose(covering, states.last_hidden_state[:, 0].mean(0).numpy(), atol=1e-5)
+    np.testing.assert_allclose(dropped, states.last_hidden_state[0, 0].numpy(), atol=1e-5)
+    tokens = embed_recordings(model, processor, recordings, pooling="tokens", window_policy="non_overlapping")
+    assert [len(t) for t in tokens] == [1, 1, 3, 2]  # 30, 47, 90, 61 timepoints
+
+
+def test_tokens_are_every_token_of_every_window_ragged_per_recording(config, processor, recordings):
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    tokens = embed_recordings(model, processor, recordings, pooling="tokens", layer=-1, batch_size=3)
+    num_tokens = 7 * 30 // config.patch_size  # region-window layout: every token holds data
+    assert [t.shape for t in tokens] == [(n, 1 + num_tokens, config.hidden_size) for n in (1, 2, 3, 3)]
+    assert all(t.dtype == np.float32 for t in tokens)
+    states = encoder_states(model, processor, recordings[3])  # 61 timepoints: windows at 0, 30, 31
+    np.testing.assert_allclose(tokens[3], states.hidden_states[-1].numpy(), atol=1e-5)  # CLS first, canonical order
+    padded = embed_recordings(model, processor, recordings, pooling="tokens", include_padding_tokens=True)
+    assert [t.shape for t in padded] == [(n, 1 + num_tokens, config.hidden_size) for n in (1, 2, 3, 3)]
+
+
+def test_tile_tokens_and_mean_leave_out_tiles_of_padding_only():
+    config = BrainLMConfig(
+        token_layout="tile_2d", patch_size=4, image_size=16, hidden_size=16, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    processor = BrainLMFeatureExtractor(normalization="zscore", num_timepoints=4)
+    recording = np.random.default_rng(1).normal(size=(8, 7)).astype(np.float32)  # 2 windows of 7 x 4
+    # 7 x 4 centred in the 16 x 16 square: rows 4-10 and columns 6-9, i.e. tiles (1, 1), (1, 2), (2, 1), (2, 2)
+    data_tiles = [5, 6, 9, 10]
+    windows, _ = processor.windows([recording])
+    with torch.no_grad():
+        hidden = model(torch.from_numpy(windows)).last_hidden_state  # (2, 1 + 16, H)
+    tokens = embed_recordings(model, processor, [recording], pooling="tokens")[0]
+    np.testing.assert_allclose(tokens, hidden[:, [0] + [1 + t for t in data_tiles]].numpy(), atol=1e-6)
+    everything = embed_recordings(model, processor, [recording], pooling="tokens", include_padding_tokens=True)[0]
+    np.testing.assert_allclose(everything, hidden.numpy(), atol=1e-6)
+    mean = embed_recordings(model, processor, [recording], pooling="mean")[0]
+    np.testing.assert_allclose(mean, hidden[:, [1 + t for t in data_tiles]].mean((0, 1)).numpy(), atol=1e-6)
+
+
+def test_save_tokens(tmp_path):
+    tokens = [np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4), -np.ones((1, 3, 4), dtype=np.float32)]
+    saved = np.load(save_embeddings(tmp_path / "t.npz", ["a", "b"], tokens))
+    assert saved["ids"].tolist() == ["a", "b"] and saved["recording_index"].tolist() == [0, 0, 1]
+    np.testing.assert_array_equal(saved["tokens"], np.concatenate(tokens))
+    table = pq.read_table(save_embeddings(tmp_path / "t.parquet", ["a", "b"], tokens)).to_pydict()
+    assert table["id"] == ["a", "a", "b"] and table["window"] == [0, 1, 0]
+    np.testing.assert_array_equal(np.asarray(table["tokens"], dtype=np.float32), np.concatenate(tokens))
+
+
+def test_cli_embed_tokens_layer_and_window_policy(tmp_path, config, processor, recordings):
+    torch.manual_seed(0)
+    BrainLMForMaskedSignalModeling(config).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    for index, recording in enumerate(recordings):
+        np.save(tmp_path / f"sub-{index:02d}_bold.npy", recording)
+    model = BrainLMModel.from_pretrained(tmp_path / "model")
+    options = {"layer": -1, "window_policy": "non_overlapping"}
+    expected = embed_recordings(model, processor, recordings, pooling="tokens", **options)
+    for suffix in ("npz", "parquet"):
+        cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / f"t.{suffix}"),
+             "--pooling", "tokens", "--layer", "-1", "--window-policy", "non_overlapping", "--quiet"])  # fmt: skip
+    saved = np.load(tmp_path / "t.npz")
+    assert saved["ids"].tolist() == [f"sub-{i:02d}_bold" for i in range(4)]
+    np.testing.assert_allclose(saved["tokens"], np.concatenate(expected), atol=1e-6)
+    table = pq.read_table(tmp_path / "t.parquet").to_pydict()
+    np.testing.assert_allclose(np.asarray(table["tokens"], dtype=np.float32), np.concatenate(expected), atol=1e-6)
+    cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "m.npz"),
+         "--pooling", "mean", "--layer", "-1", "--quiet"])  # fmt: skip
+    np.testing.assert_allclose(
+        np.load(tmp_path / "m.npz")["embeddings"],
+        embed_recordings(model, processor, recordings, pooling="mean", layer=-1),
+        atol=1e-6,
+    )
+
+
+def test_cli_embed_fits_an_unfitted_robust_processor_only_when_asked(tmp_path, capsys, config, inputs, recordings):
+    torch.manual_seed(0)
+    BrainLMForMaskedSignalModeling(config).save_pretrained(tmp_path / "model")
+    robust = BrainLMFeatureExtractor(
+        normalization="robust", coordinates=inputs["coordinates"].tolist(), num_timepoints=30
+    )
+    robust.save_pretrained(tmp_path / "model")  # like a converted release: robust scaling without statistics
+    for index, recording in enumerate(recordings):
+        np.save(tmp_path / f"sub-{index:02d}_bold.npy", recording)
+    command = [
+        "embed",
+        str(tmp_path / "model"),
+        str(tmp_path / "*.npy"),
+        "--output",
+        str(tmp_path / "e.npz"),
+        "--quiet",
+    ]
+    with pytest.raises(SystemExit):
+        cli(command)
+    error = capsys.readouterr().err
+    assert "holds no statistics" in error and "--fit-processor" in error
+    cli([*command, "--fit-processor"])
+    expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), robust.fit(recordings), recordings)
+    np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)

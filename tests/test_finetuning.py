@@ -187,31 +187,21 @@ def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained
              "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
 
 
-def test_cli_finetune_pushes_the_final_folder(phenotype_dataset, pretrained, tmp_path):
-    from concurrent.futures import Future
-    from unittest import mock
-
-    from huggingface_hub import HfApi, RepoUrl
+def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, tmp_path):
+    from .hub_server import HubServer
 
     path, _ = pretrained
-    commits = []
-
-    def record(**kwargs):  # Trainer's own checkpoint pushes run as futures; ours is a plain call
-        commits.append(kwargs)
-        done = Future()
-        done.set_result(None)
-        return done
-
-    with (
-        mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/me/brainlm-level")),
-        mock.patch.object(HfApi, "upload_folder", side_effect=record),
-    ):
+    with HubServer() as hub, hub.online():
         cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
              "--output_dir", str(tmp_path / "pushed"), "--num_train_epochs", "1", "--report_to", "none",
              "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "me/brainlm-level"])  # fmt: skip
-    final = commits[-1]
-    assert final["repo_id"] == "me/brainlm-level" and final["folder_path"] == str(tmp_path / "pushed")
-    uploaded = set(final["allow_patterns"])  # files at the top of the folder: no Trainer checkpoint folders
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "test_results.json"} <= uploaded
-    assert {"modeling_brainlm.py", "configuration_brainlm.py"} <= uploaded
-    assert not any(name.startswith("checkpoint-") for name in uploaded)
+        repo = hub.repos["me/brainlm-level"]
+        head = repo.commits[repo.branches["main"]]
+        model = BrainLMForSequenceClassification.from_pretrained("me/brainlm-level", cache_dir=tmp_path / "cache")
+    uploaded = ["model.safetensors", "config.json", "preprocessor_config.json", "test_results.json"]
+    for name in [*uploaded, "modeling_brainlm.py", "configuration_brainlm.py"]:  # the final folder, remote code too
+        assert head.tree[name].data == (tmp_path / "pushed" / name).read_bytes(), name
+    assert not any(name.startswith("checkpoint-") for name in head.tree)  # no Trainer checkpoint folders
+    reference = BrainLMForSequenceClassification.from_pretrained(tmp_path / "pushed")
+    for name, value in reference.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name

@@ -5,7 +5,9 @@ Importing the package registers `BrainLMConfig` (`model_type="brainlm_hf"`) with
 `AutoModel`, `BrainLMForMaskedSignalModeling` with `AutoModelForPreTraining`, `BrainLMForSequenceClassification` with
 `AutoModelForSequenceClassification` and `BrainLMFeatureExtractor` with `AutoFeatureExtractor`, and marks the
 classes for remote code so that every `save_pretrained` writes a Hub-ready folder (weights, config and the source
-files).
+files). It also lets `from_pretrained` of the BrainLM classes (models and feature extractor) read the released
+weights by short name (`"brainlm-111m"`) and original BrainLM checkpoints, converted on load and cached
+(`brainlm_hf.hub.resolve_pretrained`).
 """
 
 from transformers import (
@@ -18,6 +20,7 @@ from transformers import (
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
+from .hub import resolve_pretrained
 from .modeling_brainlm import (
     BrainLMForMaskedSignalModeling,
     BrainLMForMaskedSignalModelingOutput,
@@ -39,6 +42,8 @@ BrainLMModel.register_for_auto_class("AutoModel")
 BrainLMForMaskedSignalModeling.register_for_auto_class("AutoModelForPreTraining")
 BrainLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
 BrainLMFeatureExtractor.register_for_auto_class()
+BrainLMPreTrainedModel._resolve_pretrained = staticmethod(resolve_pretrained)
+BrainLMFeatureExtractor._resolve_pretrained = staticmethod(resolve_pretrained)
 
 __all__ = [
     "PRESETS",

@@ -97,14 +97,19 @@ def _add_convert(commands) -> None:
     convert = commands.add_parser(
         "convert",
         help="convert an original BrainLM checkpoint (13M, 111M, 650M families) into a brainlm_hf folder",
-        description="SRC is an original checkpoint folder (config.json + pytorch_model.bin or model.safetensors) or a "
-        "Hub repository id, e.g. `vandijklab/brainlm --subfolder vitmae_111M`.",
+        description="SRC is an original checkpoint folder (config.json + pytorch_model.bin or model.safetensors), a "
+        "Hub repository id, e.g. `vandijklab/brainlm --subfolder vitmae_111M`, or a released model's short name: "
+        "brainlm-13m, brainlm-111m, brainlm-650m.",
     )
     convert.add_argument("source", metavar="SRC")
     convert.add_argument("output_dir", metavar="OUT")
     convert.add_argument("--subfolder", help="folder inside SRC, e.g. old_13M, vitmae_111M, vitmae_650M")
     convert.add_argument("--revision", help="Hub revision of SRC")
-    convert.add_argument("--atlas-coordinates", help="A424_Coordinates.dat (label x y z); required for 111M/650M")
+    convert.add_argument(
+        "--atlas-coordinates",
+        help="coordinate table (label x y z), e.g. A424_Coordinates.dat (default: A424's, downloaded from the pinned "
+        "upstream commit and SHA-256 checked)",
+    )
     convert.add_argument("--preset", help="refuse a checkpoint whose architecture differs from this preset")
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repository")
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
@@ -112,14 +117,20 @@ def _add_convert(commands) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
     from .convert import WEIGHTS_LICENSE_WARNING, convert_checkpoint
+    from .hub import release_location
 
     if args.push_to_hub:
         print(f"warning: {WEIGHTS_LICENSE_WARNING}", file=sys.stderr)
+    source, subfolder = (args.source, args.subfolder)
+    if not Path(source).is_dir():  # a short name: brainlm-111m is vandijklab/brainlm --subfolder vitmae_111M
+        source, subfolder = release_location(source, subfolder)
     model = convert_checkpoint(
-        args.source,
+        source,
         args.output_dir,
-        subfolder=args.subfolder,
+        subfolder=subfolder or None,
         revision=args.revision,
         atlas_coordinates=args.atlas_coordinates,
         expected_preset=args.preset,
@@ -174,17 +185,44 @@ def _prepare(args: argparse.Namespace) -> None:
 def _add_embed(commands) -> None:
     embed = commands.add_parser(
         "embed",
-        help="per-recording embeddings (no masking, windows covering each recording, averaged)",
-        description="INPUTS: parcel tables (T, V) as .npy/.csv/.tsv/.dat, 4-D NIfTI images with --atlas, or "
-        "prepared Parquet shards; a folder or a quoted glob. Writes OUT as .parquet (id, embedding) or .npz (ids, "
-        "embeddings).",
+        help="per-recording embeddings (no masking; windows of each recording pooled and averaged, or all tokens)",
+        description="MODEL: a brainlm_hf checkpoint folder or Hub id (with its processor), an original BrainLM "
+        "checkpoint (converted on load and cached), or a released model's short name (brainlm-13m, brainlm-111m, "
+        "brainlm-650m). INPUTS: parcel tables (T, V) as .npy/.csv/.tsv/.dat, 4-D NIfTI images with --atlas, or "
+        "prepared Parquet shards; a folder or a quoted glob. Writes OUT as .parquet or .npz: with --pooling cls or "
+        "mean one (H,) embedding per recording (Parquet: id, embedding; npz: ids, embeddings); with --pooling "
+        "tokens every token of every window (Parquet: one row per window, id, window, tokens (1 + K) x H with the "
+        "CLS token first; npz: ids, tokens (windows, 1 + K, H), recording_index).",
     )
-    embed.add_argument("model", metavar="MODEL", help="checkpoint folder or Hub id (with its processor)")
+    embed.add_argument("model", metavar="MODEL", help="checkpoint folder, Hub id or short name")
     embed.add_argument("inputs", metavar="INPUTS", nargs="+")
     embed.add_argument("--output", required=True, help="OUT: embeddings.parquet or embeddings.npz")
     embed.add_argument("--processor", help="processor folder when it is not saved with the model")
+    embed.add_argument(
+        "--fit-processor",
+        action="store_true",
+        help="fit the processor's robust scaling (per-region median and IQR) on INPUTS: the released weights ship "
+        "no statistics",
+    )
     _add_atlas_options(embed)
-    embed.add_argument("--pooling", default="cls", choices=["cls", "mean"])
+    embed.add_argument("--subfolder", help="folder inside a Hub MODEL, e.g. vitmae_111M of vandijklab/brainlm")
+    embed.add_argument("--revision", help="Hub revision of MODEL")
+    embed.add_argument(
+        "--layer",
+        type=int,
+        help="hidden state to read: 0 = input embeddings, i = layer i before the final LayerNorm, -1 = the last "
+        "layer before it (Brainmarks' choice for 111M/650M); default: after the final LayerNorm",
+    )
+    embed.add_argument("--pooling", default="cls", choices=["cls", "mean", "tokens"])
+    embed.add_argument(
+        "--include-padding-tokens", action="store_true", help="with --pooling tokens: keep tiles made only of padding"
+    )
+    embed.add_argument(
+        "--window-policy",
+        default="covering",
+        choices=["covering", "non_overlapping"],
+        help="covering: every timepoint, one last window aligned to the end; non_overlapping: remainder dropped",
+    )
     embed.add_argument("--batch-size", type=int, default=16)
     embed.add_argument("--device", help="default: cuda when available, else cpu")
     embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
@@ -194,22 +232,35 @@ def _add_embed(commands) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     import torch
-    from transformers import AutoModel
 
     from .analysis.recording_embeddings import embed_recordings, save_embeddings
     from .data import load_recordings
     from .feature_extraction_brainlm import BrainLMFeatureExtractor
+    from .modeling_brainlm import BrainLMModel
 
-    processor = BrainLMFeatureExtractor.from_pretrained(args.processor or args.model)
+    location = {key: value for key, value in (("subfolder", args.subfolder), ("revision", args.revision)) if value}
+    if args.processor:
+        processor = BrainLMFeatureExtractor.from_pretrained(args.processor)
+    else:
+        processor = BrainLMFeatureExtractor.from_pretrained(args.model, **location)
     recordings = load_recordings(args.inputs, _atlas(args))
-    model = AutoModel.from_pretrained(args.model)
+    if processor.normalization == "robust" and processor.median is None:
+        if not args.fit_processor:
+            raise ValueError(
+                "The processor uses BrainLM's robust scaling but holds no statistics (the released weights ship "
+                "none): pass --fit-processor to fit them on INPUTS, or --processor a folder with a fitted processor."
+            )
+        processor.fit(list(recordings.values()))
+    model = BrainLMModel.from_pretrained(args.model, **location)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     embeddings = embed_recordings(
-        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet
-    )
+        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet,
+        layer=args.layer, include_padding_tokens=args.include_padding_tokens, window_policy=args.window_policy,
+    )  # fmt: skip
     path = save_embeddings(args.output, list(recordings), embeddings)
-    print(f"{len(recordings)} recordings -> {embeddings.shape[1]}-d {args.pooling} embeddings in {path}")
+    what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
+    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
 
 
 def _add_attention(commands) -> None:

@@ -241,11 +241,13 @@ WEIGHTS_LICENSE_WARNING = (
     "permitted. Check the license and pass accept_weights_license=True (--accept-weights-license) to upload anyway."
 )
 RELEASE_INPUT_SCALE = 5.6430855  # divisor used by the tutorials of the released 111M / 650M weights
+RELEASE_REPETITION_TIME = 0.735  # seconds: UK Biobank, the pretraining data of the released weights
 
 
-def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None):
+def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None, cache_dir=None):
     """
-    Read an original checkpoint: a local folder, or a Hub repository id (with `subfolder`, e.g. `vitmae_111M`).
+    Read an original checkpoint: a local folder, or a Hub repository id (with `subfolder`, e.g. `vitmae_111M`;
+    downloaded into `cache_dir`, default the Hugging Face cache).
     Only `config.json` and `model.safetensors` or `pytorch_model.bin` are read (optimizer and other Trainer files are
     ignored); `.bin` files go through `torch.load(weights_only=True)`. Returns `(state_dict, config_dict)`.
     """
@@ -260,7 +262,11 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
 
         def fetch(name):
             try:
-                return Path(hf_hub_download(source, name, subfolder=subfolder, revision=revision, token=token))
+                return Path(
+                    hf_hub_download(
+                        source, name, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir
+                    )
+                )
             except EntryNotFoundError:
                 return Path("/nonexistent") / name
 
@@ -303,19 +309,24 @@ def convert_checkpoint(
     push_to_hub: str | None = None,
     accept_weights_license: bool = False,
     token=None,
+    cache_dir=None,
 ) -> BrainLMForMaskedSignalModeling:
     """
     Convert an original BrainLM checkpoint into a Hub-ready brainlm_hf folder.
 
     Writes `output_dir` with `model.safetensors`, `config.json`, the remote-code files, `preprocessor_config.json`
-    (region coordinates and order, input scale) and `README.md` (the model card). `atlas_coordinates` is the atlas
-    coordinate file (`A424_Coordinates.dat`: label, x, y, z per line); the 111M/650M family needs it to fix the
-    region order its weights expect (a stable sort on Y). `expected_preset` makes a checkpoint whose architecture
-    differs from that preset an error that lists the differences; without it the differences are only reported.
+    (region coordinates and order, input scale, the pretraining TR 0.735 s) and `README.md` (the model card).
+    `atlas_coordinates` is the atlas coordinate file (`A424_Coordinates.dat`: label, x, y, z per line); without it
+    the A424 coordinates, the atlas of the released weights, are downloaded from their pinned upstream commit and
+    checked against their SHA-256 (`brainlm_hf.data.load_a424`). The region-window family feeds them to the model;
+    the 111M/650M family needs them to fix the region order its weights expect (a stable sort on Y).
+    `expected_preset` makes a checkpoint whose architecture differs from that preset an error that lists the
+    differences; without it the differences are only reported. `cache_dir` is the Hugging Face cache for a Hub
+    `source`.
     """
     if push_to_hub and not accept_weights_license:
         raise ValueError(WEIGHTS_LICENSE_WARNING)
-    state_dict, original_config = load_original(source, subfolder, revision, token)
+    state_dict, original_config = load_original(source, subfolder, revision, token, cache_dir)
     family = detect_family(original_config)
     model = model_from_original(state_dict, original_config)
     preset = matching_preset(model.config)
@@ -333,11 +344,6 @@ def convert_checkpoint(
             f"Differences from the nearest preset, {nearest}: {preset_differences(model.config, nearest)}."
         )
 
-    if atlas_coordinates is None and family == "vit_mae":
-        raise ValueError(
-            "The 111M/650M family expects regions sorted by their Y coordinate: pass the atlas coordinates "
-            "(atlas_coordinates= / --atlas-coordinates A424_Coordinates.dat)."
-        )
     feature_extractor = _feature_extractor(family, atlas_coordinates)
     output = Path(output_dir)
     model.save_pretrained(output)
@@ -349,11 +355,22 @@ def convert_checkpoint(
 
 
 def _feature_extractor(family: str, atlas_coordinates: str | None) -> BrainLMFeatureExtractor:
-    """BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort)."""
-    settings = {"normalization": "robust", "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0}
+    """
+    BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort), the input
+    scale and pretraining TR of the release, and the atlas coordinates: from the `atlas_coordinates` table, else the
+    verified download of A424's.
+    """
+    settings = {
+        "normalization": "robust",
+        "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0,
+        "repetition_time": RELEASE_REPETITION_TIME,
+    }
     if atlas_coordinates is None:
-        return BrainLMFeatureExtractor(**settings)
-    coordinates = np.loadtxt(atlas_coordinates)[:, 1:4]  # label, x, y, z
+        from .data.atlas import load_a424
+
+        coordinates = load_a424().coordinates
+    else:
+        coordinates = np.loadtxt(atlas_coordinates)[:, 1:4]  # label, x, y, z
     settings["atlas"] = "A424" if len(coordinates) == 424 else None
     if family == "vit_mae":
         return BrainLMFeatureExtractor.sorted_by_y(coordinates, **settings)

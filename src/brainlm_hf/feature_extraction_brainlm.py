@@ -43,6 +43,10 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     """
 
     model_input_names = ["signal_values", "coordinates"]
+    # `(pretrained_model_name_or_path, kwargs) -> (what to load, kwargs)`, called first by `from_pretrained` when set:
+    # the installed package sets it (brainlm_hf.hub.resolve_pretrained: short names, original checkpoints converted
+    # on load); it stays None in the copy of this file saved beside a checkpoint for remote code.
+    _resolve_pretrained: Callable | None = None
 
     def __init__(
         self,
@@ -88,6 +92,17 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.num_timepoints = int(num_timepoints)
         self.repetition_time = repetition_time
         self.atlas = atlas
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BrainLMFeatureExtractor":
+        """
+        `FeatureExtractionMixin.from_pretrained`; with brainlm_hf installed, also an original BrainLM checkpoint (a
+        folder, or a Hub id with `subfolder`), converted on load and cached, or a released model's short name
+        (`"brainlm-13m"`, `"brainlm-111m"`, `"brainlm-650m"`): see `brainlm_hf.hub.resolve_pretrained`.
+        """
+        if cls._resolve_pretrained is not None:
+            pretrained_model_name_or_path, kwargs = cls._resolve_pretrained(pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def sorted_by_y(cls, coordinates, **kwargs) -> "BrainLMFeatureExtractor":

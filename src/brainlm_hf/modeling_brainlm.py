@@ -637,9 +637,13 @@ class BrainLMPreTrainedModel(PreTrainedModel):
     # encoder or classification checkpoint): initialised with a warning that names them; a partly present one is an
     # error like any other missing key
     _new_part_prefixes: tuple[str, ...] = ()
+    # `(pretrained_model_name_or_path, kwargs) -> (what to load, kwargs)`, called first by `from_pretrained` when set:
+    # the installed package sets it (brainlm_hf.hub.resolve_pretrained: short names, original checkpoints converted
+    # on load); it stays None in the copy of this file saved beside a checkpoint for remote code.
+    _resolve_pretrained: Callable | None = None
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """
         `PreTrainedModel.from_pretrained`, made strict: a missing, unexpected or shape-mismatched key raises a
         `WeightsMismatchError` (a `ValueError` and a `RuntimeError`, as transformers raises for shape mismatches)
@@ -651,13 +655,19 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         With `output_loading_info=True` the caller asked for transformers' loading report: `(model, info)` is
         returned and any problem is a warning instead of an error, except weights that share no key with the model
         (a checkpoint of another architecture), which are always refused.
+
+        With brainlm_hf installed, `pretrained_model_name_or_path` may also be an original BrainLM checkpoint (a
+        folder, or a Hub id with `subfolder`), converted on load and cached, or a released model's short name
+        (`"brainlm-13m"`, `"brainlm-111m"`, `"brainlm-650m"`): see `brainlm_hf.hub.resolve_pretrained`.
         """
+        if cls._resolve_pretrained is not None:
+            pretrained_model_name_or_path, kwargs = cls._resolve_pretrained(pretrained_model_name_or_path, kwargs)
         report = kwargs.pop("output_loading_info", False)
         checked = ["missing_keys", "unexpected_keys"]
         if not kwargs.get("ignore_mismatched_sizes", False):  # report shape mismatches ourselves, listing them
             checked.append("mismatched_keys")
             kwargs["ignore_mismatched_sizes"] = True
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         problems = {name: sorted(map(str, info[name])) for name in checked}
         model_keys = set(model.state_dict())
         if model_keys and set(problems["missing_keys"]) >= model_keys:
@@ -795,13 +805,22 @@ class BrainLMModel(BrainLMPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embeddings = value
 
-    def pool(self, outputs: BrainLMModelOutput, num_regions: int, num_timepoints: int, pooling: str) -> torch.Tensor:
+    def pool(
+        self,
+        outputs: BrainLMModelOutput,
+        num_regions: int,
+        num_timepoints: int,
+        pooling: str,
+        layer: int | None = None,
+    ) -> torch.Tensor:
         """
         One embedding per sample, `(B, H)`, from the output of `forward` on a `(B, V, T)` input: `"cls"` takes the
         CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count; when
-        masking leaves no such token visible, the CLS row is used instead, never NaN).
+        masking leaves no such token visible, the CLS row is used instead, never NaN). `layer` pools
+        `outputs.hidden_states[layer]` (`forward` with `output_hidden_states=True`; `-1` is the last layer's output
+        before the final LayerNorm) instead of `last_hidden_state`.
         """
-        hidden = outputs.last_hidden_state  # (B, 1 + K, H)
+        hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # (B, 1 + K, H)
         if pooling == "cls":
             return hidden[:, 0]
         if pooling != "mean":

@@ -1,9 +1,25 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """
-Per-recording embeddings: every recording is cut into windows by the processor (`BrainLMFeatureExtractor.windows`:
-normalised, covering every timepoint, one window aligned to the end when the length is not a multiple of the
-window), embedded by the encoder without masking in canonical token order (deterministic), pooled per window
-(`"cls"` or `"mean"`) and averaged over its windows. A recording shorter than one window is an error.
+Per-recording embeddings. Every recording is cut into windows by the processor (`BrainLMFeatureExtractor.windows`,
+normalised, in model region order) with a window policy:
+
+* `"covering"` (default): non-overlapping windows from the start plus, when the length is not a multiple of the
+  window, one window aligned to the end, so that every timepoint is seen;
+* `"non_overlapping"`: non-overlapping windows from the start, the remainder dropped (Brainmarks' policy).
+
+A recording shorter than one window is an error. Each window is embedded by the encoder without masking, in
+canonical token order (deterministic), and represented by:
+
+* `layer`: which hidden state. `None` (default): `last_hidden_state`, after the final LayerNorm. An integer `i`:
+  `hidden_states[i]` of the encoder, where 0 is the embedded input and `i >= 1` the output of layer `i` before the
+  final LayerNorm; `-1` is the last layer before the final LayerNorm (what Brainmarks reads from the 111M/650M).
+* `pooling`: `"cls"` (the CLS row) or `"mean"` (the mean over the tokens that hold data: tiles of the 2-D layout made
+  only of padding never count), averaged over the recording's windows: one `(H,)` vector per recording; or
+  `"tokens"`: every token of every window, kept per window: `(W_r, 1 + K, H)` per recording, row 0 the CLS token,
+  then the K tokens that hold data in canonical order (region-window layout: token `v * N + n` is window `n` of
+  model row `v`; tile layout: tile `r * G + c` of the padded square, row-major), or all L tokens, padding tiles
+  included, with `include_padding_tokens=True` (the region-window layout has no padding tokens). W_r varies with the
+  recording's length, so the result is a list (ragged per recording).
 """
 
 from collections.abc import Mapping, Sequence
@@ -16,6 +32,9 @@ from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
 
+POOLINGS = ("cls", "mean", "tokens")
+WINDOW_POLICIES = ("covering", "non_overlapping")
+
 
 def embed_windows(
     model: BrainLMPreTrainedModel,
@@ -26,20 +45,42 @@ def embed_windows(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
+    *,
+    layer: int | None = None,
+    include_padding_tokens: bool = False,
 ) -> np.ndarray:
     """
-    Windows `(W, V, T)` (normalised, model order) -> pooled embeddings `(W, H)` float32, without masking.
+    Windows `(W, V, T)` (normalised, model order) -> embeddings, float32, without masking: `(W, H)` for `"cls"` and
+    `"mean"`, `(W, 1 + K, H)` for `"tokens"` (CLS first, then the tokens that hold data, or all L tokens with
+    `include_padding_tokens`); `layer` chooses the hidden state (see the module docstring).
 
     `model` is any BrainLM model (its encoder is used). `device` defaults to the model's; `dtype` (e.g.
     `torch.bfloat16`) runs the encoder under autocast on that device.
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
     encoder = model.base_model
+    depth = encoder.config.num_hidden_layers
+    if layer is not None and not -(depth + 1) <= layer <= depth:
+        raise ValueError(
+            f"layer {layer} does not exist: this encoder has hidden states 0 (its input) to {depth} (layer "
+            f"{depth}, before the final LayerNorm), or -{depth + 1} to -1 from the end; None reads the final "
+            "LayerNorm's output."
+        )
     num_regions, num_timepoints = signal_values.shape[1:]
+    kept = None
+    if pooling == "tokens":
+        data = encoder.layout.data_tokens(num_regions, num_timepoints, "cpu")  # (L,)
+        kept = torch.cat([torch.ones(1, dtype=torch.bool), torch.ones_like(data) if include_padding_tokens else data])
 
-    def pooled(batch, xyz, rows):
-        return encoder.pool(encoder(batch, xyz), num_regions, num_timepoints, pooling)  # (b, H)
+    def embed(batch, xyz, rows):
+        outputs = encoder(batch, xyz, output_hidden_states=layer is not None)
+        if pooling != "tokens":
+            return encoder.pool(outputs, num_regions, num_timepoints, pooling, layer)  # (b, H)
+        hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # (b, 1 + L, H)
+        return hidden[:, kept.to(hidden.device)]  # (b, 1 + K, H)
 
-    return map_windows(encoder, signal_values, coordinates, pooled, batch_size, device, dtype, progress)
+    return map_windows(encoder, signal_values, coordinates, embed, batch_size, device, dtype, progress)
 
 
 def embed_recordings(
@@ -51,40 +92,77 @@ def embed_recordings(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> np.ndarray:
+    *,
+    layer: int | None = None,
+    include_padding_tokens: bool = False,
+    window_policy: str = "covering",
+) -> np.ndarray | list[np.ndarray]:
     """
-    One embedding per recording: `(R, H)` float32, the mean over the recording's covering windows of the pooled
-    encoder output (see the module docstring). `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a
-    dict whose values are taken in order); `processor` normalises them and sets the region order, coordinates and
-    window length. Deterministic, and independent of `batch_size` up to float rounding.
+    Embeddings of whole recordings (see the module docstring for `layer`, `pooling` and `window_policy`):
+
+    * `"cls"`, `"mean"`: `(R, H)` float32, the mean over each recording's windows of the pooled encoder output;
+    * `"tokens"`: a list of R float32 arrays `(W_r, 1 + K, H)`, one per recording, windows in time order.
+
+    `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a dict whose values are taken in order);
+    `processor` normalises them and sets the region order, coordinates and window length. Deterministic, and
+    independent of `batch_size` up to float rounding.
     """
+    if window_policy not in WINDOW_POLICIES:
+        raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
     recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
     if not recordings:
         raise ValueError("embed_recordings needs at least one recording.")
-    windows, owners = processor.windows(recordings)  # (W, V, T), (W,)
-    pooled = embed_windows(
-        model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress
-    )  # (W, H)
-    return average_by_recording(pooled, owners, len(recordings))
+    windows, owners = processor.windows(recordings, cover_end=window_policy == "covering")  # (W, V, T), (W,)
+    embedded = embed_windows(
+        model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress,
+        layer=layer, include_padding_tokens=include_padding_tokens,
+    )  # fmt: skip
+    if pooling == "tokens":
+        return [embedded[owners == index] for index in range(len(recordings))]
+    return average_by_recording(embedded, owners, len(recordings))
 
 
-def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray) -> Path:
-    """Write `(R, H)` embeddings with their recording ids: `.parquet` (columns `id`, `embedding`) or `.npz`."""
+def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray]) -> Path:
+    """
+    Write embeddings with their recording ids, `.parquet` or `.npz`:
+
+    * `(R, H)` (pooled): Parquet columns `id`, `embedding`; npz arrays `ids`, `embeddings`.
+    * a list of R token arrays `(W_r, 1 + K, H)` (`pooling="tokens"`): one Parquet row per window, columns `id`,
+      `window` (its index in the recording) and `tokens` (`1 + K` lists of H floats); npz arrays `ids` `(R,)`,
+      `tokens` `(sum W_r, 1 + K, H)` (the recordings' windows one after the other) and `recording_index`
+      `(sum W_r,)` (the row of `ids` of each window).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        values = pa.array(list(np.asarray(embeddings, dtype=np.float32)), type=pa.list_(pa.float32()))
-        pq.write_table(pa.table({"id": list(ids), "embedding": values}), path)
-    elif path.suffix == ".npz":
-        np.savez(path, ids=np.asarray(ids), embeddings=np.asarray(embeddings, dtype=np.float32))
-    else:
+    if path.suffix not in (".parquet", ".npz"):
         raise ValueError(f"Unknown embedding file type {path.suffix!r}: use .parquet or .npz.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(embeddings, np.ndarray):
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if path.suffix == ".npz":
+            np.savez(path, ids=np.asarray(ids), embeddings=embeddings)
+        else:
+            values = pa.array(list(embeddings), type=pa.list_(pa.float32()))
+            pq.write_table(pa.table({"id": list(ids), "embedding": values}), path)
+        return path
+    tokens = np.concatenate([np.asarray(t, dtype=np.float32) for t in embeddings])  # (sum W_r, 1 + K, H)
+    recording_index = np.concatenate([np.full(len(t), index) for index, t in enumerate(embeddings)])
+    if path.suffix == ".npz":
+        np.savez(path, ids=np.asarray(ids), tokens=tokens, recording_index=recording_index)
+        return path
+    num_tokens, hidden = tokens.shape[1:]
+    rows = pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1)), hidden)
+    table = {
+        "id": [ids[index] for index in recording_index],
+        "window": np.concatenate([np.arange(len(t)) for t in embeddings]),
+        "tokens": pa.FixedSizeListArray.from_arrays(rows, num_tokens),
+    }
+    pq.write_table(pa.table(table), path)
     return path
 
 
-__all__ = ["embed_recordings", "embed_windows", "save_embeddings"]
+__all__ = ["POOLINGS", "WINDOW_POLICIES", "embed_recordings", "embed_windows", "save_embeddings"]

@@ -96,14 +96,15 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
     return Atlas(image, labels, coordinates, name or Path(path).name.split(".")[0], region_names)
 
 
-def load_a424(path=None, cache_dir=None, base_url: str = _A424_BASE) -> Atlas:
+def load_a424(path=None, cache_dir=None, base_url: str | None = None) -> Atlas:
     """
     The A424 atlas: `path` is a folder holding `A424+2mm.nii.gz` and `A424_Coordinates.dat` (or `.txt`); without it
     the two files are downloaded from the pinned upstream commit into `cache_dir` (default
-    `~/.cache/brainlm_hf/atlases`) and checked against their SHA-256. The coordinates are the atlas's own (MNI mm),
+    `~/.cache/brainlm_hf/atlases`, or `$BRAINLM_CACHE/atlases`) and checked against their SHA-256 (`base_url`
+    replaces the upstream address, e.g. with a mirror of the same files). The coordinates are the atlas's own (MNI mm),
     which BrainLM feeds to its coordinate embedding, not recomputed centroids.
     """
-    folder = Path(path) if path is not None else _download_verified(A424_FILES, cache_dir, base_url)
+    folder = Path(path) if path is not None else _download_verified(A424_FILES, cache_dir, base_url or _A424_BASE)
     coordinates_file = folder / "A424_Coordinates.dat"
     if not coordinates_file.exists() and (folder / "A424_Coordinates.txt").exists():
         coordinates_file = folder / "A424_Coordinates.txt"

@@ -1,0 +1,185 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""
+Any brainlm_hf checkpoint as a Brainmarks model (the fMRI foundation-model benchmark, PyPI `brainmarks`).
+
+Brainmarks finds models as modules of its namespace package `brainmarks.models`; brainlm_hf ships one,
+`brainmarks/models/brainlm_hf.py`, that registers the constructor `brainlm_hf` below under that name:
+
+    BRAINLM_HF_CHECKPOINT=<folder, Hub id or short name> python -m brainmarks.models.test_models brainlm_hf
+    python -m brainmarks.main_logistic brainlm_hf cls <dataset> --overrides model_kwargs.checkpoint=brainlm-111m
+
+The checkpoint is anything `BrainLMModel.from_pretrained` reads: a brainlm_hf folder or Hub repository, an original
+BrainLM checkpoint (converted on load), or `brainlm-13m` / `brainlm-111m` / `brainlm-650m` (the default when neither
+`checkpoint` nor `$BRAINLM_HF_CHECKPOINT` is given).
+
+Brainmarks gives each sample in the A424 space as `bold` `(T, 424)`, z-scored per region over time, with the `mean`
+and `std` `(1, 424)` it removed and the repetition time `tr` (seconds). `BrainmarksTransform` turns it into windows:
+
+1. the signal: a `"zscore"` processor takes Brainmarks' `bold` as its normalised signal (the same per-recording
+   z-scoring, population std; regions without signal stay 0 instead of being refused as constant); other
+   normalisations start from the signal with the z-scoring undone (`bold * std + mean`), and a `"robust"` processor
+   takes its median/IQR from the training split, which Brainmarks hands to `fit` (as its own BrainLM wrapper does:
+   the pretraining statistics were never released);
+2. the TR: resampled linearly in time to the processor's `repetition_time` when the TR differs from it by at least
+   `tr_tolerance` (0.1 s): Brainmarks' own rule and method; a processor without `repetition_time` keeps the data's TR;
+3. short recordings (fewer timepoints than one window) are padded at the end with each region's mean, as
+   Brainmarks' BrainLM wrapper does;
+4. the windows: `processor.windows` (normalisation, region order, `window_policy` `"covering"` or
+   `"non_overlapping"`).
+
+Steps 2 and 3 live here until the processor offers resampling and padding itself (issue 14, in progress).
+
+`BrainmarksWrapper` embeds the windows with `analysis.recording_embeddings.embed_windows` (no masking, canonical
+token order: deterministic) at the chosen `layer` and returns Brainmarks' `(cls_embeds, reg_embeds, patch_embeds)`:
+the CLS row averaged over the windows `(B, 1, H)`, no registers, and the tokens that hold signal of every window
+`(B, W * K, H)` (tiles made only of padding are left out). Samples batched together must give the same number of
+windows (Brainmarks' datasets have equal lengths).
+"""
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..analysis.recording_embeddings import WINDOW_POLICIES, embed_windows
+from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import BrainLMModel
+
+CHECKPOINT_ENV = "BRAINLM_HF_CHECKPOINT"
+DEFAULT_CHECKPOINT = "brainlm-111m"
+SPACE = "a424"
+NUM_REGIONS = 424
+
+
+class BrainmarksTransform:
+    """
+    A Brainmarks sample (`bold`, `mean`, `std`, `tr`) -> the same sample with `signal_values` `(W, V, T)` (normalised
+    windows in model order) in place of `bold`, `mean` and `std`; see the module docstring.
+
+    Args:
+        processor (`BrainLMFeatureExtractor`): the checkpoint's processor (normalisation, region order, window, TR).
+        tr_tolerance (`float`, defaults to 0.1): resample when `|tr - processor.repetition_time|` reaches it (s).
+        window_policy (`str`, defaults to `"covering"`): `"covering"` or `"non_overlapping"`.
+    """
+
+    def __init__(self, processor: BrainLMFeatureExtractor, tr_tolerance: float = 0.1, window_policy: str = "covering"):
+        if window_policy not in WINDOW_POLICIES:
+            raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
+        self.processor = processor
+        self.tr_tolerance = tr_tolerance
+        self.window_policy = window_policy
+        # Brainmarks' bold is already the "zscore" normalisation: cut it with the processor's other settings
+        self._windowing = processor
+        if processor.normalization == "zscore":
+            self._windowing = BrainLMFeatureExtractor.from_dict({**processor.to_dict(), "normalization": "none"})
+
+    def fit(self, train_dataset) -> None:
+        """Fit a `"robust"` processor's median/IQR on the training samples (other normalisations need nothing)."""
+        if self.processor.normalization == "robust":
+            self.processor.fit([_raw_recording(sample) for sample in train_dataset])
+
+    def __call__(self, sample: dict) -> dict:
+        if self.processor.normalization == "zscore":
+            signal = np.asarray(sample["bold"], dtype=np.float32)  # (T, V), atlas order
+        else:
+            signal = _raw_recording(sample)
+        target_tr = self.processor.repetition_time
+        if target_tr is not None and abs(float(sample["tr"]) - target_tr) >= self.tr_tolerance:
+            signal = resample_linear(signal, float(sample["tr"]), target_tr)
+        signal = pad_with_mean(signal, self.processor.num_timepoints)
+        windows, _ = self._windowing.windows([signal], cover_end=self.window_policy == "covering")
+        out = {key: value for key, value in sample.items() if key not in ("bold", "mean", "std")}
+        out["signal_values"] = torch.from_numpy(windows)  # (W, V, T)
+        return out
+
+
+class BrainmarksWrapper(nn.Module):
+    """
+    A BrainLM encoder as a Brainmarks model: `batch["signal_values"]` `(B, W, V, T)` -> `(cls_embeds, None,
+    patch_embeds)`; see the module docstring.
+
+    Args:
+        model (`BrainLMModel`): the encoder.
+        coordinates (`np.ndarray`, *optional*): region xyz `(V, 3)` in model order (region-window layout).
+        layer (`int`, *optional*): the hidden state to read, as in `embed_windows`: None (default) after the final
+            LayerNorm, `-1` the last layer before it (what Brainmarks reads from the released 111M/650M).
+        batch_size (`int`, defaults to 16): windows per forward pass.
+    """
+
+    __space__ = SPACE
+
+    def __init__(
+        self, model: BrainLMModel, coordinates: np.ndarray | None, layer: int | None = None, batch_size: int = 16
+    ):
+        super().__init__()
+        self.encoder = model
+        self.coordinates = None if coordinates is None else np.asarray(coordinates, dtype=np.float32)
+        self.layer = layer
+        self.batch_size = batch_size
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, None, torch.Tensor]:
+        signal = batch["signal_values"]  # (B, W, V, T)
+        batch_size, num_windows = signal.shape[:2]
+        device = signal.device
+        # keep Brainmarks' autocast (its `amp` option) for the encoder
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        tokens = embed_windows(
+            self.encoder, signal.flatten(0, 1).float().cpu().numpy(), self.coordinates, "tokens", self.batch_size,
+            device, dtype, layer=self.layer,
+        )  # fmt: skip
+        tokens = torch.from_numpy(tokens).to(device).unflatten(0, (batch_size, num_windows))  # (B, W, 1 + K, H)
+        return tokens[:, :, 0].mean(1, keepdim=True), None, tokens[:, :, 1:].flatten(1, 2)
+
+
+def resample_linear(signal: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
+    """
+    `(T, V)` sampled every `tr` s -> every `target_tr` s, `round(T * tr / target_tr)` frames, by linear interpolation
+    (`F.interpolate(mode="linear")`, as Brainmarks' BrainLM wrapper resamples).
+    """
+    size = round(len(signal) * tr / target_tr)
+    series = torch.from_numpy(np.ascontiguousarray(signal.T, dtype=np.float32))[None]  # (1, V, T)
+    return F.interpolate(series, size=size, mode="linear", align_corners=False)[0].T.numpy()
+
+
+def pad_with_mean(signal: np.ndarray, num_timepoints: int) -> np.ndarray:
+    """`(T, V)` with fewer than `num_timepoints` frames -> padded at the end with each region's mean; else as is."""
+    missing = num_timepoints - len(signal)
+    if missing <= 0:
+        return signal
+    return np.concatenate([signal, np.repeat(signal.mean(0, keepdims=True), missing, axis=0)])
+
+
+def brainlm_hf(
+    checkpoint: str | None = None,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    layer: int | None = None,
+    window_policy: str = "covering",
+    tr_tolerance: float = 0.1,
+    batch_size: int = 16,
+) -> tuple[BrainmarksTransform, BrainmarksWrapper]:
+    """
+    Brainmarks model constructor: the transform and the frozen encoder of a checkpoint (a brainlm_hf folder or Hub
+    id holding the model and its `preprocessor_config.json`, an original BrainLM checkpoint, or a short name), by
+    default `$BRAINLM_HF_CHECKPOINT`, else `brainlm-111m`. The other arguments are those of `BrainmarksTransform` and
+    `BrainmarksWrapper` (Brainmarks passes them as `model_kwargs`).
+    """
+    checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
+    location = {key: value for key, value in (("subfolder", subfolder), ("revision", revision)) if value}
+    processor = BrainLMFeatureExtractor.from_pretrained(checkpoint, **location)
+    if processor.num_regions not in (None, NUM_REGIONS):
+        raise ValueError(
+            f"{checkpoint}'s processor has {processor.num_regions} regions; Brainmarks' {SPACE} space has "
+            f"{NUM_REGIONS}."
+        )
+    model = BrainLMModel.from_pretrained(checkpoint, **location).eval().requires_grad_(False)
+    wrapper = BrainmarksWrapper(model, processor.model_coordinates(), layer, batch_size).eval()
+    return BrainmarksTransform(processor, tr_tolerance, window_policy), wrapper
+
+
+def _raw_recording(sample: dict) -> np.ndarray:
+    """The sample's signal with Brainmarks' z-scoring undone, `(T, V)` float32 in atlas order."""
+    bold, mean, std = (np.asarray(sample[key], dtype=np.float32) for key in ("bold", "mean", "std"))
+    return bold * std + mean
