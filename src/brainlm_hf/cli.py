@@ -12,10 +12,13 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pretrain"]:
-        return pretrain_main(argv[1:])
-    if argv[:1] == ["finetune"]:
-        return finetune_main(argv[1:])
+    for name, run in (("pretrain", pretrain_main), ("finetune", finetune_main)):
+        if argv[:1] == [name]:
+            try:
+                return run(argv[1:])
+            except (ValueError, FileNotFoundError) as error:  # a refused run: one line, exit status 2
+                sys.stderr.write(f"brainlm {name}: error: {error}\n")
+                raise SystemExit(2) from None
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -129,6 +129,17 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     def normalize(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
         """One `(T, V)` recording in atlas order -> normalised and divided by `input_scale`, float32."""
         out = np.array(self._checked(recording, name), dtype=np.float32)  # one copy, then in place
+        center, factor = self._affine(out, name)
+        out -= center
+        out *= factor
+        return out
+
+    def _affine(self, recording: np.ndarray, name: str):
+        """
+        `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
+        `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
+        the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars.
+        """
         if self.normalization == "robust":
             if self.median is None:
                 raise ValueError(
@@ -137,16 +148,14 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
         elif self.normalization == "zscore":
-            center, scale = out.mean(0), out.std(0)
+            center, scale = recording.mean(0), recording.std(0)
             if (scale == 0).any():
                 raise ValueError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score."
                 )
         else:
             center, scale = np.float32(0), np.float32(1)
-        out -= center
-        out *= 1 / (scale * np.float32(self.input_scale))
-        return out
+        return center, 1 / (scale * np.float32(self.input_scale))
 
     def window_starts(
         self, num_timepoints: int, stride: int | None = None, cover_end: bool = True, name: str = "a recording"
@@ -195,13 +204,42 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
         windows, owners = [], []
         for index, (name, recording) in enumerate(recordings.items()):
-            series = self.normalize(recording, name)  # (T, V)
+            series = self._checked(recording, name)  # (T, V) float32, not copied
+            if not (series.flags.c_contiguous or series.flags.f_contiguous):
+                series = np.array(series)  # the layout `normalize` computes its statistics on
             placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
-            windows += [self.to_model_order(series[s : s + self.num_timepoints].T) for s in placed]
-            owners += [index] * len(placed)
-        if not windows:
+            windows.append(self._cut(series, placed, *self._affine(series, name)))
+            owners += [index] * len(windows[-1])
+        if not owners:
             raise ValueError("No window: give at least one recording.")
-        return np.stack(windows), np.asarray(owners)
+        return (windows[0] if len(windows) == 1 else np.concatenate(windows)), np.asarray(owners)
+
+    def _cut(self, series: np.ndarray, starts, center, factor) -> np.ndarray:
+        """
+        Windows `(W, V, num_timepoints)` of a raw `(T, V)` recording at `starts`, normalised with `(center, factor)`
+        (see `_affine`) and in model region order. Only the cut windows are normalised: the numbers equal those of
+        `normalize(recording)` cut afterwards.
+        """
+        length, order = self.num_timepoints, self.region_order
+        starts = [int(s) for s in starts]
+        out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
+        if order is not None:
+            center = center[order] if np.ndim(center) else center
+            factor = factor[order] if np.ndim(factor) else factor
+        window = np.empty((length, series.shape[1]), dtype=np.float32)
+        for i, start in enumerate(starts):
+            if start < 0 or start + length > len(series):
+                raise ValueError(
+                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
+                )
+            raw = series[start : start + length]
+            if order is not None:
+                np.take(raw, order, axis=1, out=window, mode="clip")  # order is a checked permutation
+                raw = window
+            np.subtract(raw, center, out=window)
+            np.multiply(window, factor, out=window)
+            out[i] = window.T
+        return out
 
     def __call__(
         self, recordings, sliding_windows: bool = False, stride: int | None = None, return_tensors: str | None = "pt"
@@ -256,9 +294,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
                 "parcellate with the same atlas (is the array transposed? expected (timepoints, regions))."
             )
-        bad = ~np.isfinite(recording)
-        if bad.any():
-            regions = np.flatnonzero(bad.any(0))
+        if not np.isfinite(np.add.reduce(recording, axis=None)) and not np.isfinite(recording).all():
+            # the sum is NaN/Inf if any value is (one fast pass); only then (or on a float32 overflow) look closer
+            regions = np.flatnonzero((~np.isfinite(recording)).any(0))
             raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
         return recording
 
