@@ -82,17 +82,12 @@ def check_processor_for_model(
                 )
 
 
-def check_arguments(crops_per_recording: int, batch_size: int, accumulation: int, num_workers: int) -> None:
-    """Refuse counts that cannot make batches (before anything is read)."""
-    for value, name, least in (
-        (crops_per_recording, "--crops_per_recording", 1),
-        (batch_size, "--per_device_train_batch_size", 1),
-        (accumulation, "--gradient_accumulation_steps", 1),
-        (num_workers, "--dataloader_num_workers", 0),
-    ):
-        if value < least:
-            what = "every training recording gives that many windows per epoch" if least and "crops" in name else ""
-            raise ValueError(f"{name} must be at least {least}, got {value}{': ' + what if what else ''}.")
+def check_counts(**least: tuple[int, int]) -> None:
+    """Refuse counts below their least value, e.g. `check_counts(crops_per_recording=(0, 1))`, naming the option."""
+    for name, (value, minimum) in least.items():
+        if value < minimum:
+            why = ": every recording gives that many training windows per epoch" if "crops" in name else ""
+            raise ValueError(f"--{name} must be at least {minimum}, got {value}{why}.")
 
 
 def check_pretraining_data(

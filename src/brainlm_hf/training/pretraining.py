@@ -49,7 +49,7 @@ from ..data.streaming import BatchStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
-from .checks import check_arguments, check_pretraining_data, check_processor_for_model
+from .checks import check_counts, check_pretraining_data, check_processor_for_model
 from .metrics import baseline_predictions, masked_reconstruction_metrics
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class PretrainingArguments:
     dataloader_pin_memory: bool = field(default=True, metadata={"help": "pin batches (only with an accelerator)"})
     torch_compile: bool = field(default=False, metadata={"help": "compile the model's forward with torch.compile"})
     eval_steps: int = 100
-    eval_windows: int = 64
+    eval_windows: int = field(default=64, metadata={"help": "validation windows evaluated (0: no evaluation)"})
     save_steps: int = 100
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -123,11 +123,14 @@ def pretrain(args: PretrainingArguments) -> dict:
     """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
     from accelerate.utils import set_seed
 
-    check_arguments(
-        args.crops_per_recording,
-        args.per_device_train_batch_size,
-        args.gradient_accumulation_steps,
-        args.dataloader_num_workers,
+    check_counts(
+        crops_per_recording=(args.crops_per_recording, 1),
+        per_device_train_batch_size=(args.per_device_train_batch_size, 1),
+        gradient_accumulation_steps=(args.gradient_accumulation_steps, 1),
+        dataloader_num_workers=(args.dataloader_num_workers, 0),
+        dataloader_prefetch_factor=(args.dataloader_prefetch_factor, 1),
+        logging_steps=(args.logging_steps, 1),
+        save_steps=(args.save_steps, 1),
     )
     accelerator = _accelerator(args)
     set_seed(args.seed)  # the same initial weights on every process
@@ -161,7 +164,7 @@ def _check_data(args: PretrainingArguments, dataset: PreparedDataset, num_proces
         num_processes,
         args.gradient_accumulation_steps,
         parts,
-        dataset.shards(args.validation_split) if args.validation_split else [],
+        dataset.shards(args.validation_split) if args.validation_split and args.eval_windows > 0 else [],
     )
 
 
@@ -430,9 +433,10 @@ def reconstruct_held_out(
 def evaluate_reconstruction(
     model: BrainLMForMaskedSignalModeling, dataset: PreparedDataset, args: PretrainingArguments
 ) -> dict:
-    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none)."""
+    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none, or
+    with `eval_windows` 0)."""
     shards = dataset.shards(args.validation_split)
-    if not shards:
+    if not shards or args.eval_windows <= 0:
         return {}
     return reconstruct_held_out(model, dataset.processor, shards, args.eval_windows, seed=args.seed).metrics()
 
