@@ -87,3 +87,33 @@ def test_save_and_reload_with_auto(recordings, tmp_path):
     # model order is sorted by Y, and to_atlas_order undoes it
     assert (np.diff(a["coordinates"].numpy()[:, 1]) >= 0).all()
     np.testing.assert_array_equal(reloaded.to_atlas_order(a["coordinates"]).numpy(), coordinates.astype(np.float32))
+
+
+@pytest.mark.parametrize("normalization", ["robust", "zscore", "none"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided", "float64"])
+def test_windows_normalise_only_the_cut_windows_with_the_same_numbers(recordings, normalization, layout):
+    """`windows` applies the whole-recording statistics to the cut windows only: bit-identical to normalising the
+    whole recording first (`normalize`) and cutting it, in model region order, whatever the input's memory layout."""
+    rng = np.random.default_rng(1)
+    extractor = BrainLMFeatureExtractor(
+        normalization=normalization, num_timepoints=100, region_order=rng.permutation(6).tolist(), input_scale=3.7
+    ).fit(recordings)
+    recording = recordings[1]
+    recording = {
+        "c": recording,
+        "fortran": np.asfortranarray(recording),
+        "strided": np.repeat(recording, 2, axis=0)[::2],
+        "float64": recording.astype(np.float64),
+    }[layout]
+    starts = [0, 17, 200, 17]
+    windows, owners = extractor.windows({"a": recording}, starts=lambda t: starts)
+    whole = extractor.normalize(recording)  # (T, V)
+    expected = np.stack([extractor.to_model_order(whole[s : s + 100].T) for s in starts])
+    assert windows.dtype == np.float32 and windows.tobytes() == expected.tobytes()
+    assert owners.tolist() == [0, 0, 0, 0]
+
+
+def test_window_starts_outside_the_recording_are_refused(recordings):
+    extractor = BrainLMFeatureExtractor(normalization="none", num_timepoints=100)
+    with pytest.raises(ValueError, match="window start 200 is outside a recording of 250 timepoints"):
+        extractor.windows([recordings[0]], starts=lambda t: [200])

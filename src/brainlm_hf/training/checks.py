@@ -136,8 +136,9 @@ def check_pretraining_data(
     per_part = len(shards) // (streams * parts)
     if not per_part:
         raise ValueError(
-            f"{len(shards)} training shards cannot feed {streams * parts} stream parts ({num_processes} processes x "
-            f"{accumulation} gradient accumulation steps x {parts} loader workers), each of which reads whole shards: "
+            f"{_n(len(shards), 'training shard')} cannot feed {streams * parts} stream parts "
+            f"({_n(num_processes, 'process')} x {_n(accumulation, 'gradient accumulation step')} x "
+            f"{_n(parts, 'loader worker')}), each of which reads whole shards: "
             f"prepare the dataset with --shard-multiple {streams * parts}, or use fewer processes, accumulation steps "
             "or workers."
         )
@@ -157,12 +158,12 @@ def check_pretraining_data(
 
 def _too_few_windows(least, fewest, crops, batch_size, per_part, num_shards, streams, parts) -> str:
     if streams * parts == 1:
-        where = f"One epoch holds {least} training windows ({fewest} recordings x {crops} crops)"
+        where = f"One epoch holds {_n(least, 'training window')} ({_n(fewest, 'recording')} x {_n(crops, 'crop')})"
     else:
         where = (
             f"Each of the {streams * parts} stream parts (processes x gradient accumulation steps x loader workers) "
-            f"reads {per_part} of the {num_shards} shards per epoch, as few as {least} windows ({fewest} recordings "
-            f"x {crops} crops)"
+            f"reads {per_part} of the {num_shards} shards per epoch, as few as {_n(least, 'window')} "
+            f"({_n(fewest, 'recording')} x {_n(crops, 'crop')})"
         )
     fixes = [f"lower --per_device_train_batch_size to {least}"] if least else []
     if fewest:
@@ -170,3 +171,7 @@ def _too_few_windows(least, fewest, crops, batch_size, per_part, num_shards, str
     if streams * parts > 1:
         fixes.append("use fewer processes, accumulation steps or workers")
     return f"{where}, fewer than one batch of {batch_size}: {', '.join(fixes)} or add recordings."
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 'es' if noun.endswith('ss') else 's'}"
