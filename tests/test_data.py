@@ -420,7 +420,8 @@ def batch_stream(out, parts=2, batch_size=3, streams=1, **kwargs):
     processor = BrainLMFeatureExtractor.from_pretrained(out)
     files = sorted(str(p) for p in (out / "train").glob("*.parquet"))
     window_streams = [
-        WindowStream(files, processor, crops_per_recording=3, rank=r, world_size=streams, seed=5) for r in range(streams)
+        WindowStream(files, processor, crops_per_recording=3, rank=rank, world_size=streams, seed=5)
+        for rank in range(streams)
     ]
     return BatchStream(window_streams, batch_size, parts=parts, noise=_noise, **kwargs)
 
