@@ -82,6 +82,15 @@ def check_processor_for_model(
                 )
 
 
+def saved_processor(model: str) -> BrainLMFeatureExtractor | None:
+    """The processor saved in a local checkpoint folder (`model`), if any (presets, configs and Hub ids: None)."""
+    from pathlib import Path
+
+    if not (Path(model) / "preprocessor_config.json").is_file():
+        return None
+    return BrainLMFeatureExtractor.from_pretrained(model)
+
+
 def check_counts(**least: tuple[int, int]) -> None:
     """Refuse counts below their least value, e.g. `check_counts(crops_per_recording=(0, 1))`, naming the option."""
     for name, (value, minimum) in least.items():

@@ -49,7 +49,7 @@ from ..data.streaming import BatchStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
-from .checks import check_counts, check_pretraining_data, check_processor_for_model
+from .checks import check_counts, check_pretraining_data, check_processor_for_model, saved_processor
 from .metrics import baseline_predictions, masked_reconstruction_metrics
 
 logger = logging.getLogger(__name__)
@@ -136,8 +136,9 @@ def pretrain(args: PretrainingArguments) -> dict:
     set_seed(args.seed)  # the same initial weights on every process
     dataset = PreparedDataset(args.dataset)
     model = build_model(args)
-    check_processor_for_model(dataset.processor, model.config, _checkpoint_processor(args.model), args.model)
-    counts = _check_data(args, dataset, accelerator.num_processes, max(1, args.dataloader_num_workers))
+    check_processor_for_model(dataset.processor, model.config, saved_processor(args.model), args.model)
+    if not args.resume_from_checkpoint:  # a resumed run splits its data as the checkpoint says: checked below
+        counts = _check_data(args, dataset, accelerator.num_processes, max(1, args.dataloader_num_workers))
     optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
     model, optimizer = _prepare(accelerator, model, optimizer, args)
     streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
@@ -147,8 +148,7 @@ def pretrain(args: PretrainingArguments) -> dict:
     if args.resume_from_checkpoint:
         resume(accelerator, Path(args.output_dir), args.resume_from_checkpoint, state, batches, args)
         batches.check_workers(args.dataloader_num_workers)
-        if batches.parts != max(1, args.dataloader_num_workers):  # the data is split as the checkpoint's run split it
-            counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
+        counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
     _start_run(accelerator, args, counts)
     train(accelerator, model, optimizer, scheduler, state, batches, dataset, args)
     return finish(accelerator, model, dataset, args)
@@ -481,14 +481,6 @@ def _plain(accelerator, model):
     return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
-def _checkpoint_processor(model: str) -> BrainLMFeatureExtractor | None:
-    """The processor saved with a local checkpoint folder (`--model`), if any."""
-    folder = Path(model)
-    if model in PRESETS or model.endswith(".json") or not (folder / "preprocessor_config.json").is_file():
-        return None
-    return BrainLMFeatureExtractor.from_pretrained(folder)
-
-
 class _Throughput:
     """Windows and tokens trained on since this process started the loop (a resume counts afresh), all processes."""
 
@@ -561,7 +553,7 @@ class DataFeed:
                 break
             except queue.Empty:
                 waited += self.patience
-                logger.warning(f"Waited {waited:.0f} s for the next training batch ({self.description}).")
+                logger.warning(f"Waited {waited:.3g} s for the next training batch ({self.description}).")
         if kind == "error":
             raise value
         if kind == "end":
