@@ -117,3 +117,18 @@ def test_window_starts_outside_the_recording_are_refused(recordings):
     extractor = BrainLMFeatureExtractor(normalization="none", num_timepoints=100)
     with pytest.raises(ValueError, match="window start 200 is outside a recording of 250 timepoints"):
         extractor.windows([recordings[0]], starts=lambda t: [200])
+
+
+@pytest.mark.parametrize("normalization", ["robust", "zscore", "none"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_windows_refuse_nan_and_inf_anywhere_in_the_recording(recordings, normalization, value):
+    """Also outside the windows that are cut (the whole recording is checked, as `normalize` does)."""
+    extractor = BrainLMFeatureExtractor(normalization=normalization, num_timepoints=100).fit(recordings)
+    recording = recordings[0].copy()
+    recording[240, 4] = value
+    with pytest.raises(ValueError, match=r"a has NaN/Inf values in regions \[4\]"):
+        extractor.windows({"a": recording}, starts=lambda t: [0])
+    huge = np.full((250, 6), 3e38, dtype=np.float32)  # finite values whose sums overflow float32: not refused
+    huge[::2] = -3e38
+    with np.errstate(all="ignore"):
+        extractor.windows({"a": huge}, starts=lambda t: [0])

@@ -134,11 +134,13 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         out *= factor
         return out
 
-    def _affine(self, recording: np.ndarray, name: str):
+    def _affine(self, recording: np.ndarray, name: str, values_checked: bool = True):
         """
         `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
         `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
-        the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars.
+        the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars. With
+        `values_checked=False` a `"zscore"` recording is checked for NaN/Inf through its statistics (a NaN or Inf
+        value makes its region's mean or std non-finite), which saves a pass over it.
         """
         if self.normalization == "robust":
             if self.median is None:
@@ -149,6 +151,8 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
         elif self.normalization == "zscore":
             center, scale = recording.mean(0), recording.std(0)
+            if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
+                self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
                 raise ValueError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score."
@@ -204,11 +208,13 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
         windows, owners = [], []
         for index, (name, recording) in enumerate(recordings.items()):
-            series = self._checked(recording, name)  # (T, V) float32, not copied
+            by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
+            series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
             if not (series.flags.c_contiguous or series.flags.f_contiguous):
                 series = np.array(series)  # the layout `normalize` computes its statistics on
             placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
-            windows.append(self._cut(series, placed, *self._affine(series, name)))
+            affine = self._affine(series, name, values_checked=not by_statistics)
+            windows.append(self._cut(series, placed, *affine))
             owners += [index] * len(windows[-1])
         if not owners:
             raise ValueError("No window: give at least one recording.")
@@ -285,7 +291,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """Reorder model outputs `(..., V, T)` (or `(V, 3)`) back to atlas order."""
         return values if self.region_order is None else _take(values, self.inverse_order)
 
-    def _checked(self, recording, name: str) -> np.ndarray:
+    def _checked(self, recording, name: str, check_values: bool = True) -> np.ndarray:
         recording = np.asarray(recording, dtype=np.float32)
         if recording.ndim != 2:
             raise ValueError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
@@ -294,11 +300,17 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
                 "parcellate with the same atlas (is the array transposed? expected (timepoints, regions))."
             )
-        if not np.isfinite(np.add.reduce(recording, axis=None)) and not np.isfinite(recording).all():
+        if check_values and not np.isfinite(np.add.reduce(recording, axis=None)):
             # the sum is NaN/Inf if any value is (one fast pass); only then (or on a float32 overflow) look closer
-            regions = np.flatnonzero((~np.isfinite(recording)).any(0))
-            raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
+            self._check_values(recording, name)
         return recording
+
+    @staticmethod
+    def _check_values(recording: np.ndarray, name: str) -> None:
+        bad = ~np.isfinite(recording)
+        if bad.any():
+            regions = np.flatnonzero(bad.any(0))
+            raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
 
 
 def _take(values, order: list[int]):
