@@ -301,3 +301,23 @@ def test_prepare_checks_the_window_length_against_the_patch_size(tmp_path, capsy
         ]
     )
     assert "warning" not in capsys.readouterr().err
+
+
+def test_stream_positions_are_dealt_again_on_resume():
+    from brainlm_hf.training.pretraining import stream_state_for
+
+    position = lambda epoch, shard, window: {"epoch": epoch, "shard": shard, "window": window}  # noqa: E731
+    two_processes = [
+        {"first_stream": 2, "batches": {"parts": 2, "next": 1, "positions": [[position(1, 0, 3), position(1, 1, 0)]]}},
+        {"first_stream": 0, "batches": {"parts": 2, "next": 1, "positions": [[position(0, 2, 5), position(1, 0, 0)]]}},
+    ]
+    two_processes.insert(1, {**two_processes[1], "first_stream": 1})  # three processes' entries, in any order
+    one = stream_state_for(two_processes, 0, 1, 3)
+    assert one["parts"] == 2 and one["next"] == 1
+    assert [p[0]["window"] for p in one["positions"]] == [5, 5, 3]  # streams 0, 1, 2
+    assert stream_state_for(two_processes, 2, 3, 1)["positions"] == [[position(1, 0, 3), position(1, 1, 0)]]
+    with pytest.raises(ValueError, match="The checkpoint's data is 3 streams .* but this run has 4 \\(2 x 2\\)"):
+        stream_state_for(two_processes, 0, 2, 2)
+    # a checkpoint written before loader workers: per process, a list of WindowStream positions
+    old = [[position(0, 1, 7), position(0, 0, 2)]]
+    assert stream_state_for(old, 0, 1, 2) == {"parts": 1, "next": 0, "positions": [[old[0][0]], [old[0][1]]]}

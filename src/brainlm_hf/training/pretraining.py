@@ -241,23 +241,37 @@ def training_batches(args: PretrainingArguments, streams, model, processor: Brai
 def resume(accelerator, output: Path, checkpoint: str, state: TrainingState, batches: BatchStream, args) -> None:
     """
     Restore model, optimizer, scheduler, RNG and this process's stream positions from a checkpoint. The streams of
-    all processes are pooled and dealt again, so another number of processes with the same number of streams
-    (processes x gradient accumulation steps) continues exactly; another number of streams is refused.
+    all processes are pooled and dealt again, so a run resumed on another number of processes with the same number
+    of streams (processes x gradient accumulation steps) continues the same data; another number is refused.
     """
     accelerator.load_state(_checkpoint_path(output, checkpoint))
-    saved = [_upgraded(entry, index) for index, entry in enumerate(state.streams)]
-    positions = [p for entry in sorted(saved, key=lambda e: e["first_stream"]) for p in entry["batches"]["positions"]]
-    wanted = accelerator.num_processes * args.gradient_accumulation_steps
+    batches.load_state_dict(
+        stream_state_for(
+            state.streams, accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
+        )
+    )
+    state.streams = [_stream_state(batches)]
+
+
+def stream_state_for(saved: list, process_index: int, num_processes: int, accumulation: int) -> dict:
+    """
+    The `BatchStream` state of process `process_index` from a checkpoint's `TrainingState.streams` (one entry per
+    process that wrote it): every stream's positions pooled in stream order and dealt again, `accumulation` per
+    process. Refuses another total number of streams, naming both.
+    """
+    entries = [_upgraded(entry, index) for index, entry in enumerate(saved)]
+    positions = [
+        p for entry in sorted(entries, key=lambda e: e["first_stream"]) for p in entry["batches"]["positions"]
+    ]
+    wanted = num_processes * accumulation
     if len(positions) != wanted:
         raise ValueError(
-            f"The checkpoint's data is {len(positions)} streams ({len(saved)} processes x "
-            f"{len(positions) // max(1, len(saved))} gradient accumulation steps) but this run has {wanted} "
-            f"({accelerator.num_processes} x {args.gradient_accumulation_steps}): resume with the same product."
+            f"The checkpoint's data is {len(positions)} streams ({len(entries)} processes x "
+            f"{len(positions) // max(1, len(entries))} gradient accumulation steps) but this run has {wanted} "
+            f"({num_processes} x {accumulation}): resume with the same product."
         )
-    first = accelerator.process_index * args.gradient_accumulation_steps
-    restored = dict(saved[0]["batches"], positions=positions[first : first + args.gradient_accumulation_steps])
-    batches.load_state_dict(restored)
-    state.streams = [_stream_state(batches)]
+    first = process_index * accumulation
+    return dict(entries[0]["batches"], positions=positions[first : first + accumulation])
 
 
 def _stream_state(batches: BatchStream) -> dict:
