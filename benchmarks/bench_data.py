@@ -7,7 +7,8 @@
 2. Streaming, in one run side by side: windows/s of `WindowStream` batched by `BrainLMCollator` in a `DataLoader`
    (0 or 2 workers) and of the pretraining loader (`BatchStream`, batches made in the workers), at 1 and 4 crops per
    recording, with the reader and windowing before (pyarrow reader, whole recording normalised then cut) and now.
-   Workers are timed from their first batch (start-up excluded); every row reads the whole training split once.
+   Every row is timed over `--epochs` passes over the data after one warm-up pass (workers persistent: their
+   start-up is not timed), best of `--repeat` runs (the machine may be shared: the load average is printed).
 3. Parcellation: a synthetic 91 x 109 x 91 x T float32 image in the A424 grid (A424 read from --atlas-dir, never
    shipped), `.nii` and `.nii.gz`, timed in a fresh subprocess each, with its peak resident memory.
 
@@ -17,6 +18,7 @@
 import argparse
 import functools
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,7 +79,9 @@ def _old_windows(processor, recordings, starts):
     return np.stack(windows), np.asarray(owners)
 
 
-def bench_stream(prepared: Path, crops: list[int], workers: list[int], batch_size: int) -> None:
+def bench_stream(
+    prepared: Path, crops: list[int], workers: list[int], batch_size: int, epochs: int, repeat: int
+) -> None:
     import torch
 
     from brainlm_hf import BrainLMFeatureExtractor
@@ -90,25 +94,34 @@ def bench_stream(prepared: Path, crops: list[int], workers: list[int], batch_siz
     total = sum(len(read_recordings(s, columns=[])) for s in shards)
 
     def plain(crops_per_recording, num_workers):
+        """Windows/s over `epochs` passes, after a first pass (persistent workers: their start-up is not timed)."""
         stream = WindowStream(shards, processor, crops_per_recording=crops_per_recording)
         loader = torch.utils.data.DataLoader(
-            stream, batch_size=batch_size, num_workers=num_workers, collate_fn=BrainLMCollator(processor)
+            stream,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=BrainLMCollator(processor),
+            persistent_workers=num_workers > 0,
         )
-        return (len(batch["signal_values"]) for batch in loader)
+        for _ in loader:  # warm-up pass
+            pass
+        start, count = time.perf_counter(), 0
+        for _ in range(epochs):
+            count += sum(len(batch["signal_values"]) for batch in loader)
+        return count / (time.perf_counter() - start)
 
     def batched(crops_per_recording, num_workers):
+        """The same for the pretraining loader (endless): `epochs` passes' worth of batches after a warm-up."""
         stream = WindowStream(shards, processor, crops_per_recording=crops_per_recording)
         batches = BatchStream([stream], batch_size, parts=max(1, num_workers))
-        loader = iter(batches.loader(num_workers))
-        wanted = total * crops_per_recording // batch_size - 2 * max(1, num_workers)  # within the first epoch
-        return (len(next(loader)["batches"][0]["window_ids"]) for _ in range(wanted))
-
-    def timed(sizes) -> float:
-        first = next(sizes)  # excludes start-up (workers forked, first shard read)
-        start, count = time.perf_counter(), 0
-        for size in sizes:
-            count += size
-        return count / (time.perf_counter() - start) if count else first
+        loader = iter(batches.loader(num_workers, shared_buffers=6))
+        wanted = epochs * total * crops_per_recording // batch_size
+        for _ in range(total * crops_per_recording // batch_size):  # warm-up: a pass
+            batches.advance(next(loader))
+        start = time.perf_counter()
+        for _ in range(wanted):
+            batches.advance(next(loader))
+        return wanted * batch_size / (time.perf_counter() - start)
 
     original = (streaming.read_recordings, BrainLMFeatureExtractor.windows)
     before = (
@@ -124,7 +137,7 @@ def bench_stream(prepared: Path, crops: list[int], workers: list[int], batch_siz
                         continue
                     streaming.read_recordings, BrainLMFeatureExtractor.windows = reader, windows
                     try:
-                        rate = timed(make(crops_per_recording, num_workers))
+                        rate = max(make(crops_per_recording, num_workers) for _ in range(repeat))
                     finally:
                         streaming.read_recordings, BrainLMFeatureExtractor.windows = original
                     rows.append((path, label, crops_per_recording, num_workers, rate))
@@ -190,11 +203,13 @@ def bench_parcellation(folder: Path, atlas_dir: str, num_volumes: int) -> None:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--atlas-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "atlases"))
-    parser.add_argument("--recordings", type=int, default=256)
+    parser.add_argument("--recordings", type=int, default=512)
     parser.add_argument("--timepoints", default="490", help="timepoints per recording, or a range such as 300-600")
     parser.add_argument("--crops", default="1,4")
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2, help="timed passes over the data per row, after one more")
+    parser.add_argument("--repeat", type=int, default=3, help="rows are the best of this many runs")
     parser.add_argument("--volumes", type=int, default=490)
     parser.add_argument("--only", choices=["stream", "parcellation"], help="run one of the benchmarks")
     parser.add_argument("--parcellate-worker", nargs=2, help=argparse.SUPPRESS)
@@ -207,7 +222,11 @@ def main():
             prepared = make_dataset(Path(tmp), args.recordings, args.timepoints)
             bench_reader(prepared)
             crops, workers = ([int(c) for c in value.split(",")] for value in (args.crops, args.workers))
-            bench_stream(prepared, crops, workers, args.batch_size)
+            load = os.getloadavg()[0]
+            bench_stream(prepared, crops, workers, args.batch_size, args.epochs, args.repeat)
+            print(
+                f"\n(1-minute load average: {load:.2f} before, {os.getloadavg()[0]:.2f} after; {os.cpu_count()} CPUs)"
+            )
         if args.only != "stream":
             bench_parcellation(Path(tmp), args.atlas_dir, args.volumes)
 

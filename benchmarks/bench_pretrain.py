@@ -72,7 +72,7 @@ def data_rate(prepared: Path, model: str, batch_size: int, crops: int, workers: 
     num_tokens = BrainLMForMaskedSignalModeling(config_of(model)).num_tokens(424, dataset.processor.num_timepoints)
     noise = functools.partial(window_noise, 0, num_tokens=num_tokens)
     batches = BatchStream([stream], batch_size, parts=max(1, workers), noise=noise)
-    feed = DataFeed(batches.loader(workers), "benchmark")
+    feed = DataFeed(batches.loader(workers, shared_buffers=6), "benchmark")
     for _ in range(max(1, workers)):
         next(feed)
     start = time.perf_counter()

@@ -505,3 +505,20 @@ def test_crops_per_recording_must_be_positive(prepared):
     out, _ = prepared
     with pytest.raises(ValueError, match="crops_per_recording must be at least 1, got 0"):
         stream(out, crops_per_recording=0)
+
+
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_batch_stream_through_reused_shared_buffers(four_shards, pin_memory):
+    """`shared_buffers`: the same items as fresh memory, the buffers reused (more items than buffers), each valid
+    until `advance`."""
+    if pin_memory and not torch.cuda.is_available():
+        pytest.skip("pinning needs an accelerator")
+    reference = _take(batch_stream(four_shards, streams=2), 2, 20)
+    batches = batch_stream(four_shards, streams=2)
+    loader = batches.loader(2, pin_memory=pin_memory, prefetch_factor=2, shared_buffers=6)
+    for count, item in enumerate(loader):
+        _same(item, reference[count])
+        batches.advance(item)
+        if count == 19:
+            break
+    assert batches.state_dict() == json.loads(json.dumps(batches.state_dict()))

@@ -19,6 +19,7 @@ Converted checkpoints carry the method and scale but no statistics, since the pr
 released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
 """
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -150,7 +151,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
         elif self.normalization == "zscore":
-            center, scale = recording.mean(0), recording.std(0)
+            center, scale = _mean_std(recording)
             if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
                 self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
@@ -232,7 +233,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         if order is not None:
             center = center[order] if np.ndim(center) else center
             factor = factor[order] if np.ndim(factor) else factor
-        window = np.empty((length, series.shape[1]), dtype=np.float32)
+        window = _scratch((length, series.shape[1]), "window")
         for i, start in enumerate(starts):
             if start < 0 or start + length > len(series):
                 raise ValueError(
@@ -311,6 +312,37 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         if bad.any():
             regions = np.flatnonzero(bad.any(0))
             raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
+
+
+_scratches = threading.local()  # per thread: a buffer of each shape, reused instead of allocated (and page-faulted)
+
+
+def _scratch(shape: tuple, name: str, order: str = "C") -> np.ndarray:
+    key = (name, shape, order)
+    buffers = _scratches.__dict__
+    if key not in buffers:
+        if len(buffers) > 8:  # recordings of many lengths: keep the memory bounded
+            buffers.clear()
+        buffers[key] = np.empty(shape, dtype=np.float32, order=order)
+    return buffers[key]
+
+
+def _mean_std(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    `recording.mean(0), recording.std(0)` of a C- or F-contiguous float32 `(T, V)` array, with numpy's own steps (so
+    the very same numbers: sum, divide by the count, subtract, square, sum, divide, square root) but the mean
+    computed once and the squares written into a reused buffer instead of a new array.
+    """
+    count = np.intp(recording.shape[0])
+    mean = np.add.reduce(recording, axis=0)
+    np.true_divide(mean, count, out=mean, casting="unsafe")
+    order = "F" if recording.flags.f_contiguous and not recording.flags.c_contiguous else "C"
+    squares = _scratch(recording.shape, "squares", order)  # the layout of numpy's `recording - mean`
+    np.subtract(recording, mean, out=squares)
+    np.multiply(squares, squares, out=squares)
+    variance = np.add.reduce(squares, axis=0)
+    np.true_divide(variance, count, out=variance, casting="unsafe")
+    return mean, np.sqrt(variance, out=variance)
 
 
 def _take(values, order: list[int]):

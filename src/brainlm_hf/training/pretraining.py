@@ -295,7 +295,8 @@ def train(accelerator, model, optimizer, scheduler, state: TrainingState, batche
     output = Path(args.output_dir)
     forward = torch.compile(model) if args.torch_compile else model  # the prepared model stays the one saved
     pin = args.dataloader_pin_memory and accelerator.device.type != "cpu"
-    loader = batches.loader(args.dataloader_num_workers, pin, args.dataloader_prefetch_factor)
+    prefetch = args.dataloader_prefetch_factor
+    loader = batches.loader(args.dataloader_num_workers, pin, prefetch, shared_buffers=prefetch + 4)
     feed = DataFeed(loader, f"process {accelerator.process_index}, {args.dataloader_num_workers} loader workers")
     progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     meter = _Throughput(accelerator.num_processes)
@@ -306,7 +307,7 @@ def train(accelerator, model, optimizer, scheduler, state: TrainingState, batche
             item = next(feed)
             step_loss = train_step(accelerator, model, forward, optimizer, item["batches"], args, meter)
             losses.add(step_loss, state.step + 1)
-            batches.advance(item)
+            batches.advance(item)  # after the step: the item's tensors may live in a reused shared buffer
             scheduler.step()
             state.step += 1
             progress.update(1)
