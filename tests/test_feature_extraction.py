@@ -137,7 +137,7 @@ def test_windows_refuse_nan_and_inf_anywhere_in_the_recording(recordings, normal
 @pytest.mark.parametrize("shape", [(490, 424), (1, 5), (7, 3), (1200, 94)])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_zscore_statistics_are_numpys(shape, order):
-    """The z-score statistics (`_mean_std`, numpy's steps with a reused buffer) are numpy's mean and std, bit for bit."""
+    """The z-score statistics (`_mean_std`: numpy's steps, a reused buffer) equal numpy's mean and std bit for bit."""
     from brainlm_hf.feature_extraction_brainlm import _mean_std
 
     rng = np.random.default_rng(sum(shape))

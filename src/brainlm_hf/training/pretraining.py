@@ -294,7 +294,7 @@ def train(accelerator, model, optimizer, scheduler, state: TrainingState, batche
 
     output = Path(args.output_dir)
     forward = torch.compile(model) if args.torch_compile else model  # the prepared model stays the one saved
-    pin = args.dataloader_pin_memory and accelerator.device.type != "cpu"
+    pin = args.dataloader_pin_memory and accelerator.device.type == "cuda"
     prefetch = args.dataloader_prefetch_factor
     loader = batches.loader(args.dataloader_num_workers, pin, prefetch, shared_buffers=prefetch + 4)
     feed = DataFeed(loader, f"process {accelerator.process_index}, {args.dataloader_num_workers} loader workers")
