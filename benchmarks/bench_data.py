@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 
-def make_dataset(folder: Path, recordings: int, timepoints: str) -> Path:
+def make_dataset(folder: Path, recordings: int, timepoints: str, normalization: str = "zscore") -> Path:
     from brainlm_hf.data import prepare_dataset
 
     low, _, high = timepoints.partition("-")
@@ -37,11 +37,13 @@ def make_dataset(folder: Path, recordings: int, timepoints: str) -> Path:
         length = int(low) if not high else int(rng.integers(int(low), int(high) + 1))
         np.save(folder / f"sub-{i:04d}_bold.npy", rng.normal(size=(length, 424)).astype(np.float32))
     start = time.perf_counter()
-    summary = prepare_dataset(folder / "*.npy", folder / "prepared", splits={"train": 1.0}, normalization="zscore")
+    summary = prepare_dataset(
+        folder / "*.npy", folder / "prepared", splits={"train": 1.0}, normalization=normalization
+    )
     for path in folder.glob("*.npy"):
         path.unlink()
     print(
-        f"prepare_dataset: {recordings} recordings of 424 regions x {timepoints} timepoints -> "
+        f"prepare_dataset: {recordings} recordings of 424 regions x {timepoints} timepoints, {normalization} -> "
         f"{summary['splits']['train']['shards']} shards in {time.perf_counter() - start:.1f} s\n"
     )
     return folder / "prepared"
@@ -206,6 +208,9 @@ def main():
     parser.add_argument("--recordings", type=int, default=512)
     parser.add_argument("--timepoints", default="490", help="timepoints per recording, or a range such as 300-600")
     parser.add_argument("--crops", default="1,4")
+    parser.add_argument(
+        "--normalization", default="zscore", choices=["zscore", "robust"], help="zscore: statistics per recording"
+    )
     parser.add_argument("--workers", default="0,2")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2, help="timed passes over the data per row, after one more")
@@ -219,7 +224,7 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         if args.only != "parcellation":
-            prepared = make_dataset(Path(tmp), args.recordings, args.timepoints)
+            prepared = make_dataset(Path(tmp), args.recordings, args.timepoints, args.normalization)
             bench_reader(prepared)
             crops, workers = ([int(c) for c in value.split(",")] for value in (args.crops, args.workers))
             load = os.getloadavg()[0]
