@@ -8,7 +8,7 @@ On synthetic 424-region recordings (`--timepoints`, default 490) prepared into P
 
 1. data alone: the pretraining loader (`BatchStream`, batches and masking noise made in the loader workers, fed
    through the loop's `DataFeed`), consumed without a model;
-2. model alone: the training step (forward + backward + AdamW) on a fixed batch;
+2. model alone: the training step (forward + backward + gradient clipping + AdamW) on a fixed batch;
 3. the `pretrain` loop end to end (its logged windows/s, after the first logging interval).
 
 The ratios say how much of the slower of (1) and (2) the loop keeps. Then the training step of `--compile-models`
@@ -96,6 +96,7 @@ def model_rate(config: BrainLMConfig, batch_size: int, steps: int, compiled: boo
         if step == 3:
             warm_up, start = time.perf_counter() - start, time.perf_counter()
         forward(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as `pretrain` does (--max_grad_norm 1)
         optimizer.step()
         optimizer.zero_grad()
     return steps * batch_size / (time.perf_counter() - start), warm_up
