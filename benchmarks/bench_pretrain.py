@@ -1,14 +1,25 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""Is the data path the bottleneck of pretraining? Windows/s of the data alone, the model alone, and the whole loop.
+"""Is the data path the bottleneck of pretraining? Windows/s of the data alone, the model alone and the whole loop,
+plus eager vs compiled training steps. Prints markdown tables, every row from this one run.
 
-On synthetic 424-region recordings prepared into Parquet shards: (1) `WindowStream` + collator alone, (2) the model's
-training step alone (forward + backward + AdamW on a fixed batch), (3) `pretrain` end to end (its logged windows/s,
-after a warm-up). Prints a markdown table; the ratio (3)/(2) shows how much of the model's speed the loop keeps.
+On synthetic 424-region recordings (`--timepoints`, default 490) prepared into Parquet shards, for a micro config
+(a model much cheaper than `brainlm-tiny`: patch 200, width 8, one layer each) and for `--model` (default
+`brainlm-tiny`), and for each `--workers` count:
 
-    python benchmarks/bench_pretrain.py --model brainlm-tiny --batch-size 16 --steps 40
+1. data alone: the pretraining loader (`BatchStream`, batches and masking noise made in the loader workers, fed
+   through the loop's `DataFeed`), consumed without a model;
+2. model alone: the training step (forward + backward + gradient clipping + AdamW) on a fixed batch;
+3. the `pretrain` loop end to end (its logged windows/s, after the first logging interval).
+
+The ratios say how much of the slower of (1) and (2) the loop keeps. Then the training step of `--compile-models`
+(default tiny and small presets) eager and under `torch.compile` (inductor), after warm-up (the compile time is
+printed apart).
+
+    python benchmarks/bench_pretrain.py --model brainlm-tiny --batch-size 16 --steps 30
 """
 
 import argparse
+import functools
 import json
 import tempfile
 import time
@@ -17,83 +28,149 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling
-from brainlm_hf.data import BrainLMCollator, WindowStream, prepare_dataset
-from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
+from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
+from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
+from brainlm_hf.data.streaming import BatchStream
+from brainlm_hf.training.pretraining import DataFeed, PretrainingArguments, pretrain, window_noise
+
+MICRO = {
+    "patch_size": 200,
+    "hidden_size": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 1,
+    "intermediate_size": 8,
+    "decoder_hidden_size": 8,
+    "decoder_num_hidden_layers": 1,
+    "decoder_num_attention_heads": 1,
+    "decoder_intermediate_size": 8,
+}
+
+
+def make_dataset(folder: Path, recordings: int, timepoints: int) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(recordings):
+        np.save(folder / f"sub-{i:04d}_bold.npy", rng.normal(size=(timepoints, 424)).astype(np.float32))
+    prepare_dataset(
+        folder / "*.npy",
+        folder / "prepared",
+        normalization="zscore",
+        shard_multiple=4,
+        splits={"train": 0.95, "validation": 0.05},
+        coordinates=rng.normal(size=(424, 3)) * 50,
+    )
+    return folder / "prepared"
+
+
+def config_of(model: str) -> BrainLMConfig:
+    return BrainLMConfig(**MICRO) if model == "micro" else BrainLMConfig.from_preset(model)
+
+
+def data_rate(prepared: Path, model: str, batch_size: int, crops: int, workers: int, steps: int) -> float:
+    """Windows/s of the pretraining loader alone (as `pretrain` builds it), after one warm-up batch per worker."""
+    dataset = PreparedDataset(prepared)
+    stream = WindowStream(dataset.shards("train"), dataset.processor, crops_per_recording=crops)
+    num_tokens = BrainLMForMaskedSignalModeling(config_of(model)).num_tokens(424, dataset.processor.num_timepoints)
+    noise = functools.partial(window_noise, 0, num_tokens=num_tokens)
+    batches = BatchStream([stream], batch_size, parts=max(1, workers), noise=noise)
+    feed = DataFeed(batches.loader(workers, shared_buffers=6), "benchmark")
+    for _ in range(max(1, workers)):
+        next(feed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        batches.advance(next(feed))
+    seconds = time.perf_counter() - start
+    feed.close()
+    return steps * batch_size / seconds
+
+
+def model_rate(config: BrainLMConfig, batch_size: int, steps: int, compiled: bool = False) -> tuple[float, float]:
+    """(windows/s of the training step on a fixed batch after 3 warm-up steps, seconds of those warm-up steps)."""
+    torch.manual_seed(0)
+    config.validate_inputs = False
+    model = BrainLMForMaskedSignalModeling(config)
+    forward = torch.compile(model) if compiled else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = {"signal_values": torch.randn(batch_size, 424, 200), "coordinates": torch.randn(424, 3) * 50}
+    start = time.perf_counter()
+    for step in range(steps + 3):
+        if step == 3:
+            warm_up, start = time.perf_counter() - start, time.perf_counter()
+        forward(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as `pretrain` does (--max_grad_norm 1)
+        optimizer.step()
+        optimizer.zero_grad()
+    return steps * batch_size / (time.perf_counter() - start), warm_up
+
+
+def loop_rate(prepared: Path, folder: Path, model: str, batch_size: int, crops: int, workers: int, steps: int):
+    """Windows/s of `pretrain` end to end, from its log, past the first logging interval (10 steps)."""
+    if model == "micro":
+        config_of(model).to_json_file(folder / "micro.json")
+        model = str(folder / "micro.json")
+    output = folder / f"run-{Path(model).stem}-{workers}"
+    pretrain(
+        PretrainingArguments(
+            dataset=str(prepared),
+            output_dir=str(output),
+            model=model,
+            per_device_train_batch_size=batch_size,
+            crops_per_recording=crops,
+            dataloader_num_workers=workers,
+            max_steps=steps + 10,
+            logging_steps=10,
+            save_steps=10**9,
+            eval_steps=0,
+            eval_windows=0,
+        )
+    )
+    log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+    first, last = log[0], log[-1]
+    return (last["windows"] - first["windows"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="brainlm-tiny")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--recordings", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of the tiny rows (micro: 10x)")
+    parser.add_argument("--crops", type=int, default=4)
+    parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--recordings", type=int, default=128)
+    parser.add_argument("--timepoints", type=int, default=490)
+    parser.add_argument("--compile-models", default="brainlm-tiny,brainlm-small")
+    parser.add_argument("--compile-batch-size", type=int, default=8)
+    parser.add_argument("--compile-steps", type=int, default=3)
     args = parser.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        rng = np.random.default_rng(0)
-        for i in range(args.recordings):
-            series = rng.normal(size=(rng.integers(300, 601), 424)).astype(np.float32)
-            np.save(folder / f"sub-{i:04d}_bold.npy", series)
-        prepare_dataset(
-            folder / "*.npy",
-            folder / "prepared",
-            normalization="zscore",
-            shard_multiple=1,
-            splits={"train": 0.9, "validation": 0.1},
-            coordinates=rng.normal(size=(424, 3)) * 50,
-        )
-        processor = BrainLMFeatureExtractor.from_pretrained(folder / "prepared")
-
-        shards = sorted(str(p) for p in (folder / "prepared" / "train").glob("*.parquet"))
-        loader = torch.utils.data.DataLoader(
-            WindowStream(shards, processor, crops_per_recording=4),
-            batch_size=args.batch_size,
-            collate_fn=BrainLMCollator(processor),
-        )
-        start, windows = time.perf_counter(), 0
-        for batch in loader:
-            windows += len(batch["signal_values"])
-        data_rate = windows / (time.perf_counter() - start)
-
-        model = BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset(args.model, validate_inputs=False))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        batch = next(iter(loader))
-        for step in range(args.steps + 3):
-            if step == 3:
-                start = time.perf_counter()
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-        model_rate = args.steps * args.batch_size / (time.perf_counter() - start)
-
-        pretrain(
-            PretrainingArguments(
-                dataset=str(folder / "prepared"),
-                output_dir=str(folder / "run"),
-                model=args.model,
-                per_device_train_batch_size=args.batch_size,
-                max_steps=args.steps + 10,
-                logging_steps=10,
-                save_steps=10**9,
-                eval_steps=0,
-                eval_windows=8,
-            )
-        )
-        log = [json.loads(line) for line in (folder / "run" / "log.jsonl").read_text().splitlines()]
-        first, last = log[0], log[-1]  # past the first 10 (warm-up) steps
-        loop_rate = (last["windows"] - first["windows"]) / (last["elapsed_s"] - first["elapsed_s"])
+        prepared = make_dataset(folder, args.recordings, args.timepoints)
+        for model in ("micro", args.model):
+            steps = args.steps * (10 if model == "micro" else 1)
+            alone, _ = model_rate(config_of(model), args.batch_size, steps)
+            for count in workers:
+                data = data_rate(prepared, model, args.batch_size, args.crops, count, steps)
+                loop = loop_rate(prepared, folder, model, args.batch_size, args.crops, count, steps)
+                rows.append((model, count, data, alone, loop))
     print(
-        f"\n{args.model}, batch {args.batch_size}, 424 regions x 200 timepoints, {torch.get_num_threads()} threads\n"
+        f"\nBatch {args.batch_size}, {args.crops} crops per recording, 424 regions x 200 timepoints, "
+        f"{torch.get_num_threads()} torch threads\n"
     )
-    print("| path | windows/s |\n|---|---|")
-    print(f"| data only (stream + collate, 4 crops per recording) | {data_rate:.0f} |")
-    print(f"| model only (forward + backward + AdamW) | {model_rate:.1f} |")
-    print(f"| `pretrain` loop end to end | {loop_rate:.1f} |")
-    print(
-        f"\nThe loop keeps {loop_rate / model_rate:.0%} of the model's own speed; the data path alone is "
-        f"{data_rate / model_rate:.0f}x faster than the model."
-    )
+    print("| model | loader workers | data alone | model alone | `pretrain` loop | loop / data | loop / model |")
+    print("|---|---|---|---|---|---|---|")
+    for model, count, data, alone, loop in rows:
+        print(
+            f"| {model} | {count} | {data:.0f} | {alone:.1f} | {loop:.1f} | {loop / data:.0%} | {loop / alone:.0%} |"
+        )
+    print("\n(windows/s; micro: " + ", ".join(f"{k}={v}" for k, v in MICRO.items()) + ")\n")
+    print("| model | batch | eager step (s) | compiled step (s) | speed-up | compile + 3 warm-up steps (s) |")
+    print("|---|---|---|---|---|---|")
+    for model in args.compile_models.split(","):
+        eager, _ = model_rate(config_of(model), args.compile_batch_size, args.compile_steps)
+        compiled, warm_up = model_rate(config_of(model), args.compile_batch_size, args.compile_steps, compiled=True)
+        b = args.compile_batch_size
+        print(f"| {model} | {b} | {b / eager:.3f} | {b / compiled:.3f} | {compiled / eager:.2f}x | {warm_up:.0f} |")
 
 
 if __name__ == "__main__":

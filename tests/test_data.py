@@ -304,3 +304,221 @@ def test_phenotype_ids_stay_strings_and_unmatched_recordings_are_reported(tmp_pa
     assert summary["without_phenotypes"] == ["sub-999_bold"]
     rows = load_prepared(tmp_path / "out")["train"]
     assert {r["subject"]: r["score"] for r in rows} == {"007": 1.5, "012": 2.5, "999": None}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # as write_splits writes them (one row group, 1 MiB pages: recordings cross pages)
+        {"data_page_version": "2.0"},
+        {"data_page_size": 4096, "row_group_size": 3},
+        {"data_page_size": 1 << 30, "row_group_size": 5},  # one page per row group: views of the file
+        {"compression": "snappy"},  # not readable without decoding: pyarrow
+        {"use_dictionary": True},
+    ],
+    ids=["prepared", "page-v2", "small-pages", "one-page-per-group", "snappy", "dictionary"],
+)
+def test_the_fast_reader_returns_exactly_the_pyarrow_arrays(prepared, tmp_path, options):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brainlm_hf.data.prepared import read_recordings
+    from brainlm_hf.data.series_column import series_values
+
+    out, _ = prepared
+    source = sorted((out / "train").glob("*.parquet"))[0]
+    table = pq.read_table(source)
+    rng = np.random.default_rng(0)  # add odd shapes: 1 timepoint, 1 region, long
+    odd = [rng.normal(size=shape).astype(np.float32) for shape in [(1, 94), (3, 94), (700, 94)]]
+    extra = table.slice(0, 3).to_pylist()
+    for row, series in zip(extra, odd, strict=True):
+        row.update(id=row["id"] + "-odd", series=series.reshape(-1).tolist(), num_timepoints=len(series))
+    table = pa.concat_tables([table, pa.Table.from_pylist(extra, schema=table.schema)])
+    path = tmp_path / "shard.parquet"
+    pq.write_table(table, path, **{"compression": "none", "use_dictionary": ["id"], **options})
+    fast = series_values(pa.memory_map(str(path)).read_buffer(), pq.ParquetFile(path).metadata)
+    assert (fast is None) == ("snappy" in str(options) or options.get("use_dictionary") is True)
+    if fast is None:
+        with pytest.warns(UserWarning, match="decoded by pyarrow"):
+            new = read_recordings(str(path), ["age"])
+    else:
+        new = read_recordings(str(path), ["age"])
+    old = read_recordings(str(path), ["age"], reader="pyarrow")
+    assert len(new) == len(old) == table.num_rows
+    for a, b in zip(new, old, strict=True):
+        assert a["id"] == b["id"] and a["age"] == b["age"]
+        assert a["series"].dtype == b["series"].dtype == np.float32 and a["series"].shape == b["series"].shape
+        assert a["series"].tobytes() == b["series"].tobytes()
+        assert not a["series"].flags.writeable  # like pyarrow's, a read-only view
+    for row, series in zip(new[-3:], odd, strict=True):
+        np.testing.assert_array_equal(row["series"], series)
+
+
+def test_prepared_shards_are_read_without_decoding(prepared):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from brainlm_hf.data.series_column import series_values
+
+    out, _ = prepared
+    for shard in sorted(out.glob("*/*.parquet")):
+        assert series_values(pa.memory_map(str(shard)).read_buffer(), pq.ParquetFile(shard).metadata) is not None
+
+
+def test_old_prepared_datasets_still_load(prepared, tmp_path):
+    """A shard written by `datasets.Dataset.to_parquet` (dictionary + snappy, the layout of early prepared datasets)
+    streams the same windows, through pyarrow."""
+    import shutil
+
+    out, _ = prepared
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    for shard in sorted(old.glob("*/*.parquet")):
+        datasets.Dataset.from_parquet(str(shard), cache_dir=str(tmp_path / "cache")).to_parquet(str(shard))
+    with pytest.warns(UserWarning, match="decoded by pyarrow"):
+        a = [(w["id"], w["crop"], w["signal_values"]) for w in stream(old, seed=1)]
+    b = [(w["id"], w["crop"], w["signal_values"]) for w in stream(out, seed=1)]
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x[2], y[2])
+    assert len(load_prepared(old, split="train")) == len(load_prepared(out, split="train"))
+
+
+def test_dataloader_workers_yield_every_window_once(prepared):
+    """The README's `DataLoader(stream, ...)` with workers: worker k reads shards k, k + K, ... (no duplicates)."""
+    out, _ = prepared
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    alone = sorted((w["id"], w["crop"]) for w in stream(out, crops_per_recording=2))
+    for workers in (1, 2):
+        loader = torch.utils.data.DataLoader(
+            stream(out, crops_per_recording=2), batch_size=3, num_workers=workers, collate_fn=_with_ids(processor)
+        )
+        seen = sorted(key for batch in loader for key in batch["keys"])
+        assert seen == alone, workers
+
+
+def _with_ids(processor):
+    collate = BrainLMCollator(processor)
+
+    def collate_with_ids(items):
+        return {**collate(items), "keys": [(item["id"], item["crop"]) for item in items]}
+
+    return collate_with_ids
+
+
+def test_a_stream_resumed_mid_epoch_refuses_several_workers(prepared):
+    out, _ = prepared
+    resumed = stream(out)
+    resumed.load_state_dict({"epoch": 0, "shard": 0, "window": 3})
+    with pytest.raises(Exception, match="BatchStream"):
+        list(torch.utils.data.DataLoader(resumed, batch_size=2, num_workers=2))
+
+
+def batch_stream(out, parts=2, batch_size=3, streams=1, **kwargs):
+    from brainlm_hf.data.streaming import BatchStream
+
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    files = sorted(str(p) for p in (out / "train").glob("*.parquet"))
+    window_streams = [
+        WindowStream(files, processor, crops_per_recording=3, rank=rank, world_size=streams, seed=5)
+        for rank in range(streams)
+    ]
+    return BatchStream(window_streams, batch_size, parts=parts, noise=_noise, **kwargs)
+
+
+def _noise(epoch, window_ids):
+    from brainlm_hf.training.pretraining import window_noise
+
+    return window_noise(0, epoch, window_ids, 7)
+
+
+def _take(batches, workers, count):
+    """`count` items of a BatchStream's loader with `workers`, each recorded with `advance`."""
+    items = []
+    for item in batches.loader(workers):
+        batches.advance(item)
+        items.append(item)
+        if len(items) == count:
+            return items
+
+
+def _same(a, b):
+    assert a["part"] == b["part"] and a["positions"] == b["positions"]
+    for x, y in zip(a["batches"], b["batches"], strict=True):
+        assert x["window_ids"] == y["window_ids"] and x["epoch"] == y["epoch"]
+        assert torch.equal(x["signal_values"], y["signal_values"]) and torch.equal(x["noise"], y["noise"])
+
+
+def test_batch_stream_order_does_not_depend_on_the_worker_count(prepared):
+    out, _ = prepared
+    reference = _take(batch_stream(out), 0, 12)  # several epochs of both parts
+    assert {item["part"] for item in reference} == {0, 1}
+    assert len({b["epoch"] for item in reference for b in item["batches"]}) > 1
+    for workers in (1, 2):
+        for a, b in zip(_take(batch_stream(out), workers, 12), reference, strict=True):
+            _same(a, b)
+    ids = [i for item in reference[:2] for i in item["batches"][0]["window_ids"]]
+    assert len(set(ids)) == len(ids)
+
+
+@pytest.fixture(scope="module")
+def four_shards(corpus, tmp_path_factory):
+    """The corpus's training recordings in 4 shards (2 streams x 2 parts)."""
+    folder, _ = corpus
+    out = tmp_path_factory.mktemp("four_shards")
+    prepare_dataset(str(folder / "*.npy"), out, splits={"train": 0.6, "test": 0.4}, shard_multiple=4)
+    assert len(list((out / "train").glob("*.parquet"))) == 4
+    return out
+
+
+@pytest.mark.parametrize("workers_after", [2, 1, 0])
+def test_batch_stream_resumes_exactly_with_workers(four_shards, workers_after):
+    """Items used, state saved as JSON, a new stream resumed with a worker count dividing the parts: the rest of the
+    sequence is exactly the uninterrupted one (the items the workers had made ahead are made again)."""
+    out = four_shards
+    reference = _take(batch_stream(out, streams=2), 2, 11)
+    first = batch_stream(out, streams=2)
+    _take(first, 2, 5)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["parts"] == 2 and state["next"] == 1
+    resumed = batch_stream(out, streams=2)
+    resumed.load_state_dict(state)
+    for a, b in zip(_take(resumed, workers_after, 6), reference[5:], strict=True):
+        _same(a, b)
+
+
+def test_batch_stream_refuses_a_worker_count_that_does_not_divide_its_parts(prepared):
+    out, _ = prepared
+    batches = batch_stream(out, parts=2)
+    with pytest.raises(ValueError, match="split into 2 parts .* 3 DataLoader workers .* divides 2 \\(1, 2, or 0\\)"):
+        batches.loader(3)
+
+
+def test_batch_stream_raises_instead_of_waiting_for_a_batch_that_cannot_come(prepared):
+    out, _ = prepared
+    batches = batch_stream(out, parts=2, batch_size=1000)
+    with pytest.raises(ValueError, match="part 0 of 2: epoch 0 has \\d+ windows, fewer than one batch of 1000"):
+        next(iter(batches))
+
+
+def test_crops_per_recording_must_be_positive(prepared):
+    out, _ = prepared
+    with pytest.raises(ValueError, match="crops_per_recording must be at least 1, got 0"):
+        stream(out, crops_per_recording=0)
+
+
+@pytest.mark.parametrize("pin_memory", [False, True])
+def test_batch_stream_through_reused_shared_buffers(four_shards, pin_memory):
+    """`shared_buffers`: the same items as fresh memory, the buffers reused (more items than buffers), each valid
+    until `advance`."""
+    if pin_memory and not torch.cuda.is_available():
+        pytest.skip("pinning needs an accelerator")
+    reference = _take(batch_stream(four_shards, streams=2), 2, 20)
+    batches = batch_stream(four_shards, streams=2)
+    loader = batches.loader(2, pin_memory=pin_memory, prefetch_factor=2, shared_buffers=6)
+    for count, item in enumerate(loader):
+        _same(item, reference[count])
+        batches.advance(item)
+        if count == 19:
+            break
+    assert batches.state_dict() == json.loads(json.dumps(batches.state_dict()))

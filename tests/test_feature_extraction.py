@@ -85,3 +85,61 @@ def test_save_and_reload_with_auto(recordings, tmp_path):
     # model order is sorted by Y, and to_atlas_order undoes it
     assert (np.diff(a["coordinates"].numpy()[:, 1]) >= 0).all()
     np.testing.assert_array_equal(reloaded.to_atlas_order(a["coordinates"]).numpy(), coordinates.astype(np.float32))
+
+
+@pytest.mark.parametrize("normalization", ["robust", "zscore", "none"])
+@pytest.mark.parametrize("layout", ["c", "fortran", "strided", "float64"])
+def test_windows_normalise_only_the_cut_windows_with_the_same_numbers(recordings, normalization, layout):
+    """`windows` applies the whole-recording statistics to the cut windows only: bit-identical to normalising the
+    whole recording first (`normalize`) and cutting it, in model region order, whatever the input's memory layout."""
+    rng = np.random.default_rng(1)
+    extractor = BrainLMFeatureExtractor(
+        normalization=normalization, num_timepoints=100, region_order=rng.permutation(6).tolist(), input_scale=3.7
+    ).fit(recordings)
+    recording = recordings[1]
+    recording = {
+        "c": recording,
+        "fortran": np.asfortranarray(recording),
+        "strided": np.repeat(recording, 2, axis=0)[::2],
+        "float64": recording.astype(np.float64),
+    }[layout]
+    starts = [0, 17, 200, 17]
+    windows, owners = extractor.windows({"a": recording}, starts=lambda t: starts)
+    whole = extractor.normalize(recording)  # (T, V)
+    expected = np.stack([extractor.to_model_order(whole[s : s + 100].T) for s in starts])
+    assert windows.dtype == np.float32 and windows.tobytes() == expected.tobytes()
+    assert owners.tolist() == [0, 0, 0, 0]
+
+
+def test_window_starts_outside_the_recording_are_refused(recordings):
+    extractor = BrainLMFeatureExtractor(normalization="none", num_timepoints=100)
+    with pytest.raises(ValueError, match="window start 200 is outside a recording of 250 timepoints"):
+        extractor.windows([recordings[0]], starts=lambda t: [200])
+
+
+@pytest.mark.parametrize("normalization", ["robust", "zscore", "none"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_windows_refuse_nan_and_inf_anywhere_in_the_recording(recordings, normalization, value):
+    """Also outside the windows that are cut (the whole recording is checked, as `normalize` does)."""
+    extractor = BrainLMFeatureExtractor(normalization=normalization, num_timepoints=100).fit(recordings)
+    recording = recordings[0].copy()
+    recording[240, 4] = value
+    with pytest.raises(ValueError, match=r"a has NaN/Inf values in regions \[4\]"):
+        extractor.windows({"a": recording}, starts=lambda t: [0])
+    huge = np.full((250, 6), 3e38, dtype=np.float32)  # finite values whose sums overflow float32: not refused
+    huge[::2] = -3e38
+    with np.errstate(all="ignore"):
+        extractor.windows({"a": huge}, starts=lambda t: [0])
+
+
+@pytest.mark.parametrize("shape", [(490, 424), (1, 5), (7, 3), (1200, 94)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_zscore_statistics_are_numpys(shape, order):
+    """The z-score statistics (`_mean_std`: numpy's steps, a reused buffer) equal numpy's mean and std bit for bit."""
+    from brainlm_hf.feature_extraction_brainlm import _mean_std
+
+    rng = np.random.default_rng(sum(shape))
+    values = rng.normal(loc=rng.uniform(-1e4, 1e4), scale=rng.uniform(0.1, 100), size=shape).astype(np.float32)
+    values = np.asarray(values, order=order)
+    mean, std = _mean_std(values)
+    assert mean.tobytes() == values.mean(0).tobytes() and std.tobytes() == values.std(0).tobytes()

@@ -1,6 +1,7 @@
 """Fine-tuning with Trainer: loss goes down, Auto reload, LoRA, `brainlm finetune` on a prepared dataset, metrics."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -180,11 +181,52 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
     assert BrainLMFeatureExtractor.from_pretrained(output).num_regions == 7
 
 
-def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path):
+def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path, capsys):
     path, _ = pretrained
-    with pytest.raises(ValueError, match=r"Label columns \['age'\] are not in .*'level', 'group'"):
+    with pytest.raises(SystemExit) as exit_info:
         cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
              "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(r"brainlm finetune: error: Label columns \['age'\] are not in .*'level', 'group'", error), error
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--windows_per_recording", "0"], "--windows_per_recording must be at least 1, got 0"),
+        (
+            ["--model", "brainlm-tiny"],
+            "The dataset's windows have 30 timepoints (num_timepoints of its processor), not a multiple of "
+            "brainlm-tiny's patch_size 20",
+        ),
+    ],
+)
+def test_cli_finetune_refuses_data_the_model_cannot_read(
+    phenotype_dataset, pretrained, tmp_path, capsys, options, message
+):
+    path, _ = pretrained
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
+             "--output_dir", str(tmp_path / "x"), "--report_to", "none", *options])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("brainlm finetune: error: ") and message in error, error
+
+
+def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
+    """Trainer's own `torch_compile=True` (inductor on the CPU) with a tiny config."""
+    path, processor = pretrained
+    recordings, levels = cohort(8)
+    before = BrainLMForMaskedSignalModeling.from_pretrained(path).state_dict()
+    model = finetune_recordings(
+        str(path), processor, recordings, levels, "regression", str(tmp_path / "compiled"), windows_per_recording=2,
+        max_steps=3, per_device_train_batch_size=4, torch_compile=True, **QUIET,
+    )  # fmt: skip
+    assert type(model) is BrainLMForSequenceClassification
+    name = "brainlm.layers.0.attention.q_proj.weight"
+    assert not torch.equal(model.state_dict()[name], before[name])
+    assert np.isfinite(predict_recordings(model, processor, recordings)).all()
 
 
 def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, tmp_path):

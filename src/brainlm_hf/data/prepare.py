@@ -48,6 +48,7 @@ def prepare_dataset(
     coordinates=None,
     region_names: list[str] | None = None,
     atlas_name: str | None = None,
+    patch_size: int | None = None,
 ) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
@@ -66,10 +67,14 @@ def prepare_dataset(
             has that many recordings, so that every rank streams whole shards.
         coordinates, region_names, atlas_name (*optional*): region coordinates `(V, 3)`, names and atlas name for
             parcel tables made without an `Atlas` object (they override the atlas's).
+        patch_size (`int`, *optional*): the patch size of the (region_window) model the dataset is for: a window
+            length that is not a multiple of it is refused before anything is read. The dataset card states which
+            patch sizes the window length fits either way.
 
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
     to `prepare_summary.json`).
     """
+    check_window_length(num_timepoints, patch_size)
     splits = splits or SPLITS
     atlas_name = atlas_name or (atlas.name if atlas is not None else None)
     rows, too_short, without_phenotypes = read_rows(
@@ -96,6 +101,32 @@ def prepare_dataset(
     (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
     (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
+
+
+def check_window_length(num_timepoints: int, patch_size: int | None) -> None:
+    """Refuse a window length that a region_window model of `patch_size` cannot cut into patches."""
+    if num_timepoints < 1:
+        raise ValueError(f"num_timepoints (the window length) must be positive, got {num_timepoints}.")
+    if patch_size is not None and (patch_size < 1 or num_timepoints % patch_size):
+        lower = num_timepoints - num_timepoints % patch_size if patch_size > 0 else 0
+        raise ValueError(
+            f"The window length {num_timepoints} is not a multiple of the model's patch size {patch_size}: use "
+            f"--num-timepoints {lower or patch_size}{f' or {lower + patch_size}' if lower else ''} (or the patch size "
+            "of the model you will train)."
+        )
+
+
+def patch_sizes_statement(num_timepoints: int) -> str:
+    """One sentence for the dataset card: which region_window patch sizes the window length fits."""
+    fits = [p for p in range(1, num_timepoints + 1) if num_timepoints % p == 0]
+    presets = "fits" if num_timepoints % PRESET_PATCH_SIZE == 0 else "does NOT fit"
+    return (
+        f"a region_window model needs a patch_size dividing {num_timepoints} ({', '.join(map(str, fits))}); this "
+        f"{presets} the brainlm presets' patch_size {PRESET_PATCH_SIZE}"
+    )
 
 
 def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, atlas_name) -> tuple:
@@ -244,7 +275,8 @@ flattened from `(num_timepoints, num_regions)`), ids, TR, atlas and phenotype co
 | --- | --- | --- | --- |
 {rows}
 
-Regions: {summary["num_regions"]}; atlas: {processor.atlas or "not given"}; window: {num_timepoints} timepoints;
+Regions: {summary["num_regions"]}; atlas: {processor.atlas or "not given"}; window: {num_timepoints} timepoints
+({patch_sizes_statement(num_timepoints)});
 normalisation: {processor.normalization} (statistics fitted on the training split, in `preprocessor_config.json`).
 
 Recordings left out for being shorter than one window: {len(summary["too_short"])}

@@ -9,6 +9,7 @@ any fsspec URL (e.g. `https://host/dataset`, whose server lists folders).
 
 import json
 import tempfile
+import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -112,21 +113,89 @@ def read_shard(path: str, columns: list[str] | None = None):
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
 
 
-def read_recordings(path: str, columns: list[str] | None = None) -> list[dict]:
+def read_recordings(path: str, columns: list[str] | None = None, reader: str = "auto") -> list[dict]:
     """
-    Every row of a prepared shard (`read_shard`) as `{"id", "series": (T, V) float32 view, **columns}`, in shard
-    order (`columns`: extra columns such as phenotypes).
+    Every row of a prepared shard as `{"id", "series": (T, V) float32 read-only array, **columns}`, in shard order
+    (`columns`: extra columns such as phenotypes). A shard that cannot be read raises naming it.
+
+    `reader="auto"` reads `series` without decoding it when the shard stores it PLAIN and uncompressed (every
+    prepared shard does; `series_column`): each recording is then a view of the memory-mapped file (or of the
+    downloaded bytes for a URL), valid while the file is unchanged. Other layouts, e.g. shards written by
+    `datasets.Dataset.to_parquet`, are decoded by pyarrow, as `reader="pyarrow"` always does; both give identical
+    arrays.
     """
-    table = read_shard(path, RECORDING_COLUMNS + list(columns or []))
-    column = table.column("series").combine_chunks()
-    offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
-    shapes = zip(table.column("num_timepoints").to_pylist(), table.column("num_regions").to_pylist(), strict=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .series_column import series_values
+
+    if reader not in ("auto", "pyarrow"):
+        raise ValueError(f"reader must be 'auto' or 'pyarrow', got {reader!r}.")
+    try:
+        data = _shard_buffer(path)
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        others = [c for c in RECORDING_COLUMNS if c != "series"] + list(columns or [])
+        table = parquet.read(columns=others if reader == "auto" else others + ["series"])
+        columns_of = table.column
+        shapes = list(
+            zip(columns_of("num_timepoints").to_pylist(), columns_of("num_regions").to_pylist(), strict=True)
+        )
+        flat = series_values(data, parquet.metadata) if reader == "auto" else None
+        if flat is None or [len(v) for v in flat] != [t * v for t, v in shapes]:
+            if reader == "auto":
+                warnings.warn(
+                    f"{path} stores `series` compressed, dictionary-encoded or with nulls: it is decoded by pyarrow, "
+                    "several times slower than a shard written by `brainlm prepare` (prepare it again to speed up).",
+                    stacklevel=2,
+                )
+            table = table if "series" in table.column_names else parquet.read(columns=others + ["series"])
+            column = table.column("series").combine_chunks()
+            offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
+            flat = [values[offsets[row] : offsets[row + 1]] for row in range(len(table))]
+    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
+        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
     extras = {name: table.column(name).to_pylist() for name in columns or []}
     return [
-        {
-            "id": record_id,
-            "series": values[offsets[row] : offsets[row + 1]].reshape(shape),
-            **{name: extra[row] for name, extra in extras.items()},
-        }
-        for row, (record_id, shape) in enumerate(zip(table.column("id").to_pylist(), shapes, strict=True))
+        {"id": record_id, "series": values.reshape(shape), **{name: extra[row] for name, extra in extras.items()}}
+        for row, (record_id, shape, values) in enumerate(
+            zip(table.column("id").to_pylist(), shapes, flat, strict=True)
+        )
     ]
+
+
+def _shard_buffer(path: str):
+    """The whole shard as a `pyarrow.Buffer`: memory-mapped for a local file, read in one request for a URL."""
+    import fsspec
+    import pyarrow as pa
+
+    filesystem, location = fsspec.core.url_to_fs(path)
+    if filesystem.protocol in ("file", ("file", "local")):
+        with pa.memory_map(location, "r") as mapped:
+            return mapped.read_buffer()
+    return pa.py_buffer(filesystem.cat_file(location))
+
+
+def read_shapes(path: str) -> list[tuple[int, int]]:
+    """
+    `(num_timepoints, num_regions)` of every row of a prepared shard, reading only those two columns (a URL is read
+    by range requests when its server allows them, else whole). A shard that cannot be read raises naming it.
+    """
+    import fsspec
+    import pyarrow.parquet as pq
+
+    names = ["num_timepoints", "num_regions"]
+    try:
+        filesystem, location = fsspec.core.url_to_fs(path)
+        if filesystem.protocol in ("file", ("file", "local")):
+            table = pq.read_table(location, columns=names, memory_map=True)
+        else:
+            try:
+                with filesystem.open(location) as handle:
+                    table = pq.read_table(handle, columns=names)
+            except ValueError:  # a server without range requests
+                table = read_shard(path, names)
+    except RuntimeError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
+        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
+    return list(zip(table.column(names[0]).to_pylist(), table.column(names[1]).to_pylist(), strict=True))

@@ -34,6 +34,7 @@ from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..hub import push_folder
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMForSequenceClassification
+from .checks import check_counts, check_processor_for_model, saved_processor
 from .metrics import classification_metrics, regression_metrics
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
@@ -277,6 +278,8 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
     labels = dict(zip(names, labels, strict=True))
     model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **_head_options(args))
+    check_counts(windows_per_recording=(args.windows_per_recording, 1))
+    check_processor_for_model(processor, model.config, saved_processor(args.model), args.model)
     train = RecordingWindowDataset(
         processor, splits["train"][0], labels["train"], args.windows_per_recording, training_args.seed
     )

@@ -8,19 +8,33 @@ same. Design choices, each forced by a measured trap (see the README):
   `WindowStream`s; process p reads streams `p * GA ... p * GA + GA - 1`, one per accumulation micro-step. So a run
   with 2 processes sees the same windows per step as 1 process with twice the accumulation. The DataLoaders are not
   `prepare`d (that would shard the data a second time).
+* Loading: a process's streams are batched by one `BatchStream` in `--dataloader_num_workers` worker processes
+  (each stream split into as many parts by shards; step n takes its micro-batches from part n mod parts), made
+  ahead (`--dataloader_prefetch_factor` per worker, plus a thread that keeps the next items ready, so even without
+  workers the data path overlaps the step), pinned and copied with `non_blocking` when an accelerator is used.
+  The masking noise is drawn in the workers too.
 * Masks: the noise of every window is drawn from `(seed, epoch, window id)`, not from a process's RNG stream.
-* Steps: training counts optimizer steps over endless streams (each restarts its epoch on its own), so processes
-  never wait for one another at an epoch end. The LR scheduler is stepped by hand once per optimizer step and
-  registered for checkpointing (a prepared scheduler steps once per process).
-* Resume: `save_state` stores model, optimizer, scheduler, RNG and a `TrainingState` with every process's stream
-  positions; `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted run.
+* Steps: training counts optimizer steps over endless streams (each part restarts its epoch on its own), so
+  processes never wait for one another at an epoch end. The LR scheduler is stepped by hand once per optimizer step
+  and registered for checkpointing (a prepared scheduler steps once per process).
+* Host syncs: the loss stays on the device; it is read (`.item()`, with the non-finite check) at logging and saving
+  steps, and at every step only where that costs nothing (the CPU).
+* Checks: before the first step, `checks` refuses a run that cannot work (no windows, fewer windows per epoch than
+  one batch for some stream part, window length vs patch size, regions and coordinates vs the model) with one line.
+* Resume: `save_state` stores model, optimizer, scheduler, RNG and a `TrainingState` with every process's
+  `BatchStream` positions (plain JSON data); `--resume_from_checkpoint latest` continues with the same losses as an
+  uninterrupted run, also with loader workers (with any worker count dividing the one the run started with) and with
+  another number of processes whose product with the accumulation steps is unchanged.
 """
 
+import functools
 import itertools
 import json
-import math
+import logging
+import queue
 import re
 import shutil
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -30,11 +44,15 @@ import numpy as np
 import torch
 
 from ..configuration_brainlm import PRESETS, BrainLMConfig
-from ..data import BrainLMCollator, PreparedDataset, WindowStream
+from ..data import PreparedDataset, WindowStream
+from ..data.streaming import BatchStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
+from .checks import check_counts, check_pretraining_data, check_processor_for_model, saved_processor
 from .metrics import baseline_predictions, masked_reconstruction_metrics
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,8 +80,14 @@ class PretrainingArguments:
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     crops_per_recording: int = 4
+    dataloader_num_workers: int = field(
+        default=0, metadata={"help": "loader worker processes per process (each stream is split into as many parts)"}
+    )
+    dataloader_prefetch_factor: int = field(default=2, metadata={"help": "batches made ahead per loader worker"})
+    dataloader_pin_memory: bool = field(default=True, metadata={"help": "pin batches (only with an accelerator)"})
+    torch_compile: bool = field(default=False, metadata={"help": "compile the model's forward with torch.compile"})
     eval_steps: int = 100
-    eval_windows: int = 64
+    eval_windows: int = field(default=64, metadata={"help": "validation windows evaluated (0: no evaluation)"})
     save_steps: int = 100
     save_total_limit: int = 2
     logging_steps: int = 10
@@ -77,10 +101,10 @@ EVALUATION_EPOCH = 2**32 - 1  # the noise key of evaluation masks, apart from ev
 
 @dataclass
 class TrainingState:
-    """Everything beyond model, optimizer, scheduler and RNG that a resume needs, for every process."""
+    """Everything beyond model, optimizer, scheduler and RNG that a resume needs, for every process (plain data)."""
 
     step: int = 0
-    streams: list = field(default_factory=list)  # per process: the state of each of its streams
+    streams: list = field(default_factory=list)  # per process: its `BatchStream.state_dict()` and first stream
 
     def state_dict(self) -> dict:
         return {"step": self.step, "streams": self.streams}
@@ -99,20 +123,49 @@ def pretrain(args: PretrainingArguments) -> dict:
     """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
     from accelerate.utils import set_seed
 
+    check_counts(
+        crops_per_recording=(args.crops_per_recording, 1),
+        per_device_train_batch_size=(args.per_device_train_batch_size, 1),
+        gradient_accumulation_steps=(args.gradient_accumulation_steps, 1),
+        dataloader_num_workers=(args.dataloader_num_workers, 0),
+        dataloader_prefetch_factor=(args.dataloader_prefetch_factor, 1),
+        logging_steps=(args.logging_steps, 1),
+        save_steps=(args.save_steps, 1),
+    )
     accelerator = _accelerator(args)
     set_seed(args.seed)  # the same initial weights on every process
     dataset = PreparedDataset(args.dataset)
     model = build_model(args)
+    check_processor_for_model(dataset.processor, model.config, saved_processor(args.model), args.model)
+    if not args.resume_from_checkpoint:  # a resumed run splits its data as the checkpoint says: checked below
+        counts = _check_data(args, dataset, accelerator.num_processes, max(1, args.dataloader_num_workers))
     optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
     model, optimizer = _prepare(accelerator, model, optimizer, args)
     streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
-    state = TrainingState(streams=[[s.state_dict() for s in streams]] * accelerator.num_processes)
+    batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
+    state = TrainingState(streams=[_stream_state(batches)])
     accelerator.register_for_checkpointing(scheduler, state)
     if args.resume_from_checkpoint:
-        resume(accelerator, Path(args.output_dir), args.resume_from_checkpoint, state, streams)
-    _start_run(accelerator, args)
-    train(accelerator, model, optimizer, scheduler, state, streams, dataset, args)
+        resume(accelerator, Path(args.output_dir), args.resume_from_checkpoint, state, batches, args)
+        batches.check_workers(args.dataloader_num_workers)
+        counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
+    _start_run(accelerator, args, counts)
+    train(accelerator, model, optimizer, scheduler, state, batches, dataset, args)
     return finish(accelerator, model, dataset, args)
+
+
+def _check_data(args: PretrainingArguments, dataset: PreparedDataset, num_processes: int, parts: int) -> dict:
+    """`checks.check_pretraining_data` for this run's training (and validation) shards."""
+    return check_pretraining_data(
+        dataset.shards("train"),
+        dataset.processor,
+        args.crops_per_recording,
+        args.per_device_train_batch_size,
+        num_processes,
+        args.gradient_accumulation_steps,
+        parts,
+        dataset.shards(args.validation_split) if args.validation_split and args.eval_windows > 0 else [],
+    )
 
 
 def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
@@ -173,70 +226,175 @@ def training_streams(args: PretrainingArguments, dataset: PreparedDataset, proce
     ]
 
 
-def resume(accelerator, output: Path, checkpoint: str, state: TrainingState, streams: list[WindowStream]) -> None:
-    """Restore model, optimizer, scheduler, RNG and this process's stream positions from a checkpoint."""
+def training_batches(args: PretrainingArguments, streams, model, processor: BrainLMFeatureExtractor) -> BatchStream:
+    """The `BatchStream` of this process's streams, split into `max(1, dataloader_num_workers)` parts, with the
+    masking noise of every window made beside its batch."""
+    num_tokens = model.num_tokens(processor.num_regions or 1, processor.num_timepoints)
+    return BatchStream(
+        streams,
+        args.per_device_train_batch_size,
+        parts=max(1, args.dataloader_num_workers),
+        noise=functools.partial(window_noise, args.seed, num_tokens=num_tokens),
+    )
+
+
+def resume(accelerator, output: Path, checkpoint: str, state: TrainingState, batches: BatchStream, args) -> None:
+    """
+    Restore model, optimizer, scheduler, RNG and this process's stream positions from a checkpoint. The streams of
+    all processes are pooled and dealt again, so a run resumed on another number of processes with the same number
+    of streams (processes x gradient accumulation steps) continues the same data; another number is refused.
+    """
     accelerator.load_state(_checkpoint_path(output, checkpoint))
-    for stream, stream_state in zip(streams, state.streams[accelerator.process_index], strict=True):
-        stream.load_state_dict(stream_state)
+    batches.load_state_dict(
+        stream_state_for(
+            state.streams, accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
+        )
+    )
+    state.streams = [_stream_state(batches)]
 
 
-def train(accelerator, model, optimizer, scheduler, state: TrainingState, streams, dataset, args) -> None:
+def stream_state_for(saved: list, process_index: int, num_processes: int, accumulation: int) -> dict:
+    """
+    The `BatchStream` state of process `process_index` from a checkpoint's `TrainingState.streams` (one entry per
+    process that wrote it): every stream's positions pooled in stream order and dealt again, `accumulation` per
+    process. Refuses another total number of streams, naming both.
+    """
+    entries = [_upgraded(entry, index) for index, entry in enumerate(saved)]
+    positions = [
+        p for entry in sorted(entries, key=lambda e: e["first_stream"]) for p in entry["batches"]["positions"]
+    ]
+    wanted = num_processes * accumulation
+    if len(positions) != wanted:
+        raise ValueError(
+            f"The checkpoint's data is {len(positions)} streams ({len(entries)} processes x "
+            f"{len(positions) // max(1, len(entries))} gradient accumulation steps) but this run has {wanted} "
+            f"({num_processes} x {accumulation}): resume with the same product."
+        )
+    first = process_index * accumulation
+    return dict(entries[0]["batches"], positions=positions[first : first + accumulation])
+
+
+def _stream_state(batches: BatchStream) -> dict:
+    """A process's entry of `TrainingState.streams`: the index of its first stream and its `BatchStream` state."""
+    return {"first_stream": batches.streams[0].rank, "batches": batches.state_dict()}
+
+
+def _upgraded(entry, process_index: int) -> dict:
+    """A process's saved stream state; checkpoints written before `BatchStream` held a list of `WindowStream`
+    positions per process (one part each, no workers)."""
+    if isinstance(entry, dict):
+        return entry
+    positions = [[dict(s)] for s in entry]
+    return {"first_stream": process_index * len(entry), "batches": {"parts": 1, "next": 0, "positions": positions}}
+
+
+def train(accelerator, model, optimizer, scheduler, state: TrainingState, batches: BatchStream, dataset, args):
     """Optimizer steps until `max_steps`: a micro-batch from every stream, then log, checkpoint and evaluate."""
     from tqdm.auto import tqdm
 
-    output, batch_size = Path(args.output_dir), args.per_device_train_batch_size
-    sources = [_full_batches(stream, _loader(stream, dataset.processor, batch_size), batch_size) for stream in streams]
+    output = Path(args.output_dir)
+    forward = torch.compile(model) if args.torch_compile else model  # the prepared model stays the one saved
+    pin = args.dataloader_pin_memory and accelerator.device.type == "cuda"
+    prefetch = args.dataloader_prefetch_factor
+    loader = batches.loader(args.dataloader_num_workers, pin, prefetch, shared_buffers=prefetch + 4)
+    feed = DataFeed(loader, f"process {accelerator.process_index}, {args.dataloader_num_workers} loader workers")
     progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
     meter = _Throughput(accelerator.num_processes)
+    losses = _LossWatch(accelerator, every_step=accelerator.device.type == "cpu")
     model.train()
-    while state.step < args.max_steps:
-        loss = train_step(accelerator, model, optimizer, streams, sources, args, meter)
-        scheduler.step()
-        state.step += 1
-        progress.update(1)
-        if not math.isfinite(loss):
-            saved = save_checkpoint(accelerator, output, state, streams, args.save_total_limit, name="nan")
-            raise RuntimeError(f"The loss is {loss} at step {state.step}; the state was saved to {saved}.")
-        if state.step % args.logging_steps == 0 or state.step == args.max_steps:
-            record = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0], **meter.read()}
-            _log(accelerator, output, record, progress)
-        if state.step % args.save_steps == 0 or state.step == args.max_steps:
-            save_checkpoint(accelerator, output, state, streams, args.save_total_limit)
-        if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
-            metrics = evaluate_reconstruction(accelerator.unwrap_model(model), dataset, args)
-            accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
-            model.train()
-    progress.close()
+    try:
+        while state.step < args.max_steps:
+            item = next(feed)
+            step_loss = train_step(accelerator, model, forward, optimizer, item["batches"], args, meter)
+            losses.add(step_loss, state.step + 1)
+            batches.advance(item)  # after the step: the item's tensors may live in a reused shared buffer
+            scheduler.step()
+            state.step += 1
+            progress.update(1)
+            log_now = state.step % args.logging_steps == 0 or state.step == args.max_steps
+            save_now = state.step % args.save_steps == 0 or state.step == args.max_steps
+            if losses.due(log_now or save_now):
+                loss, bad = losses.read()
+                if bad is not None:
+                    saved = save_checkpoint(accelerator, output, state, batches, args.save_total_limit, name="nan")
+                    raise RuntimeError(f"The loss is {bad[1]} at step {bad[0]}; the state was saved to {saved}.")
+                if log_now:
+                    record = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0]}
+                    _log(accelerator, output, {**record, **meter.read()}, progress)
+                    losses.reset()
+            if save_now:
+                save_checkpoint(accelerator, output, state, batches, args.save_total_limit)
+            if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+                metrics = evaluate_reconstruction(_plain(accelerator, model), dataset, args)
+                accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
+                model.train()
+    finally:
+        feed.close()
+        progress.close()
 
 
-def train_step(accelerator, model, optimizer, streams, sources, args, meter: "_Throughput") -> float:
-    """One optimizer step over one micro-batch of each stream; returns the loss averaged over streams and processes."""
+def train_step(accelerator, model, forward, optimizer, batches: list[dict], args, meter: "_Throughput"):
+    """
+    One optimizer step over one micro-batch of each stream (`forward`: the model or its compiled forward); returns
+    the loss averaged over the streams, on the device (not synchronised).
+    """
     step_loss = 0.0
-    for stream, source in zip(streams, sources, strict=True):
-        batch, ids = next(source)
-        num_tokens = accelerator.unwrap_model(model).num_tokens(*batch["signal_values"].shape[1:])
-        noise = window_noise(args.seed, stream.epoch, ids, num_tokens)
+    device = accelerator.device
+    for batch in batches:
+        inputs = {k: batch[k].to(device, non_blocking=True) for k in ("signal_values", "coordinates") if k in batch}
         with accelerator.accumulate(model):
-            out = model(**_to_device(batch, accelerator.device), noise=noise.to(accelerator.device))
+            out = forward(**inputs, noise=batch["noise"].to(device, non_blocking=True))
             accelerator.backward(out.loss)
             if accelerator.sync_gradients and args.max_grad_norm:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad()
-        step_loss += out.loss.detach() / len(streams)
-        meter.add(len(ids), num_tokens)
+        step_loss = step_loss + out.loss.detach() / len(batches)
+        meter.add(len(batch["window_ids"]), batch["noise"].shape[1])
     if not accelerator.sync_gradients:
         raise RuntimeError("Gradient accumulation fell out of step with the streams.")
-    return accelerator.reduce(step_loss, "mean").item()
+    return step_loss
+
+
+class _LossWatch:
+    """
+    The training loss without a host sync per step: step losses are summed on the device, with the first non-finite
+    one kept, and read (averaged over processes and over the steps since the last log) only when `due`: at every
+    step with `every_step` (on the CPU, where reading costs nothing), else at logging and saving steps. Reading is a
+    collective, at the same steps on every process.
+    """
+
+    def __init__(self, accelerator, every_step: bool):
+        self.accelerator, self.every_step = accelerator, every_step
+        self.first_bad = torch.tensor([-1.0, 0.0], device=accelerator.device)  # (step, loss), step -1: none yet
+        self.reset()
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        self.total, self.count = self.total + loss.float(), self.count + 1
+        here = torch.stack([torch.full_like(loss, step).float(), loss.float()])
+        self.first_bad = torch.where(~torch.isfinite(loss) & (self.first_bad[0] < 0), here, self.first_bad)
+
+    def due(self, log_or_save: bool) -> bool:
+        return self.every_step or log_or_save
+
+    def read(self) -> tuple[float, tuple[int, float] | None]:
+        """(the mean loss since the last reset, (step, loss) of the first non-finite step of any process or None)."""
+        reduce = self.accelerator.reduce
+        mean = reduce(self.total / self.count, "mean").item()
+        step = int(reduce(self.first_bad[0].clone(), "max").item())
+        return mean, (None if step < 0 else (step, reduce(self.first_bad[1].clone(), "mean").item()))
 
 
 def finish(accelerator, model, dataset: PreparedDataset, args: PretrainingArguments) -> dict:
     """Final evaluation, `final/` (model + processor) and `metrics.json`; returns the metrics."""
-    metrics = evaluate_reconstruction(accelerator.unwrap_model(model), dataset, args)
+    metrics = evaluate_reconstruction(_plain(accelerator, model), dataset, args)
     state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process calls it
     if accelerator.is_main_process:
         output = Path(args.output_dir)
-        accelerator.unwrap_model(model).save_pretrained(output / "final", state_dict=state_dict)
+        _plain(accelerator, model).save_pretrained(output / "final", state_dict=state_dict)
         dataset.processor.save_pretrained(output / "final")
         (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.end_training()
@@ -290,9 +448,10 @@ def reconstruct_held_out(
 def evaluate_reconstruction(
     model: BrainLMForMaskedSignalModeling, dataset: PreparedDataset, args: PretrainingArguments
 ) -> dict:
-    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none)."""
+    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none, or
+    with `eval_windows` 0)."""
     shards = dataset.shards(args.validation_split)
-    if not shards:
+    if not shards or args.eval_windows <= 0:
         return {}
     return reconstruct_held_out(model, dataset.processor, shards, args.eval_windows, seed=args.seed).metrics()
 
@@ -323,12 +482,18 @@ def _prepare(accelerator, model, optimizer, args: PretrainingArguments):
     return accelerator.prepare(model, optimizer)  # the DataLoaders are not prepared: the streams shard the data
 
 
-def _start_run(accelerator, args: PretrainingArguments) -> None:
+def _start_run(accelerator, args: PretrainingArguments, counts: dict) -> None:
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
+        logger.info(f"Training data: {counts}")
     accelerator.init_trackers("brainlm_pretraining", config={k: v for k, v in asdict(args).items() if v is not None})
+
+
+def _plain(accelerator, model):
+    """The model itself: without DDP/FSDP wrappers and without a compiled wrapper."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 class _Throughput:
@@ -360,28 +525,63 @@ def _log(accelerator, output: Path, record: dict, progress) -> None:
         progress.set_postfix(loss=f"{record['loss']:.4f}", windows_per_s=f"{record['windows_per_s']:.1f}")
 
 
-def _loader(stream: WindowStream, processor: BrainLMFeatureExtractor, batch_size: int):
-    # own generator: creating an iterator must not draw from the global RNG (it would shift dropout after resume)
-    collate = BrainLMCollator(processor)
+class DataFeed:
+    """
+    The items of a loader made ahead in a thread, so that the data path overlaps the training step even without
+    loader workers (order unchanged). A wait for the next item longer than `patience` seconds is logged, and again
+    every `patience` seconds, so a stall is visible; an error of the loader is raised here, as it was.
+    """
 
-    def collate_with_ids(items):
-        return collate(items), [f"{item['id']}/{item['crop']}" for item in items]
+    def __init__(self, loader, description: str, size: int = 2, patience: float = 60.0):
+        self.description, self.patience = description, patience
+        self._queue, self._stop = queue.Queue(maxsize=size), threading.Event()
+        iterator = iter(loader)  # made here: a multi-worker iterator installs signal handlers (main thread only)
+        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True, name="brainlm-data-feed")
+        self._thread.start()
 
-    return torch.utils.data.DataLoader(
-        stream, batch_size=batch_size, collate_fn=collate_with_ids, generator=torch.Generator()
-    )
+    def _run(self, iterator) -> None:
+        try:
+            for item in iterator:
+                if not self._put(("item", item)):
+                    return
+            self._put(("end", None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consuming thread
+            self._put(("error", error))
+
+    def _put(self, entry) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        waited = 0.0
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=self.patience)
+                break
+            except queue.Empty:
+                waited += self.patience
+                logger.warning(f"Waited {waited:.3g} s for the next training batch ({self.description}).")
+        if kind == "error":
+            raise value
+        if kind == "end":
+            raise StopIteration
+        return value
+
+    def close(self) -> None:
+        self._stop.set()
 
 
-def _full_batches(stream: WindowStream, loader, batch_size: int):
-    """Endless full batches of one stream: a short last batch is dropped and the stream moves to its next epoch."""
-    while True:
-        for batch, ids in loader:
-            if len(ids) == batch_size:
-                yield batch, ids
-        stream.set_epoch(stream.epoch + 1)
-
-
-def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, limit: int, name: str = "") -> Path:
+def save_checkpoint(
+    accelerator, output: Path, state: TrainingState, batches: BatchStream, limit: int, name: str = ""
+) -> Path:
     """
     `save_state` into `checkpoints/checkpoint_<step>`, keeping the newest `limit` step checkpoints. The state is
     written to `<folder>.partial` and renamed when complete, so a run killed while saving never leaves a
@@ -389,7 +589,7 @@ def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, li
     """
     from accelerate.utils import gather_object
 
-    state.streams = gather_object([[stream.state_dict() for stream in streams]])  # every process's positions
+    state.streams = gather_object([_stream_state(batches)])  # every process's positions
     folder = output / "checkpoints" / f"checkpoint_{state.step}{'_' + name if name else ''}"
     partial = folder.with_name(folder.name + ".partial")
     if accelerator.is_main_process and partial.exists():  # left by a run killed while saving
@@ -411,10 +611,6 @@ def save_checkpoint(accelerator, output: Path, state: TrainingState, streams, li
 def _step_checkpoints(output: Path) -> list[Path]:
     folders = [p for p in (output / "checkpoints").glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
     return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _checkpoint_path(output: Path, name: str) -> str:
