@@ -55,13 +55,15 @@ def embed_recordings(
     """
     One embedding per recording: `(R, H)` float32, the mean over the recording's covering windows of the pooled
     encoder output (see the module docstring). `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a
-    dict whose values are taken in order); `processor` normalises them and sets the region order, coordinates and
-    window length. Deterministic, and independent of `batch_size` up to float rounding.
+    dict whose values are taken in order and whose keys name them in errors); `processor` normalises them and sets
+    the region order, coordinates and window length. Deterministic, and independent of `batch_size` up to float
+    rounding.
     """
-    recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
+    named = dict(recordings) if isinstance(recordings, Mapping) else None  # keys name recordings in errors
+    recordings = list(named.values()) if named is not None else list(recordings)
     if not recordings:
         raise ValueError("embed_recordings needs at least one recording.")
-    windows, owners = processor.windows(recordings)  # (W, V, T), (W,)
+    windows, owners = processor.windows(named if named is not None else recordings)  # (W, V, T), (W,)
     pooled = embed_windows(
         model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress
     )  # (W, H)
