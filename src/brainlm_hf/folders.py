@@ -11,6 +11,7 @@
   interrupted run leaves the earlier output as it was, and a repeated run never mixes its files with an earlier one's.
 """
 
+import errno
 import os
 import re
 import shutil
@@ -106,9 +107,26 @@ def output_folder(
     try:
         yield staging
         _move_into_place(staging, output)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _is_write_failure(error, staging):
+            raise
+        kept = "left as it was" if existing else "not created"
+        reason = error.strerror or " ".join(str(error).split())
+        raise type(error)(f"cannot write {output}: {reason}; {output} was {kept}.") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def _is_write_failure(error: OSError, staging: Path) -> bool:
+    """An error of writing the output (full disk, quota, read-only, ...), not of reading an input."""
+    if error.filename is not None and str(staging) in str(error.filename):
+        return True
+    return (error.errno in _WRITE_ERRORS and error.filename is None) or "No space left on device" in str(error)
 
 
 def _first_existing(path: Path) -> Path:
