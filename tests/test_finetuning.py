@@ -1,6 +1,7 @@
 """Fine-tuning with Trainer: loss goes down, Auto reload, LoRA, `brainlm finetune` on a prepared dataset, metrics."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -174,11 +175,15 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
     assert BrainLMFeatureExtractor.from_pretrained(output).num_regions == 7
 
 
-def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path):
+def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path, capsys):
     path, _ = pretrained
-    with pytest.raises(ValueError, match=r"Label columns \['age'\] are not in .*'level', 'group'"):
+    with pytest.raises(SystemExit) as exit_:
         cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
              "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
+    assert exit_.value.code == 2
+    assert re.search(
+        r"brainlm finetune: error: Label columns \['age'\] are not in .*'level', 'group'", capsys.readouterr().err
+    )
 
 
 def test_cli_finetune_pushes_the_final_folder(phenotype_dataset, pretrained, tmp_path):
