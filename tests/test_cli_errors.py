@@ -97,14 +97,14 @@ CASES = [
         also=["--overwrite"],
     ),
     Case(
-        "prepare-overwrite-foreign-folder",
-        [*PREPARE, "{w}/tables", "{w}/notes", "--overwrite"],
-        ["{w}/notes", "README.md"],
+        "prepare-overwrite-the-working-folder",
+        [*PREPARE, "{w}/tables", ".", "--overwrite"],
+        ["working folder", "--overwrite"],
     ),
     Case(
         "prepare-overwrite-holds-inputs",
-        [*PREPARE, "{w}/tables", "{w}", "--overwrite"],
-        ["{w}", "{w}/tables"],
+        [*PREPARE, "{w}/tables/sub-01_bold.npy", "{w}/tables", "--overwrite"],
+        ["{w}/tables holds the input {w}/tables/sub-01_bold.npy"],
     ),
     Case(
         "prepare-input-missing",

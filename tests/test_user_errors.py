@@ -101,15 +101,32 @@ def test_a_full_disk_while_preparing_keeps_the_earlier_dataset(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("foreign", ["notes.txt", "train/notes.txt", "checkpoints/x.bin"])
-def test_overwrite_replaces_only_a_prepared_dataset(tmp_path, foreign):
+def test_overwrite_replaces_the_folder_whole(tmp_path, foreign):
     inputs = write_tables(tmp_path / "in", ["sub-1_bold.npy"])
     out = tmp_path / "prepared"
-    prepare(inputs, out)
-    (out / foreign).parent.mkdir(parents=True, exist_ok=True)
-    (out / foreign).write_text("mine")
-    with pytest.raises(FileExistsError, match="holds files that are not a prepared dataset"):
-        prepare(inputs, out, overwrite=True)
-    assert (out / foreign).read_text() == "mine"
+    (out / foreign).parent.mkdir(parents=True)
+    (out / foreign).write_text("not a dataset")
+    with pytest.raises(FileExistsError, match=f"{out} is not empty"):
+        prepare(inputs, out)
+    assert (out / foreign).read_text() == "not a dataset"
+    prepare(inputs, out, overwrite=True)
+    assert not (out / foreign).exists() and ids_of(out) == ["sub-1_bold"]  # nothing of the old folder mixed in
+
+
+def test_overwrite_never_deletes_the_working_or_home_folder(tmp_path, monkeypatch):
+    inputs = write_tables(tmp_path / "in", ["sub-1_bold.npy"])
+    work = tmp_path / "work" / "here"
+    work.mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    for out in (work, work.parent, Path(".")):
+        with pytest.raises(ValueError, match="holds the working folder: --overwrite would delete it"):
+            prepare(inputs, out, overwrite=True)
+    monkeypatch.setenv("HOME", str(work))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="holds the home folder"):
+        prepare(inputs, "~", overwrite=True)
+    assert (work / "notes.txt").read_text() == "mine"
 
 
 def test_overwrite_never_deletes_an_input(tmp_path):
@@ -657,22 +674,23 @@ def original(tmp_path) -> Path:
     return folder
 
 
-def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_a_conversion(tmp_path):
+def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_path):
     from brainlm_hf.convert import convert_checkpoint
 
     source, out = original(tmp_path), tmp_path / "converted"
     out.mkdir()
     (out / "README.md").write_text("my notes")
-    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md\\).*--overwrite"):
+    (out / "notes.txt").write_text("more notes")
+    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md, notes.txt\\).*--overwrite"):
         convert_checkpoint(str(source), str(out))
-    with pytest.raises(FileExistsError, match="holds files that are not a converted checkpoint"):
-        convert_checkpoint(str(source), str(out), overwrite=True)
     assert (out / "README.md").read_text() == "my notes"
-    (out / "README.md").unlink()
-    convert_checkpoint(str(source), str(out))  # an empty folder is fine
+    convert_checkpoint(str(source), str(out), overwrite=True)  # replaced whole: nothing of the old folder is left
+    assert not (out / "notes.txt").exists() and "my notes" not in (out / "README.md").read_text()
     first = (out / "model.safetensors").read_bytes()
-    convert_checkpoint(str(source), str(out), overwrite=True)  # a conversion is replaced whole
+    convert_checkpoint(str(source), str(out), overwrite=True)
     assert (out / "model.safetensors").read_bytes() == first
+    (tmp_path / "empty").mkdir()
+    convert_checkpoint(str(source), str(tmp_path / "empty"))  # an empty folder is fine
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

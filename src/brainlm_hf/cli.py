@@ -321,7 +321,7 @@ def _add_convert(commands) -> None:
     convert.add_argument("--preset", help="refuse a checkpoint whose architecture differs from this preset")
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repository")
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
-    convert.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in OUT whole")
+    convert.add_argument("--overwrite", action="store_true", help="replace what OUT holds, whole")
     convert.set_defaults(run=_convert)
 
 
@@ -372,7 +372,7 @@ def _add_prepare(commands) -> None:
         "an error; they are recorded in the processor",
     )
     prepare.add_argument(
-        "--overwrite", action="store_true", help="replace an earlier prepared dataset in OUT whole (never mixed)"
+        "--overwrite", action="store_true", help="replace what OUT holds, whole (never mixed with it)"
     )
     prepare.set_defaults(run=_prepare)
 

@@ -351,8 +351,8 @@ def convert_checkpoint(
     region order its weights expect (a stable sort on Y). `expected_preset` makes a checkpoint whose architecture
     differs from that preset an error that lists the differences; without it the differences are only reported.
 
-    `output_dir` must be new or empty (`overwrite=True` replaces an earlier conversion there whole, never a folder
-    holding other files), and may not be `source` or inside it. Everything is written into a temporary folder beside
+    `output_dir` must be new or empty (`overwrite=True` replaces it whole, but never a folder that holds `source`),
+    and may not be `source` or inside it. Everything is written into a temporary folder beside
     it and moved into place once complete.
     """
     from .folders import is_path_like, local_folder, output_folder
@@ -374,30 +374,13 @@ def convert_checkpoint(
     with output_folder(
         output_dir,
         overwrite,
-        _is_conversion,
-        "a converted checkpoint",
+        "the converted checkpoint",
         inputs=[p for p in (source_folder, atlas_coordinates) if p is not None and Path(p).exists()],
     ) as staging:
         model = _convert_into(staging, source, subfolder, revision, token, coordinates, expected_preset)
     if push_to_hub:
         push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
     return model
-
-
-_CONVERTED_FILES = re.compile(
-    r"README\.md|config\.json|preprocessor_config\.json|(configuration|modeling|feature_extraction)_brainlm\.py|"
-    r"model(-\d+-of-\d+)?\.safetensors(\.index\.json)?"
-)
-
-
-def _is_conversion(folder: Path) -> bool:
-    """Whether `folder` holds a brainlm_hf checkpoint written by `convert_checkpoint` and nothing else."""
-    try:
-        if json.loads((folder / "config.json").read_text()).get("model_type") != BrainLMConfig.model_type:
-            return False
-    except (OSError, ValueError):
-        return False
-    return all(path.is_file() and _CONVERTED_FILES.fullmatch(path.name) for path in folder.iterdir())
 
 
 def read_coordinates(path) -> np.ndarray:

@@ -5,10 +5,11 @@
   `~`, has more than one `/`, or cannot be a Hub repository id) rather than a Hub repository id (`name` or
   `namespace/name`). A path-like name that does not exist is an error ("no such folder: PATH"), never a Hub request.
 * `output_folder(...)`: a context manager for commands that write a whole folder (`brainlm prepare`, `brainlm
-  convert`). It refuses an output that is a file, or a folder that already holds files unless `overwrite=True`, and
-  even then only a folder that the same command wrote (`owned`) and that holds none of the inputs. Everything is
-  written into a temporary folder beside the output, which replaces the output only once complete: a failed or
-  interrupted run leaves the earlier output as it was, and a repeated run never mixes its files with an earlier one's.
+  convert`). It refuses an output that is a file, or a folder that already holds files unless `overwrite=True`
+  (which replaces it whole), and even then a folder that holds an input, the working folder or the home folder.
+  Everything is written into a temporary folder beside the output, which replaces the output only once complete: a
+  failed or interrupted run leaves the earlier output as it was, and a repeated run never mixes its files with an
+  earlier one's.
 """
 
 import errno
@@ -16,7 +17,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,12 +61,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 @contextmanager
 def output_folder(
-    output,
-    overwrite: bool = False,
-    owned: Callable[[Path], bool] = lambda folder: False,
-    what: str = "an output folder",
-    inputs: Iterable = (),
-    option: str = "--overwrite",
+    output, overwrite: bool = False, what: str = "the output", inputs: Iterable = (), option: str = "--overwrite"
 ) -> Iterator[Path]:
     """
     Yield a new temporary folder beside `output`; when the block completes, it becomes `output` (replacing an
@@ -73,7 +69,8 @@ def output_folder(
 
     * `output` is a file;
     * `output` holds files and `overwrite` is False (`option` names the switch in the message);
-    * with `overwrite`, `output` holds files that `owned(output)` does not recognise as `what`, or any of `inputs`.
+    * with `overwrite`, `output` is the working folder, one above it, or the home folder, or holds one of `inputs`
+      (replacing it would delete them).
 
     On an error inside the block the temporary folder is removed and `output` is left as it was.
     """
@@ -85,16 +82,14 @@ def output_folder(
         if not overwrite:
             raise FileExistsError(
                 f"{output} is not empty ({folder_listing(output)}): give a new or empty folder, or pass {option} to "
-                f"replace {what} there whole."
+                f"replace it whole with {what}."
             )
+        if _inside(Path.cwd(), output) or _inside(Path.home(), output):
+            where = "the home folder" if _inside(Path.home(), output) else "the working folder"
+            raise ValueError(f"{output} holds {where}: {option} would delete it; write {what} to a folder of its own.")
         held = [str(path) for path in inputs if _inside(path, output)]
         if held:
             raise ValueError(f"{output} holds the input {held[0]}: {option} would delete it; write to another folder.")
-        if not owned(output):
-            raise FileExistsError(
-                f"{output} holds files that are not {what} ({folder_listing(output)}); {option} only replaces "
-                f"{what}: give another folder, or empty this one yourself."
-            )
     parent = output.parent
     staging = parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -140,9 +135,10 @@ def _move_into_place(staging: Path, output: Path) -> None:
     if not output.exists():
         staging.rename(output)
         return
-    if not any(output.iterdir()):
-        output.rmdir()
-        staging.rename(output)
+    if not any(output.iterdir()):  # an empty folder stays (its permissions, a link to it): the files move in
+        for path in staging.iterdir():
+            path.rename(output / path.name)
+        staging.rmdir()
         return
     replaced = output.parent / f".{output.name}.replaced-{uuid.uuid4().hex[:8]}"
     output.rename(replaced)

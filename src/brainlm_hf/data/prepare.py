@@ -24,7 +24,6 @@ from .recordings import find_recordings, load_recording, recording_names
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 # the columns every row has: a phenotype column may not take one of these names (it would overwrite the field)
 DATASET_FIELDS = ("id", "subject", "session", "series", "repetition_time", "atlas", "num_timepoints", "num_regions")
-DATASET_FILES = ("README.md", "preprocessor_config.json", "prepare_summary.json", "feature_extraction_brainlm.py")
 
 
 def split_subjects(subjects, fractions: dict[str, float], seed: int) -> dict[str, str]:
@@ -78,8 +77,8 @@ def prepare_dataset(
         coordinates, region_names, atlas_name (*optional*): region coordinates `(V, 3)` (or the path of a `label x
             y z` table), names and atlas name for parcel tables made without an `Atlas` object (they override the
             atlas's). Without coordinates a warning says that pretraining a region-window model will need them.
-        overwrite (`bool`): replace an earlier prepared dataset in `output_dir` whole (never a folder holding other
-            files, nor one holding an input).
+        overwrite (`bool`): replace what `output_dir` holds whole (never a folder that holds an input, the working
+            folder or the home folder).
         iqr_epsilon (`float`, *optional*): robust scaling of regions whose training IQR is below it (e.g. empty
             parcels) by this value instead of an error (`BrainLMFeatureExtractor.fit`); the regions are recorded.
 
@@ -95,7 +94,7 @@ def prepare_dataset(
     paths = find_recordings(inputs)
     phenotype_table = _phenotype_table(phenotypes)
     given = [*paths, *(p for p in (phenotypes, coordinates_source) if isinstance(p, str | Path))]
-    with output_folder(output_dir, overwrite, _is_prepared_dataset, "a prepared dataset", inputs=given) as output:
+    with output_folder(output_dir, overwrite, "the prepared dataset", inputs=given) as output:
         rows, too_short, without_phenotypes = read_rows(
             paths, atlas, repetition_time, num_timepoints, phenotype_table, atlas_name
         )
@@ -138,18 +137,6 @@ def prepare_dataset(
         (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _is_prepared_dataset(folder: Path) -> bool:
-    """Whether `folder` holds a prepared dataset and nothing else (what `overwrite` may replace)."""
-    if not (folder / "prepare_summary.json").is_file():
-        return False
-    return all(
-        path.name in DATASET_FILES
-        if path.is_file()
-        else path.is_dir() and all(p.is_file() and p.suffix == ".parquet" for p in path.iterdir())
-        for path in folder.iterdir()
-    )
 
 
 def _checked_splits(splits: dict) -> dict[str, float]:
