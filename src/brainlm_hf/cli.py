@@ -3,37 +3,102 @@
 
 `pretrain` and `finetune` read their arguments with `HfArgumentParser` (dataclasses, also from one JSON/YAML file);
 the other commands are argparse subcommands, each an `_add_<command>` parser and a `_<command>` runner.
+
+User errors end the command with one line, `brainlm <command>: error: ...`, that names the file or option at fault,
+and exit code 2, without a traceback: invalid options (argparse), and every `ValueError` and `OSError`
+(`FileNotFoundError`, `PermissionError`, `NotADirectoryError`, a full disk, a failed download, ...) raised while the
+command runs: the package raises those for bad input and names the input. Any other exception is a bug and keeps its
+traceback; `BRAINLM_DEBUG=1` prints the traceback of user errors too. Warnings of the package print as one line,
+`brainlm <command>: warning: ...`.
 """
 
 import argparse
 import json
+import os
+import re
 import sys
+import traceback
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+USER_ERRORS = (ValueError, OSError)
+_PACKAGE = str(Path(__file__).resolve().parent)
+# what `save_state` writes into a step checkpoint (a folder to resume from, not a model)
+_STEP_CHECKPOINT_NAME = re.compile(r"checkpoint_\d+(_\w+)?(\.partial)?")
+_STEP_CHECKPOINT_FILES = ("optimizer*.bin", "optimizer*.pt", "scheduler*.bin", "random_states_*.pkl", "custom_*.pkl")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    for name, run in (("pretrain", pretrain_main), ("finetune", finetune_main)):
-        if argv[:1] == [name]:
-            try:
-                return run(argv[1:])
-            except (ValueError, FileNotFoundError) as error:  # a refused run: one line, exit status 2
-                sys.stderr.write(f"brainlm {name}: error: {error}\n")
-                raise SystemExit(2) from None
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:
+        return pretrain_main(argv[1:])
+    if argv[:1] == ["finetune"]:
+        return finetune_main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    with user_errors(args.command):
         args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"brainlm {args.command}: error: {error}\n")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors on one line: `<prog>: error: <message> (see `<prog> -h`)`, exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} -h`)\n")
+
+
+@contextmanager
+def user_errors(command: str):
+    """Turn the user errors (`USER_ERRORS`) raised inside into one line and exit code 2; warnings of the package into
+    `brainlm <command>: warning: ...` lines."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
+            print(f"brainlm {command}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    except USER_ERRORS as error:
+        if os.environ.get("BRAINLM_DEBUG"):
+            traceback.print_exception(error)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        print(f"brainlm {command}: error: {describe_error(error)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        warnings.showwarning = default
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: the message, or for an operating-system error `path: reason`."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        text = f"{error.filename}: {error.strerror}"
+        if error.filename2 is not None:
+            text += f" ({error.filename2})"
+    else:
+        text = str(error) or type(error).__name__
+    return _one_line(text)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
+    parser = ArgumentParser(prog="brainlm", description="BrainLM on Hugging Face.")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_add_convert, _add_prepare, _add_embed, _add_attention):
         add(commands)
     commands.add_parser("pretrain", help="pretrain with Accelerate on prepared shards (see `brainlm pretrain -h`)")
     commands.add_parser("finetune", help="fine-tune for phenotype columns with Trainer (see `brainlm finetune -h`)")
+    parser.commands = commands.choices
     return parser
 
 
@@ -42,7 +107,10 @@ def parse_dataclass_arguments(types: tuple, argv: list[str] | None, prog: str) -
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(types, prog=prog)
+    parser.error = lambda message: ArgumentParser.error(parser, message)  # one line, as the other commands
     if argv and len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        if not Path(argv[0]).is_file():
+            raise FileNotFoundError(f"no such file: {argv[0]} (the arguments as JSON or YAML)")
         read = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         return tuple(read(argv[0]))
     return tuple(parser.parse_args_into_dataclasses(args=argv))
@@ -52,8 +120,10 @@ def pretrain_main(argv: list[str] | None = None) -> None:
     """`brainlm pretrain`: `PretrainingArguments` from the command line or a JSON/YAML file."""
     from .training.pretraining import PretrainingArguments, pretrain
 
-    (args,) = parse_dataclass_arguments((PretrainingArguments,), argv, "brainlm pretrain")
-    metrics = pretrain(args)
+    with user_errors("pretrain"):
+        (args,) = parse_dataclass_arguments((PretrainingArguments,), argv, "brainlm pretrain")
+        _check_pretraining(args)
+        metrics = pretrain(args)
     if metrics:
         print(json.dumps(metrics, indent=2))
 
@@ -62,19 +132,160 @@ def finetune_main(argv: list[str] | None = None) -> dict:
     """`brainlm finetune`: `FinetuningArguments` and `TrainingArguments` from the command line or a JSON/YAML file."""
     from transformers import TrainingArguments
 
+    from .configuration_brainlm import PRESETS
+    from .data import PreparedDataset
     from .training.finetuning import FinetuningArguments, finetune
 
-    args, training_args = parse_dataclass_arguments((FinetuningArguments, TrainingArguments), argv, "brainlm finetune")
-    results = finetune(args, training_args)
+    with user_errors("finetune"):
+        args, training_args = parse_dataclass_arguments(
+            (FinetuningArguments, TrainingArguments), argv, "brainlm finetune"
+        )
+        check_model_path(args.model, "--model", presets=PRESETS)
+        PreparedDataset(args.dataset)  # an error that names the folder before any work
+        check_output_folder(training_args.output_dir, "--output_dir")
+        results = finetune(args, training_args)
     print(json.dumps(results, indent=2))
     return results
+
+
+def _check_pretraining(args) -> None:
+    """What `brainlm pretrain` can check before starting: the model, the dataset (its shards, its processor, and
+    coordinates for a region-window model) and the output folder."""
+    from .configuration_brainlm import PRESETS, BrainLMConfig
+    from .data import PreparedDataset
+
+    check_model_path(args.model, "--model", presets=PRESETS, config_file=True)
+    dataset = PreparedDataset(args.dataset)
+    if not dataset.shards("train"):
+        raise FileNotFoundError(f"{args.dataset} has no train/ split to pretrain on (--dataset).")
+    if dataset.processor.coordinates is None:
+        if args.model in PRESETS:
+            layout = BrainLMConfig.from_preset(args.model).token_layout
+        else:
+            file = Path(args.model) if args.model.endswith(".json") else Path(args.model) / "config.json"
+            layout = json.loads(file.read_text()).get("token_layout", "region_window") if file.is_file() else None
+        if layout == "region_window":
+            raise ValueError(
+                f"{args.dataset} has no region coordinates, which a region-window model ({args.model}) embeds: "
+                "prepare it again with --atlas-coordinates FILE (label x y z) or --atlas."
+            )
+    check_output_folder(args.output_dir, "--output_dir")
+
+
+def check_model_path(name: str, option: str, presets=(), config_file: bool = False) -> None:
+    """
+    Refuse, before any loading, a model path that cannot be a model: a path-like name that does not exist ("no
+    such folder"), a file (unless `config_file` and a `.json`), a step checkpoint of a training run (use `final/`
+    or resume), or a folder without `config.json`. A name that is not path-like is left to the Hub.
+    """
+    from .folders import is_path_like
+
+    if name in presets:
+        return
+    path = Path(os.path.expanduser(name))
+    if path.is_file():
+        if config_file and name.endswith(".json"):
+            return
+        raise NotADirectoryError(f"{option} {name} is a file: give a model folder (config.json + model.safetensors).")
+    if path.is_dir():
+        if is_step_checkpoint(path):
+            final = path.parent.parent / "final" if path.parent.name == "checkpoints" else Path("RUN") / "final"
+            raise ValueError(
+                f"{option} {name} is a step checkpoint of a training run (optimizer and data-stream state to resume "
+                f"from), not a model: give the run's final model ({final}/), or continue the run with "
+                f"--resume_from_checkpoint {name}."
+            )
+        if not (path / "config.json").is_file():
+            final = path / "final"
+            hint = f" (the final model of this run is {final}/)" if (final / "config.json").is_file() else ""
+            raise FileNotFoundError(f"{option} {name} has no config.json: it is not a model folder{hint}.")
+        return
+    if config_file and name.endswith(".json"):
+        raise FileNotFoundError(f"no such file: {name} ({option})")
+    if is_path_like(name):
+        raise FileNotFoundError(f"no such folder: {name} ({option})")
+
+
+def is_step_checkpoint(folder: Path) -> bool:
+    """A folder written by `save_state` during training (`checkpoints/checkpoint_<step>`), not a model folder."""
+    if (folder / "config.json").is_file():
+        return False
+    if _STEP_CHECKPOINT_NAME.fullmatch(folder.name):
+        return True
+    return any(next(folder.glob(pattern), None) for pattern in _STEP_CHECKPOINT_FILES)
+
+
+def check_output_folder(path: str, option: str) -> None:
+    """An output folder the command creates or writes into: refuse a file in its place or on its way, and a folder
+    that cannot be written (as far as the permissions tell; the write itself names the folder otherwise)."""
+    folder = Path(os.path.expanduser(path))
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing} is a file"
+        raise NotADirectoryError(f"{option} {path} is not a folder{where or ' but a file'}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: {existing} is not writable (permission denied).")
+
+
+def _processor(folder: str, option: str, fix: str, **location):
+    """
+    The processor saved in `folder` (a folder, Hub id or short name; `location`: `subfolder`, `revision`), refusing
+    a local folder without one with the missing file named.
+    """
+    from .feature_extraction_brainlm import CONFIG_NAME, BrainLMFeatureExtractor
+    from .hub import original_family
+
+    path = Path(os.path.expanduser(folder))
+    inner = path / (location.get("subfolder") or "")
+    if path.is_dir() and not (inner / CONFIG_NAME).is_file() and original_family(inner / "config.json") is None:
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_NAME} (the processor: normalisation statistics, region coordinates and order): "
+            f"{fix}"
+        )
+    if not path.exists():
+        check_model_path(folder, option)
+    return BrainLMFeatureExtractor.from_pretrained(folder, **location)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip().lstrip("+"):
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a fraction >= 0, got {text!r}")
+    return value
 
 
 def _add_atlas_options(parser: argparse.ArgumentParser, coordinates: bool = False) -> None:
     parser.add_argument("--atlas", help="'A424' or a label NIfTI, for NIfTI inputs")
     parser.add_argument("--atlas-dir", help="folder with the A424 files (default: download and verify them)")
     if coordinates:
-        parser.add_argument("--atlas-coordinates", help="coordinate table for a custom atlas (label x y z)")
+        parser.add_argument(
+            "--atlas-coordinates",
+            help="region coordinates, a `label x y z` table (one row per region): for a custom label NIfTI atlas, "
+            "or for parcel tables (a region-window model needs them)",
+        )
 
 
 def _atlas(args: argparse.Namespace):
@@ -83,17 +294,21 @@ def _atlas(args: argparse.Namespace):
     if not args.atlas:
         return None
     from .data import load_a424, load_atlas
+    from .data.atlas import read_coordinate_table
 
-    if args.atlas == "A424":
-        return load_a424(args.atlas_dir)
     table = getattr(args, "atlas_coordinates", None)
-    return load_atlas(args.atlas, coordinates=None if table is None else _coordinate_table(table))
-
-
-def _coordinate_table(path: str):
-    import numpy as np
-
-    return np.loadtxt(path)[:, 1:4]  # label, x, y, z
+    if args.atlas == "A424":
+        if table:
+            raise ValueError(
+                "--atlas-coordinates is for a custom atlas or parcel tables: A424 has its own coordinates."
+            )
+        return load_a424(args.atlas_dir)
+    atlas = load_atlas(args.atlas)
+    if table:
+        labels, atlas.coordinates = read_coordinate_table(table, atlas.num_regions)
+        if not (labels == atlas.labels).all():
+            raise ValueError(f"{table} does not list the labels of the atlas {args.atlas} in order (label x y z).")
+    return atlas
 
 
 def _add_convert(commands) -> None:
@@ -116,6 +331,7 @@ def _add_convert(commands) -> None:
     convert.add_argument("--preset", help="refuse a checkpoint whose architecture differs from this preset")
     convert.add_argument("--push-to-hub", metavar="REPO", help="upload OUT to this Hub repository")
     convert.add_argument("--accept-weights-license", action="store_true", help="confirm CC BY-NC-ND 4.0 re-hosting")
+    convert.add_argument("--overwrite", action="store_true", help="replace what OUT holds, whole")
     convert.set_defaults(run=_convert)
 
 
@@ -139,6 +355,7 @@ def _convert(args: argparse.Namespace) -> None:
         expected_preset=args.preset,
         push_to_hub=args.push_to_hub,
         accept_weights_license=args.accept_weights_license,
+        overwrite=args.overwrite,
     )
     print(f"Converted {args.source} ({model.num_parameters() / 1e6:.2f}M parameters) to {args.output_dir}")
 
@@ -153,19 +370,32 @@ def _add_prepare(commands) -> None:
     prepare.add_argument("inputs", metavar="INPUTS", nargs="+")
     prepare.add_argument("output_dir", metavar="OUT")
     _add_atlas_options(prepare, coordinates=True)
-    prepare.add_argument("--phenotypes", help="CSV/TSV with a 'subject' or 'id' column")
-    prepare.add_argument("--tr", type=float, help="repetition time in seconds (default: from the NIfTI header)")
-    prepare.add_argument("--num-timepoints", type=int, default=200, help="window length")
+    prepare.add_argument(
+        "--phenotypes", help="CSV/TSV with a 'subject' or 'id' column (other columns may not be named like a field)"
+    )
+    prepare.add_argument(
+        "--tr", type=_positive_float, help="repetition time in seconds (default: from the NIfTI header)"
+    )
+    prepare.add_argument("--num-timepoints", type=_positive_int, default=200, help="window length")
     prepare.add_argument(
         "--patch-size",
-        type=int,
+        type=_positive_int,
         help="patch size of the region_window model to train (refuse a window length that is not a multiple of it; "
         "without it a window length the presets' patch size 20 does not divide is warned about)",
     )
     prepare.add_argument("--normalization", default="robust", choices=["robust", "zscore", "none"])
-    prepare.add_argument("--split", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    prepare.add_argument("--split", type=_fraction, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
     prepare.add_argument("--seed", type=int, default=0)
-    prepare.add_argument("--shard-multiple", type=int, default=8, help="shard counts are multiples of this")
+    prepare.add_argument("--shard-multiple", type=_positive_int, default=8, help="shard counts are multiples of this")
+    prepare.add_argument(
+        "--iqr-epsilon",
+        type=_positive_float,
+        help="robust scaling: regions whose training IQR is below this (empty parcels) are scaled by it instead of "
+        "an error; they are recorded in the processor",
+    )
+    prepare.add_argument(
+        "--overwrite", action="store_true", help="replace what OUT holds, whole (never mixed with it)"
+    )
     prepare.set_defaults(run=_prepare)
 
 
@@ -181,10 +411,13 @@ def _prepare(args: argparse.Namespace) -> None:
             "your model's patch size to check against it).",
             file=sys.stderr,
         )
+    if sum(args.split) <= 0:
+        raise ValueError(f"--split {' '.join(map(str, args.split))}: the fractions must not all be 0.")
+    atlas = _atlas(args)
     summary = prepare_dataset(
         args.inputs,
         args.output_dir,
-        atlas=_atlas(args),
+        atlas=atlas,
         phenotypes=args.phenotypes,
         repetition_time=args.tr,
         num_timepoints=args.num_timepoints,
@@ -193,6 +426,9 @@ def _prepare(args: argparse.Namespace) -> None:
         seed=args.seed,
         shard_multiple=args.shard_multiple,
         patch_size=args.patch_size,
+        coordinates=args.atlas_coordinates if atlas is None and args.atlas_coordinates else None,
+        overwrite=args.overwrite,
+        iqr_epsilon=args.iqr_epsilon,
     )
     for split, numbers in summary["splits"].items():
         print(
@@ -242,7 +478,7 @@ def _add_embed(commands) -> None:
         choices=["covering", "non_overlapping"],
         help="covering: every timepoint, one last window aligned to the end; non_overlapping: remainder dropped",
     )
-    embed.add_argument("--batch-size", type=int, default=16)
+    embed.add_argument("--batch-size", type=_positive_int, default=16)
     embed.add_argument("--device", help="default: cuda when available, else cpu")
     embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -253,33 +489,64 @@ def _embed(args: argparse.Namespace) -> None:
     import torch
 
     from .analysis.recording_embeddings import embed_recordings, save_embeddings
-    from .data import load_recordings
-    from .feature_extraction_brainlm import BrainLMFeatureExtractor
+    from .data.prepared import shard_atlas
+    from .data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
     from .modeling_brainlm import BrainLMModel
 
+    check_model_path(args.model, "MODEL")
+    if args.processor:
+        check_model_path(args.processor, "--processor")
+    if Path(args.output).suffix not in (".parquet", ".npz"):
+        raise ValueError(f"--output {args.output}: the embeddings file must end in .parquet or .npz.")
+    _check_output_file(args.output, "--output")
+    fix = (
+        f"the folder {args.processor} given with --processor must hold it."
+        if args.processor
+        else "pass the folder that holds it with --processor (e.g. the prepared dataset the model was trained on)."
+    )
     location = {key: value for key, value in (("subfolder", args.subfolder), ("revision", args.revision)) if value}
     if args.processor:
-        processor = BrainLMFeatureExtractor.from_pretrained(args.processor)
+        processor = _processor(args.processor, "--processor", fix)
     else:
-        processor = BrainLMFeatureExtractor.from_pretrained(args.model, **location)
-    recordings = load_recordings(args.inputs, _atlas(args))
+        processor = _processor(args.model, "MODEL", fix, **location)
+    for shard in find_recordings(args.inputs, RAW_SUFFIXES + SHARD_SUFFIXES):
+        atlas = shard_atlas(str(shard)) if shard.name.endswith(SHARD_SUFFIXES) else None
+        if processor.atlas and atlas and atlas != processor.atlas:
+            raise ValueError(
+                f"the processor of {args.processor or args.model} is for the atlas {processor.atlas!r}, but {shard} "
+                f"holds recordings parcellated with {atlas!r}: embed them with a model and processor of that atlas."
+            )
+    recordings = read_inputs(args.inputs, _atlas(args))
     if processor.normalization == "robust" and processor.median is None:
         if not args.fit_processor:
             raise ValueError(
                 "The processor uses BrainLM's robust scaling but holds no statistics (the released weights ship "
                 "none): pass --fit-processor to fit them on INPUTS, or --processor a folder with a fitted processor."
             )
-        processor.fit(list(recordings.values()))
+        processor.fit([series for _, _, series in recordings])
     model = BrainLMModel.from_pretrained(args.model, **location)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    named = {source: series for _, source, series in recordings}  # errors name the file
     embeddings = embed_recordings(
-        model, processor, recordings, args.pooling, args.batch_size, device, dtype, progress=not args.quiet,
+        model, processor, named, args.pooling, args.batch_size, device, dtype, progress=not args.quiet,
         layer=args.layer, include_padding_tokens=args.include_padding_tokens, window_policy=args.window_policy,
     )  # fmt: skip
-    path = save_embeddings(args.output, list(recordings), embeddings)
+    path = save_embeddings(args.output, [record_id for record_id, _, _ in recordings], embeddings)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
     print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
+
+
+def _check_output_file(path: str, option: str) -> None:
+    """An output file: refuse a folder in its place, or a file where one of its folders should be."""
+    file = Path(os.path.expanduser(path))
+    if file.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder: give a file name.")
+    for parent in file.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder.")
+            break
 
 
 def _add_attention(commands) -> None:
@@ -293,7 +560,7 @@ def _add_attention(commands) -> None:
     attention.add_argument("inputs", metavar="INPUTS", nargs="+")
     attention.add_argument("output_dir", metavar="OUT")
     attention.add_argument("--layers", type=int, nargs="+", help="encoder layers to average (default: all)")
-    attention.add_argument("--stride", type=int, help="timepoints between windows (default: one window)")
+    attention.add_argument("--stride", type=_positive_int, help="timepoints between windows (default: one window)")
     attention.add_argument(
         "--networks", choices=["a424", "aal2-lobes", "none"], default="none", help="region-to-network grouping"
     )
@@ -304,12 +571,18 @@ def _add_attention(commands) -> None:
 def _attention(args: argparse.Namespace) -> None:
     from transformers import AutoModel
 
-    from . import BrainLMFeatureExtractor
     from .analysis.attention_report import analyze_attention
     from .data import load_a424_networks, load_recordings
     from .data.demo import aal2_lobes
 
-    processor = BrainLMFeatureExtractor.from_pretrained(args.checkpoint)
+    check_model_path(args.checkpoint, "CHECKPOINT")
+    if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise NotADirectoryError(f"OUT {args.output_dir} is a file, not a folder.")
+    processor = _processor(
+        args.checkpoint,
+        "CHECKPOINT",
+        "save the processor of the model there (BrainLMFeatureExtractor.save_pretrained).",
+    )
     networks = None
     if args.networks == "a424":
         networks = load_a424_networks(args.atlas_dir)

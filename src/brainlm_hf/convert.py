@@ -250,15 +250,27 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
     downloaded into `cache_dir`, default the Hugging Face cache).
     Only `config.json` and `model.safetensors` or `pytorch_model.bin` are read (optimizer and other Trainer files are
     ignored); `.bin` files go through `torch.load(weights_only=True)`. Returns `(state_dict, config_dict)`.
+
+    A path-like `source` (see `brainlm_hf.folders.is_path_like`) that does not exist is "no such folder: SOURCE";
+    errors name the files as the user gave them (the folder, or the repository and file), never a stand-in path.
     """
-    folder = Path(source) / (subfolder or "")
-    if Path(source).is_dir():
+    from .folders import local_folder
+
+    where = f"{source}{'/' + subfolder if subfolder else ''}"
+    local = local_folder(source, "checkpoint folder")
+    if local is not None:
+        folder = local / (subfolder or "")
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {where} (--subfolder {subfolder} inside {source})")
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{folder} has no config.json: point to an original BrainLM checkpoint folder.")
-        fetch = folder.joinpath
+            raise FileNotFoundError(f"{where} has no config.json: point to an original BrainLM checkpoint folder.")
+
+        def fetch(name):
+            return folder / name if (folder / name).is_file() else None
+
     else:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
         def fetch(name):
             try:
@@ -267,17 +279,42 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
                         source, name, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir
                     )
                 )
-            except EntryNotFoundError:
-                return Path("/nonexistent") / name
+            except EntryNotFoundError as error:  # the repository has no such file (or, offline, none is cached)
+                if name != "config.json" and not isinstance(error, LocalEntryNotFoundError):
+                    return None
+                raise OSError(_hub_failure(name, source, subfolder, revision, error)) from error
+            except (OSError, ValueError) as error:  # no network, unknown or gated repository, invalid id
+                raise OSError(_hub_failure(name, source, subfolder, revision, error)) from error
 
-    original_config = json.loads(fetch("config.json").read_text())
+    config_file = fetch("config.json")
+    if config_file is None:
+        raise FileNotFoundError(f"{where} has no config.json: point to an original BrainLM checkpoint.")
+    try:
+        original_config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{where}/config.json is not valid JSON ({error}).") from error
+    if not isinstance(original_config, dict):
+        raise ValueError(f"{where}/config.json is not a model config (a JSON object).")
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = fetch(name)
-        if path.is_file():
-            if name.endswith(".safetensors"):
-                return load_file(path), original_config
-            return torch.load(path, map_location="cpu", weights_only=True), original_config
-    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {source} {subfolder or ''}.")
+        if path is not None and path.is_file():
+            try:
+                if name.endswith(".safetensors"):
+                    return load_file(path), original_config
+                return torch.load(path, map_location="cpu", weights_only=True), original_config
+            except Exception as error:  # noqa: BLE001 - safetensors, zip and unpickling errors of a damaged file
+                message = " ".join(str(error).split())[:300]
+                raise ValueError(f"{where}/{name}: cannot read the weights ({message}).") from error
+    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {where}.")
+
+
+def _hub_failure(name: str, source: str, subfolder, revision, error) -> str:
+    what = f"{subfolder + '/' if subfolder else ''}{name}"
+    reason = " ".join(str(error).split())[:300]
+    return (
+        f"could not get {what} of the Hub repository {source}{' at ' + revision if revision else ''} ({reason}); "
+        f"no local folder {source} exists either"
+    )
 
 
 def matching_preset(config: BrainLMConfig) -> str | None:
@@ -310,6 +347,7 @@ def convert_checkpoint(
     accept_weights_license: bool = False,
     token=None,
     cache_dir=None,
+    overwrite: bool = False,
 ) -> BrainLMForMaskedSignalModeling:
     """
     Convert an original BrainLM checkpoint into a Hub-ready brainlm_hf folder.
@@ -323,9 +361,47 @@ def convert_checkpoint(
     `expected_preset` makes a checkpoint whose architecture differs from that preset an error that lists the
     differences; without it the differences are only reported. `cache_dir` is the Hugging Face cache for a Hub
     `source`.
+
+    `output_dir` must be new or empty (`overwrite=True` replaces it whole, but never a folder that holds `source`),
+    and may not be `source` or inside it. Everything is written into a temporary folder beside it and moved into
+    place once complete.
     """
+    from .folders import is_path_like, local_folder, output_folder
+
     if push_to_hub and not accept_weights_license:
         raise ValueError(WEIGHTS_LICENSE_WARNING)
+    local_folder(source, "checkpoint folder")  # "no such folder: SOURCE" for a path that does not exist
+    output = Path(output_dir).expanduser()
+    source_folder = Path(source).expanduser()
+    if source_folder.exists() or is_path_like(source):
+        source_folder, target = source_folder.resolve(), output.resolve()
+        if target == source_folder or source_folder in target.parents:
+            where = "the source checkpoint" if target == source_folder else "inside the source checkpoint"
+            raise ValueError(
+                f"{output_dir} is {where} {source}: converting there would replace or mix with the original; "
+                "give another output folder."
+            )
+    coordinates = None if atlas_coordinates is None else read_coordinates(atlas_coordinates)
+    with output_folder(
+        output_dir,
+        overwrite,
+        "the converted checkpoint",
+        inputs=[p for p in (source_folder, atlas_coordinates) if p is not None and Path(p).exists()],
+    ) as staging:
+        model = _convert_into(staging, source, subfolder, revision, token, cache_dir, coordinates, expected_preset)
+    if push_to_hub:
+        push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
+    return model
+
+
+def read_coordinates(path) -> np.ndarray:
+    """The `(V, 3)` coordinates of a `label x y z` table (`read_coordinate_table`: checked, the file named)."""
+    from .data.atlas import read_coordinate_table
+
+    return read_coordinate_table(path)[1]
+
+
+def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset):
     state_dict, original_config = load_original(source, subfolder, revision, token, cache_dir)
     family = detect_family(original_config)
     model = model_from_original(state_dict, original_config)
@@ -344,33 +420,33 @@ def convert_checkpoint(
             f"Differences from the nearest preset, {nearest}: {preset_differences(model.config, nearest)}."
         )
 
-    feature_extractor = _feature_extractor(family, atlas_coordinates)
-    output = Path(output_dir)
+    if coordinates is not None and family == "vit_mae" and len(coordinates) > model.config.image_size:
+        raise ValueError(
+            f"The atlas coordinates list {len(coordinates)} regions, more than the {model.config.image_size} rows "
+            "this checkpoint's image holds: they belong to another atlas."
+        )
+    feature_extractor = _feature_extractor(family, coordinates)
     model.save_pretrained(output)
     feature_extractor.save_pretrained(output)
     (output / "README.md").write_text(render_model_card(preset or "brainlm-custom", source, subfolder, family))
-    if push_to_hub:
-        push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
     return model
 
 
-def _feature_extractor(family: str, atlas_coordinates: str | None) -> BrainLMFeatureExtractor:
+def _feature_extractor(family: str, coordinates: np.ndarray | None) -> BrainLMFeatureExtractor:
     """
     BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort), the input
-    scale and pretraining TR of the release, and the atlas coordinates: from the `atlas_coordinates` table, else the
-    verified download of A424's.
+    scale and pretraining TR of the release, and the atlas coordinates: `coordinates` (read from the user's table),
+    else the verified download of A424's.
     """
     settings = {
         "normalization": "robust",
         "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0,
         "repetition_time": RELEASE_REPETITION_TIME,
     }
-    if atlas_coordinates is None:
+    if coordinates is None:
         from .data.atlas import load_a424
 
         coordinates = load_a424().coordinates
-    else:
-        coordinates = np.loadtxt(atlas_coordinates)[:, 1:4]  # label, x, y, z
     settings["atlas"] = "A424" if len(coordinates) == 424 else None
     if family == "vit_mae":
         return BrainLMFeatureExtractor.sorted_by_y(coordinates, **settings)

@@ -17,9 +17,18 @@ holds:
 
 Converted checkpoints carry the method and scale but no statistics, since the pretraining statistics were never
 released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
+
+Every field is checked when the extractor is made or loaded (`from_pretrained`): an invalid one (`num_timepoints=0`,
+an IQR <= 0 from a tampered file, NaN statistics, ...) is a `ValueError` that names it. A region whose training IQR
+is 0 (an empty or constant parcel) stops `fit` with the region named, unless `iqr_epsilon` is given: such regions are
+then scaled by `iqr_epsilon` instead and listed in `iqr_epsilon_regions`, both saved with the extractor.
 """
 
+import math
+import numbers
+import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +36,7 @@ import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
 NORMALIZATIONS = ("robust", "zscore", "none")
+CONFIG_NAME = "preprocessor_config.json"
 
 
 class BrainLMFeatureExtractor(FeatureExtractionMixin):
@@ -41,6 +51,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         num_timepoints (`int`, defaults to 200): window length given to the model.
         repetition_time (`float`, *optional*): TR in seconds of the data the model was trained on.
         atlas (`str`, *optional*): name of the parcellation.
+        iqr_epsilon (`float`, *optional*): robust scaling of regions whose training IQR is below this value uses
+            this value instead (set by `fit(..., iqr_epsilon=...)` or here); without it such regions are an error.
+        iqr_epsilon_regions (`list[int]`, *optional*): the regions (atlas order) that `fit` scaled by `iqr_epsilon`.
     """
 
     model_input_names = ["signal_values", "coordinates"]
@@ -61,49 +74,107 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         num_timepoints: int = 200,
         repetition_time: float | None = None,
         atlas: str | None = None,
+        iqr_epsilon: float | None = None,
+        iqr_epsilon_regions: list[int] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-        if input_scale <= 0:
-            raise ValueError(f"input_scale must be positive, got {input_scale}.")
-        sizes = {
-            name: len(v)
-            for name, v in [
-                ("coordinates", coordinates),
-                ("region_order", region_order),
-                ("region_names", region_names),
-                ("median", median),
-                ("iqr", iqr),
-            ]
-            if v
+        input_scale = _positive_number(input_scale, "input_scale")
+        num_timepoints = _positive_integer(num_timepoints, "num_timepoints")
+        if repetition_time is not None:
+            repetition_time = _positive_number(repetition_time, "repetition_time")
+        if iqr_epsilon is not None:
+            iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
+        if atlas is not None and not isinstance(atlas, str):
+            raise ValueError(f"atlas must be the name of the parcellation (a string), got {atlas!r}.")
+        per_region = {
+            "coordinates": coordinates,
+            "region_order": region_order,
+            "region_names": region_names,
+            "median": median,
+            "iqr": iqr,
         }
+        for name, values in per_region.items():
+            if values is not None and (isinstance(values, str | bytes) or not hasattr(values, "__len__")):
+                raise ValueError(f"{name} must be a list with one entry per region, got {values!r}.")
+            if values is not None and len(values) == 0:
+                raise ValueError(f"{name} is empty: give one entry per region, or None.")
+        sizes = {name: len(v) for name, v in per_region.items() if v is not None}
         if len(set(sizes.values())) > 1:
             raise ValueError(f"Per-region fields disagree on the number of regions: {sizes}.")
-        if region_order is not None and sorted(region_order) != list(range(len(region_order))):
-            raise ValueError("region_order must be a permutation of 0 .. V - 1.")
+        if coordinates is not None:
+            coordinates = _finite_array(coordinates, "coordinates", (len(coordinates), 3)).tolist()
+        if region_order is not None:
+            order = _finite_array(region_order, "region_order", (len(region_order),))
+            if not np.array_equal(np.sort(order), np.arange(len(order))):
+                raise ValueError("region_order must be a permutation of 0 .. V - 1.")
+            region_order = [int(i) for i in order]
+        if region_names is not None and not all(isinstance(name, str) for name in region_names):
+            raise ValueError("region_names must be strings, one per region.")
+        if (median is None) != (iqr is None):
+            raise ValueError(
+                f"median and iqr go together (both set by fit), got only {'iqr' if median is None else 'median'}."
+            )
+        if median is not None:
+            median = _finite_array(median, "median", (len(median),)).tolist()
+            iqr = _finite_array(iqr, "iqr", (len(iqr),))
+            bad = np.flatnonzero(~(iqr.astype(np.float32) > 0))
+            if len(bad):
+                raise ValueError(
+                    f"iqr: regions {_region_list(bad, region_names)} have an inter-quartile range <= 0 ("
+                    f"{iqr[bad][:5].tolist()}); robust scaling would divide by it. The statistics are damaged: fit "
+                    "the processor again (with iqr_epsilon for empty parcels)."
+                )
+            iqr = iqr.tolist()
+        if iqr_epsilon_regions is not None:
+            if iqr_epsilon is None or iqr is None:
+                raise ValueError("iqr_epsilon_regions is set by fit with iqr_epsilon: it needs iqr_epsilon and iqr.")
+            regions = _finite_array(iqr_epsilon_regions, "iqr_epsilon_regions", (len(iqr_epsilon_regions),))
+            if not np.isin(regions, np.arange(len(iqr))).all():
+                raise ValueError(f"iqr_epsilon_regions must be region indices in 0 .. {len(iqr) - 1}.")
+            iqr_epsilon_regions = [int(i) for i in regions]
+            if not np.allclose(np.asarray(iqr)[iqr_epsilon_regions], iqr_epsilon):
+                raise ValueError(
+                    "iqr_epsilon_regions: the iqr of those regions is not iqr_epsilon (damaged statistics)."
+                )
         self.normalization = normalization
         self.median = median
         self.iqr = iqr
-        self.input_scale = float(input_scale)
+        self.input_scale = input_scale
         self.coordinates = coordinates
-        self.region_order = [int(i) for i in region_order] if region_order is not None else None
+        self.region_order = region_order
         self.region_names = region_names
-        self.num_timepoints = int(num_timepoints)
+        self.num_timepoints = num_timepoints
         self.repetition_time = repetition_time
         self.atlas = atlas
+        self.iqr_epsilon = iqr_epsilon
+        self.iqr_epsilon_regions = iqr_epsilon_regions
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BrainLMFeatureExtractor":
         """
         `FeatureExtractionMixin.from_pretrained`; with brainlm_hf installed, also an original BrainLM checkpoint (a
         folder, or a Hub id with `subfolder`), converted on load and cached, or a released model's short name
-        (`"brainlm-13m"`, `"brainlm-111m"`, `"brainlm-650m"`): see `brainlm_hf.hub.resolve_pretrained`.
+        (`"brainlm-13m"`, `"brainlm-111m"`, `"brainlm-650m"`): see `brainlm_hf.hub.resolve_pretrained`. Errors name
+        the folder: a local folder without `preprocessor_config.json`, or one whose fields are invalid.
         """
         if cls._resolve_pretrained is not None:
             pretrained_model_name_or_path, kwargs = cls._resolve_pretrained(pretrained_model_name_or_path, kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        name = os.fspath(pretrained_model_name_or_path)
+        folder = os.path.join(name, kwargs.get("subfolder") or "")
+        if os.path.isdir(name) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+            raise FileNotFoundError(
+                f"{folder.rstrip(os.sep)} has no {CONFIG_NAME}: it holds no BrainLM processor (normalisation "
+                "statistics, region coordinates and order). Give the folder that holds one: the prepared dataset, or "
+                "a model folder saved with its processor."
+            )
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except ValueError as error:
+            where = os.path.join(folder, CONFIG_NAME) if os.path.isdir(name) else name
+            raise ValueError(f"{where}: {error}") from error
 
     @classmethod
     def sorted_by_y(cls, coordinates, **kwargs) -> "BrainLMFeatureExtractor":
@@ -124,22 +195,44 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """Model row of each atlas region (`inverse_order[region_order[i]] == i`)."""
         return None if self.region_order is None else np.argsort(self.region_order).tolist()
 
-    def fit(self, recordings) -> "BrainLMFeatureExtractor":
+    def fit(self, recordings, iqr_epsilon: float | None = None) -> "BrainLMFeatureExtractor":
         """
         Compute the `"robust"` statistics (per-region median and IQR over every timepoint of every training
         recording, `(T_i, V)` arrays in atlas order). Holds all training timepoints in memory once. Other methods
         need no fitting; `fit` then only checks the recordings.
+
+        A region whose IQR is 0 (an empty or constant parcel) is an error that names it, unless `iqr_epsilon` (or
+        `self.iqr_epsilon`) is given: regions whose IQR is below it are then scaled by `iqr_epsilon`, and their
+        indices are recorded in `iqr_epsilon_regions` (saved with the extractor) and warned about.
         """
         recordings = [self._checked(r, f"recording {i}") for i, r in enumerate(recordings)]
         if not recordings:
             raise ValueError("fit needs at least one training recording.")
-        if self.normalization == "robust":
-            stacked = np.concatenate(recordings, axis=0)
-            q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
-            flat = np.flatnonzero(q3 - q1 <= 0)
-            if len(flat):
-                raise ValueError(f"Regions {flat.tolist()} have zero inter-quartile range in the training data.")
-            self.median, self.iqr = median.tolist(), (q3 - q1).tolist()
+        epsilon = self.iqr_epsilon if iqr_epsilon is None else _positive_number(iqr_epsilon, "iqr_epsilon")
+        if self.normalization != "robust":
+            if iqr_epsilon is not None:
+                raise ValueError(f"iqr_epsilon is an option of robust scaling, not of {self.normalization!r}.")
+            return self
+        stacked = np.concatenate(recordings, axis=0)
+        q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
+        iqr = q3 - q1
+        small = np.flatnonzero(~(iqr.astype(np.float32) > 0) | (iqr < (epsilon or 0.0)))
+        if len(small) and epsilon is None:
+            raise ValueError(
+                f"Regions {_region_list(small, self.region_names)} have zero inter-quartile range in the training "
+                "recordings (empty or constant parcels?): drop them, or pass iqr_epsilon (brainlm prepare "
+                "--iqr-epsilon) to scale them by that value instead."
+            )
+        if len(small):
+            iqr[small] = epsilon
+            warnings.warn(
+                f"Regions {_region_list(small, self.region_names)} have an inter-quartile range below iqr_epsilon="
+                f"{epsilon} and are scaled by it (recorded in iqr_epsilon_regions).",
+                stacklevel=2,
+            )
+        self.median, self.iqr = median.tolist(), iqr.tolist()
+        self.iqr_epsilon = epsilon
+        self.iqr_epsilon_regions = small.tolist() if epsilon is not None else None
         return self
 
     def normalize(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
@@ -165,13 +258,20 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                     "statistics were never released): call fit() on your training recordings first."
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
+            if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
+                bad = np.flatnonzero(~(np.isfinite(center) & np.isfinite(scale) & (scale > 0)))
+                raise ValueError(
+                    f"The robust statistics of regions {_region_list(bad, self.region_names)} are not usable (IQR "
+                    "<= 0 or non-finite): fit the processor again."
+                )
         elif self.normalization == "zscore":
             center, scale = _mean_std(recording)
             if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
                 self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
                 raise ValueError(
-                    f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score."
+                    f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score (drop the "
+                    "recording, or use robust normalisation with iqr_epsilon for empty parcels)."
                 )
         else:
             center, scale = np.float32(0), np.float32(1)
@@ -358,6 +458,40 @@ def _mean_std(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     variance = np.add.reduce(squares, axis=0)
     np.true_divide(variance, count, out=variance, casting="unsafe")
     return mean, np.sqrt(variance, out=variance)
+
+
+def _positive_number(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return float(value)
+
+
+def _positive_integer(value, name: str) -> int:
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _finite_array(values, name: str, shape: tuple) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must hold numbers of shape {shape}: {error}") from error
+    if array.shape != shape:
+        raise ValueError(f"{name} must have shape {shape} (one entry per region), got {array.shape}.")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN/Inf values at {np.argwhere(~np.isfinite(array))[:5].tolist()}.")
+    return array
+
+
+def _region_list(indices, names) -> str:
+    """`[3, 7]`, followed by the region names when known."""
+    indices = [int(i) for i in indices]
+    shown = f"{indices[:20]}{' ...' if len(indices) > 20 else ''}"
+    if names:
+        return f"{shown} ({', '.join(str(names[i]) for i in indices[:5])}{', ...' if len(indices) > 5 else ''})"
+    return shown
 
 
 def _take(values, order: list[int]):

@@ -58,7 +58,7 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
     subfolder = kwargs.get("subfolder") or ""
     if os.path.isdir(name):
         folder = Path(name, subfolder)
-        if _original_family(folder / "config.json") is None:
+        if original_family(folder / "config.json") is None:
             return pretrained_model_name_or_path, kwargs
         target = _local_cache_folder(folder)
         _convert_once(str(folder), target, force=bool(kwargs.get("force_download")))
@@ -105,14 +105,14 @@ def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict) -> tuple:
     force = bool(kwargs.get("force_download"))
     if target.is_dir() and not force:
         return str(target), _without(kwargs, "subfolder", "revision")
-    if _original_family(config_path) is None:
+    if original_family(config_path) is None:
         return repo_id, kwargs
     convert_options = {key: options[key] for key in ("cache_dir", "token") if key in options}
     _convert_once(repo_id, target, force, subfolder=subfolder or None, revision=commit, **convert_options)
     return str(target), _without(kwargs, "subfolder", "revision")
 
 
-def _original_family(config_path: Path) -> str | None:
+def original_family(config_path: Path) -> str | None:
     """The original family (`brainlm_mae` or `vit_mae`) that `config_path` declares, or None (also when missing)."""
     from .convert import FAMILIES
 

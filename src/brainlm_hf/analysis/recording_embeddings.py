@@ -103,16 +103,20 @@ def embed_recordings(
     * `"cls"`, `"mean"`: `(R, H)` float32, the mean over each recording's windows of the pooled encoder output;
     * `"tokens"`: a list of R float32 arrays `(W_r, 1 + K, H)`, one per recording, windows in time order.
 
-    `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a dict whose values are taken in order);
+    `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a dict whose values are taken in order and
+    whose keys name them in errors);
     `processor` normalises them and sets the region order, coordinates and window length. Deterministic, and
     independent of `batch_size` up to float rounding.
     """
     if window_policy not in WINDOW_POLICIES:
         raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
-    recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
+    named = dict(recordings) if isinstance(recordings, Mapping) else None  # keys name recordings in errors
+    recordings = list(named.values()) if named is not None else list(recordings)
     if not recordings:
         raise ValueError("embed_recordings needs at least one recording.")
-    windows, owners = processor.windows(recordings, cover_end=window_policy == "covering")  # (W, V, T), (W,)
+    windows, owners = processor.windows(
+        named if named is not None else recordings, cover_end=window_policy == "covering"
+    )  # (W, V, T), (W,)
     embedded = embed_windows(
         model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress,
         layer=layer, include_padding_tokens=include_padding_tokens,

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import os
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,13 +66,59 @@ class Atlas:
         return len(self.labels)
 
 
-def label_volume(image: nib.Nifti1Image) -> np.ndarray:
-    """The atlas volume as integers, refusing non-integer label values."""
+def label_volume(image: nib.Nifti1Image, name=None) -> np.ndarray:
+    """The atlas volume as integers, refusing non-integer label values (`name`: the file, for the message)."""
     data = np.asarray(image.dataobj)
     labels = np.rint(data).astype(np.int64)
     if not np.array_equal(labels, data):
-        raise ValueError("The atlas volume holds non-integer values: expected an integer label image.")
+        raise ValueError(
+            f"{name or 'The atlas volume'} holds non-integer values: an atlas is an integer label image (is it a "
+            "BOLD image or a probabilistic atlas?)."
+        )
     return labels
+
+
+def read_coordinate_table(path, num_regions: int | None = None, labels=None) -> tuple[np.ndarray, np.ndarray]:
+    """
+    A region coordinate table: one row per region, `label x y z` (MNI mm), separated by whitespace, tabs or commas
+    (`A424_Coordinates.dat` is one). Returns the labels `(V,)` (int) and the coordinates `(V, 3)` (float64).
+
+    Refused with the file named: a missing file, anything but 4 numeric columns (e.g. a recording), non-finite
+    values, labels that are not distinct integers, and, when given, another number of regions than `num_regions`
+    or other labels than `labels` (the atlas's, in order).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no such file: {path} (a coordinate table, `label x y z` per region)"
+            if not path.exists()
+            else f"{path} is a folder, not a coordinate table (`label x y z` per region)."
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty file: refused below by its shape
+            table = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
+    except ValueError as error:
+        raise ValueError(
+            f"{path} is not a coordinate table of numbers, `label x y z` per region without a header ({error})."
+        ) from error
+    if table.shape[1] != 4 or len(table) == 0:
+        raise ValueError(
+            f"{path} has {table.shape[0]} rows x {table.shape[1]} columns: a coordinate table has 4 columns, `label x "
+            "y z`, one row per region (is it a recording?)."
+        )
+    bad = ~np.isfinite(table).all(1)
+    if bad.any():
+        raise ValueError(f"{path}: non-finite values in rows {np.flatnonzero(bad)[:10].tolist()}.")
+    found = table[:, 0]
+    if not np.array_equal(found, np.rint(found)) or len(np.unique(found)) != len(found):
+        raise ValueError(f"{path}: the first column must hold each region's integer label once (`label x y z`).")
+    found = found.astype(np.int64)
+    if num_regions is not None and len(found) != num_regions:
+        raise ValueError(f"{path} lists {len(found)} regions, but the atlas or recordings have {num_regions}.")
+    if labels is not None and not np.array_equal(found, np.asarray(labels)):
+        raise ValueError(f"{path} does not list the atlas labels in order (label x y z, ascending labels).")
+    return found, table[:, 1:4]
 
 
 def load_atlas(path, coordinates=None, name: str | None = None, region_names: list[str] | None = None) -> Atlas:
@@ -79,10 +126,15 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
     Load any integer-label NIfTI atlas. Regions are the non-zero labels in ascending order. `coordinates` `(V, 3)`
     may be given (mm, in region order); otherwise they are the label centroids in world space.
     """
-    image = nib.load(path)
+    try:
+        image = nib.load(path)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"no such file: {path} (an atlas: a 3-D integer label NIfTI)") from error
+    except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
+        raise ValueError(f"{path}: cannot read it as a NIfTI atlas ({_one_line(error)}).") from error
     if len(image.shape) != 3:
         raise ValueError(f"An atlas must be a 3-D label volume, got shape {image.shape} from {path}.")
-    volume = label_volume(image)
+    volume = label_volume(image, path)
     labels = np.unique(volume[volume != 0])
     if coordinates is None:
         voxel_index = np.argwhere(volume != 0)  # (n, 3) voxel indices, C order
@@ -92,7 +144,9 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
         coordinates = nib.affines.apply_affine(image.affine, centroids)
     coordinates = np.asarray(coordinates, dtype=np.float64)
     if coordinates.shape != (len(labels), 3):
-        raise ValueError(f"coordinates must have shape ({len(labels)}, 3) for this atlas, got {coordinates.shape}.")
+        raise ValueError(
+            f"coordinates must have shape ({len(labels)}, 3) for the atlas {path}, got {coordinates.shape}."
+        )
     return Atlas(image, labels, coordinates, name or Path(path).name.split(".")[0], region_names)
 
 
@@ -104,6 +158,8 @@ def load_a424(path=None, cache_dir=None, base_url: str | None = None) -> Atlas:
     replaces the upstream address, e.g. with a mirror of the same files). The coordinates are the atlas's own (MNI mm),
     which BrainLM feeds to its coordinate embedding, not recomputed centroids.
     """
+    if path is not None and not Path(path).is_dir():
+        raise FileNotFoundError(f"no such folder: {path} (the folder that holds the A424 files)")
     folder = Path(path) if path is not None else _download_verified(A424_FILES, cache_dir, base_url or _A424_BASE)
     coordinates_file = folder / "A424_Coordinates.dat"
     if not coordinates_file.exists() and (folder / "A424_Coordinates.txt").exists():
@@ -111,10 +167,10 @@ def load_a424(path=None, cache_dir=None, base_url: str | None = None) -> Atlas:
     for required in (folder / "A424+2mm.nii.gz", coordinates_file):
         if not required.exists():
             raise FileNotFoundError(f"{required} not found: give the folder that holds the A424 files.")
-    table = np.loadtxt(coordinates_file)  # label, x, y, z
-    atlas = load_atlas(folder / "A424+2mm.nii.gz", coordinates=table[:, 1:4], name="A424")
-    if not np.array_equal(atlas.labels, table[:, 0].astype(int)):
-        raise ValueError("The A424 coordinate table does not list the volume's labels 1..424 in order.")
+    labels, coordinates = read_coordinate_table(coordinates_file)
+    atlas = load_atlas(folder / "A424+2mm.nii.gz", coordinates=coordinates, name="A424")
+    if not np.array_equal(atlas.labels, labels):
+        raise ValueError(f"{coordinates_file} does not list the volume's labels 1..424 in order.")
     return atlas
 
 
@@ -152,8 +208,14 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
         if target.exists() and _sha256(target) == sha256:
             continue
         partial = target.with_suffix(target.suffix + ".part")
-        with urllib.request.urlopen(base_url + remote_name, timeout=60) as response:
-            partial.write_bytes(response.read())
+        try:
+            with urllib.request.urlopen(base_url + remote_name, timeout=60) as response:
+                partial.write_bytes(response.read())
+        except OSError as error:  # URLError, timeouts, HTTP errors
+            raise ConnectionError(
+                f"could not download {local_name} from {base_url}: {_one_line(getattr(error, 'reason', error))}; "
+                "give the folder that holds the atlas files instead (--atlas-dir)."
+            ) from error
         if _sha256(partial) != sha256:
             partial.unlink()
             raise ValueError(
@@ -165,3 +227,7 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())

@@ -20,7 +20,12 @@ PARCEL_SERIES_SUFFIXES = (".npy", ".csv", ".tsv", ".dat", ".txt")
 
 
 def parcellate(
-    bold, atlas: Atlas, chunk_size: int = 64, allow_empty_labels: bool = False, resample: bool = True
+    bold,
+    atlas: Atlas,
+    chunk_size: int = 64,
+    allow_empty_labels: bool = False,
+    resample: bool = True,
+    name=None,
 ) -> np.ndarray:
     """
     Mean signal of every atlas region over time.
@@ -33,12 +38,13 @@ def parcellate(
             its column is NaN and a warning names it.
         resample (`bool`): resample the atlas to the image grid (nearest neighbour) when grids differ; `False`
             refuses such images instead.
+        name (*optional*): how errors name the image (default: its path, or its file name when it has one).
 
     Returns:
         `np.ndarray` of shape `(T, V)`, float32; column `i` is region `atlas.labels[i]`.
     """
     image = nib.load(bold) if isinstance(bold, str | Path) else bold
-    name = bold if isinstance(bold, str | Path) else "the image"
+    name = name or (bold if isinstance(bold, str | Path) else image.get_filename() or "the image")
     if len(image.shape) != 4:
         raise ValueError(f"{name} has shape {image.shape}: parcellation needs a 4-D (x, y, z, time) BOLD image.")
     _check_standard_space(image, name)
@@ -149,13 +155,32 @@ def load_parcel_series(path, delimiter: str | None = None) -> np.ndarray:
     no header), as float32.
     """
     path = Path(path)
-    if path.suffix == ".npy":
-        series = np.load(path)
-    elif path.suffix in PARCEL_SERIES_SUFFIXES:
-        series = np.loadtxt(path, delimiter=delimiter or ("," if path.suffix == ".csv" else None), dtype=np.float32)
-    else:
+    if path.suffix not in PARCEL_SERIES_SUFFIXES:
         raise ValueError(f"{path}: unsupported parcel table; use one of {PARCEL_SERIES_SUFFIXES} or a NIfTI image.")
-    series = np.asarray(series, dtype=np.float32)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if path.suffix == ".npy":
+        try:
+            series = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (ValueError, TypeError, OSError, EOFError) as error:
+            raise ValueError(
+                f"{path}: cannot read it as a .npy array of numbers ({' '.join(str(error).split())}); is the file "
+                "complete?"
+            ) from error
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an empty file: refused below by its shape
+                series = np.loadtxt(
+                    path, delimiter=delimiter or ("," if path.suffix == ".csv" else None), dtype=np.float32
+                )
+        except ValueError as error:
+            raise ValueError(
+                f"{path} is not a table of numbers ({' '.join(str(error).split())}); parcel tables have no header "
+                "row: remove it."
+            ) from error
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: cannot read it as a text table ({' '.join(str(error).split())}).") from error
     if series.ndim != 2:
         raise ValueError(f"{path} holds an array of shape {series.shape}; expected (timepoints, regions).")
     return series

@@ -9,16 +9,21 @@ normalisation applies at pretraining, fine-tuning and inference time. Read it ba
 
 import json
 import math
+import numbers
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from .atlas import Atlas
-from .recordings import find_recordings, load_recording, recording_ids
+from ..feature_extraction_brainlm import NORMALIZATIONS, BrainLMFeatureExtractor
+from ..folders import output_folder
+from .atlas import Atlas, read_coordinate_table
+from .recordings import find_recordings, load_recording, recording_names
 
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+# the columns every row has: a phenotype column may not take one of these names (it would overwrite the field)
+DATASET_FIELDS = ("id", "subject", "session", "series", "repetition_time", "atlas", "num_timepoints", "num_regions")
 
 
 def split_subjects(subjects, fractions: dict[str, float], seed: int) -> dict[str, str]:
@@ -49,6 +54,8 @@ def prepare_dataset(
     region_names: list[str] | None = None,
     atlas_name: str | None = None,
     patch_size: int | None = None,
+    overwrite: bool = False,
+    iqr_epsilon: float | None = None,
 ) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
@@ -56,17 +63,25 @@ def prepare_dataset(
     Args:
         inputs: folder, glob or list of NIfTI images (parcellated with `atlas`) and/or parcel tables `(T, V)`.
         output_dir: receives `<split>/shard-XXXXX-of-YYYYY.parquet`, `preprocessor_config.json` (fitted on the
-            training split), `prepare_summary.json` and `README.md` (a dataset card that
-            `datasets.load_dataset(output_dir)` reads).
+            training split), `prepare_summary.json` (which lists every shard) and `README.md` (a dataset card that
+            `datasets.load_dataset(output_dir)` reads). It must be new or empty: everything is written into a
+            temporary folder beside it and moved into place once complete.
         atlas (`Atlas`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are stored.
-        phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with a `subject` or `id` column (the file
-            name without suffix); its other columns are added to every row of the matching recordings.
+        phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with a `subject` or an `id` column (the
+            recording id, see `brainlm_hf.data.recordings`); its other columns are added to every row of the
+            matching recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`,
+            `repetition_time`, ...) is refused: it would overwrite that field.
         num_timepoints (`int`): the window length; shorter recordings are left out and reported.
         splits (`dict`): split fractions by subject, default `{"train": 0.8, "validation": 0.1, "test": 0.1}`.
         shard_multiple (`int`): shard counts are a multiple of this (e.g. GPUs x loader workers) whenever the split
             has that many recordings, so that every rank streams whole shards.
-        coordinates, region_names, atlas_name (*optional*): region coordinates `(V, 3)`, names and atlas name for
-            parcel tables made without an `Atlas` object (they override the atlas's).
+        coordinates, region_names, atlas_name (*optional*): region coordinates `(V, 3)` (or the path of a `label x
+            y z` table), names and atlas name for parcel tables made without an `Atlas` object (they override the
+            atlas's). Without coordinates a warning says that pretraining a region-window model will need them.
+        overwrite (`bool`): replace what `output_dir` holds whole (never a folder that holds an input, the working
+            folder or the home folder).
+        iqr_epsilon (`float`, *optional*): robust scaling of regions whose training IQR is below it (e.g. empty
+            parcels) by this value instead of an error (`BrainLMFeatureExtractor.fit`); the regions are recorded.
         patch_size (`int`, *optional*): the patch size of the (region_window) model the dataset is for: a window
             length that is not a multiple of it is refused before anything is read. The dataset card states which
             patch sizes the window length fits either way.
@@ -74,32 +89,58 @@ def prepare_dataset(
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
     to `prepare_summary.json`).
     """
+    splits = _checked_splits(splits or SPLITS)
+    _check_arguments(num_timepoints, normalization, repetition_time, shard_multiple, target_shard_bytes, iqr_epsilon)
     check_window_length(num_timepoints, patch_size)
-    splits = splits or SPLITS
     atlas_name = atlas_name or (atlas.name if atlas is not None else None)
-    rows, too_short, without_phenotypes = read_rows(
-        inputs, atlas, repetition_time, num_timepoints, _phenotype_table(phenotypes), atlas_name
-    )
-    assignment = split_subjects([row["subject"] for row in rows], splits, seed)
-    processor = BrainLMFeatureExtractor(
-        normalization=normalization,
-        coordinates=_as_list(coordinates if coordinates is not None else getattr(atlas, "coordinates", None)),
-        region_names=region_names or getattr(atlas, "region_names", None),
-        num_timepoints=num_timepoints,
-        repetition_time=next((row["repetition_time"] for row in rows if row["repetition_time"]), None),
-        atlas=atlas_name,
-    ).fit([row["series"] for row in rows if assignment[row["subject"]] == "train"])
-
-    output = Path(output_dir)
-    summary = {
-        "splits": write_splits(rows, assignment, splits, output, shard_multiple, target_shard_bytes),
-        "too_short": too_short,
-        "without_phenotypes": without_phenotypes,
-        "num_regions": rows[0]["series"].shape[1],
-    }
-    processor.save_pretrained(output)
-    (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
-    (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
+    coordinates_source = None
+    if isinstance(coordinates, str | Path):
+        coordinates_source, coordinates = coordinates, read_coordinate_table(coordinates)[1]
+    paths = find_recordings(inputs)
+    phenotype_table = _phenotype_table(phenotypes)
+    given = [*paths, *(p for p in (phenotypes, coordinates_source) if isinstance(p, str | Path))]
+    with output_folder(output_dir, overwrite, "the prepared dataset", inputs=given) as output:
+        rows, too_short, without_phenotypes = read_rows(
+            paths, atlas, repetition_time, num_timepoints, phenotype_table, atlas_name
+        )
+        num_regions = rows[0]["series"].shape[1]
+        coordinates = coordinates if coordinates is not None else getattr(atlas, "coordinates", None)
+        _check_regions(rows, num_regions, atlas, coordinates, coordinates_source, region_names)
+        if normalization == "zscore":
+            _check_zscore(rows)
+        assignment = split_subjects([row["subject"] for row in rows], splits, seed)
+        processor = BrainLMFeatureExtractor(
+            normalization=normalization,
+            coordinates=_as_list(coordinates),
+            region_names=region_names or getattr(atlas, "region_names", None),
+            num_timepoints=num_timepoints,
+            repetition_time=next((row["repetition_time"] for row in rows if row["repetition_time"]), None),
+            atlas=atlas_name,
+        )
+        train = [row["series"] for row in rows if assignment[row["subject"]] == "train"]
+        if not train:
+            raise ValueError(
+                f"No recording falls in the training split (splits {splits}, {len(set(assignment))} subjects): "
+                "give the train split a larger fraction, or more subjects."
+            )
+        processor.fit(train, iqr_epsilon=iqr_epsilon)
+        if coordinates is None:
+            warnings.warn(
+                f"{output_dir}: no region coordinates. Pretraining a region-window model (the native presets) needs "
+                "them: prepare again with --atlas-coordinates FILE (a `label x y z` table, one row per region; "
+                "coordinates= in Python) or --atlas.",
+                stacklevel=2,
+            )
+        summary = {
+            "splits": write_splits(rows, assignment, splits, output, shard_multiple, target_shard_bytes),
+            "too_short": too_short,
+            "without_phenotypes": without_phenotypes,
+            "num_regions": num_regions,
+            "atlas": atlas_name,
+        }
+        processor.save_pretrained(output)
+        (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
+        (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
@@ -129,16 +170,78 @@ def patch_sizes_statement(num_timepoints: int) -> str:
     )
 
 
+def _checked_splits(splits: dict) -> dict[str, float]:
+    if not isinstance(splits, dict) or not splits:
+        raise ValueError(f"splits must be a dict of split name -> fraction, got {splits!r}.")
+    fractions = {str(name): float(value) for name, value in splits.items()}
+    if not all(math.isfinite(v) and v >= 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
+        raise ValueError(f"split fractions must be finite, >= 0 and not all 0, got {fractions} (--split).")
+    return fractions
+
+
+def _check_arguments(num_timepoints, normalization, repetition_time, shard_multiple, target_shard_bytes, epsilon):
+    for name, value in [
+        ("num_timepoints", num_timepoints),
+        ("shard_multiple", shard_multiple),
+        ("target_shard_bytes", target_shard_bytes),
+    ]:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+    for name, value in [("repetition_time", repetition_time), ("iqr_epsilon", epsilon)]:
+        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_regions(rows, num_regions: int, atlas, coordinates, coordinates_source, region_names) -> None:
+    """The region count of the recordings against the atlas, the coordinates and the region names."""
+    first = rows[0]["file"]
+    if atlas is not None and atlas.num_regions != num_regions:
+        raise ValueError(
+            f"{first} has {num_regions} regions but the atlas {atlas.name} has {atlas.num_regions}: parcellate with "
+            "that atlas (is the table transposed? tables are (timepoints, regions))."
+        )
+    if coordinates is not None and np.shape(coordinates) != (num_regions, 3):
+        source = coordinates_source or "coordinates"
+        raise ValueError(
+            f"{source} gives {np.shape(coordinates)[0]} region coordinates, but the recordings ({first}, ...) have "
+            f"{num_regions} regions (is the table transposed? tables are (timepoints, regions))."
+        )
+    if region_names is not None and len(region_names) != num_regions:
+        raise ValueError(f"{len(region_names)} region_names for recordings of {num_regions} regions ({first}).")
+
+
+def _check_zscore(rows) -> None:
+    """z-scoring divides each recording by its own per-region std: a constant region cannot be used."""
+    constant = [(row["file"], np.flatnonzero(row["series"].std(0) == 0)) for row in rows]
+    constant = [(file, regions) for file, regions in constant if len(regions)]
+    if constant:
+        file, regions = constant[0]
+        more = f" (and {len(constant) - 1} more recordings)" if len(constant) > 1 else ""
+        raise ValueError(
+            f"{file}: regions {regions.tolist()} are constant{more}; z-scoring cannot scale them: drop the "
+            "recording, or use --normalization robust (with --iqr-epsilon for empty parcels)."
+        )
+
+
 def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, atlas_name) -> tuple:
     """
     One row per recording long enough for a window (`id`, `subject`, `session`, `series` `(T, V)`,
-    `repetition_time`, `atlas`, phenotype columns), the recordings left out as too short, and the ids without a
-    phenotype row (warned about). NaN/Inf values and recordings of different region counts are refused.
+    `repetition_time`, `atlas`, phenotype columns, and `file`, which is not written), the recordings left out as
+    too short, and the ids without a phenotype row (warned about). NaN/Inf values and recordings of different
+    region counts are refused with the file named.
     """
     rows, too_short, without_phenotypes = [], [], []
-    for path in find_recordings(inputs):
+    paths = find_recordings(inputs)
+    names = recording_names(paths)
+    for path in paths:
         series, tr = load_recording(path, atlas, repetition_time)
-        record_id, subject, session = recording_ids(path)
+        record_id, subject, session = names[path]
         bad = ~np.isfinite(series)
         if bad.any():
             raise ValueError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
@@ -149,12 +252,19 @@ def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, a
         row.update(repetition_time=tr, atlas=atlas_name, **_phenotype_row(phenotypes, record_id, subject))
         if phenotypes is not None and all(row[column] is None for column in phenotypes.columns):
             without_phenotypes.append(record_id)
-        rows.append(row)
+        rows.append({**row, "file": str(path)})
     if not rows:
         raise ValueError(f"No recording has {num_timepoints} timepoints or more ({len(too_short)} too short).")
-    num_regions = sorted({row["series"].shape[1] for row in rows})
-    if len(num_regions) > 1:
-        raise ValueError(f"Recordings have different numbers of regions {num_regions}: use one atlas.")
+    counts = Counter(row["series"].shape[1] for row in rows)
+    if len(counts) > 1:
+        usual = counts.most_common(1)[0][0]
+        other = next(row for row in rows if row["series"].shape[1] != usual)
+        example = next(row for row in rows if row["series"].shape[1] == usual)
+        raise ValueError(
+            f"{other['file']} has {other['series'].shape[1]} regions, but {example['file']} and "
+            f"{counts[usual] - 1} other recordings have {usual}: use one atlas for all (is it transposed? tables are "
+            "(timepoints, regions))."
+        )
     if without_phenotypes:
         warnings.warn(
             f"{len(without_phenotypes)} recordings have no row in the phenotype table (their phenotype columns are "
@@ -192,6 +302,7 @@ def write_splits(
             "recordings": len(members),
             "subjects": len({row["subject"] for row in members}),
             "shards": num_shards,
+            "files": [f"shard-{index:05d}-of-{num_shards:05d}.parquet" for index in range(num_shards)],
         }
     return counts
 
@@ -209,7 +320,7 @@ def _shard_count(num_rows: int, nbytes: int, multiple: int, target_bytes: int) -
 
 def _to_record(row: dict) -> dict:
     series = row["series"]
-    record = {k: v for k, v in row.items() if k != "series"}
+    record = {k: v for k, v in row.items() if k not in ("series", "file")}
     record.update(series=series.reshape(-1), num_timepoints=series.shape[0], num_regions=series.shape[1])
     return record
 
@@ -219,21 +330,37 @@ def _phenotype_table(phenotypes):
         return None
     import pandas as pd
 
-    table = (
-        phenotypes
-        if isinstance(phenotypes, pd.DataFrame)
-        else pd.read_csv(  # identifiers stay strings: "007" must not become 7
-            phenotypes,
-            sep="\t" if str(phenotypes).endswith((".tsv", ".txt")) else ",",
-            dtype={"id": str, "subject": str},
-        )
-    )
+    name = "The phenotype table" if isinstance(phenotypes, pd.DataFrame) else str(phenotypes)
+    if isinstance(phenotypes, pd.DataFrame):
+        table = phenotypes
+    elif not Path(phenotypes).is_file():
+        raise FileNotFoundError(f"no such file: {phenotypes} (the phenotype table, CSV or TSV)")
+    else:
+        try:
+            table = pd.read_csv(  # identifiers stay strings: "007" must not become 7
+                phenotypes,
+                sep="\t" if str(phenotypes).endswith((".tsv", ".txt")) else ",",
+                dtype={"id": str, "subject": str},
+            )
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
+            message = " ".join(str(error).split())
+            raise ValueError(f"{phenotypes}: cannot read it as a CSV/TSV table ({message}).") from error
     key = "id" if "id" in table.columns else "subject"
     if key not in table.columns:
-        raise ValueError("The phenotype table needs a 'subject' or an 'id' (file name without suffix) column.")
+        raise ValueError(
+            f"{name} needs a 'subject' or an 'id' (recording id) column; its columns are {list(table.columns)}."
+        )
+    clashes = [c for c in table.columns if c != key and str(c).strip().lower() in DATASET_FIELDS]
+    if clashes:
+        raise ValueError(
+            f"{name}: columns {clashes} are named like fields of the prepared dataset {list(DATASET_FIELDS)} and "
+            "would overwrite them; rename them (e.g. 'phenotype_" + str(clashes[0]).strip() + "'), or give the "
+            "repetition time with --tr / repetition_time=."
+        )
     table = table.astype({key: str}).set_index(key)
     if not table.index.is_unique:
-        raise ValueError(f"The phenotype table has repeated {key} values.")
+        repeated = table.index[table.index.duplicated()].unique().tolist()
+        raise ValueError(f"{name} has repeated {key} values: {repeated[:10]}.")
     return table
 
 

@@ -5,9 +5,14 @@ Layout: `<root>/<split>/shard-XXXXX-of-YYYYY.parquet` (one row per recording: `i
 series flattened), `num_timepoints`, `num_regions`, ids, TR, atlas, phenotype columns), `preprocessor_config.json`
 (the processor fitted on the training split), `prepare_summary.json` and `README.md`. The root is a local folder or
 any fsspec URL (e.g. `https://host/dataset`, whose server lists folders).
+
+`PreparedDataset` checks what it hands out: the shards of a split against the list in `prepare_summary.json` (a
+missing shard, or one left by another run, is an error that names both), and the processor against the shards'
+atlas (a processor made for another atlas is an error that names both atlases).
 """
 
 import json
+import os
 import tempfile
 import warnings
 from functools import cached_property
@@ -33,38 +38,118 @@ class PreparedDataset:
     def __init__(self, path):
         self.path = str(path).rstrip("/")
         self.is_remote = "://" in self.path
-        if not self.is_remote and not Path(self.path).is_dir():
+        if self.is_remote:
+            return
+        self.path = os.path.expanduser(self.path)
+        folder = Path(self.path)
+        if not folder.exists():
             raise FileNotFoundError(f"no such folder: {self.path} (a dataset made by `brainlm prepare`)")
+        if not folder.is_dir():
+            raise NotADirectoryError(
+                f"{self.path} is a file, not a prepared dataset (a folder made by `brainlm prepare`)."
+            )
+        if not (folder / SUMMARY).is_file():
+            raise FileNotFoundError(
+                f"{self.path} is not a prepared dataset: it has no {SUMMARY}. Make one with `brainlm prepare INPUTS "
+                f"{self.path}-prepared` and give that folder."
+            )
 
     def __repr__(self) -> str:
         return f"PreparedDataset({self.path!r})"
 
     @cached_property
-    def processor(self) -> BrainLMFeatureExtractor:
-        """The processor saved beside the shards (fitted on the training split)."""
-        if not self.is_remote:
-            return BrainLMFeatureExtractor.from_pretrained(self.path)
-        import fsspec
+    def summary(self) -> dict:
+        """`prepare_summary.json`: the splits with their recordings, subjects and shard files."""
+        try:
+            summary = json.loads(self._read_text(SUMMARY))
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{self.path}/{SUMMARY} not found: is {self.path} a prepared dataset?") from error
+        except ValueError as error:
+            raise ValueError(f"{self.path}/{SUMMARY} is damaged ({error}): prepare the dataset again.") from error
+        if not isinstance(summary, dict) or not isinstance(summary.get("splits"), dict):
+            raise ValueError(f"{self.path}/{SUMMARY} has no 'splits': prepare the dataset again.")
+        return summary
 
-        with tempfile.TemporaryDirectory() as folder, fsspec.open(f"{self.path}/preprocessor_config.json") as f:
-            (Path(folder) / "preprocessor_config.json").write_bytes(f.read())
-            return BrainLMFeatureExtractor.from_pretrained(folder)
+    @cached_property
+    def processor(self) -> BrainLMFeatureExtractor:
+        """The processor saved beside the shards (fitted on the training split), checked against the shards' atlas."""
+        if not self.is_remote:
+            processor = BrainLMFeatureExtractor.from_pretrained(self.path)
+        else:
+            import fsspec
+
+            with tempfile.TemporaryDirectory() as folder, fsspec.open(f"{self.path}/{PROCESSOR}") as f:
+                (Path(folder) / PROCESSOR).write_bytes(f.read())
+                try:
+                    processor = BrainLMFeatureExtractor.from_pretrained(folder)
+                except ValueError as error:
+                    message = str(error).replace(str(Path(folder) / PROCESSOR), f"{self.path}/{PROCESSOR}")
+                    raise ValueError(message) from error
+        self.check_processor(processor, f"{self.path}/{PROCESSOR}")
+        return processor
+
+    def recording_atlas(self) -> str | None:
+        """The atlas name of the recordings: from the summary, else from the `atlas` column of the first shard."""
+        if "atlas" in self.summary:
+            return self.summary["atlas"]
+        if self.is_remote or not self.splits:
+            return None
+        return shard_atlas(self.shards(self.splits[0])[0])
+
+    def check_processor(self, processor: BrainLMFeatureExtractor, name: str = "the processor") -> None:
+        """Refuse a processor made for another atlas than the recordings' (both named), or another region count."""
+        atlas = self.recording_atlas()
+        if processor.atlas and atlas and processor.atlas != atlas:
+            raise ValueError(
+                f"{name} is for the atlas {processor.atlas!r}, but the recordings of {self.path} are parcellated "
+                f"with {atlas!r}: use the processor made with this dataset ({self.path}/{PROCESSOR})."
+            )
+        regions = self.summary.get("num_regions")
+        if processor.num_regions is not None and regions is not None and processor.num_regions != regions:
+            raise ValueError(
+                f"{name} has {processor.num_regions} regions, but the recordings of {self.path} have {regions}."
+            )
 
     @property
     def splits(self) -> list[str]:
-        """Names of the splits that hold shards, sorted."""
-        if self.is_remote:
-            return sorted(json.loads(self._read_text("prepare_summary.json"))["splits"])
-        return sorted(p.name for p in Path(self.path).iterdir() if p.is_dir() and any(p.glob("*.parquet")))
+        """Names of the splits that hold shards (as `prepare_summary.json` lists them), sorted."""
+        return sorted(self.summary["splits"])
 
     def shards(self, split: str) -> list[str]:
-        """Paths (or URLs) of the Parquet shards of `split`, sorted; empty when the split does not exist."""
+        """
+        Paths (or URLs) of the Parquet shards of `split`, sorted; empty when the split does not exist. They must be
+        exactly the shards that `prepare_summary.json` lists: a missing shard, or one it does not list (left by
+        another run), is an error that names them.
+        """
         if not self.is_remote:
-            return sorted(str(p) for p in (Path(self.path) / split).glob("*.parquet"))
-        import fsspec
+            found = sorted(str(p) for p in (Path(self.path) / split).glob("*.parquet"))
+        else:
+            import fsspec
 
-        filesystem, root = fsspec.core.url_to_fs(self.path)
-        return sorted(f"{self.path}/{split}/{Path(p).name}" for p in filesystem.glob(f"{root}/{split}/*.parquet"))
+            filesystem, root = fsspec.core.url_to_fs(self.path)
+            found = sorted(f"{self.path}/{split}/{Path(p).name}" for p in filesystem.glob(f"{root}/{split}/*.parquet"))
+        listed = self.summary["splits"].get(split)
+        if listed is None:
+            if found:
+                raise ValueError(
+                    f"{self.path}/{split}/ holds {len(found)} Parquet shards ({Path(found[0]).name}, ...) that "
+                    f"{SUMMARY} does not list: they belong to another run; prepare the dataset again (--overwrite)."
+                )
+            return []
+        expected = listed.get("files") or [
+            f"shard-{index:05d}-of-{listed['shards']:05d}.parquet" for index in range(listed["shards"])
+        ]
+        names = [Path(p).name for p in found]
+        missing, extra = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
+        if missing or extra:
+            problems = [f"missing {missing[:5]}" if missing else "", f"not listed {extra[:5]}" if extra else ""]
+            error = FileNotFoundError if missing else ValueError
+            raise error(
+                f"{self.path}/{split}/ does not hold the {len(expected)} shards that {SUMMARY} lists: "
+                f"{'; '.join(p for p in problems if p)} (an incomplete copy, or files of another run): prepare the "
+                "dataset again (brainlm prepare ... --overwrite) or copy it whole."
+            )
+        return found
 
     def columns(self, split: str) -> list[str]:
         """Column names of the shards of `split`."""
@@ -85,12 +170,27 @@ class PreparedDataset:
         return [record for shard in self.require_shards(split) for record in read_recordings(shard, columns)]
 
     def _read_text(self, name: str) -> str:
+        if not self.is_remote:
+            return (Path(self.path) / name).read_text()
         import fsspec
 
         with fsspec.open(f"{self.path}/{name}", "rt") as handle:
             return handle.read()
 
 
+def shard_atlas(path: str) -> str | None:
+    """The atlas name of a local prepared shard (its `atlas` column's first value), or None when it has none."""
+    import pyarrow.parquet as pq
+
+    try:
+        if "atlas" not in pq.read_schema(path).names:
+            return None
+    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
+        raise ValueError(f"Could not read the Parquet shard {path}: {error}") from error
+    return next((name for name in read_shard(path, ["atlas"]).column("atlas").to_pylist() if name), None)
+
+
+SUMMARY, PROCESSOR = "prepare_summary.json", "preprocessor_config.json"
 RECORDING_COLUMNS = ["id", "series", "num_timepoints", "num_regions"]
 
 

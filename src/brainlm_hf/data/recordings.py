@@ -2,10 +2,19 @@
 """Finding and reading input recordings: 4-D NIfTI images, parcel tables and prepared Parquet shards.
 
 Every reader returns `(T, V)` float32 series (timepoints x regions, atlas order).
+
+Recording ids are unique by construction: the path of the file relative to the common folder of all the inputs,
+without its suffix (`site1/rest`, `site2/rest`; for inputs in one folder, the file name without suffix). Subjects
+and sessions come from BIDS entities (`sub-<label>`, `ses-<label>`) of the file name or, failing that, of its
+folders; inputs from several sites (folders above the `sub-` folders, e.g. `site1/sub-01/...` and
+`site2/sub-01/...`) keep their subjects apart as `site1/01` and `site2/01`. A file without a `sub-` entity is its
+own subject (its id). Two files that would give one id (`a/rest.npy` and `a/rest.csv`) are refused, both named.
 """
 
 import glob
+import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +26,30 @@ from .prepared import read_recordings
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RAW_SUFFIXES = NIFTI_SUFFIXES + PARCEL_SERIES_SUFFIXES
 SHARD_SUFFIXES = (".parquet",)
+_ENTITY = r"(?:^|_){}-([A-Za-z0-9]+)(?=_|$)"
+_BIDS_FOLDERS = r"ses-[A-Za-z0-9]+|func|anat|dwi|fmap|perf|beh|pet|eeg|meg|ieeg|nirs"
 
 
 def find_recordings(inputs, suffixes: tuple[str, ...] = RAW_SUFFIXES) -> list[Path]:
     """
     Folders (searched recursively), glob patterns and/or files, one or a list -> sorted paths of the files whose
-    name ends with one of `suffixes` (default: NIfTI images and parcel tables).
+    name ends with one of `suffixes` (default: NIfTI images and parcel tables). Nothing given is dropped silently:
+    a file or folder that does not exist, a pattern that matches no file and a file given by name with another
+    suffix are errors that name it.
     """
     paths = []
     for item in [inputs] if isinstance(inputs, str | Path) else inputs:
         if Path(item).is_dir():
             paths += [p for p in Path(item).rglob("*") if p.is_file()]
         elif glob.has_magic(str(item)):
-            paths += [Path(p) for p in glob.glob(str(item), recursive=True)]
+            matches = [Path(p) for p in glob.glob(str(item), recursive=True)]
+            if not matches:
+                raise FileNotFoundError(f"no file matches {item}")
+            paths += matches
+        elif not Path(item).exists():
+            raise FileNotFoundError(f"no such file or folder: {item}")
+        elif not str(item).endswith(suffixes):
+            raise ValueError(f"{item} is not a recording: give files ending in {', '.join(suffixes)}, or folders.")
         else:
             paths.append(Path(item))
     paths = sorted(p for p in paths if p.name.endswith(suffixes))
@@ -38,42 +58,131 @@ def find_recordings(inputs, suffixes: tuple[str, ...] = RAW_SUFFIXES) -> list[Pa
     return paths
 
 
-def recording_ids(path: Path) -> tuple[str, str, str]:
-    """(id, subject, session) from a file name: BIDS `sub-<x>` / `ses-<y>` entities if present, else the stem."""
-    stem = path.name
+def _stem(name: str) -> str:
     for suffix in RAW_SUFFIXES + SHARD_SUFFIXES:
-        stem = stem.removesuffix(suffix)
-    subject = re.search(r"sub-([A-Za-z0-9]+)", str(path))
-    session = re.search(r"ses-([A-Za-z0-9]+)", str(path))
-    return stem, subject.group(1) if subject else stem, session.group(1) if session else ""
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _entity(key: str, name: str, folders: tuple[str, ...]) -> str | None:
+    """The label of BIDS entity `key` in the file name, else of the nearest folder named `key-<label>`."""
+    found = re.search(_ENTITY.format(key), name)
+    if found:
+        return found.group(1)
+    for folder in reversed(folders):
+        found = re.fullmatch(f"{key}-([A-Za-z0-9]+)", folder)
+        if found:
+            return found.group(1)
+    return None
+
+
+def recording_ids(path: Path, root: Path | None = None) -> tuple[str, str, str]:
+    """
+    `(id, subject, session)` of a recording file, `root` being the common folder of all the inputs (default: the
+    file's own folder): see the module docstring.
+    """
+    path = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(root)) if root is not None else path.parent
+    *folders, name = path.relative_to(root).parts
+    record_id = "/".join([*folders, _stem(name)])
+    subject = _entity("sub", name, path.parent.parts)
+    session = _entity("ses", name, path.parent.parts) or ""
+    if subject is None:
+        return record_id, record_id, session
+    # the site: folders below the root and above the subject's folder (none when that folder holds every input)
+    subject_folders = [i for i, folder in enumerate(folders) if re.fullmatch(r"sub-[A-Za-z0-9]+", folder)]
+    if subject_folders:
+        site = folders[: subject_folders[0]]
+    elif any(re.fullmatch(r"sub-[A-Za-z0-9]+", folder) for folder in root.parts):
+        site = []
+    else:  # the subject is named by the file only: every folder but session and BIDS data-type ones
+        site = list(folders)
+        while site and re.fullmatch(_BIDS_FOLDERS, site[-1]):
+            site.pop()
+    return record_id, "/".join([*site, subject]), session
+
+
+def recording_names(paths: list[Path]) -> dict[Path, tuple[str, str, str]]:
+    """`recording_ids` of every path against their common folder, refusing two paths that give one id."""
+    if not paths:
+        return {}
+    absolute = [os.path.abspath(p) for p in paths]
+    root = Path(os.path.commonpath([os.path.dirname(p) for p in absolute]))
+    names, owners = {}, {}
+    for path in paths:
+        names[path] = recording_ids(path, root)
+        record_id = names[path][0]
+        if record_id in owners:
+            raise ValueError(
+                f"Two inputs give the recording id {record_id!r}: {owners[record_id]} and {path}; keep one of them, "
+                "or rename one."
+            )
+        owners[record_id] = path
+    return names
 
 
 def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = None) -> tuple[np.ndarray, float | None]:
-    """`(T, V)` float32 series of a NIfTI image (parcellated with `atlas`) or a parcel table, and its TR."""
-    if path.name.endswith(NIFTI_SUFFIXES):
-        if atlas is None:
-            raise ValueError(f"{path} is a NIfTI image: an atlas is needed to parcellate it (--atlas).")
-        import nibabel as nib
+    """`(T, V)` float32 series of a NIfTI image (parcellated with `atlas`) or a parcel table, and its TR. Any
+    file that cannot be read raises an error that names it."""
+    path = Path(path)
+    if not path.name.endswith(NIFTI_SUFFIXES):
+        return load_parcel_series(path), tr
+    if atlas is None:
+        raise ValueError(f"{path} is a NIfTI image: an atlas is needed to parcellate it (--atlas).")
+    import nibabel as nib
 
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
         image = nib.load(path)
-        return parcellate(image, atlas), tr if tr is not None else repetition_time(image)
-    return load_parcel_series(path), tr
+        header_tr = repetition_time(image)
+    except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
+        raise ValueError(f"{path}: cannot read it as a NIfTI image ({_one_line(error)}).") from error
+    try:
+        series = parcellate(image, atlas, name=path)
+    except (OSError, EOFError, zlib.error) as error:  # the data, read in chunks, ends early or is corrupt
+        raise ValueError(
+            f"{path}: cannot read the image data ({_one_line(error)}); is the file complete (an interrupted copy "
+            "or download)?"
+        ) from error
+    return series, tr if tr is not None else header_tr
+
+
+def read_inputs(inputs, atlas: Atlas | None = None) -> list[tuple[str, str, np.ndarray]]:
+    """
+    `(id, source, series)` of every input, in order: NIfTI images (parcellated with `atlas`) and parcel tables (ids
+    as in the module docstring; `source` is the file), and the recordings of prepared Parquet shards or of the split
+    folders that hold them (ids from the shards; `source` is `shard: id`). Two inputs with the same id are an error
+    that names both.
+    """
+    paths = find_recordings(inputs, RAW_SUFFIXES + SHARD_SUFFIXES)
+    names = recording_names([p for p in paths if not p.name.endswith(SHARD_SUFFIXES)])
+    found, sources = [], {}
+    for path in paths:
+        if path.name.endswith(SHARD_SUFFIXES):
+            items = [(r["id"], f"{path}: {r['id']}", r["series"]) for r in read_recordings(str(path))]
+        else:
+            items = [(names[path][0], str(path), load_recording(path, atlas)[0])]
+        for record_id, source, series in items:
+            if record_id in sources:
+                raise ValueError(
+                    f"Two inputs give the recording id {record_id!r}: {sources[record_id]} and {source}; keep one of "
+                    "them, or rename one."
+                )
+            sources[record_id] = source
+            found.append((record_id, source, series))
+    return found
 
 
 def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]:
     """
-    Recording id -> `(T, V)` series of every input: NIfTI images (parcellated with `atlas`) and parcel tables (id =
-    file name without suffix), and prepared Parquet shards or the split folders that hold them (ids from the
-    shards). Folders are searched recursively. Two inputs with the same id are an error.
+    Recording id -> `(T, V)` series of every input (`read_inputs`): NIfTI images (parcellated with `atlas`) and
+    parcel tables (ids as in the module docstring), and prepared Parquet shards or the split folders that hold them
+    (ids from the shards). Folders are searched recursively. Two inputs with the same id are an error.
     """
-    recordings = {}
-    for path in find_recordings(inputs, RAW_SUFFIXES + SHARD_SUFFIXES):
-        if path.suffix == ".parquet":
-            found = [(record["id"], record["series"]) for record in read_recordings(str(path))]
-        else:
-            found = [(recording_ids(path)[0], load_recording(path, atlas)[0])]
-        for name, series in found:
-            if name in recordings:
-                raise ValueError(f"Two inputs give the recording id {name!r}; rename one of them.")
-            recordings[name] = series
-    return recordings
+    return {record_id: series for record_id, _, series in read_inputs(inputs, atlas)}
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())

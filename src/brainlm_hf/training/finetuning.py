@@ -275,7 +275,10 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     processor = dataset.processor
     splits = labelled_splits(dataset, args)
     names = list(splits)
-    labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
+    try:
+        labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
+    except ValueError as error:  # name the columns and the dataset
+        raise ValueError(f"--label_columns {' '.join(args.label_columns)} of {args.dataset}: {error}") from error
     labels = dict(zip(names, labels, strict=True))
     model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **_head_options(args))
     check_counts(windows_per_recording=(args.windows_per_recording, 1))

@@ -31,6 +31,7 @@ import functools
 import itertools
 import json
 import logging
+import math
 import queue
 import re
 import shutil
@@ -193,7 +194,11 @@ def build_optimizer(model: BrainLMForMaskedSignalModeling, args: PretrainingArgu
     from transformers import get_cosine_schedule_with_warmup
 
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
-    learning_rate = args.learning_rate or args.base_learning_rate * total_batch / 256
+    scaled = args.base_learning_rate * total_batch / 256
+    learning_rate = scaled if args.learning_rate is None else args.learning_rate
+    if not (math.isfinite(learning_rate) and learning_rate >= 0):  # 0 is used as given (nothing trains)
+        given = f"--learning_rate {args.learning_rate}" if args.learning_rate is not None else "--base_learning_rate"
+        raise ValueError(f"{given}: the learning rate must be a finite number >= 0, got {learning_rate}.")
     decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n}
     groups = [
         {"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},

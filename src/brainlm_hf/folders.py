@@ -1,0 +1,150 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""Paths the user gives: local folder or Hub id, and output folders written without losing anything.
+
+* `is_path_like(name)`: whether a name the user typed is meant as a local path (it starts with `/`, `./`, `../` or
+  `~`, has more than one `/`, or cannot be a Hub repository id) rather than a Hub repository id (`name` or
+  `namespace/name`). A path-like name that does not exist is an error ("no such folder: PATH"), never a Hub request.
+* `output_folder(...)`: a context manager for commands that write a whole folder (`brainlm prepare`, `brainlm
+  convert`). It refuses an output that is a file, or a folder that already holds files unless `overwrite=True`
+  (which replaces it whole), and even then a folder that holds an input, the working folder or the home folder.
+  Everything is written into a temporary folder beside the output, which replaces the output only once complete: a
+  failed or interrupted run leaves the earlier output as it was, and a repeated run never mixes its files with an
+  earlier one's.
+"""
+
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def is_path_like(name) -> bool:
+    """True when `name` is meant as a local path rather than a Hub repository id (see the module)."""
+    name = os.fspath(name)
+    if isinstance(name, bytes):
+        name = name.decode()
+    if name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or name in (".", ".."):
+        return True
+    return name.count("/") > 1 or "\\" in name or _HUB_ID.fullmatch(name) is None or ".." in name
+
+
+def local_folder(name, what: str = "folder") -> Path | None:
+    """
+    The local folder `name` names, or None for a Hub repository id. A path-like name that does not exist raises
+    `FileNotFoundError("no such folder: NAME")`; a file raises `NotADirectoryError`.
+    """
+    path = Path(os.path.expanduser(os.fspath(name)))
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"{name} is a file, not a {what}.")
+        return path
+    if is_path_like(name):
+        raise FileNotFoundError(f"no such folder: {name}")
+    return None
+
+
+def folder_listing(folder: Path, limit: int = 5) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    return path == folder or folder in path.parents
+
+
+@contextmanager
+def output_folder(
+    output, overwrite: bool = False, what: str = "the output", inputs: Iterable = (), option: str = "--overwrite"
+) -> Iterator[Path]:
+    """
+    Yield a new temporary folder beside `output`; when the block completes, it becomes `output` (replacing an
+    earlier one whole). Refused before anything is written:
+
+    * `output` is a file;
+    * `output` holds files and `overwrite` is False (`option` names the switch in the message);
+    * with `overwrite`, `output` is the working folder, one above it, or the home folder, or holds one of `inputs`
+      (replacing it would delete them).
+
+    On an error inside the block the temporary folder is removed and `output` is left as it was.
+    """
+    output = Path(os.path.expanduser(os.fspath(output)))
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"{output} is a file, not a folder: give a new or empty folder for {what}.")
+    existing = output.is_dir() and any(output.iterdir())
+    if existing:
+        if not overwrite:
+            raise FileExistsError(
+                f"{output} is not empty ({folder_listing(output)}): give a new or empty folder, or pass {option} to "
+                f"replace it whole with {what}."
+            )
+        if _inside(Path.cwd(), output) or _inside(Path.home(), output):
+            where = "the home folder" if _inside(Path.home(), output) else "the working folder"
+            raise ValueError(f"{output} holds {where}: {option} would delete it; write {what} to a folder of its own.")
+        held = [str(path) for path in inputs if _inside(path, output)]
+        if held:
+            raise ValueError(f"{output} holds the input {held[0]}: {option} would delete it; write to another folder.")
+    parent = output.parent
+    staging = parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except PermissionError as error:
+        raise PermissionError(f"cannot write {output}: permission denied in {_first_existing(parent)}.") from error
+    except OSError as error:
+        raise OSError(f"cannot write {output} in {parent}: {error.strerror or error}.") from error
+    try:
+        yield staging
+        _move_into_place(staging, output)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _is_write_failure(error, staging):
+            raise
+        kept = "left as it was" if existing else "not created"
+        reason = error.strerror or " ".join(str(error).split())
+        raise type(error)(f"cannot write {output}: {reason}; {output} was {kept}.") from error
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def _is_write_failure(error: OSError, staging: Path) -> bool:
+    """An error of writing the output (full disk, quota, read-only, ...), not of reading an input."""
+    if error.filename is not None and str(staging) in str(error.filename):
+        return True
+    return (error.errno in _WRITE_ERRORS and error.filename is None) or "No space left on device" in str(error)
+
+
+def _first_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _move_into_place(staging: Path, output: Path) -> None:
+    """`staging` becomes `output`; an earlier `output` is moved aside first and deleted only afterwards."""
+    if not output.exists():
+        staging.rename(output)
+        return
+    if not any(output.iterdir()):  # an empty folder stays (its permissions, a link to it): the files move in
+        for path in staging.iterdir():
+            path.rename(output / path.name)
+        staging.rmdir()
+        return
+    replaced = output.parent / f".{output.name}.replaced-{uuid.uuid4().hex[:8]}"
+    output.rename(replaced)
+    try:
+        staging.rename(output)
+    except BaseException:
+        replaced.rename(output)
+        raise
+    shutil.rmtree(replaced, ignore_errors=True)
