@@ -13,13 +13,7 @@ import pytest
 import torch
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
-from brainlm_hf.integrations.brainmarks import (
-    BrainmarksTransform,
-    BrainmarksWrapper,
-    brainlm_hf,
-    pad_with_mean,
-    resample_linear,
-)
+from brainlm_hf.integrations.brainmarks import BrainmarksTransform, BrainmarksWrapper, brainlm_hf
 
 NUM_REGIONS, WINDOW = 7, 30
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,24 +36,18 @@ def processor(inputs) -> BrainLMFeatureExtractor:
     )
 
 
-def test_resample_linear_keeps_the_frequency_in_hertz():
-    time = np.arange(100) * 2.0  # 200 s at TR 2 s
-    sine = np.sin(2 * np.pi * 0.05 * time)[:, None].astype(np.float32)
-    resampled = resample_linear(sine, 2.0, 0.735)
-    assert resampled.shape == (round(100 * 2.0 / 0.735), 1)  # 272 frames
-    spectrum = np.abs(np.fft.rfft(resampled[:, 0]))
-    peak = np.fft.rfftfreq(len(resampled), d=0.735)[spectrum.argmax()]
-    assert peak == pytest.approx(0.05, abs=1 / (len(resampled) * 0.735))
-
-
 def test_transform_resamples_to_the_checkpoint_tr_and_covers_the_recording(processor):
-    sample = brainmarks_sample(50, tr=2.0)  # 100 s -> round(50 * 2 / 0.735) = 136 frames -> windows 0, 30, 60, 90, 106
+    sample = brainmarks_sample(50, tr=2.0)  # 98 s span -> 134 frames at 0.735 s -> windows 0, 30, 60, 90, 104
     out = BrainmarksTransform(processor)({**sample, "target": 1})
     assert set(out) == {"signal_values", "tr", "target"}
     assert out["signal_values"].shape == (5, NUM_REGIONS, WINDOW) and out["signal_values"].dtype == torch.float32
-    expected = resample_linear(sample["bold"].float().numpy(), 2.0, 0.735)  # z-scored bold is the zscore signal
-    assert expected.shape == (136, NUM_REGIONS)
-    np.testing.assert_allclose(out["signal_values"][-1], processor.to_model_order(expected[106:].T), atol=1e-6)
+    expected = processor.resample(sample["bold"].float().numpy(), 2.0)  # z-scored bold is the zscore signal
+    assert expected.shape == (134, NUM_REGIONS)
+    time = np.arange(134) * 0.735 / 2.0  # in source frames: linear interpolation between the two neighbours
+    bold = sample["bold"].float().numpy()
+    by_hand = np.stack([np.interp(time, np.arange(50), bold[:, region]) for region in range(NUM_REGIONS)], 1)
+    np.testing.assert_allclose(expected, by_hand, atol=1e-5)
+    np.testing.assert_allclose(out["signal_values"][-1], processor.to_model_order(expected[104:].T), atol=1e-6)
     dropped = BrainmarksTransform(processor, window_policy="non_overlapping")(sample)["signal_values"]
     assert dropped.shape == (4, NUM_REGIONS, WINDOW)  # windows 0, 30, 60, 90: the last 16 frames are dropped
     torch.testing.assert_close(dropped, out["signal_values"][:4])
@@ -72,9 +60,6 @@ def test_transform_keeps_a_close_tr_and_pads_short_recordings_with_the_region_me
     short = transform(brainmarks_sample(8, tr=0.735))["signal_values"]
     assert short.shape == (1, NUM_REGIONS, WINDOW)
     torch.testing.assert_close(short[0, :, 8:], short[0, :, :8].mean(-1, keepdim=True).expand(-1, WINDOW - 8))
-    signal = np.arange(6, dtype=np.float32).reshape(3, 2)
-    np.testing.assert_array_equal(pad_with_mean(signal, 5)[3:], [[2, 3], [2, 3]])
-    assert pad_with_mean(signal, 3) is signal
 
 
 def test_zscore_keeps_regions_that_brainmarks_zeroed(processor):

@@ -40,6 +40,14 @@ def make(folder: Path, lengths, coordinates=True, **options) -> Path:
     return folder
 
 
+def edit_summary(folder: Path, edit) -> None:
+    """Change `prepare_summary.json` as `edit(splits)` says (the shards it lists are what the dataset holds)."""
+    path = folder / "prepare_summary.json"
+    summary = json.loads(path.read_text())
+    edit(summary["splits"])
+    path.write_text(json.dumps(summary))
+
+
 def edit_processor(folder: Path, **changes) -> None:
     path = folder / "preprocessor_config.json"
     config = json.loads(path.read_text())
@@ -69,11 +77,14 @@ def data(tmp_path_factory):
     sets["no_train"] = root / "no_train"
     shutil.copytree(sets["one"], sets["no_train"])
     (sets["no_train"] / "train").rename(sets["no_train"] / "validation")
+    edit_summary(sets["no_train"], lambda splits: splits.update(validation=splits.pop("train")))
     sets["short_validation"] = root / "short_validation"
     shutil.copytree(sets["skipping"], sets["short_validation"])
     (sets["short_validation"] / "validation").mkdir()
     for shard in (sets["one"] / "train").glob("*.parquet"):  # its one recording has 250 < 300 timepoints
         shutil.copy(shard, sets["short_validation"] / "validation" / shard.name)
+    one = json.loads((sets["one"] / "prepare_summary.json").read_text())["splits"]["train"]
+    edit_summary(sets["short_validation"], lambda splits: splits.update(validation=one))
     return sets
 
 
@@ -149,13 +160,18 @@ CASES = {
         "The dataset's windows have 30 timepoints (num_timepoints of its processor), not a multiple of "
         "brainlm-tiny's patch_size 20: prepare the dataset with --num-timepoints 20 or 40",
     ),
-    "no_coordinates": ("no_coordinates", {}, "brainlm-tiny (region_window layout) needs region coordinates"),
+    "no_coordinates": (
+        "no_coordinates",
+        {},
+        "no_coordinates has no region coordinates, which a region-window model (brainlm-tiny) embeds: prepare it "
+        "again with --atlas-coordinates FILE (label x y z) or --atlas.",
+    ),
     "regions_unlike_the_processor": (
         "five_coordinates",
         {"per_device_train_batch_size": 4},
-        "The training shards hold recordings of [10] regions but the dataset's processor has 5",
+        "five_coordinates/preprocessor_config.json has 5 regions, but the recordings of",
     ),
-    "no_training_split": ("no_train", {}, "No training windows: the dataset has no train/ split with Parquet shards."),
+    "no_training_split": ("no_train", {}, "no_train has no train/ split to pretrain on (--dataset)."),
     "validation_without_windows": (
         "short_validation",
         {"per_device_train_batch_size": 2},
@@ -300,7 +316,7 @@ def test_prepare_checks_the_window_length_against_the_patch_size(tmp_path, capsy
             "0",
         ]
     )
-    assert "warning" not in capsys.readouterr().err
+    assert "not a multiple" not in capsys.readouterr().err
 
 
 def test_stream_positions_are_dealt_again_on_resume():
@@ -318,6 +334,3 @@ def test_stream_positions_are_dealt_again_on_resume():
     assert stream_state_for(two_processes, 2, 3, 1)["positions"] == [[position(1, 0, 3), position(1, 1, 0)]]
     with pytest.raises(ValueError, match="The checkpoint's data is 3 streams .* but this run has 4 \\(2 x 2\\)"):
         stream_state_for(two_processes, 0, 2, 2)
-    # a checkpoint written before loader workers: per process, a list of WindowStream positions
-    old = [[position(0, 1, 7), position(0, 0, 2)]]
-    assert stream_state_for(old, 0, 1, 2) == {"parts": 1, "next": 0, "positions": [[old[0][0]], [old[0][1]]]}

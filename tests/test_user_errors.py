@@ -674,7 +674,17 @@ def original(tmp_path) -> Path:
     return folder
 
 
-def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_path):
+@pytest.fixture
+def local_a424(a424_folder, monkeypatch):
+    """`load_a424()` reads the A424 folder of the tests (no download): conversion takes its coordinates from it."""
+    import functools
+
+    from brainlm_hf.data import atlas
+
+    monkeypatch.setattr(atlas, "load_a424", functools.partial(atlas.load_a424, a424_folder))
+
+
+def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_path, local_a424):
     from brainlm_hf.convert import convert_checkpoint
 
     source, out = original(tmp_path), tmp_path / "converted"
@@ -694,7 +704,7 @@ def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_a_full_disk_while_converting_keeps_the_earlier_conversion(tmp_path, monkeypatch):
+def test_a_full_disk_while_converting_keeps_the_earlier_conversion(tmp_path, monkeypatch, local_a424):
     import errno
 
     from brainlm_hf.convert import convert_checkpoint
@@ -733,7 +743,7 @@ def test_convert_overwrite_never_deletes_the_source(tmp_path):
     assert (source / "config.json").is_file()
 
 
-def test_a_failed_conversion_leaves_the_earlier_one(tmp_path):
+def test_a_failed_conversion_leaves_the_earlier_one(tmp_path, local_a424):
     from brainlm_hf.convert import convert_checkpoint
 
     source, out = original(tmp_path), tmp_path / "converted"

@@ -26,7 +26,7 @@ USER_ERRORS = (ValueError, OSError)
 _PACKAGE = str(Path(__file__).resolve().parent)
 # what `save_state` writes into a step checkpoint (a folder to resume from, not a model)
 _STEP_CHECKPOINT_NAME = re.compile(r"checkpoint_\d+(_\w+)?(\.partial)?")
-_STEP_CHECKPOINT_FILES = ("optimizer*.bin", "optimizer*.pt", "scheduler*.bin", "random_states_*.pkl", "custom_*.pkl")
+_STEP_CHECKPOINT_FILES = ("trainer_state.json", "optimizer*.bin", "random_states_*.pkl", "custom_*.pkl")
 
 
 def main(argv: list[str] | None = None):
@@ -378,6 +378,19 @@ def _add_prepare(commands) -> None:
     )
     prepare.add_argument("--num-timepoints", type=_positive_int, default=200, help="window length")
     prepare.add_argument(
+        "--target-tr",
+        type=_positive_float,
+        help="TR in seconds of the model's windows (0.735 for the released weights): recordings at another TR are "
+        "resampled to it (linear) when windows are cut; needed when the recordings' TRs differ",
+    )
+    prepare.add_argument(
+        "--short-recordings",
+        choices=["refuse", "pad"],
+        default="refuse",
+        help="a recording shorter than one window at that TR: left out (refuse), or kept and padded with its "
+        "per-region mean when windows are cut (pad; pretraining streams skip it)",
+    )
+    prepare.add_argument(
         "--patch-size",
         type=_positive_int,
         help="patch size of the region_window model to train (refuse a window length that is not a multiple of it; "
@@ -426,6 +439,8 @@ def _prepare(args: argparse.Namespace) -> None:
         seed=args.seed,
         shard_multiple=args.shard_multiple,
         patch_size=args.patch_size,
+        target_repetition_time=args.target_tr,
+        short_recordings=args.short_recordings,
         coordinates=args.atlas_coordinates if atlas is None and args.atlas_coordinates else None,
         overwrite=args.overwrite,
         iqr_epsilon=args.iqr_epsilon,
@@ -435,6 +450,8 @@ def _prepare(args: argparse.Namespace) -> None:
             f"{split}: {numbers['recordings']} recordings, {numbers['subjects']} subjects, {numbers['shards']} shards"
         )
     print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
+    if summary["padded"]:
+        print(f"kept to be padded (shorter than {args.num_timepoints} timepoints): {len(summary['padded'])}")
 
 
 def _add_embed(commands) -> None:
@@ -479,6 +496,7 @@ def _add_embed(commands) -> None:
         help="covering: every timepoint, one last window aligned to the end; non_overlapping: remainder dropped",
     )
     embed.add_argument("--batch-size", type=_positive_int, default=16)
+    _add_cohort_options(embed)
     embed.add_argument("--device", help="default: cuda when available, else cpu")
     embed.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -516,25 +534,60 @@ def _embed(args: argparse.Namespace) -> None:
                 f"the processor of {args.processor or args.model} is for the atlas {processor.atlas!r}, but {shard} "
                 f"holds recordings parcellated with {atlas!r}: embed them with a model and processor of that atlas."
             )
-    recordings = read_inputs(args.inputs, _atlas(args))
+    recordings = _cohort(processor, args, read_inputs(args.inputs, _atlas(args), args.tr))
+    named = {r.source: r.series for r in recordings}  # errors name the file
+    trs = [r.repetition_time for r in recordings]
     if processor.normalization == "robust" and processor.median is None:
         if not args.fit_processor:
             raise ValueError(
                 "The processor uses BrainLM's robust scaling but holds no statistics (the released weights ship "
                 "none): pass --fit-processor to fit them on INPUTS, or --processor a folder with a fitted processor."
             )
-        processor.fit([series for _, _, series in recordings])
+        processor.fit(list(named.values()), repetition_times=trs)
     model = BrainLMModel.from_pretrained(args.model, **location)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    named = {source: series for _, source, series in recordings}  # errors name the file
     embeddings = embed_recordings(
         model, processor, named, args.pooling, args.batch_size, device, dtype, progress=not args.quiet,
         layer=args.layer, include_padding_tokens=args.include_padding_tokens, window_policy=args.window_policy,
+        repetition_times=trs,
     )  # fmt: skip
-    path = save_embeddings(args.output, [record_id for record_id, _, _ in recordings], embeddings)
+    path = save_embeddings(args.output, [r.id for r in recordings], embeddings)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
     print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
+
+
+def _add_cohort_options(parser) -> None:
+    """`--tr` and `--short-recordings`: how recordings reach the model's sampling rate and window length."""
+    parser.add_argument(
+        "--tr",
+        type=_positive_float,
+        help="repetition time in seconds of the image and table INPUTS (default: the NIfTI header; tables: unknown, "
+        "used as they are); recordings at another TR than the model's are resampled to it (linear)",
+    )
+    parser.add_argument(
+        "--short-recordings",
+        choices=["refuse", "pad"],
+        help="a recording shorter than one window (after resampling): an error, or one window padded with its "
+        "per-region mean, the padding left out of mean pooling (default: the processor's setting, refuse)",
+    )
+
+
+def _cohort(processor, args: argparse.Namespace, recordings: list) -> list:
+    """Apply `--short-recordings` to the processor; warn about recordings of unknown TR when the model has one."""
+    if args.short_recordings:
+        processor.short_recordings = args.short_recordings
+    unknown = [r.source for r in recordings if r.repetition_time is None]
+    if processor.repetition_time is not None and unknown:
+        warnings.warn(
+            f"{len(unknown)} of {len(recordings)} inputs have no known TR ({unknown[0]}, ...): they are used as "
+            f"sampled at the model's TR, {processor.repetition_time} s; pass --tr to resample them.",
+            stacklevel=2,
+        )
+    resampled = sum(processor.needs_resampling(r.repetition_time) for r in recordings)
+    if resampled:
+        print(f"{resampled} recordings resampled to the model's TR of {processor.repetition_time} s (linear)")
+    return recordings
 
 
 def _check_output_file(path: str, option: str) -> None:
@@ -553,7 +606,8 @@ def _add_attention(commands) -> None:
     attention = commands.add_parser(
         "attention",
         help="CLS attention per region and network of a checkpoint on recordings, with figures",
-        description="CHECKPOINT is a folder with the model and its processor; INPUTS are parcel tables (T, V) "
+        description="CHECKPOINT is a folder or Hub id with the model and its processor (or an original BrainLM "
+        "checkpoint, or a short name such as brainlm-111m); INPUTS are parcel tables (T, V) "
         "(.npy/.csv/.tsv/.dat) or prepared Parquet shards or split folders (e.g. prepared/test).",
     )
     attention.add_argument("checkpoint", metavar="CHECKPOINT")
@@ -565,15 +619,21 @@ def _add_attention(commands) -> None:
         "--networks", choices=["a424", "aal2-lobes", "none"], default="none", help="region-to-network grouping"
     )
     attention.add_argument("--atlas-dir", help="A424 labels table or its folder (default: download and verify it)")
+    attention.add_argument(
+        "--tr",
+        type=_positive_float,
+        help="repetition time in seconds of table INPUTS (shards carry theirs); recordings at another TR than the "
+        "model's are resampled to it (linear)",
+    )
     attention.set_defaults(run=_attention)
 
 
 def _attention(args: argparse.Namespace) -> None:
-    from transformers import AutoModel
-
     from .analysis.attention_report import analyze_attention
-    from .data import load_a424_networks, load_recordings
+    from .data import load_a424_networks
     from .data.demo import aal2_lobes
+    from .data.recordings import read_inputs
+    from .modeling_brainlm import BrainLMModel
 
     check_model_path(args.checkpoint, "CHECKPOINT")
     if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
@@ -590,10 +650,12 @@ def _attention(args: argparse.Namespace) -> None:
         if not processor.region_names:
             raise ValueError("--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor.")
         networks = aal2_lobes(processor.region_names)
-    model = AutoModel.from_pretrained(args.checkpoint).eval()
+    model = BrainLMModel.from_pretrained(args.checkpoint).eval()
+    recordings = read_inputs(args.inputs, repetition_time=args.tr)
     report = analyze_attention(
-        model, processor, load_recordings(args.inputs), args.output_dir, networks, args.layers, args.stride
-    )
+        model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers, args.stride,
+        repetition_times={r.id: r.repetition_time for r in recordings},
+    )  # fmt: skip
     if networks is not None:
         ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
         print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))

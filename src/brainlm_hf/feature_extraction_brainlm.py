@@ -13,7 +13,16 @@ holds:
   tutorials; 1.0 otherwise).
 * `coordinates` `(V, 3)` (MNI mm) and `region_names`, in atlas order; `region_order` (model row `i` is atlas region
   `region_order[i]`; the 111M/650M weights expect a stable sort on Y; `None` keeps atlas order);
-* `num_timepoints` (the window length) and `repetition_time` (TR, seconds).
+* `num_timepoints` (the window length) and `repetition_time` (TR, seconds, of the data the model was trained on).
+* Sampling rate: a recording whose TR differs from `repetition_time` by `resample_tolerance` (0.1 s) or more is
+  resampled to it by linear interpolation per region over its own time span (the method of Brainmarks; frequencies
+  in Hz are kept, and the slow fMRI signal, < 0.1 Hz, is far below the Nyquist frequency of either TR). The TR of a
+  recording comes from its NIfTI header, its prepared dataset's `repetition_time` column or an argument
+  (`repetition_times=`); a recording of unknown TR is used as it is.
+* `short_recordings`: a recording shorter than one window (after resampling) is an error (`"refuse"`), or
+  (`"pad"`) becomes one window padded at the end with the recording's per-region mean; `timepoint_mask` (1 = real,
+  0 = padding) then marks the padded timepoints, which the models leave out of the reconstruction loss and of mean
+  pooling.
 
 Converted checkpoints carry the method and scale but no statistics, since the pretraining statistics were never
 released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
@@ -36,6 +45,7 @@ import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
 NORMALIZATIONS = ("robust", "zscore", "none")
+SHORT_RECORDINGS = ("refuse", "pad")
 CONFIG_NAME = "preprocessor_config.json"
 
 
@@ -54,6 +64,10 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         iqr_epsilon (`float`, *optional*): robust scaling of regions whose training IQR is below this value uses
             this value instead (set by `fit(..., iqr_epsilon=...)` or here); without it such regions are an error.
         iqr_epsilon_regions (`list[int]`, *optional*): the regions (atlas order) that `fit` scaled by `iqr_epsilon`.
+        resample_tolerance (`float`, defaults to 0.1): seconds; recordings whose TR differs from `repetition_time` by
+            at least this much are resampled to it.
+        short_recordings (`str`, defaults to `"refuse"`): `"refuse"` or `"pad"` a recording shorter than one
+            window (see above).
     """
 
     model_input_names = ["signal_values", "coordinates"]
@@ -76,6 +90,8 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         atlas: str | None = None,
         iqr_epsilon: float | None = None,
         iqr_epsilon_regions: list[int] | None = None,
+        resample_tolerance: float = 0.1,
+        short_recordings: str = "refuse",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,6 +103,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             repetition_time = _positive_number(repetition_time, "repetition_time")
         if iqr_epsilon is not None:
             iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
+        resample_tolerance = _positive_number(resample_tolerance, "resample_tolerance")
+        if short_recordings not in SHORT_RECORDINGS:
+            raise ValueError(f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.")
         if atlas is not None and not isinstance(atlas, str):
             raise ValueError(f"atlas must be the name of the parcellation (a string), got {atlas!r}.")
         per_region = {
@@ -151,6 +170,8 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.atlas = atlas
         self.iqr_epsilon = iqr_epsilon
         self.iqr_epsilon_regions = iqr_epsilon_regions
+        self.resample_tolerance = resample_tolerance
+        self.short_recordings = short_recordings
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BrainLMFeatureExtractor":
@@ -195,7 +216,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """Model row of each atlas region (`inverse_order[region_order[i]] == i`)."""
         return None if self.region_order is None else np.argsort(self.region_order).tolist()
 
-    def fit(self, recordings, iqr_epsilon: float | None = None) -> "BrainLMFeatureExtractor":
+    def fit(self, recordings, iqr_epsilon: float | None = None, repetition_times=None) -> "BrainLMFeatureExtractor":
         """
         Compute the `"robust"` statistics (per-region median and IQR over every timepoint of every training
         recording, `(T_i, V)` arrays in atlas order). Holds all training timepoints in memory once. Other methods
@@ -203,9 +224,15 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
 
         A region whose IQR is 0 (an empty or constant parcel) is an error that names it, unless `iqr_epsilon` (or
         `self.iqr_epsilon`) is given: regions whose IQR is below it are then scaled by `iqr_epsilon`, and their
-        indices are recorded in `iqr_epsilon_regions` (saved with the extractor) and warned about.
+        indices are recorded in `iqr_epsilon_regions` (saved with the extractor) and warned about. `repetition_times`
+        (as in `windows`): the statistics are those of the recordings resampled to `repetition_time`.
         """
-        recordings = [self._checked(r, f"recording {i}") for i, r in enumerate(recordings)]
+        recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
+        trs = _per_recording(repetition_times, len(recordings))
+        recordings = [
+            self.resample(self._checked(r, f"recording {i}"), trs[i], f"recording {i}")
+            for i, r in enumerate(recordings)
+        ]
         if not recordings:
             raise ValueError("fit needs at least one training recording.")
         epsilon = self.iqr_epsilon if iqr_epsilon is None else _positive_number(iqr_epsilon, "iqr_epsilon")
@@ -277,6 +304,37 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             center, scale = np.float32(0), np.float32(1)
         return center, 1 / (scale * np.float32(self.input_scale))
 
+    def needs_resampling(self, repetition_time: float | None) -> bool:
+        """Whether a recording of this TR is resampled (see the module): both TRs known and `resample_tolerance` or
+        more apart."""
+        if repetition_time is None or self.repetition_time is None:
+            return False
+        return abs(float(repetition_time) - self.repetition_time) >= self.resample_tolerance - 1e-12
+
+    def resampled_length(self, num_timepoints: int, repetition_time: float | None) -> int:
+        """The number of timepoints of a recording of `num_timepoints` at `repetition_time` after `resample`."""
+        if not self.needs_resampling(repetition_time) or num_timepoints < 2:
+            return num_timepoints
+        return int(math.floor((num_timepoints - 1) * repetition_time / self.repetition_time + 1e-9)) + 1
+
+    def resample(self, recording: np.ndarray, repetition_time: float | None, name: str = "recording") -> np.ndarray:
+        """
+        A `(T, V)` recording sampled every `repetition_time` seconds, on this processor's grid: samples at `k *
+        self.repetition_time` for every `k` within the recording's span `[0, (T - 1) * repetition_time]`, linearly
+        interpolated per region (float32). Returned unchanged when `needs_resampling` is False.
+        """
+        if not self.needs_resampling(repetition_time):
+            return recording
+        repetition_time = _positive_number(repetition_time, f"the repetition time of {name}")
+        if len(recording) < 2:
+            raise ValueError(f"{name} has {len(recording)} timepoint: resampling it to another TR needs at least 2.")
+        length = self.resampled_length(len(recording), repetition_time)
+        position = np.arange(length) * (self.repetition_time / repetition_time)  # in source samples
+        left = np.minimum(position.astype(np.int64), len(recording) - 2)
+        weight = (position - left).astype(np.float32)[:, None]
+        recording = np.asarray(recording, dtype=np.float32)
+        return recording[left] * (1 - weight) + recording[left + 1] * weight
+
     def window_starts(
         self, num_timepoints: int, stride: int | None = None, cover_end: bool = True, name: str = "a recording"
     ) -> list[int]:
@@ -290,8 +348,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
         if num_timepoints < self.num_timepoints:
             raise ValueError(
-                f"{name} has {num_timepoints} timepoints, fewer than one window of {self.num_timepoints}: leave it "
-                "out or use a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
+                f"{name} has {num_timepoints} timepoints (at the model's TR), fewer than one window of "
+                f"{self.num_timepoints}: leave it out, pad it (short_recordings='pad', --short-recordings pad) or use "
+                "a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
             )
         starts = list(range(0, num_timepoints - self.num_timepoints + 1, stride or self.num_timepoints))
         if cover_end and starts[-1] + self.num_timepoints < num_timepoints:
@@ -304,37 +363,61 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         starts: Callable[[int], Sequence[int]] | None = None,
         stride: int | None = None,
         cover_end: bool = True,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        repetition_times=None,
+        return_timepoint_mask: bool = False,
+    ) -> tuple[np.ndarray, ...]:
         """
-        The one way a recording becomes model windows: normalise it whole (`normalize`), place the windows, cut them
-        and put the regions in model order.
+        The one way a recording becomes model windows: resample it to the model's TR (`resample`), normalise it
+        whole (`normalize`), place the windows, cut them and put the regions in model order. A recording shorter
+        than one window is an error, or with `short_recordings="pad"` one window padded at the end with its
+        per-region mean (normalised like the rest: 0 under z-scoring).
 
         Args:
             recordings: raw `(T_i, V)` arrays in atlas order: one array, a list, or a dict whose keys name the
                 recordings in error messages.
             starts (*optional*): `starts(T_i)` gives a recording's window starts (e.g. random crops); by default
-                `window_starts(T_i, stride, cover_end)`.
+                `window_starts(T_i, stride, cover_end)`. Not used for a padded recording (one window).
+            repetition_times (*optional*): the TR in seconds of the recordings: one number for all, or one per
+                recording (a list, or a dict with the keys of `recordings`; None = unknown, not resampled).
+            return_timepoint_mask (`bool`): also return the timepoint mask.
 
-        Returns the windows `(W, V, num_timepoints)` float32 (normalised, model region order) and the index of the
-        recording of each window `(W,)`.
+        Returns the windows `(W, V, num_timepoints)` float32 (normalised, model region order), the index of the
+        recording of each window `(W,)` and, with `return_timepoint_mask`, `(W, num_timepoints)` float32 (1 = a
+        real timepoint, 0 = padding).
         """
         if isinstance(recordings, np.ndarray | torch.Tensor) and recordings.ndim == 2:
             recordings = [recordings]
         if not isinstance(recordings, Mapping):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
-        windows, owners = [], []
+        if isinstance(repetition_times, Mapping):
+            repetition_times = [repetition_times.get(name) for name in recordings]
+        trs = _per_recording(repetition_times, len(recordings))
+        windows, owners, lengths = [], [], []
         for index, (name, recording) in enumerate(recordings.items()):
             by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
             series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
+            series = self.resample(series, trs[index], name)
             if not (series.flags.c_contiguous or series.flags.f_contiguous):
                 series = np.array(series)  # the layout `normalize` computes its statistics on
-            placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
             affine = self._affine(series, name, values_checked=not by_statistics)
+            real = len(series)
+            if real < self.num_timepoints and self.short_recordings == "pad":
+                padding = np.broadcast_to(
+                    series.mean(0, dtype=np.float64).astype(np.float32), (self.num_timepoints - real, series.shape[1])
+                )
+                series, placed = np.concatenate([series, padding]), [0]
+            else:
+                placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
             windows.append(self._cut(series, placed, *affine))
             owners += [index] * len(windows[-1])
+            lengths += [min(real, self.num_timepoints)] * len(windows[-1])
         if not owners:
             raise ValueError("No window: give at least one recording.")
-        return (windows[0] if len(windows) == 1 else np.concatenate(windows)), np.asarray(owners)
+        windows = windows[0] if len(windows) == 1 else np.concatenate(windows)
+        if not return_timepoint_mask:
+            return windows, np.asarray(owners)
+        mask = (np.arange(self.num_timepoints)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
+        return windows, np.asarray(owners), mask
 
     def _cut(self, series: np.ndarray, starts, center, factor) -> np.ndarray:
         """
@@ -364,7 +447,13 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         return out
 
     def __call__(
-        self, recordings, sliding_windows: bool = False, stride: int | None = None, return_tensors: str | None = "pt"
+        self,
+        recordings,
+        sliding_windows: bool = False,
+        stride: int | None = None,
+        return_tensors: str | None = "pt",
+        repetition_time=None,
+        return_timepoint_mask: bool | None = None,
     ) -> BatchFeature:
         """
         Args:
@@ -372,7 +461,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             sliding_windows (`bool`): cut every recording into `num_timepoints` windows every `stride` timepoints
                 (default: non-overlapping; the remainder is dropped, see `windows`); `recording_index` then says
                 which recording each window comes from. A recording shorter than one window is an error. Without it
-                the recordings are used whole and must have equal lengths.
+                the recordings are used whole and must have equal lengths (after resampling).
+            repetition_time (*optional*): the recordings' TR in seconds (one number, or one per recording):
+                recordings at another TR than `self.repetition_time` are resampled to it (see `resample`).
+            return_timepoint_mask (`bool`, *optional*): with `sliding_windows`, add `timepoint_mask` `(B, T)`
+                (1 = real timepoint, 0 = padding of a short recording); default: when `short_recordings="pad"`.
 
         Returns a `BatchFeature` with `signal_values` `(B, V, T)` (normalised, model region order) and, when known,
         `coordinates` `(V, 3)` in model order.
@@ -381,9 +474,16 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             recordings = [recordings]
         data = {}
         if sliding_windows:
-            data["signal_values"], data["recording_index"] = self.windows(recordings, stride=stride, cover_end=False)
+            if return_timepoint_mask is None:
+                return_timepoint_mask = self.short_recordings == "pad"
+            out = self.windows(recordings, stride=stride, cover_end=False, repetition_times=repetition_time,
+                               return_timepoint_mask=return_timepoint_mask)  # fmt: skip
+            data.update(zip(("signal_values", "recording_index", "timepoint_mask"), out, strict=False))
         else:
-            normalized = [self.normalize(r, f"recording {i}") for i, r in enumerate(recordings)]
+            trs = _per_recording(repetition_time, len(recordings))
+            resampled = [self.resample(self._checked(r, f"recording {i}"), trs[i], f"recording {i}")
+                         for i, r in enumerate(recordings)]  # fmt: skip
+            normalized = [self.normalize(r, f"recording {i}") for i, r in enumerate(resampled)]
             if len({len(r) for r in normalized}) > 1:
                 raise ValueError(
                     "Recordings of different lengths: use sliding_windows=True or crop them to one length."
@@ -458,6 +558,16 @@ def _mean_std(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     variance = np.add.reduce(squares, axis=0)
     np.true_divide(variance, count, out=variance, casting="unsafe")
     return mean, np.sqrt(variance, out=variance)
+
+
+def _per_recording(repetition_times, count: int) -> list:
+    """One TR (or None) per recording from None, one number, or a sequence of `count`."""
+    if repetition_times is None or isinstance(repetition_times, numbers.Real):
+        return [repetition_times] * count
+    repetition_times = list(repetition_times)
+    if len(repetition_times) != count:
+        raise ValueError(f"repetition_times gives {len(repetition_times)} values for {count} recordings.")
+    return [None if tr is None or (isinstance(tr, float) and math.isnan(tr)) else float(tr) for tr in repetition_times]
 
 
 def _positive_number(value, name: str) -> float:

@@ -48,6 +48,8 @@ class BrainLMModelOutput(ModelOutput):
         attentions (`tuple(torch.FloatTensor)`, *optional*):
             Softmax attention of each layer, `(B, heads, 1 + K, 1 + K)`. Returned with `output_attentions=True`
             (eager attention only).
+        timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): the `timepoint_mask` input (1 = real
+            timepoint, 0 = padding), kept for `pool` and the reconstruction loss.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -56,6 +58,7 @@ class BrainLMModelOutput(ModelOutput):
     ids_restore: torch.LongTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    timepoint_mask: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -356,6 +359,22 @@ def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinate
     for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
         if tensor is not None:
             check_values(name, tensor, "regions/timepoints")
+
+
+def checked_timepoint_mask(timepoint_mask, signal_values: torch.Tensor) -> torch.Tensor | None:
+    """`timepoint_mask` `(B, T)` (1 = real timepoint, 0 = padding) as a tensor of the signal's dtype, shape checked."""
+    if timepoint_mask is None:
+        return None
+    timepoint_mask = torch.as_tensor(timepoint_mask)  # bool, integer or float 0/1
+    if timepoint_mask.is_complex():
+        raise ValueError("timepoint_mask must hold 0/1 (or booleans), got complex values.")
+    batch_size, _, num_timepoints = signal_values.shape
+    if tuple(timepoint_mask.shape) != (batch_size, num_timepoints):
+        raise ValueError(
+            f"timepoint_mask must have shape (batch, timepoints) = ({batch_size}, {num_timepoints}) to match "
+            f"signal_values {tuple(signal_values.shape)}, got {tuple(timepoint_mask.shape)}."
+        )
+    return timepoint_mask.to(device=signal_values.device, dtype=signal_values.dtype)
 
 
 def check_values(name: str, tensor: torch.Tensor, where: str) -> None:
@@ -748,6 +767,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        timepoint_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> BrainLMModelOutput | tuple:
         r"""
@@ -762,6 +782,10 @@ class BrainLMModel(BrainLMPreTrainedModel):
                 Fraction of tokens to mask; default 0 (no masking) unless `noise` is given. 0 never masks nor
                 shuffles, whatever the strategy.
             mask_strategy (`str`, *optional*): defaults to `config.mask_strategy`.
+            timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): 1 = real timepoint, 0 = padding of a
+                short recording (the processor's `short_recordings="pad"`). The encoder sees the padding as signal;
+                the mask is returned for `pool` (mean pooling leaves out tokens made only of padding) and the
+                reconstruction loss (padded timepoints are left out).
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -776,6 +800,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
         signal_values, coordinates = self._model_inputs(signal_values, coordinates)
         if self.config.validate_inputs:
             validate_signal(self.layout, signal_values, coordinates)
+        timepoint_mask = checked_timepoint_mask(timepoint_mask, signal_values)
         if mask_ratio is None:
             mask_ratio = self.config.mask_ratio if noise is not None else 0.0
 
@@ -795,6 +820,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
             ids_restore=ids_restore,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
+            timepoint_mask=timepoint_mask,
         )
         return output if return_dict else output.to_tuple()
 
@@ -815,8 +841,9 @@ class BrainLMModel(BrainLMPreTrainedModel):
     ) -> torch.Tensor:
         """
         One embedding per sample, `(B, H)`, from the output of `forward` on a `(B, V, T)` input: `"cls"` takes the
-        CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count; when
-        masking leaves no such token visible, the CLS row is used instead, never NaN). `layer` pools
+        CLS row, `"mean"` averages the visible tokens that hold signal (tiles made only of padding never count, nor
+        tokens whose timepoints are all padding by `outputs.timepoint_mask`; when masking leaves no such token
+        visible, the CLS row is used instead, never NaN). `layer` pools
         `outputs.hidden_states[layer]` (`forward` with `output_hidden_states=True`; `-1` is the last layer's output
         before the final LayerNorm) instead of `last_hidden_state`.
         """
@@ -826,11 +853,20 @@ class BrainLMModel(BrainLMPreTrainedModel):
         if pooling != "mean":
             raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
         data = self.layout.data_tokens(num_regions, num_timepoints, hidden.device)  # (L,) in canonical order
+        if outputs.timepoint_mask is not None:
+            data = data & self._tokens_with_real_timepoints(outputs.timepoint_mask, num_regions)  # (B, L)
         visible = torch.argsort(outputs.ids_restore, dim=1)[:, : hidden.shape[1] - 1]  # (B, K): token of each row
-        weights = data[visible].to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
+        weights = torch.gather(data.expand(len(visible), -1), 1, visible).to(hidden.dtype).unsqueeze(-1)  # (B, K, 1)
         count = weights.sum(1)  # (B, 1); 0 when masking left no visible token that holds data
         mean = (hidden[:, 1:] * weights).sum(1) / count.clamp_min(1)
         return torch.where(count > 0, mean, hidden[:, 0])  # no data token visible: the CLS row, never NaN
+
+    def _tokens_with_real_timepoints(self, timepoint_mask: torch.Tensor, num_regions: int) -> torch.Tensor:
+        """`(B, L)` bool: the tokens that cover at least one real timepoint of `timepoint_mask` `(B, T)`."""
+        index = self.layout.token_index(num_regions, timepoint_mask.shape[1]).to(timepoint_mask.device)  # (V, T)
+        values = timepoint_mask[:, None, :].expand(-1, num_regions, -1).flatten(1)  # (B, V * T)
+        tokens = timepoint_mask.new_zeros(len(timepoint_mask), self.layout.num_tokens(*index.shape))
+        return tokens.scatter_reduce(1, index.flatten().expand(len(values), -1), values, "amax") > 0
 
     def _choose_visible_tokens(self, batch_size, num_regions, num_timepoints, mask_ratio, strategy, noise, device):
         strategy = strategy or self.config.mask_strategy
@@ -904,13 +940,18 @@ class BrainLMDecoder(nn.Module):
 def masked_reconstruction_loss(
     model: BrainLMPreTrainedModel, logits: torch.Tensor, signal_values: torch.Tensor, outputs: BrainLMModelOutput
 ) -> torch.Tensor | None:
-    """Masked MSE (or MAE) of the reconstruction `(B, V, T)` over masked timepoints; `None` when nothing is masked."""
+    """
+    Masked MSE (or MAE) of the reconstruction `(B, V, T)` over the masked timepoints that are not padding
+    (`outputs.timepoint_mask`); `None` when nothing is masked, 0 when every masked timepoint is padding.
+    """
     if outputs.last_hidden_state.shape[1] - 1 == outputs.ids_restore.shape[1]:
         return None
     mask = model.mask_to_signal(outputs.mask)  # (B, V, T)
+    if outputs.timepoint_mask is not None:
+        mask = mask * outputs.timepoint_mask[:, None, :]
     error = logits - signal_values
     error = error.abs() if model.config.reconstruction_loss == "mae" else error.square()
-    return (error * mask).sum() / mask.sum()
+    return (error * mask).sum() / mask.sum().clamp_min(1)
 
 
 class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
@@ -938,6 +979,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_loss: bool = True,
+        timepoint_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> BrainLMForMaskedSignalModelingOutput | tuple:
         r"""
@@ -949,6 +991,8 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             mask_ratio (`float`, *optional*): overrides `config.mask_ratio`.
             mask_strategy (`str`, *optional*): overrides `config.mask_strategy`.
             return_loss (`bool`, defaults to `True`): compute the loss (lets `Trainer` report `eval_loss`).
+            timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): 1 = real timepoint, 0 = padding,
+                left out of the loss.
 
         Returns `loss` (masked timepoints only; `None` when nothing is masked) and `logits` `(B, V, T)`.
         """
@@ -963,6 +1007,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
+            timepoint_mask=timepoint_mask,
             **kwargs,
         )
         logits = self.decoder(
@@ -1038,6 +1083,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        timepoint_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> SequenceClassifierOutput | tuple:
         r"""
@@ -1048,6 +1094,8 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
                 class indices (single-label) or `(B, num_labels)` 0/1 (multi-label).
             noise, mask_ratio, mask_strategy: masking of the encoder input, as in `BrainLMModel` (default: none, or
                 `config.mask_ratio` in training with an auxiliary reconstruction loss).
+            timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): 1 = real timepoint, 0 = padding (left
+                out of mean pooling and of the auxiliary loss).
 
         Returns `SequenceClassifierOutput` with `logits` `(B, num_labels)` (regression: in label units) and `loss`.
         """
@@ -1065,6 +1113,7 @@ class BrainLMForSequenceClassification(BrainLMPreTrainedModel):
                 output_attentions=output_attentions,
                 output_hidden_states=output_hidden_states,
                 return_dict=True,
+                timepoint_mask=timepoint_mask,
                 **kwargs,
             )
         pooled = self.brainlm.pool(outputs, *signal_values.shape[1:], self.config.pooling)  # (B, H)

@@ -101,12 +101,14 @@ def window_attention(
     layers: Sequence[int] | None = None,
     stride: int | None = None,
     batch_size: int = 8,
+    repetition_time: float | None = None,
 ) -> np.ndarray:
     """
     Region x time CLS attention `(W, V, Tw)` (atlas order) of the windows of one raw `(T, V)` recording, placed by
-    `processor.window_starts`, averaged over the chosen layers and all heads.
+    `processor.window_starts`, averaged over the chosen layers and all heads. A recording whose `repetition_time`
+    differs from the processor's is resampled to it first (`processor.windows`).
     """
-    windows, _ = processor.windows([recording], stride=stride)  # (W, V, Tw), model order
+    windows, _ = processor.windows([recording], stride=stride, repetition_times=repetition_time)  # (W, V, Tw)
     maps = attention_maps(model, windows, processor.model_coordinates(), layers, batch_size)
     return processor.to_atlas_order(maps)
 
@@ -118,12 +120,18 @@ def recording_attention(
     layers: Sequence[int] | None = None,
     stride: int | None = None,
     batch_size: int = 8,
+    repetition_times: dict[str, float | None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     Region scores per recording `(R, V)` (mean over its windows, see `window_attention`) and the region x time map
-    `(V, Tw)` averaged over all windows of all recordings, both in atlas order.
+    `(V, Tw)` averaged over all windows of all recordings, both in atlas order. `repetition_times`: the TR of each
+    recording (by key; missing = unknown).
     """
-    maps = [window_attention(model, processor, r, layers, stride, batch_size) for r in recordings.values()]
+    trs = repetition_times or {}
+    maps = [
+        window_attention(model, processor, r, layers, stride, batch_size, trs.get(name))
+        for name, r in recordings.items()
+    ]
     scores = np.stack([region_scores(m).mean(0) for m in maps])
     return scores, np.concatenate(maps).mean(0)
 

@@ -25,16 +25,21 @@ def analyze_attention(
     layers=None,
     stride: int | None = None,
     batch_size: int = 8,
+    repetition_times: dict[str, float | None] | None = None,
 ) -> dict:
     """
     CLS attention scores of the recordings per region and, given `networks` (the network of each region, in atlas
     order), per network. Writes to `output_dir`: `region_scores.csv` (per region: name, mean score and one column per
     recording), `network_scores.csv`, `attention.json` (everything, plus the file names of the figures) and the
     figures `attention_networks.png`, `attention_glass_brain.png`, `attention_heatmap.png`. Returns the JSON dict.
+    `repetition_times` (the TR of each recording, by key): recordings at another TR than the processor's are
+    resampled to it.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    per_recording, mean_map = recording_attention(model, processor, recordings, layers, stride, batch_size)
+    per_recording, mean_map = recording_attention(
+        model, processor, recordings, layers, stride, batch_size, repetition_times
+    )
     names = processor.region_names or [f"region {i}" for i in range(per_recording.shape[1])]
     mean_scores = per_recording.mean(0)
     _write_table(output / "region_scores.csv", ["region", "mean", *recordings], names, mean_scores, per_recording)

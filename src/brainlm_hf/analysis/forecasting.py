@@ -51,12 +51,14 @@ def forecast_recording(
     mask_ratio: float = 0.2,
     stride: int | None = None,
     batch_size: int = 8,
+    repetition_time: float | None = None,
 ) -> Forecast:
     """
     Forecast the end of every window of a `(T, V)` recording (atlas order, raw) from its beginning. Windows are
     placed by `processor.window_starts`; the strategy is the layout's forecast strategy (`forecast`; tiles:
-    `predict_last`).
+    `predict_last`). A recording whose `repetition_time` differs from the processor's is resampled to it first.
     """
+    recording = processor.resample(recording, repetition_time)
     starts = processor.window_starts(len(recording), stride)
     windows, predictions, masks = predict_windows(
         model, processor, recording, starts, mask_ratio, model.layout.forecast_strategy, batch_size=batch_size

@@ -97,11 +97,15 @@ def reconstruct_recording(
     stride: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
+    repetition_time: float | None = None,
 ) -> Reconstruction:
     """
     Reconstruct a whole `(T, V)` recording (atlas order, raw: `processor` normalises it) from windows masked with
-    `mask_ratio` and `mask_strategy` (default the model's), placed and stitched as the module docstring says.
+    `mask_ratio` and `mask_strategy` (default the model's), placed and stitched as the module docstring says. A
+    recording whose `repetition_time` differs from the processor's is resampled to it first: the reconstruction is
+    on the model's time grid.
     """
+    recording = processor.resample(recording, repetition_time)
     starts = processor.window_starts(len(recording), stride)
     _, predictions, masks = predict_windows(
         model, processor, recording, starts, mask_ratio, mask_strategy, seed, batch_size

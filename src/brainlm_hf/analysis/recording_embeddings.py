@@ -7,7 +7,9 @@ normalised, in model region order) with a window policy:
   window, one window aligned to the end, so that every timepoint is seen;
 * `"non_overlapping"`: non-overlapping windows from the start, the remainder dropped (Brainmarks' policy).
 
-A recording shorter than one window is an error. Each window is embedded by the encoder without masking, in
+Recordings at another TR than the processor's are resampled to it (`repetition_times`); a recording shorter than one
+window is an error, or one padded window under the processor's `short_recordings="pad"` (padded timepoints are left
+out of `"mean"` pooling; `"tokens"` keeps every token). Each window is embedded by the encoder without masking, in
 canonical token order (deterministic), and represented by:
 
 * `layer`: which hidden state. `None` (default): `last_hidden_state`, after the final LayerNorm. An integer `i`:
@@ -48,11 +50,13 @@ def embed_windows(
     *,
     layer: int | None = None,
     include_padding_tokens: bool = False,
+    timepoint_mask: np.ndarray | None = None,
 ) -> np.ndarray:
     """
     Windows `(W, V, T)` (normalised, model order) -> embeddings, float32, without masking: `(W, H)` for `"cls"` and
     `"mean"`, `(W, 1 + K, H)` for `"tokens"` (CLS first, then the tokens that hold data, or all L tokens with
-    `include_padding_tokens`); `layer` chooses the hidden state (see the module docstring).
+    `include_padding_tokens`); `layer` chooses the hidden state (see the module docstring). `timepoint_mask`
+    `(W, T)` (1 = real, 0 = padding) leaves padded timepoints out of `"mean"` pooling.
 
     `model` is any BrainLM model (its encoder is used). `device` defaults to the model's; `dtype` (e.g.
     `torch.bfloat16`) runs the encoder under autocast on that device.
@@ -74,7 +78,8 @@ def embed_windows(
         kept = torch.cat([torch.ones(1, dtype=torch.bool), torch.ones_like(data) if include_padding_tokens else data])
 
     def embed(batch, xyz, rows):
-        outputs = encoder(batch, xyz, output_hidden_states=layer is not None)
+        mask = None if timepoint_mask is None else torch.as_tensor(timepoint_mask[rows])
+        outputs = encoder(batch, xyz, output_hidden_states=layer is not None, timepoint_mask=mask)
         if pooling != "tokens":
             return encoder.pool(outputs, num_regions, num_timepoints, pooling, layer)  # (b, H)
         hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # (b, 1 + L, H)
@@ -96,6 +101,7 @@ def embed_recordings(
     layer: int | None = None,
     include_padding_tokens: bool = False,
     window_policy: str = "covering",
+    repetition_times=None,
 ) -> np.ndarray | list[np.ndarray]:
     """
     Embeddings of whole recordings (see the module docstring for `layer`, `pooling` and `window_policy`):
@@ -104,9 +110,9 @@ def embed_recordings(
     * `"tokens"`: a list of R float32 arrays `(W_r, 1 + K, H)`, one per recording, windows in time order.
 
     `recordings` are raw `(T_i, V)` arrays in atlas order (a list, or a dict whose values are taken in order and
-    whose keys name them in errors);
-    `processor` normalises them and sets the region order, coordinates and window length. Deterministic, and
-    independent of `batch_size` up to float rounding.
+    whose keys name them in errors); `repetition_times` their TRs in seconds (one number, or one per recording;
+    see `BrainLMFeatureExtractor.windows`). `processor` resamples and normalises them and sets the region order,
+    coordinates and window length. Deterministic, and independent of `batch_size` up to float rounding.
     """
     if window_policy not in WINDOW_POLICIES:
         raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
@@ -114,12 +120,15 @@ def embed_recordings(
     recordings = list(named.values()) if named is not None else list(recordings)
     if not recordings:
         raise ValueError("embed_recordings needs at least one recording.")
-    windows, owners = processor.windows(
-        named if named is not None else recordings, cover_end=window_policy == "covering"
-    )  # (W, V, T), (W,)
+    windows, owners, mask = processor.windows(
+        named if named is not None else recordings,
+        cover_end=window_policy == "covering",
+        repetition_times=repetition_times,
+        return_timepoint_mask=True,
+    )  # (W, V, T), (W,), (W, T)
     embedded = embed_windows(
         model, windows, processor.model_coordinates(), pooling, batch_size, device, dtype, progress,
-        layer=layer, include_padding_tokens=include_padding_tokens,
+        layer=layer, include_padding_tokens=include_padding_tokens, timepoint_mask=mask if mask.min() < 1 else None,
     )  # fmt: skip
     if pooling == "tokens":
         return [embedded[owners == index] for index in range(len(recordings))]

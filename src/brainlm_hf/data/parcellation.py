@@ -187,7 +187,8 @@ def load_parcel_series(path, delimiter: str | None = None) -> np.ndarray:
 
 
 def repetition_time(image: nib.Nifti1Image) -> float | None:
-    """TR in seconds from a NIfTI header (the 4th zoom, converted from ms if the unit says so), or None."""
+    """TR in seconds from a NIfTI header (the 4th zoom, converted from ms if the unit says so; rounded to the
+    microsecond, which drops the float32 digits of the header: 0.72, not 0.7200000286), or None."""
     if len(image.shape) != 4:
         return None
     tr = float(image.header.get_zooms()[3])
@@ -196,4 +197,4 @@ def repetition_time(image: nib.Nifti1Image) -> float | None:
         tr /= 1000.0
     elif unit == "usec":
         tr /= 1e6
-    return tr if tr > 0 else None
+    return round(tr, 6) if tr > 0 else None

@@ -56,6 +56,8 @@ def prepare_dataset(
     patch_size: int | None = None,
     overwrite: bool = False,
     iqr_epsilon: float | None = None,
+    target_repetition_time: float | None = None,
+    short_recordings: str = "refuse",
 ) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
@@ -71,7 +73,16 @@ def prepare_dataset(
             recording id, see `brainlm_hf.data.recordings`); its other columns are added to every row of the
             matching recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`,
             `repetition_time`, ...) is refused: it would overwrite that field.
-        num_timepoints (`int`): the window length; shorter recordings are left out and reported.
+        repetition_time (`float`, *optional*): the TR in seconds of every input (default: each NIfTI header; tables
+            have none). Stored per recording (`repetition_time` column); the series are stored as sampled.
+        num_timepoints (`int`): the window length, at the processor's TR.
+        target_repetition_time (`float`, *optional*): the processor's TR, e.g. 0.735 for the released weights:
+            recordings at another TR (by `resample_tolerance`, 0.1 s) are resampled to it whenever windows are cut
+            (streaming, fine-tuning, embedding). Default: the recordings' TR; recordings whose TRs differ by 0.1 s or
+            more need it.
+        short_recordings (`str`): a recording shorter than one window at the processor's TR is left out and
+            reported (`"refuse"`), or kept and padded when windows are cut (`"pad"`, see `BrainLMFeatureExtractor`;
+            listed as `padded` in the summary). Pretraining streams skip such recordings either way.
         splits (`dict`): split fractions by subject, default `{"train": 0.8, "validation": 0.1, "test": 0.1}`.
         shard_multiple (`int`): shard counts are a multiple of this (e.g. GPUs x loader workers) whenever the split
             has that many recordings, so that every rank streams whole shards.
@@ -90,7 +101,12 @@ def prepare_dataset(
     to `prepare_summary.json`).
     """
     splits = _checked_splits(splits or SPLITS)
-    _check_arguments(num_timepoints, normalization, repetition_time, shard_multiple, target_shard_bytes, iqr_epsilon)
+    _check_arguments(num_timepoints, normalization, shard_multiple, target_shard_bytes)
+    _check_positive(
+        repetition_time=repetition_time, target_repetition_time=target_repetition_time, iqr_epsilon=iqr_epsilon
+    )
+    if short_recordings not in ("refuse", "pad"):
+        raise ValueError(f"short_recordings must be 'refuse' or 'pad', got {short_recordings!r}.")
     check_window_length(num_timepoints, patch_size)
     atlas_name = atlas_name or (atlas.name if atlas is not None else None)
     coordinates_source = None
@@ -100,30 +116,34 @@ def prepare_dataset(
     phenotype_table = _phenotype_table(phenotypes)
     given = [*paths, *(p for p in (phenotypes, coordinates_source) if isinstance(p, str | Path))]
     with output_folder(output_dir, overwrite, "the prepared dataset", inputs=given) as output:
-        rows, too_short, without_phenotypes = read_rows(
-            paths, atlas, repetition_time, num_timepoints, phenotype_table, atlas_name
-        )
+        rows, without_phenotypes = read_rows(paths, atlas, repetition_time, phenotype_table, atlas_name)
         num_regions = rows[0]["series"].shape[1]
         coordinates = coordinates if coordinates is not None else getattr(atlas, "coordinates", None)
         _check_regions(rows, num_regions, atlas, coordinates, coordinates_source, region_names)
-        if normalization == "zscore":
-            _check_zscore(rows)
-        assignment = split_subjects([row["subject"] for row in rows], splits, seed)
         processor = BrainLMFeatureExtractor(
             normalization=normalization,
             coordinates=_as_list(coordinates),
             region_names=region_names or getattr(atlas, "region_names", None),
             num_timepoints=num_timepoints,
-            repetition_time=next((row["repetition_time"] for row in rows if row["repetition_time"]), None),
+            repetition_time=target_repetition_time or common_repetition_time(rows),
             atlas=atlas_name,
+            short_recordings=short_recordings,
         )
-        train = [row["series"] for row in rows if assignment[row["subject"]] == "train"]
+        rows, too_short, padded = _long_enough(rows, processor)
+        if normalization == "zscore":
+            _check_zscore(rows)
+        assignment = split_subjects([row["subject"] for row in rows], splits, seed)
+        train = [row for row in rows if assignment[row["subject"]] == "train"]
         if not train:
             raise ValueError(
                 f"No recording falls in the training split (splits {splits}, {len(set(assignment))} subjects): "
                 "give the train split a larger fraction, or more subjects."
             )
-        processor.fit(train, iqr_epsilon=iqr_epsilon)
+        processor.fit(
+            [row["series"] for row in train],
+            iqr_epsilon=iqr_epsilon,
+            repetition_times=[row["repetition_time"] for row in train],
+        )
         if coordinates is None:
             warnings.warn(
                 f"{output_dir}: no region coordinates. Pretraining a region-window model (the native presets) needs "
@@ -134,6 +154,8 @@ def prepare_dataset(
         summary = {
             "splits": write_splits(rows, assignment, splits, output, shard_multiple, target_shard_bytes),
             "too_short": too_short,
+            "padded": padded,
+            "repetition_time": processor.repetition_time,
             "without_phenotypes": without_phenotypes,
             "num_regions": num_regions,
             "atlas": atlas_name,
@@ -179,7 +201,7 @@ def _checked_splits(splits: dict) -> dict[str, float]:
     return fractions
 
 
-def _check_arguments(num_timepoints, normalization, repetition_time, shard_multiple, target_shard_bytes, epsilon):
+def _check_arguments(num_timepoints, normalization, shard_multiple, target_shard_bytes):
     for name, value in [
         ("num_timepoints", num_timepoints),
         ("shard_multiple", shard_multiple),
@@ -189,7 +211,10 @@ def _check_arguments(num_timepoints, normalization, repetition_time, shard_multi
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-    for name, value in [("repetition_time", repetition_time), ("iqr_epsilon", epsilon)]:
+
+
+def _check_positive(**values) -> None:
+    for name, value in values.items():
         if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
 
@@ -229,14 +254,51 @@ def _check_zscore(rows) -> None:
         )
 
 
-def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, atlas_name) -> tuple:
+def common_repetition_time(rows: list[dict], tolerance: float = 0.1) -> float | None:
+    """The TR of the recordings (the first known one), refusing TRs that differ by `tolerance` seconds or more."""
+    known = [(row["repetition_time"], row["file"]) for row in rows if row["repetition_time"]]
+    if not known:
+        return None
+    low, high = min(known), max(known)
+    if high[0] - low[0] >= tolerance:
+        raise ValueError(
+            f"The recordings have different TRs: {low[1]} {low[0]:g} s, {high[1]} {high[0]:g} s: choose the TR of the "
+            "windows with --target-tr (target_repetition_time=; 0.735 for the released BrainLM weights); recordings "
+            "at another TR are resampled to it."
+        )
+    return known[0][0]
+
+
+def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[list[dict], list[dict], list[dict]]:
+    """The rows to keep, those left out as shorter than one window at the processor's TR, and those kept to be
+    padded (`short_recordings="pad"`)."""
+    kept, too_short, padded = [], [], []
+    for row in rows:
+        length = processor.resampled_length(len(row["series"]), row["repetition_time"])
+        if length >= processor.num_timepoints:
+            kept.append(row)
+            continue
+        entry = {"file": row["file"], "num_timepoints": len(row["series"])}
+        if length != len(row["series"]):
+            entry["num_timepoints_resampled"] = length
+        (padded if processor.short_recordings == "pad" else too_short).append(entry)
+        if processor.short_recordings == "pad":
+            kept.append(row)
+    if not kept:
+        raise ValueError(
+            f"No recording has {processor.num_timepoints} timepoints or more at the TR of the windows "
+            f"({len(too_short)} too short): use a shorter --num-timepoints or --short-recordings pad."
+        )
+    return kept, too_short, padded
+
+
+def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
     """
-    One row per recording long enough for a window (`id`, `subject`, `session`, `series` `(T, V)`,
-    `repetition_time`, `atlas`, phenotype columns, and `file`, which is not written), the recordings left out as
-    too short, and the ids without a phenotype row (warned about). NaN/Inf values and recordings of different
-    region counts are refused with the file named.
+    One row per recording (`id`, `subject`, `session`, `series` `(T, V)`, `repetition_time`, `atlas`, phenotype
+    columns, and `file`, which is not written) and the ids without a phenotype row (warned about). NaN/Inf values
+    and recordings of different region counts are refused with the file named.
     """
-    rows, too_short, without_phenotypes = [], [], []
+    rows, without_phenotypes = [], []
     paths = find_recordings(inputs)
     names = recording_names(paths)
     for path in paths:
@@ -245,16 +307,11 @@ def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, a
         bad = ~np.isfinite(series)
         if bad.any():
             raise ValueError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
-        if len(series) < num_timepoints:
-            too_short.append({"file": str(path), "num_timepoints": len(series)})
-            continue
         row = {"id": record_id, "subject": subject, "session": session, "series": series}
         row.update(repetition_time=tr, atlas=atlas_name, **_phenotype_row(phenotypes, record_id, subject))
         if phenotypes is not None and all(row[column] is None for column in phenotypes.columns):
             without_phenotypes.append(record_id)
         rows.append({**row, "file": str(path)})
-    if not rows:
-        raise ValueError(f"No recording has {num_timepoints} timepoints or more ({len(too_short)} too short).")
     counts = Counter(row["series"].shape[1] for row in rows)
     if len(counts) > 1:
         usual = counts.most_common(1)[0][0]
@@ -271,7 +328,7 @@ def read_rows(inputs, atlas, repetition_time, num_timepoints: int, phenotypes, a
             f"empty): {without_phenotypes[:10]}{' ...' if len(without_phenotypes) > 10 else ''}",
             stacklevel=3,
         )
-    return rows, too_short, without_phenotypes
+    return rows, without_phenotypes
 
 
 def write_splits(
@@ -383,6 +440,8 @@ def _dataset_card(summary: dict, processor: BrainLMFeatureExtractor, num_timepoi
         f"| {split} | {s['recordings']} | {s['subjects']} | {s['shards']} |" for split, s in summary["splits"].items()
     )
     skipped = "\n".join(f"- {s['file']} ({s['num_timepoints']} timepoints)" for s in summary["too_short"]) or "none"
+    padded = "\n".join(f"- {s['file']} ({s['num_timepoints']} timepoints)" for s in summary["padded"]) or "none"
+    rate = f"{processor.repetition_time} s" if processor.repetition_time else "not known"
     return f"""---
 configs:
   - config_name: default
@@ -405,7 +464,13 @@ flattened from `(num_timepoints, num_regions)`), ids, TR, atlas and phenotype co
 Regions: {summary["num_regions"]}; atlas: {processor.atlas or "not given"}; window: {num_timepoints} timepoints
 ({patch_sizes_statement(num_timepoints)});
 normalisation: {processor.normalization} (statistics fitted on the training split, in `preprocessor_config.json`).
+TR of the windows: {rate}; the series are stored as sampled (column `repetition_time`) and resampled to it (linear)
+when windows are cut, when they differ by {processor.resample_tolerance} s or more.
 
 Recordings left out for being shorter than one window: {len(summary["too_short"])}
 {skipped}
+
+Recordings shorter than one window kept, to be padded with their per-region mean (`short_recordings="pad"`;
+pretraining streams skip them): {len(summary["padded"])}
+{padded}
 """

@@ -275,15 +275,26 @@ def _shard_buffer(path: str):
     return pa.py_buffer(filesystem.cat_file(location))
 
 
-def read_shapes(path: str) -> list[tuple[int, int]]:
+def read_shapes(path: str, processor=None) -> list[tuple[int, int]]:
     """
-    `(num_timepoints, num_regions)` of every row of a prepared shard, reading only those two columns (a URL is read
-    by range requests when its server allows them, else whole). A shard that cannot be read raises naming it.
+    `(num_timepoints, num_regions)` of every row of a prepared shard, reading only those columns (a URL is read by
+    range requests when its server allows them, else whole). With a `processor`, `num_timepoints` is the length at
+    the processor's TR (`resampled_length`, from the shard's `repetition_time` column). A shard that cannot be read
+    raises naming it.
     """
+    names = ["num_timepoints", "num_regions"]
+    if processor is not None and processor.repetition_time is not None:
+        shapes, trs = _read_shape_columns(path, names + ["repetition_time"], with_tr=True)
+        return [(processor.resampled_length(t, tr), v) for (t, v), tr in zip(shapes, trs, strict=True)]
+    return _read_shape_columns(path, names)[0]
+
+
+def _read_shape_columns(path: str, names: list[str], with_tr: bool = False) -> tuple[list, list]:
     import fsspec
     import pyarrow.parquet as pq
 
-    names = ["num_timepoints", "num_regions"]
+    if with_tr and "repetition_time" not in shard_columns(path):  # an early shard without TRs: unknown
+        names = names[:2]
     try:
         filesystem, location = fsspec.core.url_to_fs(path)
         if filesystem.protocol in ("file", ("file", "local")):
@@ -298,4 +309,22 @@ def read_shapes(path: str) -> list[tuple[int, int]]:
         raise
     except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
-    return list(zip(table.column(names[0]).to_pylist(), table.column(names[1]).to_pylist(), strict=True))
+    shapes = list(zip(table.column(names[0]).to_pylist(), table.column(names[1]).to_pylist(), strict=True))
+    trs = table.column("repetition_time").to_pylist() if "repetition_time" in names else [None] * len(shapes)
+    return shapes, trs
+
+
+def shard_columns(path: str) -> list[str]:
+    """The column names of a prepared shard (local path or URL), read from its footer."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    try:
+        filesystem, location = fsspec.core.url_to_fs(path)
+        try:
+            with filesystem.open(location) as handle:
+                return pq.read_schema(handle).names
+        except ValueError:  # a server without range requests
+            return read_shard(path).schema.names
+    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
+        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error

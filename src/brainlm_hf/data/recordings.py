@@ -16,6 +16,7 @@ import os
 import re
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -149,30 +150,51 @@ def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = No
     return series, tr if tr is not None else header_tr
 
 
-def read_inputs(inputs, atlas: Atlas | None = None) -> list[tuple[str, str, np.ndarray]]:
+class InputRecording(NamedTuple):
+    """One recording of `read_inputs`: its id, where it comes from, its `(T, V)` series and its TR (None: unknown)."""
+
+    id: str
+    source: str
+    series: np.ndarray
+    repetition_time: float | None
+
+
+def read_inputs(inputs, atlas: Atlas | None = None, repetition_time: float | None = None) -> list[InputRecording]:
     """
-    `(id, source, series)` of every input, in order: NIfTI images (parcellated with `atlas`) and parcel tables (ids
-    as in the module docstring; `source` is the file), and the recordings of prepared Parquet shards or of the split
-    folders that hold them (ids from the shards; `source` is `shard: id`). Two inputs with the same id are an error
-    that names both.
+    Every input, in order: NIfTI images (parcellated with `atlas`; TR from the header) and parcel tables (ids as in
+    the module docstring; `source` is the file; TR unknown), and the recordings of prepared Parquet shards or of the
+    split folders that hold them (ids and TRs from the shards; `source` is `shard: id`). `repetition_time` gives
+    the TR of the images and tables (it wins over a header). Two inputs with the same id are an error that names
+    both.
     """
     paths = find_recordings(inputs, RAW_SUFFIXES + SHARD_SUFFIXES)
     names = recording_names([p for p in paths if not p.name.endswith(SHARD_SUFFIXES)])
     found, sources = [], {}
     for path in paths:
         if path.name.endswith(SHARD_SUFFIXES):
-            items = [(r["id"], f"{path}: {r['id']}", r["series"]) for r in read_recordings(str(path))]
+            rows = read_recordings(str(path), _shard_tr_column(path))
+            items = [(r["id"], f"{path}: {r['id']}", r["series"], r.get("repetition_time")) for r in rows]
         else:
-            items = [(names[path][0], str(path), load_recording(path, atlas)[0])]
-        for record_id, source, series in items:
+            items = [(names[path][0], str(path), *load_recording(path, atlas, repetition_time))]
+        for record_id, source, series, tr in items:
             if record_id in sources:
                 raise ValueError(
                     f"Two inputs give the recording id {record_id!r}: {sources[record_id]} and {source}; keep one of "
                     "them, or rename one."
                 )
             sources[record_id] = source
-            found.append((record_id, source, series))
+            found.append(InputRecording(record_id, source, series, tr))
     return found
+
+
+def _shard_tr_column(path: Path) -> list[str]:
+    """`["repetition_time"]` when the shard has that column (every shard `brainlm prepare` writes)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return ["repetition_time"] if "repetition_time" in pq.read_schema(path).names else []
+    except Exception:  # noqa: BLE001 - read_recordings then raises naming the shard
+        return []
 
 
 def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]:
@@ -181,7 +203,7 @@ def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]
     parcel tables (ids as in the module docstring), and prepared Parquet shards or the split folders that hold them
     (ids from the shards). Folders are searched recursively. Two inputs with the same id are an error.
     """
-    return {record_id: series for record_id, _, series in read_inputs(inputs, atlas)}
+    return {recording.id: recording.series for recording in read_inputs(inputs, atlas)}
 
 
 def _one_line(error) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from .prepared import read_recordings, read_shapes
+from .prepared import read_recordings, read_shapes, shard_columns
 
 
 class WindowStream(torch.utils.data.IterableDataset):
@@ -71,6 +71,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self._shard_position, self._window_position = 0, 0, 0
         self.skipped: list[str] = []
+        self._has_tr: dict[str, bool] = {}  # shard -> whether it has a repetition_time column
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._shard_position, self._window_position = epoch, 0, 0
@@ -118,14 +119,14 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     def _shard_windows(self, shard: str, epoch: int, position: int, start: int) -> Iterator[tuple[int, dict]]:
         """The windows of one shard in their shuffled order, from window `start`, with their index in the shard."""
-        records = read_recordings(shard)
+        records = read_recordings(shard, self._tr_column(shard))
         length, crops = self.processor.num_timepoints, self.crops_per_recording
-        self.skipped += [record["id"] for record in records if len(record["series"]) < length]
+        for record in records:  # its length at the processor's TR
+            record["length"] = self.processor.resampled_length(len(record["series"]), record.get("repetition_time"))
+        self.skipped += [record["id"] for record in records if record["length"] < length]
         index = 0
         for block_start in range(0, len(records), self.block_size):
-            block_records = [
-                r for r in records[block_start : block_start + self.block_size] if len(r["series"]) >= length
-            ]
+            block_records = [r for r in records[block_start : block_start + self.block_size] if r["length"] >= length]
             count = crops * len(block_records)
             if index + count <= start:  # before the resume position: not even cut
                 index += count
@@ -133,12 +134,21 @@ class WindowStream(torch.utils.data.IterableDataset):
             block = []
             for record in block_records:
                 named = {f"{shard}: {record['id']}": record["series"]}
-                cut, _ = self.processor.windows(named, starts=self._crop_starts(record["id"], epoch))  # (crops, V, T)
+                starts, tr = self._crop_starts(record["id"], epoch), record.get("repetition_time")
+                cut, _ = self.processor.windows(named, starts=starts, repetition_times=tr)  # (crops, V, T)
                 block += [{"signal_values": crop, "id": record["id"], "crop": i} for i, crop in enumerate(cut)]
             order = np.random.default_rng([self.seed, epoch, position, block_start]).permutation(len(block))
             for j in range(max(0, start - index), count):
                 yield index + j, block[order[j]]
             index += count
+
+    def _tr_column(self, shard: str) -> list[str]:
+        """The shard's `repetition_time` column when the processor resamples (it has a TR) and the shard has it."""
+        if self.processor.repetition_time is None:
+            return []
+        if shard not in self._has_tr:
+            self._has_tr[shard] = "repetition_time" in shard_columns(shard)
+        return ["repetition_time"] if self._has_tr[shard] else []
 
     def _crop_starts(self, record_id: str, epoch: int):
         """Window starts of a recording's crops, a pure function of `(seed, epoch, recording id)`."""
@@ -401,8 +411,9 @@ def _as_is(item):
 class BrainLMCollator:
     """
     Stacks window items into model inputs: `signal_values` `(B, V, T)`, `coordinates` `(V, 3)` and, when the items
-    have them, `labels` `(B, ...)`. In a DataLoader worker the batch is written straight into shared memory (as
-    PyTorch's `default_collate` does), so handing it to the main process copies nothing.
+    have them, `labels` `(B, ...)` and `timepoint_mask` `(B, T)`. In a DataLoader worker the batch is written
+    straight into shared memory (as PyTorch's `default_collate` does), so handing it to the main process copies
+    nothing.
     """
 
     def __init__(self, processor: BrainLMFeatureExtractor):
@@ -413,6 +424,8 @@ class BrainLMCollator:
         batch = {"signal_values": _stack([item["signal_values"] for item in items])}
         if "labels" in items[0]:
             batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]))
+        if "timepoint_mask" in items[0]:
+            batch["timepoint_mask"] = _stack([item["timepoint_mask"] for item in items])
         if self.coordinates is not None:
             batch["coordinates"] = self.coordinates
         return batch

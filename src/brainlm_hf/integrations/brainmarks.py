@@ -21,13 +21,13 @@ and `std` `(1, 424)` it removed and the repetition time `tr` (seconds). `Brainma
    takes its median/IQR from the training split, which Brainmarks hands to `fit` (as its own BrainLM wrapper does:
    the pretraining statistics were never released);
 2. the TR: resampled linearly in time to the processor's `repetition_time` when the TR differs from it by at least
-   `tr_tolerance` (0.1 s): Brainmarks' own rule and method; a processor without `repetition_time` keeps the data's TR;
+   `tr_tolerance` (0.1 s), Brainmarks' own rule and method, by the processor (`BrainLMFeatureExtractor.resample`:
+   samples at exact multiples of the model's TR; Brainmarks' `F.interpolate(size=round(T * tr / target))` stretches
+   the frames with half-frame alignment instead); a processor without `repetition_time` keeps the data's TR;
 3. short recordings (fewer timepoints than one window) are padded at the end with each region's mean, as
-   Brainmarks' BrainLM wrapper does;
+   Brainmarks' BrainLM wrapper does (the processor's `short_recordings="pad"`);
 4. the windows: `processor.windows` (normalisation, region order, `window_policy` `"covering"` or
    `"non_overlapping"`).
-
-Steps 2 and 3 live here until the processor offers resampling and padding itself (issue 14, in progress).
 
 `BrainmarksWrapper` embeds the windows with `analysis.recording_embeddings.embed_windows` (no masking, canonical
 token order: deterministic) at the chosen `layer` and returns Brainmarks' `(cls_embeds, reg_embeds, patch_embeds)`:
@@ -40,7 +40,6 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..analysis.recording_embeddings import WINDOW_POLICIES, embed_windows
@@ -70,26 +69,32 @@ class BrainmarksTransform:
         self.processor = processor
         self.tr_tolerance = tr_tolerance
         self.window_policy = window_policy
-        # Brainmarks' bold is already the "zscore" normalisation: cut it with the processor's other settings
-        self._windowing = processor
-        if processor.normalization == "zscore":
-            self._windowing = BrainLMFeatureExtractor.from_dict({**processor.to_dict(), "normalization": "none"})
+        self._windowing = self._windowing_processor()
+
+    def _windowing_processor(self) -> BrainLMFeatureExtractor:
+        """The processor with Brainmarks' resampling tolerance and padding; Brainmarks' bold is already the
+        `"zscore"` normalisation, so a `"zscore"` processor cuts it without normalising again."""
+        settings = {"resample_tolerance": self.tr_tolerance, "short_recordings": "pad"}
+        if self.processor.normalization == "zscore":
+            settings["normalization"] = "none"
+        return BrainLMFeatureExtractor.from_dict({**self.processor.to_dict(), **settings})
 
     def fit(self, train_dataset) -> None:
         """Fit a `"robust"` processor's median/IQR on the training samples (other normalisations need nothing)."""
         if self.processor.normalization == "robust":
-            self.processor.fit([_raw_recording(sample) for sample in train_dataset])
+            samples = list(train_dataset)
+            trs = [float(sample["tr"]) for sample in samples]
+            self._windowing.fit([_raw_recording(sample) for sample in samples], repetition_times=trs)
+            self.processor.median, self.processor.iqr = self._windowing.median, self._windowing.iqr
 
     def __call__(self, sample: dict) -> dict:
         if self.processor.normalization == "zscore":
             signal = np.asarray(sample["bold"], dtype=np.float32)  # (T, V), atlas order
         else:
             signal = _raw_recording(sample)
-        target_tr = self.processor.repetition_time
-        if target_tr is not None and abs(float(sample["tr"]) - target_tr) >= self.tr_tolerance:
-            signal = resample_linear(signal, float(sample["tr"]), target_tr)
-        signal = pad_with_mean(signal, self.processor.num_timepoints)
-        windows, _ = self._windowing.windows([signal], cover_end=self.window_policy == "covering")
+        windows, _ = self._windowing.windows(
+            [signal], cover_end=self.window_policy == "covering", repetition_times=float(sample["tr"])
+        )
         out = {key: value for key, value in sample.items() if key not in ("bold", "mean", "std")}
         out["signal_values"] = torch.from_numpy(windows)  # (W, V, T)
         return out
@@ -131,24 +136,6 @@ class BrainmarksWrapper(nn.Module):
         )  # fmt: skip
         tokens = torch.from_numpy(tokens).to(device).unflatten(0, (batch_size, num_windows))  # (B, W, 1 + K, H)
         return tokens[:, :, 0].mean(1, keepdim=True), None, tokens[:, :, 1:].flatten(1, 2)
-
-
-def resample_linear(signal: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
-    """
-    `(T, V)` sampled every `tr` s -> every `target_tr` s, `round(T * tr / target_tr)` frames, by linear interpolation
-    (`F.interpolate(mode="linear")`, as Brainmarks' BrainLM wrapper resamples).
-    """
-    size = round(len(signal) * tr / target_tr)
-    series = torch.from_numpy(np.ascontiguousarray(signal.T, dtype=np.float32))[None]  # (1, V, T)
-    return F.interpolate(series, size=size, mode="linear", align_corners=False)[0].T.numpy()
-
-
-def pad_with_mean(signal: np.ndarray, num_timepoints: int) -> np.ndarray:
-    """`(T, V)` with fewer than `num_timepoints` frames -> padded at the end with each region's mean; else as is."""
-    missing = num_timepoints - len(signal)
-    if missing <= 0:
-        return signal
-    return np.concatenate([signal, np.repeat(signal.mean(0, keepdims=True), missing, axis=0)])
 
 
 def brainlm_hf(

@@ -119,7 +119,7 @@ def check_pretraining_data(
     length, crops = processor.num_timepoints, crops_per_recording
     if not shards:
         raise ValueError("No training windows: the dataset has no train/ split with Parquet shards.")
-    shapes = [read_shapes(shard) for shard in shards]
+    shapes = [read_shapes(shard, processor) for shard in shards]  # lengths at the processor's TR
     found = sorted({regions for shard in shapes for _, regions in shard})
     if processor.num_regions is not None and found and found != [processor.num_regions]:
         raise ValueError(
@@ -156,7 +156,7 @@ def check_pretraining_data(
     if least < batch_size:
         raise ValueError(_too_few_windows(least, fewest, crops, batch_size, per_part, len(shards), streams, parts))
     if validation_shards:
-        lengths = [t for shard in validation_shards for t, _ in read_shapes(shard)]
+        lengths = [t for shard in validation_shards for t, _ in read_shapes(shard, processor)]
         if not any(t >= length for t in lengths):
             raise ValueError(
                 f"The validation split has no window: its {len(lengths)} recordings are all shorter than {length} "

@@ -23,6 +23,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +56,13 @@ class FinetuningArguments:
     lora_rank: int = field(default=0, metadata={"help": "> 0: LoRA adapters of this rank (needs peft)"})
     auxiliary_reconstruction_weight: float = field(default=0.0, metadata={"help": "weight of a masked MSE term"})
     windows_per_recording: int = field(default=8, metadata={"help": "training windows drawn per recording"})
+    short_recordings: str | None = field(
+        default=None,
+        metadata={
+            "help": "refuse or pad recordings shorter than one window (pad: one window padded with the per-region "
+            "mean, left out of mean pooling); default: the dataset processor's setting"
+        },
+    )
     early_stopping_patience: int = field(default=0, metadata={"help": "> 0: stop after this many worse evaluations"})
     select_best_model: bool = field(
         default=True,
@@ -75,8 +83,11 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
         labels (`np.ndarray` of shape `(R,)` or `(R, D)`): one row per recording.
         windows_per_recording (`int`, *optional*): draw this many window starts per recording (seeded); `None`
             takes the covering windows (evaluation).
+        repetition_times (*optional*): the recordings' TRs (see `BrainLMFeatureExtractor.windows`: resampled to the
+            processor's).
 
-    Items: `{"signal_values": (V, T) float32, "labels": ...}`; `recording_index` `(W,)` names each item's recording.
+    Items: `{"signal_values": (V, T) float32, "labels": ...}`, plus `"timepoint_mask"` `(T,)` when the processor
+    pads short recordings; `recording_index` `(W,)` names each item's recording.
     """
 
     def __init__(
@@ -86,6 +97,7 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
         labels,
         windows_per_recording: int | None = None,
         seed: int = 0,
+        repetition_times=None,
     ):
         self.labels = np.asarray(labels)
         if len(self.labels) != len(recordings):
@@ -97,13 +109,19 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
             return rng.integers(0, num_timepoints - length + 1, windows_per_recording)
 
         sampler = random_starts if windows_per_recording is not None else None
-        self.windows, self.recording_index = processor.windows(recordings, starts=sampler)  # (W, V, T), (W,)
+        self.windows, self.recording_index, mask = processor.windows(
+            recordings, starts=sampler, repetition_times=repetition_times, return_timepoint_mask=True
+        )  # (W, V, T), (W,), (W, T)
+        self.timepoint_mask = mask if processor.short_recordings == "pad" else None
 
     def __len__(self) -> int:
         return len(self.windows)
 
     def __getitem__(self, index: int) -> dict:
-        return {"signal_values": self.windows[index], "labels": self.labels[self.recording_index[index]]}
+        item = {"signal_values": self.windows[index], "labels": self.labels[self.recording_index[index]]}
+        if self.timepoint_mask is not None:
+            item["timepoint_mask"] = self.timepoint_mask[index]
+        return item
 
 
 def recording_metrics(window_logits, dataset: RecordingWindowDataset, problem_type: str) -> dict[str, float]:
@@ -225,13 +243,16 @@ def finetune_recordings(
     lora_rank: int = 0,
     early_stopping_patience: int = 0,
     head_options: dict | None = None,
+    repetition_times=None,
+    eval_repetition_times=None,
     **training_arguments,
 ):
     """
     Fine-tune on arrays in memory: raw `(T_i, V)` recordings (atlas order) and their labels (`(R,)` or `(R, D)`;
     class names or indices for classification). `head_options` go to the config (`pooling`, `classifier_head`,
     `classifier_dropout`, `freeze_encoder`, `auxiliary_reconstruction_weight`); `training_arguments` to
-    `TrainingArguments` (defaults: 10 epochs, batch 16, lr 1e-3, no reporting). Returns the trained model.
+    `TrainingArguments` (defaults: 10 epochs, batch 16, lr 1e-3, no reporting). `repetition_times` and
+    `eval_repetition_times`: the recordings' TRs (resampled to the processor's). Returns the trained model.
     """
     has_eval = eval_recordings is not None
     labels, label_config = encode_labels(problem_type, train_labels, *([eval_labels] if has_eval else []))
@@ -247,19 +268,36 @@ def finetune_recordings(
         output_dir=output_dir,
         **best_model_arguments(problem_type, has_eval, **{**defaults, **training_arguments}),
     )
-    train = RecordingWindowDataset(processor, train_recordings, labels[0], windows_per_recording, args.seed)
-    evaluation = RecordingWindowDataset(processor, eval_recordings, labels[1]) if has_eval else None
+    train = RecordingWindowDataset(
+        processor, train_recordings, labels[0], windows_per_recording, args.seed, repetition_times
+    )
+    evaluation = None
+    if has_eval:
+        evaluation = RecordingWindowDataset(
+            processor, eval_recordings, labels[1], repetition_times=eval_repetition_times
+        )
     return train_classifier(model, processor, train, evaluation, args, lora_rank, early_stopping_patience)
 
 
 def predict_recordings(
-    model: BrainLMForSequenceClassification, processor: BrainLMFeatureExtractor, recordings, batch_size: int = 16
+    model: BrainLMForSequenceClassification,
+    processor: BrainLMFeatureExtractor,
+    recordings,
+    batch_size: int = 16,
+    repetition_times=None,
 ) -> np.ndarray:
-    """Per-recording predictions `(R, num_labels)`: the logits of the covering windows, averaged (label units)."""
-    windows, owners = processor.windows(recordings)  # (W, V, T), (W,)
-    logits = map_windows(
-        model, windows, processor.model_coordinates(), lambda batch, xyz, rows: model(batch, xyz).logits, batch_size
-    )  # (W, num_labels)
+    """
+    Per-recording predictions `(R, num_labels)`: the logits of the covering windows, averaged (label units).
+    `repetition_times`: the recordings' TRs (resampled to the processor's).
+    """
+    windows, owners, mask = processor.windows(
+        recordings, repetition_times=repetition_times, return_timepoint_mask=True
+    )  # (W, V, T), (W,), (W, T)
+
+    def predict(batch, xyz, rows):
+        return model(batch, xyz, timepoint_mask=torch.as_tensor(mask[rows])).logits
+
+    logits = map_windows(model, windows, processor.model_coordinates(), predict, batch_size)  # (W, num_labels)
     return average_by_recording(logits, owners, len(recordings))
 
 
@@ -273,10 +311,12 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     """
     dataset = PreparedDataset(args.dataset)
     processor = dataset.processor
+    if args.short_recordings is not None:
+        processor.short_recordings = args.short_recordings
     splits = labelled_splits(dataset, args)
     names = list(splits)
     try:
-        labels, label_config = encode_labels(args.problem_type, *(splits[n][1] for n in names))
+        labels, label_config = encode_labels(args.problem_type, *(splits[n].labels for n in names))
     except ValueError as error:  # name the columns and the dataset
         raise ValueError(f"--label_columns {' '.join(args.label_columns)} of {args.dataset}: {error}") from error
     labels = dict(zip(names, labels, strict=True))
@@ -284,9 +324,14 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     check_counts(windows_per_recording=(args.windows_per_recording, 1))
     check_processor_for_model(processor, model.config, saved_processor(args.model), args.model)
     train = RecordingWindowDataset(
-        processor, splits["train"][0], labels["train"], args.windows_per_recording, training_args.seed
-    )
-    evaluation = RecordingWindowDataset(processor, splits["eval"][0], labels["eval"]) if "eval" in splits else None
+        processor, splits["train"].recordings, labels["train"], args.windows_per_recording, training_args.seed,
+        splits["train"].repetition_times,
+    )  # fmt: skip
+    evaluation = None
+    if "eval" in splits:
+        evaluation = RecordingWindowDataset(
+            processor, splits["eval"].recordings, labels["eval"], repetition_times=splits["eval"].repetition_times
+        )
     if args.select_best_model and evaluation is not None:
         training_args = dataclasses.replace(training_args, **best_model_arguments(args.problem_type, True))
     model = train_classifier(
@@ -297,7 +342,8 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     processor.save_pretrained(output)
     results = {}
     if "test" in splits:
-        predictions = predict_recordings(model, processor, splits["test"][0])
+        test = splits["test"]
+        predictions = predict_recordings(model, processor, test.recordings, repetition_times=test.repetition_times)
         metrics = score_recordings(predictions, labels["test"], args.problem_type)
         results = {f"test_{name}": value for name, value in metrics.items()}
         (output / "test_results.json").write_text(json.dumps(results, indent=2))
@@ -313,8 +359,16 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     return results
 
 
-def labelled_splits(dataset: PreparedDataset, args: FinetuningArguments) -> dict[str, tuple[list, np.ndarray]]:
-    """`{"train", "eval", "test"}` (those present) -> recordings `(T_i, V)` and labels `(R, D)` (objects)."""
+class LabelledSplit(NamedTuple):
+    """A split's raw recordings `(T_i, V)`, their labels `(R, D)` (objects) and TRs (None: unknown)."""
+
+    recordings: list
+    labels: np.ndarray
+    repetition_times: list
+
+
+def labelled_splits(dataset: PreparedDataset, args: FinetuningArguments) -> dict[str, LabelledSplit]:
+    """`{"train", "eval", "test"}` (those present) -> `LabelledSplit`."""
     splits = {
         name: split
         for name, split in (("train", args.train_split), ("eval", args.validation_split), ("test", args.test_split))
@@ -329,11 +383,18 @@ def labelled_splits(dataset: PreparedDataset, args: FinetuningArguments) -> dict
             f"Label columns {missing} are not in {args.dataset}; its columns are {available}. Add them with "
             "`brainlm prepare --phenotypes`."
         )
+    extra = (
+        ["repetition_time"] if "repetition_time" in available and "repetition_time" not in args.label_columns else []
+    )
     result = {}
     for name, split in splits.items():
-        records = dataset.recordings(split, args.label_columns)
+        records = dataset.recordings(split, args.label_columns + extra)
         labels = [[np.nan if record[c] is None else record[c] for c in args.label_columns] for record in records]
-        result[name] = [record["series"] for record in records], np.array(labels, dtype=object)
+        result[name] = LabelledSplit(
+            [record["series"] for record in records],
+            np.array(labels, dtype=object),
+            [record.get("repetition_time") for record in records],
+        )
     return result
 
 

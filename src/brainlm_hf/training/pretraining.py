@@ -16,15 +16,17 @@ same. Design choices, each forced by a measured trap (see the README):
 * Masks: the noise of every window is drawn from `(seed, epoch, window id)`, not from a process's RNG stream.
 * Steps: training counts optimizer steps over endless streams (each part restarts its epoch on its own), so
   processes never wait for one another at an epoch end. The LR scheduler is stepped by hand once per optimizer step
-  and registered for checkpointing (a prepared scheduler steps once per process).
+  (a prepared scheduler steps once per process) and saved in the checkpoint's JSON state.
 * Host syncs: the loss stays on the device; it is read (`.item()`, with the non-finite check) at logging and saving
   steps, and at every step only where that costs nothing (the CPU).
 * Checks: before the first step, `checks` refuses a run that cannot work (no windows, fewer windows per epoch than
   one batch for some stream part, window length vs patch size, regions and coordinates vs the model) with one line.
-* Resume: `save_state` stores model, optimizer, scheduler, RNG and a `TrainingState` with every process's
-  `BatchStream` positions (plain JSON data); `--resume_from_checkpoint latest` continues with the same losses as an
-  uninterrupted run, also with loader workers (with any worker count dividing the one the run started with) and with
-  another number of processes whose product with the accumulation steps is unchanged.
+* Resume (`checkpoints`): a step checkpoint holds model, optimizer and RNG (`save_state`) and a JSON trainer state
+  (step, scheduler, every process's `BatchStream` positions, the data's fingerprint and the stream layout); nothing
+  is unpickled beyond tensors. `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted
+  run, also with loader workers (with any worker count dividing the one the run started with) and with another
+  number of processes whose product with the accumulation steps is unchanged; other data or another layout is
+  refused.
 """
 
 import functools
@@ -33,8 +35,6 @@ import json
 import logging
 import math
 import queue
-import re
-import shutil
 import threading
 import time
 import zlib
@@ -50,6 +50,7 @@ from ..data.streaming import BatchStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
+from .checkpoints import data_fingerprint, load_checkpoint, save_checkpoint, stream_layout
 from .checks import check_counts, check_pretraining_data, check_processor_for_model, saved_processor
 from .metrics import baseline_predictions, masked_reconstruction_metrics
 
@@ -94,6 +95,13 @@ class PretrainingArguments:
     logging_steps: int = 10
     seed: int = 0
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    trust_checkpoint_pickles: bool = field(
+        default=False,
+        metadata={
+            "help": "on resume, also load pickles that need full unpickling (FSDP's torch.distributed.checkpoint "
+            "metadata): only for checkpoints you wrote yourself"
+        },
+    )
     report_to: list[str] = field(default_factory=list, metadata={"help": "tensorboard, trackio, wandb"})
 
 
@@ -102,16 +110,11 @@ EVALUATION_EPOCH = 2**32 - 1  # the noise key of evaluation masks, apart from ev
 
 @dataclass
 class TrainingState:
-    """Everything beyond model, optimizer, scheduler and RNG that a resume needs, for every process (plain data)."""
+    """What a resume needs beyond model, optimizer and RNG (JSON data; see `checkpoints`)."""
 
+    data: dict  # `checkpoints.data_fingerprint` of the training data
+    layout: dict  # `checkpoints.stream_layout`
     step: int = 0
-    streams: list = field(default_factory=list)  # per process: its `BatchStream.state_dict()` and first stream
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "streams": self.streams}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step, self.streams = state["step"], state["streams"]
 
 
 def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) -> torch.Tensor:
@@ -144,10 +147,9 @@ def pretrain(args: PretrainingArguments) -> dict:
     model, optimizer = _prepare(accelerator, model, optimizer, args)
     streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
     batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
-    state = TrainingState(streams=[_stream_state(batches)])
-    accelerator.register_for_checkpointing(scheduler, state)
+    state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
     if args.resume_from_checkpoint:
-        resume(accelerator, Path(args.output_dir), args.resume_from_checkpoint, state, batches, args)
+        resume(accelerator, Path(args.output_dir), state, scheduler, batches, args)
         batches.check_workers(args.dataloader_num_workers)
         counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
     _start_run(accelerator, args, counts)
@@ -243,19 +245,24 @@ def training_batches(args: PretrainingArguments, streams, model, processor: Brai
     )
 
 
-def resume(accelerator, output: Path, checkpoint: str, state: TrainingState, batches: BatchStream, args) -> None:
+def resume(accelerator, output: Path, state: TrainingState, scheduler, batches: BatchStream, args) -> None:
     """
-    Restore model, optimizer, scheduler, RNG and this process's stream positions from a checkpoint. The streams of
-    all processes are pooled and dealt again, so a run resumed on another number of processes with the same number
-    of streams (processes x gradient accumulation steps) continues the same data; another number is refused.
+    Restore model, optimizer, RNG, scheduler, step and this process's stream positions from a checkpoint
+    (`checkpoints.load_checkpoint`: other data or another stream layout is refused). The streams of all processes
+    are pooled and dealt again, so a run resumed on another number of processes with the same number of streams
+    (processes x gradient accumulation steps) continues the same data.
     """
-    accelerator.load_state(_checkpoint_path(output, checkpoint))
+    expected = {"data": state.data, "layout": state.layout}
+    saved = load_checkpoint(
+        accelerator, output, args.resume_from_checkpoint, expected, trust_pickles=args.trust_checkpoint_pickles
+    )
+    scheduler.load_state_dict(saved["scheduler"])
+    state.step = saved["step"]
     batches.load_state_dict(
         stream_state_for(
-            state.streams, accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
+            saved["streams"], accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
         )
     )
-    state.streams = [_stream_state(batches)]
 
 
 def stream_state_for(saved: list, process_index: int, num_processes: int, accumulation: int) -> dict:
@@ -264,10 +271,8 @@ def stream_state_for(saved: list, process_index: int, num_processes: int, accumu
     process that wrote it): every stream's positions pooled in stream order and dealt again, `accumulation` per
     process. Refuses another total number of streams, naming both.
     """
-    entries = [_upgraded(entry, index) for index, entry in enumerate(saved)]
-    positions = [
-        p for entry in sorted(entries, key=lambda e: e["first_stream"]) for p in entry["batches"]["positions"]
-    ]
+    entries = sorted(saved, key=lambda e: e["first_stream"])
+    positions = [p for entry in entries for p in entry["batches"]["positions"]]
     wanted = num_processes * accumulation
     if len(positions) != wanted:
         raise ValueError(
@@ -282,15 +287,6 @@ def stream_state_for(saved: list, process_index: int, num_processes: int, accumu
 def _stream_state(batches: BatchStream) -> dict:
     """A process's entry of `TrainingState.streams`: the index of its first stream and its `BatchStream` state."""
     return {"first_stream": batches.streams[0].rank, "batches": batches.state_dict()}
-
-
-def _upgraded(entry, process_index: int) -> dict:
-    """A process's saved stream state; checkpoints written before `BatchStream` held a list of `WindowStream`
-    positions per process (one part each, no workers)."""
-    if isinstance(entry, dict):
-        return entry
-    positions = [[dict(s)] for s in entry]
-    return {"first_stream": process_index * len(entry), "batches": {"parts": 1, "next": 0, "positions": positions}}
 
 
 def train(accelerator, model, optimizer, scheduler, state: TrainingState, batches: BatchStream, dataset, args):
@@ -321,14 +317,14 @@ def train(accelerator, model, optimizer, scheduler, state: TrainingState, batche
             if losses.due(log_now or save_now):
                 loss, bad = losses.read()
                 if bad is not None:
-                    saved = save_checkpoint(accelerator, output, state, batches, args.save_total_limit, name="nan")
+                    saved = save_run(accelerator, output, state, scheduler, batches, args, name="nan")
                     raise RuntimeError(f"The loss is {bad[1]} at step {bad[0]}; the state was saved to {saved}.")
                 if log_now:
                     record = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0]}
                     _log(accelerator, output, {**record, **meter.read()}, progress)
                     losses.reset()
             if save_now:
-                save_checkpoint(accelerator, output, state, batches, args.save_total_limit)
+                save_run(accelerator, output, state, scheduler, batches, args)
             if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
                 metrics = evaluate_reconstruction(_plain(accelerator, model), dataset, args)
                 accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
@@ -584,44 +580,16 @@ class DataFeed:
         self._stop.set()
 
 
-def save_checkpoint(
-    accelerator, output: Path, state: TrainingState, batches: BatchStream, limit: int, name: str = ""
-) -> Path:
-    """
-    `save_state` into `checkpoints/checkpoint_<step>`, keeping the newest `limit` step checkpoints. The state is
-    written to `<folder>.partial` and renamed when complete, so a run killed while saving never leaves a
-    checkpoint that `--resume_from_checkpoint latest` would pick up half-written.
-    """
+def save_run(accelerator, output: Path, state: TrainingState, scheduler, batches: BatchStream, args, name="") -> Path:
+    """`checkpoints.save_checkpoint` of this run: every process's stream positions gathered with the scheduler,
+    step, data fingerprint and layout."""
     from accelerate.utils import gather_object
 
-    state.streams = gather_object([_stream_state(batches)])  # every process's positions
-    folder = output / "checkpoints" / f"checkpoint_{state.step}{'_' + name if name else ''}"
-    partial = folder.with_name(folder.name + ".partial")
-    if accelerator.is_main_process and partial.exists():  # left by a run killed while saving
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
-    if accelerator.is_main_process and not name:
-        for old in _step_checkpoints(output)[:-limit]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return folder
-
-
-def _step_checkpoints(output: Path) -> list[Path]:
-    folders = [p for p in (output / "checkpoints").glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
-    return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
-
-
-def _checkpoint_path(output: Path, name: str) -> str:
-    if name != "latest":
-        return name
-    checkpoints = _step_checkpoints(output)
-    if not checkpoints:
-        raise FileNotFoundError(f"No checkpoint to resume from in {output / 'checkpoints'}.")
-    return str(checkpoints[-1])
+    trainer_state = {
+        "step": state.step,
+        "scheduler": scheduler.state_dict(),
+        "streams": gather_object([_stream_state(batches)]),  # every process's positions
+        "data": state.data,
+        "layout": state.layout,
+    }
+    return save_checkpoint(accelerator, output, trainer_state, args.save_total_limit, name)

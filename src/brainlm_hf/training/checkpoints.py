@@ -1,0 +1,257 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""Step checkpoints of a pretraining run: written whole or not at all, read back without running anyone's code.
+
+A step checkpoint `checkpoints/checkpoint_<step>` holds what `Accelerator.save_state` writes for the model
+(`model.safetensors`), the optimizer (`optimizer.bin`) and each process's RNG (`random_states_<i>.pkl`), plus
+`trainer_state.json`, plain JSON: the step, the LR scheduler's state, every process's stream positions, the
+fingerprint of the training data, the stream layout, and the size of every file of the folder.
+
+* Writing: into `<name>.partial`, renamed when complete. A write that fails (a full disk, a quota, a read-only
+  folder) removes the partial folder and raises an `OSError` that says what happened ("no space left on the device
+  of ...") and which earlier checkpoint to resume from; earlier checkpoints are never touched before a new one is
+  complete.
+* Reading: nothing is unpickled beyond what `torch.load(weights_only=True)` allows (tensors and plain data: how
+  accelerate reads the optimizer and RNG files). accelerate unpickles the objects registered with
+  `register_for_checkpointing` (`custom_checkpoint_<i>.pkl`) with `weights_only=False`, so a crafted file would run
+  code: brainlm_hf registers nothing, and a checkpoint that holds any pickle other than the optimizer and RNG files is
+  refused before anything is read (so are FSDP's `torch.distributed.checkpoint` folders, whose `.metadata` is a
+  pickle, unless `trust_pickles=True` for a checkpoint you wrote yourself).
+* Checks: a checkpoint whose files differ from the sizes it recorded, or that fails to load, is named as damaged,
+  with the previous checkpoint offered; one written for other training data (fingerprint) or another stream layout
+  (streams = processes x gradient accumulation steps, batch size, crops per recording, seed) is refused with both
+  named.
+"""
+
+import errno
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from .. import __version__
+from ..data.prepared import PreparedDataset
+
+TRAINER_STATE = "trainer_state.json"
+CHECKPOINT_FORMAT = 1
+# pickles that accelerate's `save_state` writes and `load_state` reads with `weights_only=True`
+_SAFE_PICKLES = re.compile(r"optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt")
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".metadata")
+_LOW_SPACE = 64 * 2**20  # bytes: a write that fails with less free space than this is a full disk
+
+
+def data_fingerprint(dataset: PreparedDataset) -> dict:
+    """
+    The training data a run reads, for a checkpoint: its dataset, shard count and a fingerprint of the processor, the
+    training split's summary and, for a local dataset, every training shard's name, size and recordings (`id` and
+    `num_timepoints` columns; a remote dataset is fingerprinted by its summary and shard names, without a download).
+    """
+    from ..data.prepared import read_shard
+
+    shards = dataset.shards("train")
+    digest = hashlib.sha256(json.dumps(dataset.summary["splits"].get("train"), sort_keys=True).encode())
+    digest.update(dataset.processor.to_json_string().encode())
+    for shard in shards:
+        digest.update(Path(shard).name.encode())
+        if not dataset.is_remote:
+            table = read_shard(shard, ["id", "num_timepoints"])
+            content = [Path(shard).stat().st_size, *table.column("id").to_pylist(), *table.column(1).to_pylist()]
+            digest.update(json.dumps(content).encode())
+    return {"dataset": dataset.path, "train_shards": len(shards), "fingerprint": digest.hexdigest()[:16]}
+
+
+def stream_layout(num_processes: int, args) -> dict:
+    """How a run splits and batches its data (see the module): what a resumed run must keep."""
+    return {
+        "streams": num_processes * args.gradient_accumulation_steps,
+        "processes": num_processes,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "crops_per_recording": args.crops_per_recording,
+        "seed": args.seed,
+    }
+
+
+def save_checkpoint(accelerator, output: Path, trainer_state: dict, limit: int, name: str = "") -> Path:
+    """
+    Write `checkpoints/checkpoint_<step>[_<name>]` (see the module) and keep the newest `limit` step checkpoints;
+    `trainer_state` holds `step` and everything else the run resumes from (JSON data). Returns the folder.
+    """
+    folder = output / "checkpoints" / f"checkpoint_{trainer_state['step']}{'_' + name if name else ''}"
+    partial = folder.with_name(folder.name + ".partial")
+    if accelerator.is_main_process and partial.exists():  # left by a run killed while saving
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {p.relative_to(partial).as_posix(): p.stat().st_size for p in partial.rglob("*") if p.is_file()}
+            state = {"format": CHECKPOINT_FORMAT, "brainlm_hf": __version__, **trainer_state, "files": files}
+            (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    except (OSError, RuntimeError) as error:  # torch reports a full disk as a RuntimeError of its zip writer
+        free = _free_bytes(partial)
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise _write_failure(folder, error, free, step_checkpoints(output)) from error
+    if accelerator.is_main_process:
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
+        if not name:
+            for old in step_checkpoints(output)[:-limit]:
+                shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return folder
+
+
+def load_checkpoint(accelerator, output: Path, checkpoint: str, expected: dict, trust_pickles: bool = False) -> dict:
+    """
+    Check the checkpoint `checkpoint` (a folder, or `"latest"`: the newest complete one in `output/checkpoints`),
+    restore model, optimizer and RNG into `accelerator`'s prepared objects, and return its trainer state. `expected`
+    holds this run's `data` (`data_fingerprint`) and `layout` (`stream_layout`); a checkpoint of other data or
+    another layout is refused (see the module).
+    """
+    from accelerate.utils import load
+
+    folder = checkpoint_path(output, checkpoint)
+    state = _trainer_state(folder, output)
+    _check_files(folder, state, output, trust_pickles)
+    _check_same_run(folder, state, expected)
+    try:
+        load(folder / f"random_states_{accelerator.process_index}.pkl")  # accelerate skips an unreadable one silently
+        accelerator.load_state(str(folder))
+    except Exception as error:  # noqa: BLE001 - safetensors, zip, unpickling and shape errors of a damaged file
+        raise _damaged(folder, output, f"it cannot be read ({_one_line(error)[:300]})") from error
+    return state
+
+
+def step_checkpoints(output: Path) -> list[Path]:
+    """The complete step checkpoints of a run, oldest first."""
+    folders = [p for p in (output / "checkpoints").glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
+    return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
+
+
+def checkpoint_path(output: Path, name: str) -> Path:
+    """The folder `name` names (`"latest"`: the newest complete step checkpoint of `output`)."""
+    if name != "latest":
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no such folder: {name} (--resume_from_checkpoint)")
+        return folder
+    checkpoints = step_checkpoints(output)
+    if not checkpoints:
+        raise FileNotFoundError(f"No checkpoint to resume from in {output / 'checkpoints'}.")
+    return checkpoints[-1]
+
+
+def _trainer_state(folder: Path, output: Path) -> dict:
+    path = folder / TRAINER_STATE
+    if not path.is_file():
+        old = sorted(p.name for p in folder.glob("custom_checkpoint_*.pkl"))
+        if old:
+            raise ValueError(
+                f"{folder} holds {', '.join(old)}: pickles that accelerate would load with weights_only=False (a "
+                f"crafted one runs code), from an earlier brainlm_hf; brainlm_hf does not read them and has no "
+                f"{TRAINER_STATE} to resume from. Start the run again (or from a saved model with --model)."
+            )
+        raise _damaged(folder, output, f"it has no {TRAINER_STATE} (not a complete checkpoint of brainlm pretrain)")
+    try:
+        state = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _damaged(folder, output, f"its {TRAINER_STATE} is not valid JSON ({error})") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise _damaged(folder, output, f"its {TRAINER_STATE} is not format {CHECKPOINT_FORMAT} (found {found!r})")
+    return state
+
+
+def _check_files(folder: Path, state: dict, output: Path, trust_pickles: bool) -> None:
+    """Refuse unexpected pickles, then files whose sizes differ from those recorded."""
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and path.name.endswith(_PICKLE_SUFFIXES) and not _SAFE_PICKLES.fullmatch(name):
+            written = name in state.get("files", {})  # e.g. the .metadata of FSDP's torch.distributed.checkpoint
+            if trust_pickles and written:
+                continue
+            fix = "pass --trust_checkpoint_pickles if you wrote it yourself" if written else "remove the file"
+            raise ValueError(
+                f"{folder} holds {name}, a pickle that brainlm_hf does not load: unpickling it could run code (a step "
+                "checkpoint holds pickles only in optimizer.bin and random_states_<i>.pkl, read with "
+                f"weights_only=True). If you trust where it came from, {fix}."
+            )
+    for name, size in state.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise _damaged(folder, output, f"{name} is missing")
+        if path.stat().st_size != size:
+            raise _damaged(folder, output, f"{name} has {path.stat().st_size} bytes where {size} were written")
+
+
+def _check_same_run(folder: Path, state: dict, expected: dict) -> None:
+    data, layout = state.get("data", {}), state.get("layout", {})
+    if data.get("fingerprint") != expected["data"]["fingerprint"]:
+        raise ValueError(
+            f"{folder} was written for other training data: {data.get('dataset')} ({data.get('train_shards')} "
+            f"training shards, fingerprint {data.get('fingerprint')}); this run reads {expected['data']['dataset']} "
+            f"({expected['data']['train_shards']} training shards, fingerprint {expected['data']['fingerprint']}). "
+            "Resume with the dataset the run started with, or start a new run (another --output_dir)."
+        )
+    keys = ("streams", "per_device_train_batch_size", "crops_per_recording", "seed")
+    now = expected["layout"]
+    differ = {key: (layout.get(key), now[key]) for key in keys if layout.get(key) != now[key]}
+    if differ:
+        described = "; ".join(f"{key} {a} in the checkpoint, {b} in this run" for key, (a, b) in differ.items())
+        streams = (
+            f" (streams = processes x gradient accumulation steps: {layout.get('processes')} x "
+            f"{layout.get('gradient_accumulation_steps')} when it was written)"
+            if "streams" in differ
+            else ""
+        )
+        raise ValueError(
+            f"{folder} was written by a run that splits its data otherwise: {described}{streams}. Resume with the "
+            "same settings (another process count is fine when processes x accumulation stays the same)."
+        )
+
+
+def _damaged(folder: Path, output: Path, reason: str) -> ValueError:
+    earlier = [p for p in step_checkpoints(output) if p.resolve() != folder.resolve() and _step(p) < _step(folder)]
+    offer = (
+        f"resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
+        if earlier
+        else "no earlier checkpoint of this run is left: start it again"
+    )
+    return ValueError(f"The checkpoint {folder} is damaged: {reason}; {offer}.")
+
+
+def _write_failure(folder: Path, error: BaseException, free: int | None, earlier: list[Path]) -> OSError:
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        free is not None and free < _LOW_SPACE
+    )
+    if full:
+        reason = f"no space left on the device ({free // 2**20 if free is not None else '?'} MiB free)"
+    else:
+        reason = _one_line(error)[:300]
+    if earlier:
+        kept = f"the earlier checkpoint {earlier[-1]} is intact: resume from it with --resume_from_checkpoint latest"
+    else:
+        kept = "no earlier checkpoint exists"
+    code = errno.ENOSPC if full else getattr(error, "errno", None) or errno.EIO
+    message = f"could not write the checkpoint: {reason}; nothing of it was kept and {kept}"
+    return OSError(code, message + (" once space is free" if full else ""), str(folder))
+
+
+def _free_bytes(path: Path) -> int | None:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return None
+
+
+def _step(folder: Path) -> int:
+    match = re.match(r"checkpoint_(\d+)", folder.name)
+    return int(match.group(1)) if match else 2**62
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())
