@@ -247,7 +247,8 @@ def test_streaming_resamples_each_recording_to_the_processor_tr(cohort, tmp_path
     dataset = PreparedDataset(tmp_path / "out")
     stream = WindowStream(dataset.shards("train"), dataset.processor, crops_per_recording=2, seed=3)
     windows = list(stream)
-    assert len(windows) == 4 * 2 and sorted(stream.skipped) == ["sub-04_bold", "sub-05_bold"]  # short runs: skipped by pretraining
+    assert len(windows) == 4 * 2  # the short runs are skipped by pretraining
+    assert sorted(stream.skipped) == ["sub-04_bold", "sub-05_bold"]
     records = {r["id"]: r for r in dataset.recordings("train", ["repetition_time"])}
     for window in windows:
         resampled = dataset.processor.resample(records[window["id"]]["series"], 2.0)  # (270, V)
