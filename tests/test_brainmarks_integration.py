@@ -83,6 +83,21 @@ def test_robust_processor_is_fitted_on_the_training_samples_in_raw_units():
     )
 
 
+def test_robust_fit_scales_regions_that_brainmarks_zeroed_by_the_epsilon():
+    robust = BrainLMFeatureExtractor(normalization="robust", num_timepoints=WINDOW)
+    train = [brainmarks_sample(40, tr=0.735, seed=seed) for seed in range(3)]
+    for sample in train:
+        for key in ("bold", "mean", "std"):
+            sample[key][:, 3] = 0
+    with pytest.warns(UserWarning, match="Regions \\[3\\] have an inter-quartile range below iqr_epsilon=1e-06"):
+        BrainmarksTransform(robust).fit(train)
+    assert robust.iqr_epsilon_regions == [3] and robust.iqr[3] == pytest.approx(1e-6)
+    with pytest.raises(ValueError, match="Regions \\[3\\] have zero inter-quartile range"):
+        BrainmarksTransform(
+            BrainLMFeatureExtractor(normalization="robust", num_timepoints=WINDOW), iqr_epsilon=None
+        ).fit(train)
+
+
 @pytest.mark.parametrize("layer", [None, -1])
 def test_wrapper_returns_brainmarks_embeddings(config, processor, layer):
     torch.manual_seed(0)

@@ -3,7 +3,8 @@
 
 * `atlas`: label volumes with region coordinates (`load_atlas`, `load_a424` with its pinned, verified download).
 * `parcellation`: 4-D NIfTI -> `(T, V)` region series (`parcellate`), ready parcel tables (`load_parcel_series`).
-* `recordings`: finding and reading input recordings of every kind (`find_recordings`, `load_recordings`).
+* `recordings`: finding and reading input recordings of every kind, with their TRs (`find_recordings`, `read_inputs`,
+  `load_recordings`).
 * `prepare`: recordings -> a prepared dataset of Parquet shards with a fitted processor (`prepare_dataset`).
 * `prepared`: that dataset as one handle (`PreparedDataset`: splits, shards, processor, recordings).
 * `streaming`: exactly resumable training windows from the shards (`WindowStream`) and their collator.
@@ -14,12 +15,13 @@ from .atlas import Atlas, load_a424, load_a424_networks, load_atlas
 from .parcellation import load_parcel_series, parcellate
 from .prepare import prepare_dataset
 from .prepared import PreparedDataset, read_recordings
-from .recordings import find_recordings, load_recordings
+from .recordings import InputRecording, find_recordings, load_recordings, read_inputs
 from .streaming import BrainLMCollator, WindowStream
 
 __all__ = [
     "Atlas",
     "BrainLMCollator",
+    "InputRecording",
     "PreparedDataset",
     "WindowStream",
     "find_recordings",
@@ -30,5 +32,6 @@ __all__ = [
     "load_recordings",
     "parcellate",
     "prepare_dataset",
+    "read_inputs",
     "read_recordings",
 ]

@@ -61,14 +61,24 @@ class BrainmarksTransform:
         processor (`BrainLMFeatureExtractor`): the checkpoint's processor (normalisation, region order, window, TR).
         tr_tolerance (`float`, defaults to 0.1): resample when `|tr - processor.repetition_time|` reaches it (s).
         window_policy (`str`, defaults to `"covering"`): `"covering"` or `"non_overlapping"`.
+        iqr_epsilon (`float`, defaults to 1e-6): robust scaling of regions whose training IQR is below it (the
+            regions Brainmarks' preprocessing zeroed) uses it, as Brainmarks divides by `IQR + 1e-6` (recorded in
+            the processor's `iqr_epsilon_regions`); None refuses such regions.
     """
 
-    def __init__(self, processor: BrainLMFeatureExtractor, tr_tolerance: float = 0.1, window_policy: str = "covering"):
+    def __init__(
+        self,
+        processor: BrainLMFeatureExtractor,
+        tr_tolerance: float = 0.1,
+        window_policy: str = "covering",
+        iqr_epsilon: float | None = 1e-6,
+    ):
         if window_policy not in WINDOW_POLICIES:
             raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
         self.processor = processor
         self.tr_tolerance = tr_tolerance
         self.window_policy = window_policy
+        self.iqr_epsilon = iqr_epsilon
         self._windowing = self._windowing_processor()
 
     def _windowing_processor(self) -> BrainLMFeatureExtractor:
@@ -84,8 +94,10 @@ class BrainmarksTransform:
         if self.processor.normalization == "robust":
             samples = list(train_dataset)
             trs = [float(sample["tr"]) for sample in samples]
-            self._windowing.fit([_raw_recording(sample) for sample in samples], repetition_times=trs)
-            self.processor.median, self.processor.iqr = self._windowing.median, self._windowing.iqr
+            recordings = [_raw_recording(sample) for sample in samples]
+            self._windowing.fit(recordings, iqr_epsilon=self.iqr_epsilon, repetition_times=trs)
+            for name in ("median", "iqr", "iqr_epsilon", "iqr_epsilon_regions"):  # the checkpoint's processor, fitted
+                setattr(self.processor, name, getattr(self._windowing, name))
 
     def __call__(self, sample: dict) -> dict:
         if self.processor.normalization == "zscore":
@@ -146,6 +158,7 @@ def brainlm_hf(
     window_policy: str = "covering",
     tr_tolerance: float = 0.1,
     batch_size: int = 16,
+    iqr_epsilon: float | None = 1e-6,
 ) -> tuple[BrainmarksTransform, BrainmarksWrapper]:
     """
     Brainmarks model constructor: the transform and the frozen encoder of a checkpoint (a brainlm_hf folder or Hub
@@ -163,7 +176,7 @@ def brainlm_hf(
         )
     model = BrainLMModel.from_pretrained(checkpoint, **location).eval().requires_grad_(False)
     wrapper = BrainmarksWrapper(model, processor.model_coordinates(), layer, batch_size).eval()
-    return BrainmarksTransform(processor, tr_tolerance, window_policy), wrapper
+    return BrainmarksTransform(processor, tr_tolerance, window_policy, iqr_epsilon), wrapper
 
 
 def _raw_recording(sample: dict) -> np.ndarray:
