@@ -49,7 +49,9 @@ def test_sliding_windows(recordings):
 def test_too_short_recording_is_refused(a424_folder):
     example = np.loadtxt(a424_folder / "A424_example_fMRI.dat", dtype=np.float32)  # 99 x 424 (real, or stand-in)
     extractor = BrainLMFeatureExtractor(normalization="zscore", num_timepoints=200)
-    with pytest.raises(ValueError, match="recording 0 has 99 timepoints \\(at the model.s TR\\), fewer than one window of 200"):
+    with pytest.raises(
+        ValueError, match="recording 0 has 99 timepoints \\(at the model.s TR\\), fewer than one window of 200"
+    ):
         extractor(example, sliding_windows=True)
 
 
