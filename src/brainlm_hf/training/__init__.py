@@ -2,6 +2,8 @@
 """Training: masked-signal pretraining with Accelerate, fine-tuning with `Trainer`, and their metrics.
 
 * `pretraining`: `pretrain(PretrainingArguments)`, streamed, multi-process, exactly resumable (`brainlm pretrain`).
+* `checkpoints`: its step checkpoints, written whole or not at all and read back without unpickling code.
+* `checks`: what a run must satisfy before its first step (one line naming the numbers otherwise).
 * `finetuning`: `finetune` on a prepared dataset (`brainlm finetune`), `finetune_recordings` / `predict_recordings`
   on arrays in memory.
 * `metrics`: masked-reconstruction, regression and classification metrics (keyword-only arguments), and the
