@@ -314,3 +314,23 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     cli(["attention", str(tmp_path / "model"), str(tmp_path / "out" / "train"), str(tmp_path / "attention")])
     report = json.loads((tmp_path / "attention" / "attention.json").read_text())
     assert len(report["recordings"]) == 4 and np.isfinite(report["region_scores"]).all()
+
+
+def test_brainlm_finetune_pads_short_runs_as_the_dataset_says_or_refuses_them(cohort, tmp_path, config, capsys):
+    prepare_dataset(
+        cohort / "*.npy", tmp_path / "out", repetition_time=2.0, num_timepoints=40, normalization="zscore",
+        splits={"train": 0.5, "validation": 0.17, "test": 0.33},
+        coordinates=np.random.default_rng(1).normal(size=(7, 3)), shard_multiple=1,
+        phenotypes=cohort / "participants.csv", target_repetition_time=0.735, short_recordings="pad",
+    )  # fmt: skip
+    model = BrainLMForMaskedSignalModeling(BrainLMConfig(**{**config.to_dict(), "patch_size": 10}))
+    model.save_pretrained(tmp_path / "model")
+    arguments = ["finetune", "--dataset", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--label_columns",
+                 "age", "--output_dir", str(tmp_path / "ft"), "--num_train_epochs", "1", "--report_to", "none",
+                 "--disable_tqdm", "true", "--windows_per_recording", "2", "--pooling", "mean"]  # fmt: skip
+    results = cli(arguments)
+    assert np.isfinite(results["test_mse"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli([*arguments[:-2], "--short_recordings", "refuse", "--output_dir", str(tmp_path / "ft2")])
+    assert exit_info.value.code == 2
+    assert "has 30 timepoints (at the model's TR), fewer than one window of 40" in capsys.readouterr().err
