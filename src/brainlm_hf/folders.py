@@ -96,7 +96,7 @@ def output_folder(
         parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
     except PermissionError as error:
-        raise PermissionError(f"cannot write {output}: permission denied in {_first_existing(parent)}.") from error
+        raise PermissionError(f"cannot write {output}: permission denied in {first_existing(parent)}.") from error
     except OSError as error:
         raise OSError(f"cannot write {output} in {parent}: {error.strerror or error}.") from error
     try:
@@ -124,7 +124,8 @@ def _is_write_failure(error: OSError, staging: Path) -> bool:
     return (error.errno in _WRITE_ERRORS and error.filename is None) or "No space left on device" in str(error)
 
 
-def _first_existing(path: Path) -> Path:
+def first_existing(path: Path) -> Path:
+    """`path`, or its nearest folder above it that exists."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path

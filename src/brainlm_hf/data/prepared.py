@@ -293,7 +293,7 @@ def _read_shape_columns(path: str, names: list[str], with_tr: bool = False) -> t
     import fsspec
     import pyarrow.parquet as pq
 
-    if with_tr and "repetition_time" not in shard_columns(path):  # an early shard without TRs: unknown
+    if with_tr and not tr_columns(path):  # an early shard without TRs: unknown
         names = names[:2]
     try:
         filesystem, location = fsspec.core.url_to_fs(path)
@@ -312,6 +312,12 @@ def _read_shape_columns(path: str, names: list[str], with_tr: bool = False) -> t
     shapes = list(zip(table.column(names[0]).to_pylist(), table.column(names[1]).to_pylist(), strict=True))
     trs = table.column("repetition_time").to_pylist() if "repetition_time" in names else [None] * len(shapes)
     return shapes, trs
+
+
+def tr_columns(path: str) -> list[str]:
+    """`["repetition_time"]` when the shard has that column (every shard `brainlm prepare` writes), else `[]`: the
+    `columns` that `read_recordings` should add to give each recording its TR."""
+    return ["repetition_time"] if "repetition_time" in shard_columns(path) else []
 
 
 def shard_columns(path: str) -> list[str]:

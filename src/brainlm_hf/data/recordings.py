@@ -22,7 +22,7 @@ import numpy as np
 
 from .atlas import Atlas
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
-from .prepared import read_recordings
+from .prepared import read_recordings, tr_columns
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RAW_SUFFIXES = NIFTI_SUFFIXES + PARCEL_SERIES_SUFFIXES
@@ -172,7 +172,7 @@ def read_inputs(inputs, atlas: Atlas | None = None, repetition_time: float | Non
     found, sources = [], {}
     for path in paths:
         if path.name.endswith(SHARD_SUFFIXES):
-            rows = read_recordings(str(path), _shard_tr_column(path))
+            rows = read_recordings(str(path), tr_columns(str(path)))
             items = [(r["id"], f"{path}: {r['id']}", r["series"], r.get("repetition_time")) for r in rows]
         else:
             items = [(names[path][0], str(path), *load_recording(path, atlas, repetition_time))]
@@ -185,16 +185,6 @@ def read_inputs(inputs, atlas: Atlas | None = None, repetition_time: float | Non
             sources[record_id] = source
             found.append(InputRecording(record_id, source, series, tr))
     return found
-
-
-def _shard_tr_column(path: Path) -> list[str]:
-    """`["repetition_time"]` when the shard has that column (every shard `brainlm prepare` writes)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return ["repetition_time"] if "repetition_time" in pq.read_schema(path).names else []
-    except Exception:  # noqa: BLE001 - read_recordings then raises naming the shard
-        return []
 
 
 def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from .prepared import read_recordings, read_shapes, shard_columns
+from .prepared import read_recordings, read_shapes, tr_columns
 
 
 class WindowStream(torch.utils.data.IterableDataset):
@@ -71,7 +71,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self._shard_position, self._window_position = 0, 0, 0
         self.skipped: list[str] = []
-        self._has_tr: dict[str, bool] = {}  # shard -> whether it has a repetition_time column
+        self._tr_columns: dict[str, list[str]] = {}  # shard -> `tr_columns(shard)`, read once
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._shard_position, self._window_position = epoch, 0, 0
@@ -146,9 +146,9 @@ class WindowStream(torch.utils.data.IterableDataset):
         """The shard's `repetition_time` column when the processor resamples (it has a TR) and the shard has it."""
         if self.processor.repetition_time is None:
             return []
-        if shard not in self._has_tr:
-            self._has_tr[shard] = "repetition_time" in shard_columns(shard)
-        return ["repetition_time"] if self._has_tr[shard] else []
+        if shard not in self._tr_columns:
+            self._tr_columns[shard] = tr_columns(shard)
+        return self._tr_columns[shard]
 
     def _crop_starts(self, record_id: str, epoch: int):
         """Window starts of a recording's crops, a pure function of `(seed, epoch, recording id)`."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..data.prepared import PreparedDataset
+from ..folders import first_existing
 
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_FORMAT = 1
@@ -224,12 +225,10 @@ def _damaged(folder: Path, output: Path, reason: str) -> ValueError:
     return ValueError(f"The checkpoint {folder} is damaged: {reason}; {offer}.")
 
 
-def _write_failure(folder: Path, error: BaseException, free: int | None, earlier: list[Path]) -> OSError:
-    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
-        free is not None and free < _LOW_SPACE
-    )
+def _write_failure(folder: Path, error: BaseException, free: int, earlier: list[Path]) -> OSError:
+    full = (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or free < _LOW_SPACE
     if full:
-        reason = f"no space left on the device ({free // 2**20 if free is not None else '?'} MiB free)"
+        reason = f"no space left on the device ({free // 2**20} MiB free)"
     else:
         reason = _one_line(error)[:300]
     if earlier:
@@ -241,11 +240,8 @@ def _write_failure(folder: Path, error: BaseException, free: int | None, earlier
     return OSError(code, message + (" once space is free" if full else ""), str(folder))
 
 
-def _free_bytes(path: Path) -> int | None:
-    for folder in (path, *path.parents):
-        if folder.exists():
-            return shutil.disk_usage(folder).free
-    return None
+def _free_bytes(path: Path) -> int:
+    return shutil.disk_usage(first_existing(path)).free
 
 
 def _step(folder: Path) -> int:
