@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..feature_extraction_brainlm import NORMALIZATIONS, BrainLMFeatureExtractor
+from ..feature_extraction_brainlm import NORMALIZATIONS, SHORT_RECORDINGS, BrainLMFeatureExtractor
 from ..folders import output_folder
 from .atlas import Atlas, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
@@ -105,8 +105,8 @@ def prepare_dataset(
     _check_positive(
         repetition_time=repetition_time, target_repetition_time=target_repetition_time, iqr_epsilon=iqr_epsilon
     )
-    if short_recordings not in ("refuse", "pad"):
-        raise ValueError(f"short_recordings must be 'refuse' or 'pad', got {short_recordings!r}.")
+    if short_recordings not in SHORT_RECORDINGS:  # before anything is read (the processor checks it again)
+        raise ValueError(f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.")
     check_window_length(num_timepoints, patch_size)
     atlas_name = atlas_name or (atlas.name if atlas is not None else None)
     coordinates_source = None
@@ -281,9 +281,11 @@ def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[
         entry = {"file": row["file"], "num_timepoints": len(row["series"])}
         if length != len(row["series"]):
             entry["num_timepoints_resampled"] = length
-        (padded if processor.short_recordings == "pad" else too_short).append(entry)
         if processor.short_recordings == "pad":
+            padded.append(entry)
             kept.append(row)
+        else:
+            too_short.append(entry)
     if not kept:
         raise ValueError(
             f"No recording has {processor.num_timepoints} timepoints or more at the TR of the windows "
