@@ -6,7 +6,8 @@
    without decoding (`series_column`, the reader now), with one pass over the values.
 2. Streaming, in one run side by side: windows/s of `WindowStream` batched by `BrainLMCollator` in a `DataLoader`
    (0 or 2 workers) and of the pretraining loader (`BatchStream`, batches made in the workers), at 1 and 4 crops per
-   recording, with the reader and windowing before (pyarrow reader, whole recording normalised then cut) and now.
+   recording, with the reader and windowing before (pyarrow reader, whole recording normalised then cut) and now
+   (z-scoring: with the statistics the shards store, and, as for a shard prepared before they were stored, without).
    Every row is timed over `--epochs` passes over the data after one warm-up pass (workers persistent: their
    start-up is not timed), best of `--repeat` runs (the machine may be shared: the load average is printed).
 3. Parcellation: a synthetic 91 x 109 x 91 x T float32 image in the A424 grid (A424 read from --atlas-dir, never
@@ -130,12 +131,17 @@ def bench_stream(
         functools.partial(read_recordings, reader="pyarrow"),
         lambda self, recordings, starts=None, **_: _old_windows(self, recordings, starts),
     )
+    without_statistics = (  # a shard prepared before the statistics were stored: computed from the recording
+        lambda path, columns=None, statistics=False: read_recordings(path, columns),
+        BrainLMFeatureExtractor.windows,
+    )
+    variants = [("before", before), ("now, shards without statistics", without_statistics), ("now", original)]
     rows = []
     for path, make in (("DataLoader(WindowStream)", plain), ("BatchStream loader", batched)):
         for crops_per_recording in crops:
             for num_workers in workers:
-                for label, (reader, windows) in (("before", before), ("now", original)):
-                    if label == "before" and (path != "DataLoader(WindowStream)" or num_workers):
+                for label, (reader, windows) in variants:
+                    if label != "now" and (path != "DataLoader(WindowStream)" or num_workers):
                         continue
                     streaming.read_recordings, BrainLMFeatureExtractor.windows = reader, windows
                     try:

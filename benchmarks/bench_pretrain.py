@@ -8,7 +8,7 @@ On synthetic 424-region recordings (`--timepoints`, default 490) prepared into P
 
 1. data alone: the pretraining loader (`BatchStream`, batches and masking noise made in the loader workers, fed
    through the loop's `DataFeed`), consumed without a model;
-2. model alone: the training step (forward + backward + gradient clipping + AdamW) on a fixed batch;
+2. model alone: the training step (forward + backward + gradient clipping + fused AdamW) on a fixed batch;
 3. the `pretrain` loop end to end (its logged windows/s, after the first logging interval).
 
 The ratios say how much of the slower of (1) and (2) the loop keeps. Then the training step of `--compile-models`
@@ -89,7 +89,7 @@ def model_rate(config: BrainLMConfig, batch_size: int, steps: int, compiled: boo
     config.validate_inputs = False
     model = BrainLMForMaskedSignalModeling(config)
     forward = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # `pretrain`'s default optim
     batch = {"signal_values": torch.randn(batch_size, 424, 200), "coordinates": torch.randn(424, 3) * 50}
     start = time.perf_counter()
     for step in range(steps + 3):

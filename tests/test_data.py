@@ -372,6 +372,123 @@ def test_old_prepared_datasets_still_load(prepared, tmp_path):
     assert len(load_prepared(old, split="train")) == len(load_prepared(out, split="train"))
 
 
+@pytest.fixture(scope="module")
+def zscored(corpus, tmp_path_factory):
+    """The corpus prepared for z-scoring (statistics per recording), all in the training split."""
+    folder, _ = corpus
+    out = tmp_path_factory.mktemp("zscored")
+    prepare_dataset(
+        str(folder / "*.npy"),
+        out,
+        repetition_time=0.72,
+        normalization="zscore",
+        splits={"train": 1.0},
+        shard_multiple=2,
+    )
+    return out
+
+
+def _rewrite_shards(folder, change):
+    """Rewrite every shard of `folder` with `change(table)`, in the layout `brainlm prepare` writes."""
+    import pyarrow.parquet as pq
+
+    for shard in sorted(folder.glob("*/*.parquet")):
+        table = change(pq.read_table(shard))
+        pq.write_table(table, shard, use_dictionary=["id", "subject", "session", "atlas"], compression="none")
+
+
+def test_shards_store_each_recordings_zscore_statistics(zscored):
+    """`series_mean` / `series_std` are numpy's `mean(0)` and `std(0)` of the stored series, bit for bit."""
+    for row in load_prepared(zscored, split="train"):
+        series = np.asarray(row["series"], np.float32).reshape(row["num_timepoints"], row["num_regions"])
+        assert np.asarray(row["series_mean"], np.float32).tobytes() == series.mean(0).tobytes()
+        assert np.asarray(row["series_std"], np.float32).tobytes() == series.std(0).tobytes()
+
+
+def test_zscored_windows_from_stored_statistics_equal_whole_recording_normalisation(zscored, tmp_path, monkeypatch):
+    """With the stored statistics the stream never computes them (it reads only the windows), and its windows are
+    exactly those of a shard without them (prepared before they were stored) and crops of `normalize(recording)`."""
+    import shutil
+
+    import brainlm_hf.feature_extraction_brainlm as module
+
+    old = tmp_path / "old"
+    shutil.copytree(zscored, old)
+    _rewrite_shards(old, lambda table: table.drop_columns(["series_mean", "series_std"]))
+    computed = [(w["id"], w["crop"], w["signal_values"]) for w in stream(old, crops_per_recording=3, seed=4)]
+
+    def not_called(recording):
+        raise AssertionError("the statistics were computed although the shard stores them")
+
+    monkeypatch.setattr(module, "zscore_statistics", not_called)
+    stored = [(w["id"], w["crop"], w["signal_values"]) for w in stream(zscored, crops_per_recording=3, seed=4)]
+    monkeypatch.undo()
+    assert [x[:2] for x in stored] == [x[:2] for x in computed] and len(stored) == 36
+    processor = BrainLMFeatureExtractor.from_pretrained(zscored)
+    rows = {
+        r["id"]: np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], -1)
+        for r in load_prepared(old)["train"]
+    }
+    for (record_id, _, a), (_, _, b) in zip(stored, computed, strict=True):
+        assert a.tobytes() == b.tobytes()
+        normalized = processor.normalize(rows[record_id]).T  # (V, T), independent of the stream
+        assert any(np.array_equal(normalized[:, s : s + 200], a) for s in range(normalized.shape[1] - 199))
+
+
+def test_stored_statistics_do_not_hide_bad_values(zscored, tmp_path):
+    """A hand-made shard whose series holds NaN (its statistics finite): the window is refused, naming the recording
+    and region; NaN statistics and statistics of the wrong length are refused too."""
+    import shutil
+
+    import pyarrow as pa
+
+    def with_nan(table):
+        rows = table.to_pylist()
+        for row in rows:
+            row["series"][5 :: row["num_regions"]] = [float("nan")] * row["num_timepoints"]  # region 5, every time
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    def nan_statistics(table):
+        rows = table.to_pylist()
+        for row in rows:
+            row["series_std"][7] = float("nan")
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    def short_statistics(table):
+        rows = table.to_pylist()
+        for row in rows:
+            row["series_mean"] = row["series_mean"][:-1]
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    for change, message in [
+        (with_nan, r"sub-[\w-]+ \(timepoints \d+-\d+\) has NaN/Inf values in regions \[5\]"),
+        (nan_statistics, r"statistics given are not finite \(regions \[7\]"),
+        (short_statistics, r"statistics given have shapes \(93,\) and \(94,\), but the recording has 94 regions"),
+    ]:
+        bad = tmp_path / change.__name__
+        shutil.copytree(zscored, bad)
+        _rewrite_shards(bad, change)
+        with pytest.raises(ValueError, match=message):
+            next(iter(stream(bad)))
+
+
+def test_given_statistics_apply_only_to_zscoring_without_resampling(corpus):
+    """Statistics given for a recording that is resampled, or for robust scaling, are not used: the windows are
+    those computed without them."""
+    _, recordings = corpus
+    series = next(iter(recordings.values()))[:400]
+    wrong = (np.zeros(94, np.float32), np.full(94, 1e3, np.float32))  # finite, but not this recording's
+    zscore = BrainLMFeatureExtractor(normalization="zscore", repetition_time=0.72, num_timepoints=200)
+    robust = BrainLMFeatureExtractor(normalization="robust", num_timepoints=200).fit([series])
+    for processor, tr in ((zscore, 2.0), (robust, None)):
+        a, _ = processor.windows([series], repetition_times=tr, statistics=[wrong])
+        b, _ = processor.windows([series], repetition_times=tr)
+        assert a.tobytes() == b.tobytes()
+    a, _ = zscore.windows({"r": series}, repetition_times=0.72, statistics={"r": wrong})
+    assert not np.array_equal(a, zscore.windows([series], repetition_times=0.72)[0])  # used when they apply
+    np.testing.assert_allclose(a[0], (series[:200] / 1e3).T, rtol=1e-6)  # (x - 0) / 1000, region order kept
+
+
 def test_dataloader_workers_yield_every_window_once(prepared):
     """The README's `DataLoader(stream, ...)` with workers: worker k reads shards k, k + K, ... (no duplicates)."""
     out, _ = prepared

@@ -137,11 +137,11 @@ def test_windows_refuse_nan_and_inf_anywhere_in_the_recording(recordings, normal
 @pytest.mark.parametrize("shape", [(490, 424), (1, 5), (7, 3), (1200, 94)])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_zscore_statistics_are_numpys(shape, order):
-    """The z-score statistics (`_mean_std`: numpy's steps, a reused buffer) equal numpy's mean and std bit for bit."""
-    from brainlm_hf.feature_extraction_brainlm import _mean_std
+    """`zscore_statistics` (numpy's steps, a reused buffer) equal numpy's mean and std bit for bit."""
+    from brainlm_hf.feature_extraction_brainlm import zscore_statistics
 
     rng = np.random.default_rng(sum(shape))
     values = rng.normal(loc=rng.uniform(-1e4, 1e4), scale=rng.uniform(0.1, 100), size=shape).astype(np.float32)
     values = np.asarray(values, order=order)
-    mean, std = _mean_std(values)
+    mean, std = zscore_statistics(values)
     assert mean.tobytes() == values.mean(0).tobytes() and std.tobytes() == values.std(0).tobytes()

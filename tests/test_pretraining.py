@@ -198,6 +198,31 @@ def test_mask_noise_depends_only_on_seed_epoch_and_window():
     assert not torch.equal(a, window_noise(1, 1, ["s1/0", "s2/3"], 50))
 
 
+def test_optim_chooses_fused_or_plain_adamw_with_the_same_updates(tmp_path):
+    """`--optim adamw_torch_fused` (the default, as in transformers) or `adamw_torch`: the same AdamW update, one
+    kernel or torch's loop; another name is refused before anything is read."""
+    from brainlm_hf.training.pretraining import build_optimizer
+
+    weights = {}
+    for optim in ("adamw_torch_fused", "adamw_torch"):
+        torch.manual_seed(0)
+        model = BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset("brainlm-tiny"))
+        args = PretrainingArguments(dataset="unused", output_dir="unused", learning_rate=1e-3, optim=optim)
+        optimizer, _ = build_optimizer(model, args, num_processes=1)
+        assert all(bool(group["fused"]) == (optim == "adamw_torch_fused") for group in optimizer.param_groups)
+        for _ in range(3):
+            torch.manual_seed(1)
+            model(signal_values=torch.randn(2, 8, 200), coordinates=torch.randn(8, 3)).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        weights[optim] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(weights["adamw_torch_fused"], weights["adamw_torch"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="optim must be one of adamw_torch_fused, adamw_torch .*got 'sgd'"):
+        pretrain(PretrainingArguments(dataset=str(tmp_path / "none"), output_dir=str(tmp_path / "out"), optim="sgd"))
+    result = run(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--optim", "sgd"], check=False)
+    assert result.returncode == 2 and "invalid choice: 'sgd'" in result.stderr
+
+
 @pytest.mark.parametrize(
     "config", sorted((REPO / "examples" / "accelerate_configs").glob("*.yaml")), ids=lambda p: p.name
 )

@@ -235,7 +235,18 @@ def test_embed_ids_of_two_sites_are_unique(tmp_path):
 # ------------------------------------------------------------------------------------------------------ phenotypes
 
 
-FIELDS = ["session", "repetition_time", "series", "atlas", "num_timepoints", "num_regions", "Session", " atlas"]
+FIELDS = [
+    "session",
+    "repetition_time",
+    "series",
+    "series_mean",
+    "series_std",
+    "atlas",
+    "num_timepoints",
+    "num_regions",
+    "Session",
+    " atlas",
+]
 
 
 # (key column, clashing column): with a `subject` key every field clashes; with an `id` key `subject` does too (an

@@ -270,13 +270,14 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         out *= factor
         return out
 
-    def _affine(self, recording: np.ndarray, name: str, values_checked: bool = True):
+    def _affine(self, recording: np.ndarray, name: str, values_checked: bool = True, statistics=None):
         """
         `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
         `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
         the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars. With
         `values_checked=False` a `"zscore"` recording is checked for NaN/Inf through its statistics (a NaN or Inf
-        value makes its region's mean or std non-finite), which saves a pass over it.
+        value makes its region's mean or std non-finite), which saves a pass over it. `statistics`: the recording's
+        `zscore_statistics`, computed before (then the recording is not read here).
         """
         if self.normalization == "robust":
             if self.median is None:
@@ -292,8 +293,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                     "<= 0 or non-finite): fit the processor again."
                 )
         elif self.normalization == "zscore":
-            center, scale = _mean_std(recording)
-            if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
+            center, scale = zscore_statistics(recording) if statistics is None else statistics
+            finite = np.isfinite(center).all() and np.isfinite(scale).all()
+            if statistics is None and not values_checked and not finite:
                 self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
                 raise ValueError(
@@ -365,6 +367,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         cover_end: bool = True,
         repetition_times=None,
         return_timepoint_mask: bool = False,
+        statistics=None,
     ) -> tuple[np.ndarray, ...]:
         """
         The one way a recording becomes model windows: resample it to the model's TR (`resample`), normalise it
@@ -380,6 +383,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             repetition_times (*optional*): the TR in seconds of the recordings: one number for all, or one per
                 recording (a list, or a dict with the keys of `recordings`; None = unknown, not resampled).
             return_timepoint_mask (`bool`): also return the timepoint mask.
+            statistics (*optional*): the `zscore_statistics` `(mean, std)` of each recording as given, computed
+                before (a prepared shard stores them: `read_recordings(..., statistics=True)`), or None where
+                unknown; a list, or a dict with the keys of `recordings`. Under z-scoring they save reading the
+                whole recording (only the windows are read; they are then checked for NaN/Inf themselves). Not used
+                for a recording that is resampled.
 
         Returns the windows `(W, V, num_timepoints)` float32 (normalised, model region order), the index of the
         recording of each window `(W,)` and, with `return_timepoint_mask`, `(W, num_timepoints)` float32 (1 = a
@@ -392,14 +400,20 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         if isinstance(repetition_times, Mapping):
             repetition_times = [repetition_times.get(name) for name in recordings]
         trs = _per_recording(repetition_times, len(recordings))
+        if isinstance(statistics, Mapping):
+            statistics = [statistics.get(name) for name in recordings]
+        statistics = [None] * len(recordings) if statistics is None else list(statistics)
+        if len(statistics) != len(recordings):
+            raise ValueError(f"statistics gives {len(statistics)} entries for {len(recordings)} recordings.")
         windows, owners, lengths = [], [], []
         for index, (name, recording) in enumerate(recordings.items()):
             by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
             series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
+            given = self._given_statistics(statistics[index], series, trs[index], name)
             series = self.resample(series, trs[index], name)
-            if not (series.flags.c_contiguous or series.flags.f_contiguous):
+            if given is None and not (series.flags.c_contiguous or series.flags.f_contiguous):
                 series = np.array(series)  # the layout `normalize` computes its statistics on
-            affine = self._affine(series, name, values_checked=not by_statistics)
+            affine = self._affine(series, name, values_checked=not by_statistics, statistics=given)
             real = len(series)
             if real < self.num_timepoints and self.short_recordings == "pad":
                 padding = np.broadcast_to(
@@ -408,7 +422,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 series, placed = np.concatenate([series, padding]), [0]
             else:
                 placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
-            windows.append(self._cut(series, placed, *affine))
+            windows.append(self._cut(series, placed, *affine, check_name=name if given is not None else None))
             owners += [index] * len(windows[-1])
             lengths += [min(real, self.num_timepoints)] * len(windows[-1])
         if not owners:
@@ -419,31 +433,51 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         mask = (np.arange(self.num_timepoints)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
         return windows, np.asarray(owners), mask
 
-    def _cut(self, series: np.ndarray, starts, center, factor) -> np.ndarray:
+    def _given_statistics(self, statistics, series: np.ndarray, repetition_time, name: str):
+        """The `(mean, std)` given for a recording as float32 `(V,)` arrays when they apply (z-scoring, not
+        resampled), else None; statistics of another shape are an error."""
+        if statistics is None or self.normalization != "zscore" or self.needs_resampling(repetition_time):
+            return None
+        mean, std = (np.asarray(value, dtype=np.float32) for value in statistics)
+        if mean.shape != (series.shape[1],) or std.shape != (series.shape[1],):
+            raise ValueError(
+                f"{name}: the statistics given have shapes {mean.shape} and {std.shape}, but the recording has "
+                f"{series.shape[1]} regions: give `zscore_statistics(recording)` of this very recording."
+            )
+        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+            raise ValueError(
+                f"{name}: the statistics given are not finite (regions "
+                f"{_region_list(np.flatnonzero(~np.isfinite(mean + std)), self.region_names)}): give "
+                "`zscore_statistics(recording)` of a recording without NaN/Inf, or prepare the dataset again."
+            )
+        return mean, std
+
+    def _cut(self, series: np.ndarray, starts, center, factor, check_name: str | None = None) -> np.ndarray:
         """
         Windows `(W, V, num_timepoints)` of a raw `(T, V)` recording at `starts`, normalised with `(center, factor)`
         (see `_affine`) and in model region order. Only the cut windows are normalised: the numbers equal those of
-        `normalize(recording)` cut afterwards.
+        `normalize(recording)` cut afterwards. With `check_name` (a recording whose values were not checked) each
+        window is checked for NaN/Inf while it is in cache, and an error names the recording and regions.
         """
         length, order = self.num_timepoints, self.region_order
         starts = [int(s) for s in starts]
         out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
-        if order is not None:
-            center = center[order] if np.ndim(center) else center
-            factor = factor[order] if np.ndim(factor) else factor
         window = _scratch((length, series.shape[1]), "window")
         for i, start in enumerate(starts):
             if start < 0 or start + length > len(series):
                 raise ValueError(
                     f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
                 )
-            raw = series[start : start + length]
-            if order is not None:
-                np.take(raw, order, axis=1, out=window, mode="clip")  # order is a checked permutation
-                raw = window
-            np.subtract(raw, center, out=window)
+            np.subtract(series[start : start + length], center, out=window)  # (T, V), contiguous: read once
             np.multiply(window, factor, out=window)
-            out[i] = window.T
+            if check_name is not None and not np.isfinite(np.add.reduce(window, axis=None)):
+                self._check_values(
+                    series[start : start + length], f"{check_name} (timepoints {start}-{start + length})"
+                )
+            if order is None:
+                out[i] = window.T
+            else:  # regions reordered and transposed in one copy (order is a checked permutation)
+                np.take(window.T, order, axis=0, out=out[i], mode="clip")
         return out
 
     def __call__(
@@ -542,11 +576,12 @@ def _scratch(shape: tuple, name: str, order: str = "C") -> np.ndarray:
     return buffers[key]
 
 
-def _mean_std(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def zscore_statistics(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
-    `recording.mean(0), recording.std(0)` of a C- or F-contiguous float32 `(T, V)` array, with numpy's own steps (so
-    the very same numbers: sum, divide by the count, subtract, square, sum, divide, square root) but the mean
-    computed once and the squares written into a reused buffer instead of a new array.
+    `recording.mean(0), recording.std(0)` `(V,)` float32 of a C- or F-contiguous float32 `(T, V)` array, with numpy's
+    own steps (so the very same numbers: sum, divide by the count, subtract, square, sum, divide, square root) but
+    the mean computed once and the squares written into a reused buffer instead of a new array. A prepared shard
+    stores them per recording (`series_mean`, `series_std`), so that streaming need not read whole recordings.
     """
     count = np.intp(recording.shape[0])
     mean = np.add.reduce(recording, axis=0)

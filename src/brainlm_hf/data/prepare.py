@@ -2,9 +2,11 @@
 """`prepare_dataset`: recordings (NIfTI images or parcel tables) -> a prepared dataset of Parquet shards.
 
 Shards hold one row per recording: the raw `(T, V)` parcel series flattened (`series`, float32) with its shape
-(`num_timepoints`, `num_regions`), ids (`id`, `subject`, `session`), `repetition_time`, `atlas` and the phenotype
-columns. The `BrainLMFeatureExtractor` fitted on the training split is saved beside the shards, so the same
-normalisation applies at pretraining, fine-tuning and inference time. Read it back with `PreparedDataset`.
+(`num_timepoints`, `num_regions`), its per-region mean and std (`series_mean`, `series_std`: `zscore_statistics`,
+so that z-scored windows can be cut without reading the whole recording), ids (`id`, `subject`, `session`),
+`repetition_time`, `atlas` and the phenotype columns. The `BrainLMFeatureExtractor` fitted on the training split is
+saved beside the shards, so the same normalisation applies at pretraining, fine-tuning and inference time. Read it
+back with `PreparedDataset`.
 """
 
 import json
@@ -16,14 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from ..feature_extraction_brainlm import NORMALIZATIONS, SHORT_RECORDINGS, BrainLMFeatureExtractor
+from ..feature_extraction_brainlm import NORMALIZATIONS, SHORT_RECORDINGS, BrainLMFeatureExtractor, zscore_statistics
 from ..folders import output_folder
 from .atlas import Atlas, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
 
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 # the columns every row has: a phenotype column may not take one of these names (it would overwrite the field)
-DATASET_FIELDS = ("id", "subject", "session", "series", "repetition_time", "atlas", "num_timepoints", "num_regions")
+DATASET_FIELDS = (
+    "id",
+    "subject",
+    "session",
+    "series",
+    "series_mean",
+    "series_std",
+    "repetition_time",
+    "atlas",
+    "num_timepoints",
+    "num_regions",
+)
 
 
 def split_subjects(subjects, fractions: dict[str, float], seed: int) -> dict[str, str]:
@@ -243,7 +256,7 @@ def _check_regions(rows, num_regions: int, atlas, coordinates, coordinates_sourc
 
 def _check_zscore(rows) -> None:
     """z-scoring divides each recording by its own per-region std: a constant region cannot be used."""
-    constant = [(row["file"], np.flatnonzero(row["series"].std(0) == 0)) for row in rows]
+    constant = [(row["file"], np.flatnonzero(row["series_std"] == 0)) for row in rows]
     constant = [(file, regions) for file, regions in constant if len(regions)]
     if constant:
         file, regions = constant[0]
@@ -296,9 +309,9 @@ def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[
 
 def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
     """
-    One row per recording (`id`, `subject`, `session`, `series` `(T, V)`, `repetition_time`, `atlas`, phenotype
-    columns, and `file`, which is not written) and the ids without a phenotype row (warned about). NaN/Inf values
-    and recordings of different region counts are refused with the file named.
+    One row per recording (`id`, `subject`, `session`, `series` `(T, V)`, `series_mean` and `series_std` `(V,)`,
+    `repetition_time`, `atlas`, phenotype columns, and `file`, which is not written) and the ids without a phenotype
+    row (warned about). NaN/Inf values and recordings of different region counts are refused with the file named.
     """
     rows, without_phenotypes = [], []
     paths = find_recordings(inputs)
@@ -309,7 +322,10 @@ def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
         bad = ~np.isfinite(series)
         if bad.any():
             raise ValueError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
+        series = np.ascontiguousarray(series)  # as stored: its statistics are those of this layout
+        mean, std = zscore_statistics(series)
         row = {"id": record_id, "subject": subject, "session": session, "series": series}
+        row.update(series_mean=mean, series_std=std)
         row.update(repetition_time=tr, atlas=atlas_name, **_phenotype_row(phenotypes, record_id, subject))
         if phenotypes is not None and all(row[column] is None for column in phenotypes.columns):
             without_phenotypes.append(record_id)
@@ -457,7 +473,8 @@ tags:
 # BrainLM pretraining dataset
 
 Prepared with `brainlm_hf.data.prepare_dataset`: one row per recording, the raw parcel series (`series`, float32,
-flattened from `(num_timepoints, num_regions)`), ids, TR, atlas and phenotype columns. Splits are by subject.
+flattened from `(num_timepoints, num_regions)`), its per-region mean and standard deviation (`series_mean`,
+`series_std`, float32), ids, TR, atlas and phenotype columns. Splits are by subject.
 
 | split | recordings | subjects | shards |
 | --- | --- | --- | --- |

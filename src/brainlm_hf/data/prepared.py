@@ -18,6 +18,8 @@ import warnings
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 
 
@@ -192,6 +194,7 @@ def shard_atlas(path: str) -> str | None:
 
 SUMMARY, PROCESSOR = "prepare_summary.json", "preprocessor_config.json"
 RECORDING_COLUMNS = ["id", "series", "num_timepoints", "num_regions"]
+STATISTICS_COLUMNS = ["series_mean", "series_std"]  # per recording (`zscore_statistics`); older shards lack them
 
 
 def read_shard(path: str, columns: list[str] | None = None):
@@ -213,10 +216,14 @@ def read_shard(path: str, columns: list[str] | None = None):
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
 
 
-def read_recordings(path: str, columns: list[str] | None = None, reader: str = "auto") -> list[dict]:
+def read_recordings(
+    path: str, columns: list[str] | None = None, reader: str = "auto", statistics: bool = False
+) -> list[dict]:
     """
     Every row of a prepared shard as `{"id", "series": (T, V) float32 read-only array, **columns}`, in shard order
-    (`columns`: extra columns such as phenotypes). A shard that cannot be read raises naming it.
+    (`columns`: extra columns such as phenotypes). A shard that cannot be read raises naming it. With `statistics`,
+    each record also has `"statistics"`: its stored `(series_mean, series_std)` `(V,)` float32, or None for a shard
+    prepared before they were stored (`BrainLMFeatureExtractor.windows(..., statistics=)` then computes them).
 
     `reader="auto"` reads `series` without decoding it when the shard stores it PLAIN and uncompressed (every
     prepared shard does; `series_column`): each recording is then a view of the memory-mapped file (or of the
@@ -234,7 +241,9 @@ def read_recordings(path: str, columns: list[str] | None = None, reader: str = "
     try:
         data = _shard_buffer(path)
         parquet = pq.ParquetFile(pa.BufferReader(data))
+        stored = statistics and set(STATISTICS_COLUMNS) <= set(parquet.schema_arrow.names)
         others = [c for c in RECORDING_COLUMNS if c != "series"] + list(columns or [])
+        others += STATISTICS_COLUMNS if stored else []
         table = parquet.read(columns=others if reader == "auto" else others + ["series"])
         columns_of = table.column
         shapes = list(
@@ -249,18 +258,29 @@ def read_recordings(path: str, columns: list[str] | None = None, reader: str = "
                     stacklevel=2,
                 )
             table = table if "series" in table.column_names else parquet.read(columns=others + ["series"])
-            column = table.column("series").combine_chunks()
-            offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
-            flat = [values[offsets[row] : offsets[row + 1]] for row in range(len(table))]
+            flat = _list_rows(table.column("series"))
     except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
     extras = {name: table.column(name).to_pylist() for name in columns or []}
+    if statistics:
+        extras["statistics"] = (
+            list(zip(*(_list_rows(table.column(name)) for name in STATISTICS_COLUMNS), strict=True))
+            if stored
+            else [None] * len(table)
+        )
     return [
         {"id": record_id, "series": values.reshape(shape), **{name: extra[row] for name, extra in extras.items()}}
         for row, (record_id, shape, values) in enumerate(
             zip(table.column("id").to_pylist(), shapes, flat, strict=True)
         )
     ]
+
+
+def _list_rows(column) -> list[np.ndarray]:
+    """The rows of a `list<float32>` column as numpy views."""
+    column = column.combine_chunks()
+    offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
+    return [values[offsets[row] : offsets[row + 1]] for row in range(len(column))]
 
 
 def _shard_buffer(path: str):

@@ -27,7 +27,8 @@ class WindowStream(torch.utils.data.IterableDataset):
     Each epoch permutes the shards with `(seed, epoch)`; rank `r` of `world_size` takes shards `r, r + world_size, ...`
     of that permutation (so every rank reads whole shards; make the shard count a multiple of the world size).
     Recordings are read in order and cut by the processor (`BrainLMFeatureExtractor.windows`: normalised with
-    statistics of the whole recording, model region order) into `crops_per_recording` windows at offsets drawn from
+    statistics of the whole recording, read from the shard's `series_mean`/`series_std` when it stores them so that
+    only the windows are read, model region order) into `crops_per_recording` windows at offsets drawn from
     `(seed, epoch, recording id)`; the windows of each block of `block_size` recordings are shuffled with
     `(seed, epoch, shard position, block)`. Nothing depends on a shuffle buffer or RNG state, so `state_dict()`
     (epoch, shard, window position) restores the stream exactly. Iterating again after a complete pass repeats the
@@ -119,7 +120,8 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     def _shard_windows(self, shard: str, epoch: int, position: int, start: int) -> Iterator[tuple[int, dict]]:
         """The windows of one shard in their shuffled order, from window `start`, with their index in the shard."""
-        records = read_recordings(shard, self._tr_column(shard))
+        zscore = self.processor.normalization == "zscore"  # stored statistics: only the windows are read
+        records = read_recordings(shard, self._tr_column(shard), statistics=zscore)
         length, crops = self.processor.num_timepoints, self.crops_per_recording
         for record in records:  # its length at the processor's TR
             record["length"] = self.processor.resampled_length(len(record["series"]), record.get("repetition_time"))
@@ -135,7 +137,8 @@ class WindowStream(torch.utils.data.IterableDataset):
             for record in block_records:
                 named = {f"{shard}: {record['id']}": record["series"]}
                 starts, tr = self._crop_starts(record["id"], epoch), record.get("repetition_time")
-                cut, _ = self.processor.windows(named, starts=starts, repetition_times=tr)  # (crops, V, T)
+                statistics = [record.get("statistics")]
+                cut, _ = self.processor.windows(named, starts=starts, repetition_times=tr, statistics=statistics)
                 block += [{"signal_values": crop, "id": record["id"], "crop": i} for i, crop in enumerate(cut)]
             order = np.random.default_rng([self.seed, epoch, position, block_start]).permutation(len(block))
             for j in range(max(0, start - index), count):

@@ -40,6 +40,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -55,6 +56,9 @@ from .checks import check_counts, check_pretraining_data, check_processor_for_mo
 from .metrics import baseline_predictions, masked_reconstruction_metrics
 
 logger = logging.getLogger(__name__)
+
+
+OPTIMIZERS = ("adamw_torch_fused", "adamw_torch")  # transformers' names (`TrainingArguments.optim`)
 
 
 @dataclass
@@ -78,6 +82,10 @@ class PretrainingArguments:
     weight_decay: float = 0.05
     max_grad_norm: float = 1.0
     adam_beta2: float = 0.95
+    optim: Literal[OPTIMIZERS] = field(
+        default="adamw_torch_fused",
+        metadata={"help": "adamw_torch_fused (one kernel for all parameters, transformers' default) or adamw_torch"},
+    )
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16"})
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
@@ -136,6 +144,8 @@ def pretrain(args: PretrainingArguments) -> dict:
         logging_steps=(args.logging_steps, 1),
         save_steps=(args.save_steps, 1),
     )
+    if args.optim not in OPTIMIZERS:
+        raise ValueError(f"optim must be one of {', '.join(OPTIMIZERS)} (transformers' names), got {args.optim!r}.")
     accelerator = _accelerator(args)
     set_seed(args.seed)  # the same initial weights on every process
     dataset = PreparedDataset(args.dataset)
@@ -192,7 +202,8 @@ def build_model(args: PretrainingArguments) -> BrainLMForMaskedSignalModeling:
 
 
 def build_optimizer(model: BrainLMForMaskedSignalModeling, args: PretrainingArguments, num_processes: int):
-    """AdamW (no weight decay on biases, norms and special tokens) and a cosine schedule with warmup."""
+    """AdamW (no weight decay on biases, norms and special tokens; `args.optim`: fused, or torch's default
+    implementation) and a cosine schedule with warmup."""
     from transformers import get_cosine_schedule_with_warmup
 
     total_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * num_processes
@@ -206,7 +217,8 @@ def build_optimizer(model: BrainLMForMaskedSignalModeling, args: PretrainingArgu
         {"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n not in decayed], "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, args.adam_beta2))
+    fused = args.optim == "adamw_torch_fused"
+    optimizer = torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, args.adam_beta2), fused=fused or None)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.max_steps)
 
 
