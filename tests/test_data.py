@@ -554,6 +554,23 @@ def _same(a, b):
         assert torch.equal(x["signal_values"], y["signal_values"]) and torch.equal(x["noise"], y["noise"])
 
 
+@pytest.mark.parametrize("dataset", ["prepared", "zscored"])
+def test_batch_stream_batches_are_the_stream_windows_stacked(dataset, request):
+    """BatchStream cuts each window straight into its batch row: the batches are the stream's own windows (cut by
+    the processor), in the stream's order per part, bit for bit (robust scaling, and z-scoring with stored
+    statistics)."""
+    folder = request.getfixturevalue(dataset)
+    out = folder[0] if isinstance(folder, tuple) else folder
+    batches = batch_stream(out, parts=2, batch_size=4)
+    stream = batches.streams[0]
+    expected = {part: stream.windows(0, part, 2) for part in (0, 1)}  # epoch 0 of each part, cut eagerly
+    for item in _take(batches, 0, 4):
+        (batch,) = item["batches"]
+        windows = [next(expected[item["part"]])[0] for _ in range(4)]
+        assert batch["window_ids"] == [f"{w['id']}/{w['crop']}" for w in windows]
+        assert batch["signal_values"].numpy().tobytes() == np.stack([w["signal_values"] for w in windows]).tobytes()
+
+
 def test_batch_stream_order_does_not_depend_on_the_worker_count(prepared):
     out, _ = prepared
     reference = _take(batch_stream(out), 0, 12)  # several epochs of both parts

@@ -407,24 +407,15 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"statistics gives {len(statistics)} entries for {len(recordings)} recordings.")
         windows, owners, lengths = [], [], []
         for index, (name, recording) in enumerate(recordings.items()):
-            by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
-            series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
-            given = self._given_statistics(statistics[index], series, trs[index], name)
-            series = self.resample(series, trs[index], name)
-            if given is None and not (series.flags.c_contiguous or series.flags.f_contiguous):
-                series = np.array(series)  # the layout `normalize` computes its statistics on
-            affine = self._affine(series, name, values_checked=not by_statistics, statistics=given)
-            real = len(series)
-            if real < self.num_timepoints and self.short_recordings == "pad":
-                padding = np.broadcast_to(
-                    series.mean(0, dtype=np.float64).astype(np.float32), (self.num_timepoints - real, series.shape[1])
-                )
-                series, placed = np.concatenate([series, padding]), [0]
+            source = self.recording_windows(recording, name, trs[index], statistics[index])
+            if source.padded:
+                placed = [0]
             else:
-                placed = starts(len(series)) if starts else self.window_starts(len(series), stride, cover_end, name)
-            windows.append(self._cut(series, placed, *affine, check_name=name if given is not None else None))
+                length = source.num_timepoints
+                placed = starts(length) if starts else self.window_starts(length, stride, cover_end, name)
+            windows.append(source.cut(placed))
             owners += [index] * len(windows[-1])
-            lengths += [min(real, self.num_timepoints)] * len(windows[-1])
+            lengths += [min(source.real_timepoints, self.num_timepoints)] * len(windows[-1])
         if not owners:
             raise ValueError("No window: give at least one recording.")
         windows = windows[0] if len(windows) == 1 else np.concatenate(windows)
@@ -432,6 +423,30 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             return windows, np.asarray(owners)
         mask = (np.arange(self.num_timepoints)[None, :] < np.asarray(lengths)[:, None]).astype(np.float32)
         return windows, np.asarray(owners), mask
+
+    def recording_windows(
+        self, recording, name: str = "recording", repetition_time: float | None = None, statistics=None
+    ) -> "RecordingWindows":
+        """
+        One raw `(T, V)` recording (atlas order) made ready to be cut into windows, the steps of `windows` before
+        the cut: checked, resampled to the processor's TR, its normalisation computed (or taken from `statistics`,
+        see `windows`) and, when shorter than one window with `short_recordings="pad"`, padded to one window with
+        its per-region mean. Nothing is copied beyond what resampling or padding needs.
+        """
+        by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
+        series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
+        given = self._given_statistics(statistics, series, repetition_time, name)
+        series = self.resample(series, repetition_time, name)
+        if given is None and not (series.flags.c_contiguous or series.flags.f_contiguous):
+            series = np.array(series)  # the layout `normalize` computes its statistics on
+        center, factor = self._affine(series, name, values_checked=not by_statistics, statistics=given)
+        real = len(series)
+        if real < self.num_timepoints and self.short_recordings == "pad":
+            padding = np.broadcast_to(
+                series.mean(0, dtype=np.float64).astype(np.float32), (self.num_timepoints - real, series.shape[1])
+            )
+            series = np.concatenate([series, padding])
+        return RecordingWindows(self, series, center, factor, real, name if given is not None else None)
 
     def _given_statistics(self, statistics, series: np.ndarray, repetition_time, name: str):
         """The `(mean, std)` given for a recording as float32 `(V,)` arrays when they apply (z-scoring, not
@@ -451,34 +466,6 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 "`zscore_statistics(recording)` of a recording without NaN/Inf, or prepare the dataset again."
             )
         return mean, std
-
-    def _cut(self, series: np.ndarray, starts, center, factor, check_name: str | None = None) -> np.ndarray:
-        """
-        Windows `(W, V, num_timepoints)` of a raw `(T, V)` recording at `starts`, normalised with `(center, factor)`
-        (see `_affine`) and in model region order. Only the cut windows are normalised: the numbers equal those of
-        `normalize(recording)` cut afterwards. With `check_name` (a recording whose values were not checked) each
-        window is checked for NaN/Inf while it is in cache, and an error names the recording and regions.
-        """
-        length, order = self.num_timepoints, self.region_order
-        starts = [int(s) for s in starts]
-        out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
-        window = _scratch((length, series.shape[1]), "window")
-        for i, start in enumerate(starts):
-            if start < 0 or start + length > len(series):
-                raise ValueError(
-                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
-                )
-            np.subtract(series[start : start + length], center, out=window)  # (T, V), contiguous: read once
-            np.multiply(window, factor, out=window)
-            if check_name is not None and not np.isfinite(np.add.reduce(window, axis=None)):
-                self._check_values(
-                    series[start : start + length], f"{check_name} (timepoints {start}-{start + length})"
-                )
-            if order is None:
-                out[i] = window.T
-            else:  # regions reordered and transposed in one copy (order is a checked permutation)
-                np.take(window.T, order, axis=0, out=out[i], mode="clip")
-        return out
 
     def __call__(
         self,
@@ -561,6 +548,55 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         if bad.any():
             regions = np.flatnonzero(bad.any(0))
             raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
+
+
+class RecordingWindows:
+    """
+    One recording ready to be cut into model windows (`BrainLMFeatureExtractor.recording_windows`): its raw
+    `series` `(T, V)` at the processor's TR (padded to one window when short and padding is asked for), the
+    normalisation `(center, factor)` of the whole recording (see `_affine`) and `real_timepoints`, its length before
+    padding. `cut(starts)` normalises and cuts only the windows asked for: the numbers equal those of `normalize`
+    applied to the whole recording, cut afterwards.
+    """
+
+    def __init__(self, processor, series: np.ndarray, center, factor, real_timepoints: int, check_name=None):
+        self.processor, self.series, self.real_timepoints = processor, series, real_timepoints
+        self.center, self.factor, self.check_name = center, factor, check_name
+
+    @property
+    def num_timepoints(self) -> int:
+        return len(self.series)
+
+    @property
+    def padded(self) -> bool:
+        return len(self.series) > self.real_timepoints
+
+    def cut(self, starts: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """
+        Windows `(W, V, num_timepoints)` float32 at `starts`, normalised and in model region order, written into
+        `out` when given (e.g. rows of a batch buffer). When the recording's values were not checked (statistics
+        given) each window is checked for NaN/Inf while it is in cache; an error names the recording and regions.
+        """
+        length, order, series = self.processor.num_timepoints, self.processor.region_order, self.series
+        starts = [int(s) for s in starts]
+        if out is None:
+            out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
+        window = _scratch((length, series.shape[1]), "window")
+        for i, start in enumerate(starts):
+            if start < 0 or start + length > len(series):
+                raise ValueError(
+                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
+                )
+            np.subtract(series[start : start + length], self.center, out=window)  # (T, V), contiguous: read once
+            np.multiply(window, self.factor, out=window)
+            if self.check_name is not None and not np.isfinite(np.add.reduce(window, axis=None)):
+                where = f"{self.check_name} (timepoints {start}-{start + length})"
+                self.processor._check_values(series[start : start + length], where)
+            if order is None:
+                out[i] = window.T
+            else:  # regions reordered and transposed in one copy (order is a checked permutation)
+                np.take(window.T, order, axis=0, out=out[i], mode="clip")
+        return out
 
 
 _scratches = threading.local()  # per thread: a buffer of each shape, reused instead of allocated (and page-faulted)

@@ -104,22 +104,27 @@ class WindowStream(torch.utils.data.IterableDataset):
         self._shard_position = self._window_position = 0  # a finished pass starts over unless set_epoch is called
 
     def windows(
-        self, epoch: int, part: int = 0, parts: int = 1, shard: int = 0, window: int = 0
+        self, epoch: int, part: int = 0, parts: int = 1, shard: int = 0, window: int = 0, cut: bool = True
     ) -> Iterator[tuple[dict, tuple[int, int]]]:
         """
         The windows of `part` of `parts` of this rank's shards in `epoch` (its shards `part, part + parts, ...`),
-        from position (`shard` in the part, `window` in that shard), each with the position after it.
+        from position (`shard` in the part, `window` in that shard), each with the position after it. With
+        `cut=False` an item holds, instead of `signal_values`, `window`: `(RecordingWindows, start)`, to be cut
+        later (`RecordingWindows.cut([start], out=...)`: `BatchStream` cuts straight into its batches).
         """
         shards = self.shards_for_epoch(epoch)
         for index in range(shard, len(range(part, len(shards), parts))):
             position = part + index * parts  # in this rank's shards of the epoch: the key of its block shuffles
             for offset, item in self._shard_windows(
-                shards[position], epoch, position, window if index == shard else 0
+                shards[position], epoch, position, window if index == shard else 0, cut
             ):
                 yield item, (index, offset + 1)
 
-    def _shard_windows(self, shard: str, epoch: int, position: int, start: int) -> Iterator[tuple[int, dict]]:
-        """The windows of one shard in their shuffled order, from window `start`, with their index in the shard."""
+    def _shard_windows(
+        self, shard: str, epoch: int, position: int, start: int, cut: bool = True
+    ) -> Iterator[tuple[int, dict]]:
+        """The windows of one shard in their shuffled order, from window `start`, with their index in the shard
+        (see `windows` for `cut`)."""
         zscore = self.processor.normalization == "zscore"  # stored statistics: only the windows are read
         records = read_recordings(shard, self._tr_column(shard), statistics=zscore)
         length, crops = self.processor.num_timepoints, self.crops_per_recording
@@ -135,11 +140,12 @@ class WindowStream(torch.utils.data.IterableDataset):
                 continue
             block = []
             for record in block_records:
-                named = {f"{shard}: {record['id']}": record["series"]}
-                starts, tr = self._crop_starts(record["id"], epoch), record.get("repetition_time")
-                statistics = [record.get("statistics")]
-                cut, _ = self.processor.windows(named, starts=starts, repetition_times=tr, statistics=statistics)
-                block += [{"signal_values": crop, "id": record["id"], "crop": i} for i, crop in enumerate(cut)]
+                name, tr = f"{shard}: {record['id']}", record.get("repetition_time")
+                source = self.processor.recording_windows(record["series"], name, tr, record.get("statistics"))
+                starts = self._crop_starts(record["id"], epoch, source.num_timepoints)
+                windows = source.cut(starts) if cut else [(source, s) for s in starts]
+                key = "signal_values" if cut else "window"
+                block += [{key: window, "id": record["id"], "crop": i} for i, window in enumerate(windows)]
             order = np.random.default_rng([self.seed, epoch, position, block_start]).permutation(len(block))
             for j in range(max(0, start - index), count):
                 yield index + j, block[order[j]]
@@ -153,11 +159,10 @@ class WindowStream(torch.utils.data.IterableDataset):
             self._tr_columns[shard] = tr_columns(shard)
         return self._tr_columns[shard]
 
-    def _crop_starts(self, record_id: str, epoch: int):
+    def _crop_starts(self, record_id: str, epoch: int, num_timepoints: int) -> np.ndarray:
         """Window starts of a recording's crops, a pure function of `(seed, epoch, recording id)`."""
         rng = np.random.default_rng([self.seed, epoch, zlib.crc32(record_id.encode())])
-        length = self.processor.num_timepoints
-        return lambda num_timepoints: rng.integers(0, num_timepoints - length + 1, self.crops_per_recording)
+        return rng.integers(0, num_timepoints - self.processor.num_timepoints + 1, self.crops_per_recording)
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -171,7 +176,8 @@ class BatchStream(torch.utils.data.IterableDataset):
     `{"signal_values" (B, V, T), "coordinates" (V, 3) when known, "window_ids", "epoch", "noise" (B, L) when a noise
     function is given}`. So the sequence of items depends on `parts` only, never on how many workers make them:
     worker j of K (K must divide `parts`) makes the items of parts `next + j, next + j + K, ...` and the DataLoader's
-    round robin returns them in that very order.
+    round robin returns them in that very order. Each window is cut (normalised, model region order) straight into
+    its row of the batch, never into an array of its own first: the numbers are those of `WindowStream`'s windows.
 
     The consuming process calls `advance(item)` for every item it uses; `state_dict()` (plain JSON data: the number
     of parts, the next part and every part's epoch, shard and window position for each stream) then resumes exactly
@@ -202,7 +208,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         if batch_size < 1 or parts < 1 or not streams:
             raise ValueError(f"BatchStream needs streams, batch_size >= 1 and parts >= 1, got {batch_size}, {parts}.")
         self.streams, self.batch_size, self.noise = list(streams), batch_size, noise
-        self.collator = BrainLMCollator(streams[0].processor)
+        self.coordinates = BrainLMCollator(streams[0].processor).coordinates
         self.load_state_dict(
             {
                 "parts": parts,
@@ -267,7 +273,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             collate_fn=_as_is,
             generator=torch.Generator(),  # creating an iterator must not draw from the global RNG
         )
-        return loader if buffers is None else _BufferedLoader(loader, buffers, self.collator.coordinates, pin_memory)
+        return loader if buffers is None else _BufferedLoader(loader, buffers, self.coordinates, pin_memory)
 
     def check_workers(self, num_workers: int) -> None:
         if num_workers < 0:
@@ -308,7 +314,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         epoch, start = position["epoch"], (position["shard"], position["window"])
         while True:
             items, made, seen = [], 0, 0
-            for item, (shard, window) in stream.windows(epoch, part, self._parts, *start):
+            for item, (shard, window) in stream.windows(epoch, part, self._parts, *start, cut=False):
                 items.append(item)
                 seen += 1
                 if len(items) == size:
@@ -323,16 +329,24 @@ class BatchStream(torch.utils.data.IterableDataset):
             epoch, start = epoch + 1, (0, 0)
 
     def _collate(self, items: list[dict], epoch: int, into: tuple | None = None) -> dict:
-        """A batch of window items; `into`: the (signal, noise) views of a shared buffer to write it in (the
-        tensors are then attached in the consuming process)."""
+        """A batch of window items (not cut yet: each is cut straight into its row of the batch); `into`: the
+        (signal, noise) views of a shared buffer to write it in (the tensors are then attached in the consuming
+        process)."""
         window_ids = [f"{item['id']}/{item['crop']}" for item in items]
+        source = items[0]["window"][0]
+        shape = (len(items), source.series.shape[1], source.processor.num_timepoints)
+        signal = into[0] if into is not None else _new_batch(shape)
+        rows = signal.numpy()
+        for row, item in enumerate(items):
+            source, start = item["window"]
+            source.cut([start], out=rows[row : row + 1])
         if into is not None:
-            np.stack([item["signal_values"] for item in items], out=into[0].numpy())
             if self.noise is not None:
                 into[1].copy_(self.noise(epoch, window_ids))
             return {"window_ids": window_ids, "epoch": epoch}
-        batch = self.collator(items)
-        batch["window_ids"], batch["epoch"] = window_ids, epoch
+        batch = {"signal_values": signal, "window_ids": window_ids, "epoch": epoch}
+        if self.coordinates is not None:
+            batch["coordinates"] = self.coordinates
         if self.noise is not None:
             batch["noise"] = self.noise(epoch, window_ids)
         return batch
@@ -435,8 +449,14 @@ class BrainLMCollator:
 
 
 def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
-    if torch.utils.data.get_worker_info() is None or np.asarray(arrays[0]).dtype != np.float32:
+    if np.asarray(arrays[0]).dtype != np.float32:
         return torch.from_numpy(np.stack(arrays))
-    out = _shared_tensor((len(arrays), *np.shape(arrays[0])))
+    out = _new_batch((len(arrays), *np.shape(arrays[0])))
     np.stack(arrays, out=out.numpy())
     return out
+
+
+def _new_batch(shape: tuple) -> torch.Tensor:
+    """An empty float32 batch: in shared memory in a DataLoader worker (as PyTorch's `default_collate` does), so
+    that handing it to the main process copies nothing."""
+    return _shared_tensor(shape) if torch.utils.data.get_worker_info() is not None else torch.empty(shape)
