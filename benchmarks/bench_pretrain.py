@@ -13,7 +13,8 @@ On synthetic 424-region recordings (`--timepoints`, default 490) prepared into P
 
 The ratios say how much of the slower of (1) and (2) the loop keeps. Then the training step of `--compile-models`
 (default tiny and small presets) eager and under `torch.compile` (inductor), after warm-up (the compile time is
-printed apart).
+printed apart), and the optimizer step of those models with `--optim adamw_torch_fused` (the default) and
+`adamw_torch`. `--sections` runs some of the three tables (loop, compile, optimizer).
 
     python benchmarks/bench_pretrain.py --model brainlm-tiny --batch-size 16 --steps 30
 """
@@ -128,19 +129,26 @@ def loop_rate(prepared: Path, folder: Path, model: str, batch_size: int, crops: 
     return (last["windows"] - first["windows"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="brainlm-tiny")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=30, help="timed steps of the tiny rows (micro: 10x)")
-    parser.add_argument("--crops", type=int, default=4)
-    parser.add_argument("--workers", default="0,2")
-    parser.add_argument("--recordings", type=int, default=128)
-    parser.add_argument("--timepoints", type=int, default=490)
-    parser.add_argument("--compile-models", default="brainlm-tiny,brainlm-small")
-    parser.add_argument("--compile-batch-size", type=int, default=8)
-    parser.add_argument("--compile-steps", type=int, default=3)
-    args = parser.parse_args()
+def optimizer_table(models: list[str], steps: int = 50) -> None:
+    """Milliseconds per AdamW step (random gradients), fused and torch's default implementation, side by side."""
+    print("| model | parameters | adamw_torch_fused (ms) | adamw_torch (ms) | speed-up |\n|---|---|---|---|---|")
+    for name in models:
+        model = BrainLMForMaskedSignalModeling(config_of(name))
+        for parameter in model.parameters():
+            parameter.grad = torch.randn_like(parameter)
+        times = {}
+        for fused in (True, False):
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+            optimizer.step()  # state allocated
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            times[fused] = (time.perf_counter() - start) / steps * 1e3
+        size = sum(p.numel() for p in model.parameters())
+        print(f"| {name} | {size:,} | {times[True]:.2f} | {times[False]:.2f} | {times[False] / times[True]:.2f}x |")
+
+
+def loop_table(args) -> None:
     workers = [int(w) for w in args.workers.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,6 +172,9 @@ def main():
             f"| {model} | {count} | {data:.0f} | {alone:.1f} | {loop:.1f} | {loop / data:.0%} | {loop / alone:.0%} |"
         )
     print("\n(windows/s; micro: " + ", ".join(f"{k}={v}" for k, v in MICRO.items()) + ")\n")
+
+
+def compile_table(args) -> None:
     print("| model | batch | eager step (s) | compiled step (s) | speed-up | compile + 3 warm-up steps (s) |")
     print("|---|---|---|---|---|---|")
     for model in args.compile_models.split(","):
@@ -171,6 +182,29 @@ def main():
         compiled, warm_up = model_rate(config_of(model), args.compile_batch_size, args.compile_steps, compiled=True)
         b = args.compile_batch_size
         print(f"| {model} | {b} | {b / eager:.3f} | {b / compiled:.3f} | {compiled / eager:.2f}x | {warm_up:.0f} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="brainlm-tiny")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps of the tiny rows (micro: 10x)")
+    parser.add_argument("--crops", type=int, default=4)
+    parser.add_argument("--workers", default="0,2")
+    parser.add_argument("--recordings", type=int, default=128)
+    parser.add_argument("--timepoints", type=int, default=490)
+    parser.add_argument("--compile-models", default="brainlm-tiny,brainlm-small")
+    parser.add_argument("--compile-batch-size", type=int, default=8)
+    parser.add_argument("--compile-steps", type=int, default=3)
+    parser.add_argument("--sections", default="loop,compile,optimizer")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    if "loop" in sections:
+        loop_table(args)
+    if "compile" in sections:
+        compile_table(args)
+    if "optimizer" in sections:
+        optimizer_table(args.compile_models.split(","))
 
 
 if __name__ == "__main__":
