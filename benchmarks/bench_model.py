@@ -2,7 +2,8 @@
 """Throughput and peak memory of BrainLM forward passes and training steps; prints a markdown table.
 
 Each row runs in a fresh subprocess so that its peak memory (CPU: peak resident set size; CUDA: peak allocated) is
-its own. A training step is forward + backward + AdamW step. Rows:
+its own. A training step is forward + backward + AdamW step. `--optim adamw_torch_fused` and `--compile` apply to
+the brainlm_hf rows only (the original rows run as the original code did: plain AdamW, eager). Rows:
 
 * `original`: the original 13M-family compute path (`original_equivalent.py`: transformers' `NystromformerLayer`,
   the layer the original runs, with its eager full attention matrix), in the original repository's configuration;
@@ -101,18 +102,22 @@ def worker(spec: dict) -> dict:
     model.to(device)
     signal = torch.randn(spec["batch_size"], REGIONS, TIMEPOINTS, device=device)
     coordinates = torch.randn(spec["batch_size"], REGIONS, 3, device=device) * 50
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if spec["mode"] == "train" else None
+    ours = not spec["row"].startswith("original")
+    fused = ours and spec["optim"] == "adamw_torch_fused"
+    train = spec["mode"] == "train"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None) if train else None
+    forward = torch.compile(model) if ours and spec["compile"] else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bf16")
 
     def step():
         if optimizer is None:
             model.eval()
             with torch.no_grad(), autocast:
-                model(signal, coordinates)
+                forward(signal, coordinates)
         else:
             model.train()
             with autocast:
-                out = model(signal, coordinates)
+                out = forward(signal, coordinates)
             loss = out if isinstance(out, torch.Tensor) else out.loss
             loss.backward()
             optimizer.step()
@@ -156,6 +161,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (H100 bf16: 989)")
+    parser.add_argument("--optim", default="adamw_torch", choices=["adamw_torch", "adamw_torch_fused"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the brainlm_hf rows")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -164,7 +171,8 @@ def main():
 
     print(
         f"device {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, batch "
-        f"{args.batch_size}, input {REGIONS}x{TIMEPOINTS}, patch {PATCH}, mask ratio {args.mask_ratio}\n"
+        f"{args.batch_size}, input {REGIONS}x{TIMEPOINTS}, patch {PATCH}, mask ratio {args.mask_ratio}; brainlm_hf "
+        f"rows: {args.optim}{', torch.compile' if args.compile else ', eager'}\n"
     )
     header = "| row | attention | dtype | mode | step (s) | samples/s | tokens/s | TFLOP/s | MFU | peak memory (GiB) |"
     print(header + "\n|" + "---|" * (header.count("|") - 1))
@@ -183,6 +191,8 @@ def main():
                         device=args.device,
                         warmup=args.warmup,
                         steps=args.steps,
+                        optim=args.optim,
+                        compile=args.compile,
                     )
                     proc = subprocess.run(
                         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True

@@ -84,26 +84,43 @@ def data_rate(prepared: Path, model: str, batch_size: int, crops: int, workers: 
     return steps * batch_size / seconds
 
 
-def model_rate(config: BrainLMConfig, batch_size: int, steps: int, compiled: bool = False) -> tuple[float, float]:
+def model_rate(
+    config: BrainLMConfig, batch_size: int, steps: int, compiled: bool = False, device: str = "cpu", bf16: bool = False
+) -> tuple[float, float]:
     """(windows/s of the training step on a fixed batch after 3 warm-up steps, seconds of those warm-up steps)."""
     torch.manual_seed(0)
     config.validate_inputs = False
-    model = BrainLMForMaskedSignalModeling(config)
+    model = BrainLMForMaskedSignalModeling(config).to(device)
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # `pretrain`'s default optim
-    batch = {"signal_values": torch.randn(batch_size, 424, 200), "coordinates": torch.randn(424, 3) * 50}
+    batch = {
+        "signal_values": torch.randn(batch_size, 424, 200, device=device),
+        "coordinates": torch.randn(424, 3, device=device) * 50,
+    }
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     start = time.perf_counter()
     for step in range(steps + 3):
         if step == 3:
+            _synchronize(device)
             warm_up, start = time.perf_counter() - start, time.perf_counter()
-        forward(**batch).loss.backward()
+        with autocast:
+            loss = forward(**batch).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as `pretrain` does (--max_grad_norm 1)
         optimizer.step()
         optimizer.zero_grad()
+    _synchronize(device)
     return steps * batch_size / (time.perf_counter() - start), warm_up
 
 
-def loop_rate(prepared: Path, folder: Path, model: str, batch_size: int, crops: int, workers: int, steps: int):
+def _synchronize(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def loop_rate(
+    prepared: Path, folder: Path, model: str, batch_size: int, crops: int, workers: int, steps: int, args
+) -> float:
     """Windows/s of `pretrain` end to end, from its log, past the first logging interval (10 steps)."""
     if model == "micro":
         config_of(model).to_json_file(folder / "micro.json")
@@ -122,6 +139,8 @@ def loop_rate(prepared: Path, folder: Path, model: str, batch_size: int, crops: 
             save_steps=10**9,
             eval_steps=0,
             eval_windows=0,
+            mixed_precision=args.mixed_precision,
+            torch_compile=args.torch_compile,
         )
     )
     log = [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
@@ -156,14 +175,16 @@ def loop_table(args) -> None:
         prepared = make_dataset(folder, args.recordings, args.timepoints)
         for model in ("micro", args.model):
             steps = args.steps * (10 if model == "micro" else 1)
-            alone, _ = model_rate(config_of(model), args.batch_size, steps)
+            bf16 = args.mixed_precision == "bf16"
+            alone, _ = model_rate(config_of(model), args.batch_size, steps, args.torch_compile, args.device, bf16)
             for count in workers:
                 data = data_rate(prepared, model, args.batch_size, args.crops, count, steps)
-                loop = loop_rate(prepared, folder, model, args.batch_size, args.crops, count, steps)
+                loop = loop_rate(prepared, folder, model, args.batch_size, args.crops, count, steps, args)
                 rows.append((model, count, data, alone, loop))
     print(
         f"\nBatch {args.batch_size}, {args.crops} crops per recording, 424 regions x 200 timepoints, "
-        f"{torch.get_num_threads()} torch threads\n"
+        f"{torch.get_num_threads()} torch threads, device {args.device}, mixed precision {args.mixed_precision}, "
+        f"{'compiled' if args.torch_compile else 'eager'}\n"
     )
     print("| model | loader workers | data alone | model alone | `pretrain` loop | loop / data | loop / model |")
     print("|---|---|---|---|---|---|---|")
@@ -197,6 +218,9 @@ def main():
     parser.add_argument("--compile-batch-size", type=int, default=8)
     parser.add_argument("--compile-steps", type=int, default=3)
     parser.add_argument("--sections", default="loop,compile,optimizer")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="of the loop table")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="of the loop table")
+    parser.add_argument("--torch-compile", action="store_true", help="compile the model in the loop table")
     args = parser.parse_args()
     sections = args.sections.split(",")
     if "loop" in sections:

@@ -261,6 +261,27 @@ def test_a_wait_for_data_is_logged(caplog):
     feed.close()
 
 
+def test_closing_the_data_feed_waits_for_the_item_in_hand():
+    """`close` returns once the feeding thread has stopped: it finishes the item it is making, makes no other."""
+    from brainlm_hf.training.pretraining import DataFeed
+
+    made = []
+
+    def endless():
+        while True:
+            time.sleep(0.2)  # the item in hand when `close` is called
+            made.append(len(made))
+            yield made[-1]
+
+    feed = DataFeed(endless(), "an endless loader", size=1)
+    assert next(feed) == 0
+    feed.close()
+    assert not feed._thread.is_alive()
+    count = len(made)
+    time.sleep(0.5)
+    assert len(made) == count  # nothing made after close
+
+
 def test_the_loss_is_read_without_a_sync_per_step_and_the_first_bad_step_is_kept():
     from brainlm_hf.training.pretraining import _LossWatch
 

@@ -588,8 +588,11 @@ class DataFeed:
             raise StopIteration
         return value
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop making items and wait (up to `timeout` s) for the thread to finish the one in hand, so that it is
+        not still running numpy or torch code while the process exits."""
         self._stop.set()
+        self._thread.join(timeout)
 
 
 def save_run(accelerator, output: Path, state: TrainingState, scheduler, batches: BatchStream, args, name="") -> Path:
