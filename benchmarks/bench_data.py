@@ -17,7 +17,6 @@
 """
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -71,15 +70,21 @@ def bench_reader(prepared: Path) -> None:
     print()
 
 
-def _old_windows(processor, recordings, starts):
-    """The windowing before: the whole recording normalised (`normalize`), then the windows cut and reordered."""
-    windows, owners = [], []
-    for index, (name, recording) in enumerate(recordings.items()):
-        series = processor.normalize(recording, name)
-        placed = starts(len(series))
-        windows += [processor.to_model_order(series[s : s + processor.num_timepoints].T) for s in placed]
-        owners += [index] * len(placed)
-    return np.stack(windows), np.asarray(owners)
+class _OldRecordingWindows:
+    """The windowing before: the whole recording normalised (`normalize`), then the windows cut and reordered (in
+    place of `BrainLMFeatureExtractor.recording_windows`, which the stream calls)."""
+
+    def __init__(self, processor, recording, name="recording", repetition_time=None, statistics=None):
+        self.processor, self.series = processor, processor.normalize(recording, name)
+        self.num_timepoints = len(self.series)
+
+    def cut(self, starts, out=None):
+        length = self.processor.num_timepoints
+        windows = np.stack([self.processor.to_model_order(self.series[s : s + length].T) for s in starts])
+        if out is None:
+            return windows
+        out[...] = windows
+        return out
 
 
 def bench_stream(
@@ -126,14 +131,14 @@ def bench_stream(
             batches.advance(next(loader))
         return wanted * batch_size / (time.perf_counter() - start)
 
-    original = (streaming.read_recordings, BrainLMFeatureExtractor.windows)
-    before = (
-        functools.partial(read_recordings, reader="pyarrow"),
-        lambda self, recordings, starts=None, **_: _old_windows(self, recordings, starts),
+    original = (streaming.read_recordings, BrainLMFeatureExtractor.recording_windows)
+    before = (  # pyarrow's decoder, no stored statistics, the whole recording normalised then cut
+        lambda path, columns=None, statistics=False: read_recordings(path, columns, reader="pyarrow"),
+        lambda self, *args, **kwargs: _OldRecordingWindows(self, *args, **kwargs),
     )
     without_statistics = (  # a shard prepared before the statistics were stored: computed from the recording
         lambda path, columns=None, statistics=False: read_recordings(path, columns),
-        BrainLMFeatureExtractor.windows,
+        BrainLMFeatureExtractor.recording_windows,
     )
     variants = [("before", before), ("now, shards without statistics", without_statistics), ("now", original)]
     rows = []
@@ -143,11 +148,11 @@ def bench_stream(
                 for label, (reader, windows) in variants:
                     if label != "now" and (path != "DataLoader(WindowStream)" or num_workers):
                         continue
-                    streaming.read_recordings, BrainLMFeatureExtractor.windows = reader, windows
+                    streaming.read_recordings, BrainLMFeatureExtractor.recording_windows = reader, windows
                     try:
                         rate = max(make(crops_per_recording, num_workers) for _ in range(repeat))
                     finally:
-                        streaming.read_recordings, BrainLMFeatureExtractor.windows = original
+                        streaming.read_recordings, BrainLMFeatureExtractor.recording_windows = original
                     rows.append((path, label, crops_per_recording, num_workers, rate))
     print(f"Streaming {total} recordings, batch {batch_size}, {torch.get_num_threads()} threads:\n")
     print("| loader | reader + windowing | crops per recording | workers | windows/s | vs before | vs 0 workers |")

@@ -168,6 +168,7 @@ def optimizer_table(models: list[str], steps: int = 50) -> None:
 
 
 def loop_table(args) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the device `pretrain` (Accelerate) picks
     workers = [int(w) for w in args.workers.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,14 +177,14 @@ def loop_table(args) -> None:
         for model in ("micro", args.model):
             steps = args.steps * (10 if model == "micro" else 1)
             bf16 = args.mixed_precision == "bf16"
-            alone, _ = model_rate(config_of(model), args.batch_size, steps, args.torch_compile, args.device, bf16)
+            alone, _ = model_rate(config_of(model), args.batch_size, steps, args.torch_compile, device, bf16)
             for count in workers:
                 data = data_rate(prepared, model, args.batch_size, args.crops, count, steps)
                 loop = loop_rate(prepared, folder, model, args.batch_size, args.crops, count, steps, args)
                 rows.append((model, count, data, alone, loop))
     print(
         f"\nBatch {args.batch_size}, {args.crops} crops per recording, 424 regions x 200 timepoints, "
-        f"{torch.get_num_threads()} torch threads, device {args.device}, mixed precision {args.mixed_precision}, "
+        f"{torch.get_num_threads()} torch threads, device {device}, mixed precision {args.mixed_precision}, "
         f"{'compiled' if args.torch_compile else 'eager'}\n"
     )
     print("| model | loader workers | data alone | model alone | `pretrain` loop | loop / data | loop / model |")
@@ -218,7 +219,6 @@ def main():
     parser.add_argument("--compile-batch-size", type=int, default=8)
     parser.add_argument("--compile-steps", type=int, default=3)
     parser.add_argument("--sections", default="loop,compile,optimizer")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="of the loop table")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="of the loop table")
     parser.add_argument("--torch-compile", action="store_true", help="compile the model in the loop table")
     args = parser.parse_args()

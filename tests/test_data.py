@@ -437,7 +437,7 @@ def test_zscored_windows_from_stored_statistics_equal_whole_recording_normalisat
 
 def test_stored_statistics_do_not_hide_bad_values(zscored, tmp_path):
     """A hand-made shard whose series holds NaN (its statistics finite): the window is refused, naming the recording
-    and region; NaN statistics and statistics of the wrong length are refused too."""
+    and region; NaN statistics, a negative std and statistics of the wrong length are refused too."""
     import shutil
 
     import pyarrow as pa
@@ -454,6 +454,12 @@ def test_stored_statistics_do_not_hide_bad_values(zscored, tmp_path):
             row["series_std"][7] = float("nan")
         return pa.Table.from_pylist(rows, schema=table.schema)
 
+    def negative_std(table):
+        rows = table.to_pylist()
+        for row in rows:
+            row["series_std"][3] = -row["series_std"][3]
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
     def short_statistics(table):
         rows = table.to_pylist()
         for row in rows:
@@ -462,7 +468,8 @@ def test_stored_statistics_do_not_hide_bad_values(zscored, tmp_path):
 
     for change, message in [
         (with_nan, r"sub-[\w-]+ \(timepoints \d+-\d+\) has NaN/Inf values in regions \[5\]"),
-        (nan_statistics, r"statistics given are not finite \(regions \[7\]"),
+        (nan_statistics, r"statistics given are not finite, or the std is negative \(regions \[7\]"),
+        (negative_std, r"statistics given are not finite, or the std is negative \(regions \[3\]"),
         (short_statistics, r"statistics given have shapes \(93,\) and \(94,\), but the recording has 94 regions"),
     ]:
         bad = tmp_path / change.__name__
@@ -470,6 +477,55 @@ def test_stored_statistics_do_not_hide_bad_values(zscored, tmp_path):
         _rewrite_shards(bad, change)
         with pytest.raises(ValueError, match=message):
             next(iter(stream(bad)))
+
+
+def test_null_statistics_are_computed_and_a_region_order_applies_to_stored_ones(zscored, tmp_path):
+    """A row whose statistics are null (a hand-made shard) gets them computed; with a region order (the released
+    weights' processors) stored statistics give the windows of the whole-recording normalisation in model order."""
+    import shutil
+
+    import pyarrow as pa
+
+    def null_statistics(table):
+        rows = table.to_pylist()
+        for row in rows[::2]:
+            row["series_mean"] = row["series_std"] = None
+        return pa.Table.from_pylist(rows, schema=table.schema)
+
+    nulls = tmp_path / "nulls"
+    shutil.copytree(zscored, nulls)
+    _rewrite_shards(nulls, null_statistics)
+    a = [w["signal_values"].tobytes() for w in stream(nulls, seed=3)]
+    assert a == [w["signal_values"].tobytes() for w in stream(zscored, seed=3)]
+
+    order = np.random.default_rng(0).permutation(94).tolist()
+    processor = BrainLMFeatureExtractor.from_pretrained(zscored, region_order=order)
+    files = sorted(str(p) for p in (zscored / "train").glob("*.parquet"))
+    rows = {
+        r["id"]: np.asarray(r["series"], np.float32).reshape(r["num_timepoints"], -1)
+        for r in load_prepared(zscored)["train"]
+    }
+    for window in list(WindowStream(files, processor, crops_per_recording=2))[:8]:
+        normalized = processor.to_model_order(processor.normalize(rows[window["id"]]).T)  # (V, T), model order
+        assert any(
+            np.array_equal(normalized[:, s : s + 200], window["signal_values"])
+            for s in range(normalized.shape[1] - 199)
+        )
+
+
+def test_batches_are_float32_whatever_torchs_default_dtype(prepared):
+    """The collator and BatchStream make float32 batches even under `torch.set_default_dtype(torch.float64)`."""
+    out, _ = prepared
+    processor = BrainLMFeatureExtractor.from_pretrained(out)
+    items = list(stream(out, crops_per_recording=1))[:3]
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        assert BrainLMCollator(processor)(items)["signal_values"].dtype == torch.float32
+        (item,) = _take(batch_stream(out, parts=1), 0, 1)
+        assert item["batches"][0]["signal_values"].dtype == torch.float32
+    finally:
+        torch.set_default_dtype(default)
 
 
 def test_given_statistics_apply_only_to_zscoring_without_resampling(corpus):
@@ -486,6 +542,7 @@ def test_given_statistics_apply_only_to_zscoring_without_resampling(corpus):
         assert a.tobytes() == b.tobytes()
     a, _ = zscore.windows({"r": series}, repetition_times=0.72, statistics={"r": wrong})
     assert not np.array_equal(a, zscore.windows([series], repetition_times=0.72)[0])  # used when they apply
+    assert zscore.windows(series, repetition_times=0.72, statistics=wrong)[0].tobytes() == a.tobytes()  # one pair
     np.testing.assert_allclose(a[0], (series[:200] / 1e3).T, rtol=1e-6)  # (x - 0) / 1000, region order kept
 
 

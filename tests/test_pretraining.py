@@ -1,6 +1,7 @@
 """Pretraining with Accelerate: 2 processes = 1 process with twice the accumulation, exact resume, refusals."""
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -221,6 +222,43 @@ def test_optim_chooses_fused_or_plain_adamw_with_the_same_updates(tmp_path):
         pretrain(PretrainingArguments(dataset=str(tmp_path / "none"), output_dir=str(tmp_path / "out"), optim="sgd"))
     result = run(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--optim", "sgd"], check=False)
     assert result.returncode == 2 and "invalid choice: 'sgd'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("written", "wanted"), [("adamw_torch", "adamw_torch_fused"), ("adamw_torch_fused", "adamw_torch")]
+)
+def test_a_restored_optimizer_runs_as_optim_says(written, wanted, caplog):
+    """Loading an optimizer state brings back the implementation that wrote it; `use_optim` (called on resume)
+    switches to `--optim`, says so, and continues the same AdamW trajectory."""
+    from brainlm_hf.training.pretraining import build_optimizer, use_optim
+
+    def setup(optim):
+        torch.manual_seed(0)
+        model = BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset("brainlm-tiny"))
+        args = PretrainingArguments(dataset="unused", output_dir="unused", learning_rate=1e-3, optim=optim)
+        return model, build_optimizer(model, args, num_processes=1)[0]
+
+    def step(model, optimizer):
+        torch.manual_seed(1)
+        model(signal_values=torch.randn(2, 8, 200), coordinates=torch.randn(8, 3)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    model, optimizer = setup(written)
+    step(model, optimizer)
+    saved = (model.state_dict(), optimizer.state_dict())
+    step(model, optimizer)  # the uninterrupted run
+    expected = torch.cat([p.detach().flatten() for p in model.parameters()])
+    model, optimizer = setup(wanted)
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    assert bool(optimizer.param_groups[0]["fused"]) == (written == "adamw_torch_fused")  # torch keeps the written one
+    with caplog.at_level(logging.WARNING):
+        use_optim(optimizer, wanted)
+    assert f"The checkpoint's optimizer ran {written}; continuing with {wanted}" in caplog.text
+    assert all(bool(group["fused"]) == (wanted == "adamw_torch_fused") for group in optimizer.param_groups)
+    step(model, optimizer)
+    torch.testing.assert_close(torch.cat([p.detach().flatten() for p in model.parameters()]), expected)
 
 
 @pytest.mark.parametrize(

@@ -293,10 +293,12 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                     "<= 0 or non-finite): fit the processor again."
                 )
         elif self.normalization == "zscore":
-            center, scale = zscore_statistics(recording) if statistics is None else statistics
-            finite = np.isfinite(center).all() and np.isfinite(scale).all()
-            if statistics is None and not values_checked and not finite:
-                self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
+            if statistics is not None:  # checked by `_given_statistics`
+                center, scale = statistics
+            else:
+                center, scale = zscore_statistics(recording)
+                if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
+                    self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
                 raise ValueError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score (drop the "
@@ -385,9 +387,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             return_timepoint_mask (`bool`): also return the timepoint mask.
             statistics (*optional*): the `zscore_statistics` `(mean, std)` of each recording as given, computed
                 before (a prepared shard stores them: `read_recordings(..., statistics=True)`), or None where
-                unknown; a list, or a dict with the keys of `recordings`. Under z-scoring they save reading the
-                whole recording (only the windows are read; they are then checked for NaN/Inf themselves). Not used
-                for a recording that is resampled.
+                unknown; a list, or a dict with the keys of `recordings` (for one array: its pair). Under
+                z-scoring they save reading the whole recording (only the windows are read; they are then checked
+                for NaN/Inf themselves). Not used for a recording that is resampled.
 
         Returns the windows `(W, V, num_timepoints)` float32 (normalised, model region order), the index of the
         recording of each window `(W,)` and, with `return_timepoint_mask`, `(W, num_timepoints)` float32 (1 = a
@@ -395,13 +397,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """
         if isinstance(recordings, np.ndarray | torch.Tensor) and recordings.ndim == 2:
             recordings = [recordings]
+            statistics = None if statistics is None else [statistics]  # the pair of the one recording
         if not isinstance(recordings, Mapping):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
-        if isinstance(repetition_times, Mapping):
-            repetition_times = [repetition_times.get(name) for name in recordings]
-        trs = _per_recording(repetition_times, len(recordings))
-        if isinstance(statistics, Mapping):
-            statistics = [statistics.get(name) for name in recordings]
+        trs = _per_recording(_by_name(repetition_times, recordings), len(recordings))
+        statistics = _by_name(statistics, recordings)
         statistics = [None] * len(recordings) if statistics is None else list(statistics)
         if len(statistics) != len(recordings):
             raise ValueError(f"statistics gives {len(statistics)} entries for {len(recordings)} recordings.")
@@ -454,16 +454,17 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         if statistics is None or self.normalization != "zscore" or self.needs_resampling(repetition_time):
             return None
         mean, std = (np.asarray(value, dtype=np.float32) for value in statistics)
+        fix = "give `brainlm_hf.feature_extraction_brainlm.zscore_statistics(recording)` of this very recording"
         if mean.shape != (series.shape[1],) or std.shape != (series.shape[1],):
             raise ValueError(
                 f"{name}: the statistics given have shapes {mean.shape} and {std.shape}, but the recording has "
-                f"{series.shape[1]} regions: give `zscore_statistics(recording)` of this very recording."
+                f"{series.shape[1]} regions: {fix}."
             )
-        if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        bad = ~(np.isfinite(mean) & np.isfinite(std) & (std >= 0))
+        if bad.any():
             raise ValueError(
-                f"{name}: the statistics given are not finite (regions "
-                f"{_region_list(np.flatnonzero(~np.isfinite(mean + std)), self.region_names)}): give "
-                "`zscore_statistics(recording)` of a recording without NaN/Inf, or prepare the dataset again."
+                f"{name}: the statistics given are not finite, or the std is negative (regions "
+                f"{_region_list(np.flatnonzero(bad), self.region_names)}): {fix}, or prepare the dataset again."
             )
         return mean, std
 
@@ -577,7 +578,8 @@ class RecordingWindows:
         `out` when given (e.g. rows of a batch buffer). When the recording's values were not checked (statistics
         given) each window is checked for NaN/Inf while it is in cache; an error names the recording and regions.
         """
-        length, order, series = self.processor.num_timepoints, self.processor.region_order, self.series
+        length, series = self.processor.num_timepoints, self.series
+        order = None if self.processor.region_order is None else np.asarray(self.processor.region_order, np.intp)
         starts = [int(s) for s in starts]
         if out is None:
             out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)
@@ -594,8 +596,8 @@ class RecordingWindows:
                 self.processor._check_values(series[start : start + length], where)
             if order is None:
                 out[i] = window.T
-            else:  # regions reordered and transposed in one copy (order is a checked permutation)
-                np.take(window.T, order, axis=0, out=out[i], mode="clip")
+            else:  # transposed (numpy's take copies it contiguous first), then regions gathered into model order
+                np.take(window.T, order, axis=0, out=out[i], mode="clip")  # order is a checked permutation
         return out
 
 
@@ -629,6 +631,12 @@ def zscore_statistics(recording: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     variance = np.add.reduce(squares, axis=0)
     np.true_divide(variance, count, out=variance, casting="unsafe")
     return mean, np.sqrt(variance, out=variance)
+
+
+def _by_name(values, recordings: Mapping):
+    """A dict of per-recording values keyed by the names of `recordings` -> a list in their order (None where
+    missing); anything else is returned as it is."""
+    return [values.get(name) for name in recordings] if isinstance(values, Mapping) else values
 
 
 def _per_recording(repetition_times, count: int) -> list:

@@ -263,11 +263,7 @@ def read_recordings(
         raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
     extras = {name: table.column(name).to_pylist() for name in columns or []}
     if statistics:
-        extras["statistics"] = (
-            list(zip(*(_list_rows(table.column(name)) for name in STATISTICS_COLUMNS), strict=True))
-            if stored
-            else [None] * len(table)
-        )
+        extras["statistics"] = _statistics(table) if stored else [None] * len(table)
     return [
         {"id": record_id, "series": values.reshape(shape), **{name: extra[row] for name, extra in extras.items()}}
         for row, (record_id, shape, values) in enumerate(
@@ -281,6 +277,14 @@ def _list_rows(column) -> list[np.ndarray]:
     column = column.combine_chunks()
     offsets, values = column.offsets.to_numpy(), column.values.to_numpy(zero_copy_only=False)
     return [values[offsets[row] : offsets[row + 1]] for row in range(len(column))]
+
+
+def _statistics(table) -> list[tuple | None]:
+    """Each row's stored `(series_mean, series_std)`, or None where either is null."""
+    columns = [table.column(name) for name in STATISTICS_COLUMNS]
+    valid = np.logical_and(*(column.is_valid().to_numpy() for column in columns))
+    pairs = zip(*(_list_rows(column) for column in columns), strict=True)
+    return [pair if known else None for pair, known in zip(pairs, valid, strict=True)]
 
 
 def _shard_buffer(path: str):

@@ -26,14 +26,14 @@ class WindowStream(torch.utils.data.IterableDataset):
 
     Each epoch permutes the shards with `(seed, epoch)`; rank `r` of `world_size` takes shards `r, r + world_size, ...`
     of that permutation (so every rank reads whole shards; make the shard count a multiple of the world size).
-    Recordings are read in order and cut by the processor (`BrainLMFeatureExtractor.windows`: normalised with
-    statistics of the whole recording, read from the shard's `series_mean`/`series_std` when it stores them so that
-    only the windows are read, model region order) into `crops_per_recording` windows at offsets drawn from
-    `(seed, epoch, recording id)`; the windows of each block of `block_size` recordings are shuffled with
-    `(seed, epoch, shard position, block)`. Nothing depends on a shuffle buffer or RNG state, so `state_dict()`
-    (epoch, shard, window position) restores the stream exactly. Iterating again after a complete pass repeats the
-    epoch; call `set_epoch` for a new order. Recordings shorter than one window are skipped (and, in the iterating
-    process, listed in `skipped`).
+    Recordings are read in order and cut by the processor (`BrainLMFeatureExtractor.recording_windows`, the steps of
+    its `windows`: normalised with statistics of the whole recording, read from the shard's `series_mean` /
+    `series_std` when it stores them so that only the windows are read, model region order) into `crops_per_recording`
+    windows at offsets drawn from `(seed, epoch, recording id)`; the windows of each block of `block_size` recordings
+    are shuffled with `(seed, epoch, shard position, block)`. Nothing depends on a shuffle buffer or RNG state, so
+    `state_dict()` (epoch, shard, window position) restores the stream exactly. Iterating again after a complete pass
+    repeats the epoch; call `set_epoch` for a new order. Recordings shorter than one window are skipped (and, in the
+    iterating process, listed in `skipped`).
 
     In a `DataLoader` with `num_workers=K > 1`, worker k iterates the shards k, k + K, ... of this rank's shards of
     the epoch (each window once, the order interleaved by the loader); `state_dict()` then does not follow the
@@ -459,4 +459,6 @@ def _stack(arrays: list[np.ndarray]) -> torch.Tensor:
 def _new_batch(shape: tuple) -> torch.Tensor:
     """An empty float32 batch: in shared memory in a DataLoader worker (as PyTorch's `default_collate` does), so
     that handing it to the main process copies nothing."""
-    return _shared_tensor(shape) if torch.utils.data.get_worker_info() is not None else torch.empty(shape)
+    if torch.utils.data.get_worker_info() is not None:
+        return _shared_tensor(shape)
+    return torch.empty(shape, dtype=torch.float32)

@@ -159,7 +159,7 @@ def pretrain(args: PretrainingArguments) -> dict:
     batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
     state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
     if args.resume_from_checkpoint:
-        resume(accelerator, Path(args.output_dir), state, scheduler, batches, args)
+        resume(accelerator, Path(args.output_dir), state, optimizer, scheduler, batches, args)
         batches.check_workers(args.dataloader_num_workers)
         counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
     _start_run(accelerator, args, counts)
@@ -257,17 +257,19 @@ def training_batches(args: PretrainingArguments, streams, model, processor: Brai
     )
 
 
-def resume(accelerator, output: Path, state: TrainingState, scheduler, batches: BatchStream, args) -> None:
+def resume(accelerator, output: Path, state: TrainingState, optimizer, scheduler, batches: BatchStream, args) -> None:
     """
     Restore model, optimizer, RNG, scheduler, step and this process's stream positions from a checkpoint
     (`checkpoints.load_checkpoint`: other data or another stream layout is refused). The streams of all processes
     are pooled and dealt again, so a run resumed on another number of processes with the same number of streams
-    (processes x gradient accumulation steps) continues the same data.
+    (processes x gradient accumulation steps) continues the same data. The optimizer runs as `--optim` says, also
+    when the checkpoint was written by the other implementation (said in the log).
     """
     expected = {"data": state.data, "layout": state.layout}
     saved = load_checkpoint(
         accelerator, output, args.resume_from_checkpoint, expected, trust_pickles=args.trust_checkpoint_pickles
     )
+    use_optim(optimizer, args.optim)
     scheduler.load_state_dict(saved["scheduler"])
     state.step = saved["step"]
     batches.load_state_dict(
@@ -275,6 +277,28 @@ def resume(accelerator, output: Path, state: TrainingState, scheduler, batches: 
             saved["streams"], accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
         )
     )
+
+
+def use_optim(optimizer, optim: str) -> None:
+    """
+    Make a restored AdamW run as `optim` says: loading a state dict brings back the saved param groups, whose
+    `fused` flag is the implementation that wrote it. Switching moves each step count where that implementation
+    reads it: the parameter's device (fused) or the CPU (torch's default, not capturable).
+    """
+    fused = optim == "adamw_torch_fused"
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the torch optimizer
+    written = "adamw_torch_fused" if inner.param_groups[0].get("fused") else "adamw_torch"
+    if written == optim:
+        return
+    logger.warning(f"The checkpoint's optimizer ran {written}; continuing with {optim} as --optim says.")
+    for group in inner.param_groups:
+        group["fused"] = fused or None
+        group["foreach"] = None
+        for parameter in group["params"]:
+            state = inner.state.get(parameter, {})
+            if "step" in state:
+                device = parameter.device if fused else torch.device("cpu")
+                state["step"] = state["step"].to(device=device, dtype=torch.float32)
 
 
 def stream_state_for(saved: list, process_index: int, num_processes: int, accumulation: int) -> dict:
