@@ -11,6 +11,10 @@ On synthetic 424-region recordings (`--timepoints`, default 490) prepared into P
 2. model alone: the training step (forward + backward + gradient clipping + fused AdamW) on a fixed batch;
 3. the `pretrain` loop end to end (its logged windows/s, after the first logging interval).
 
+A last row runs the loop with a step that costs nothing (`train_step` replaced by one that only moves the batch to
+the device and counts it): no model of this architecture steps faster than the data path on a small CPU, so this
+is the limiting case that shows what the loop itself costs when the data path is the bottleneck.
+
 The ratios say how much of the slower of (1) and (2) the loop keeps. Then the training step of `--compile-models`
 (default tiny and small presets) eager and under `torch.compile` (inductor), after warm-up (the compile time is
 printed apart), and the optimizer step of those models with `--optim adamw_torch_fused` (the default) and
@@ -20,6 +24,7 @@ printed apart), and the optimizer step of those models with `--optim adamw_torch
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import tempfile
@@ -32,6 +37,7 @@ import torch
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
 from brainlm_hf.data.streaming import BatchStream
+from brainlm_hf.training import pretraining
 from brainlm_hf.training.pretraining import DataFeed, PretrainingArguments, pretrain, window_noise
 
 MICRO = {
@@ -113,19 +119,36 @@ def model_rate(
     return steps * batch_size / (time.perf_counter() - start), warm_up
 
 
+@contextlib.contextmanager
+def _free_steps():
+    """`pretrain` with a training step that only moves each batch to the device and counts it (no model runs)."""
+
+    def free_step(accelerator, model, forward, optimizer, batches, args, meter):
+        for batch in batches:
+            batch["signal_values"].to(accelerator.device, non_blocking=True)
+            meter.add(len(batch["window_ids"]), batch["noise"].shape[1])
+        return torch.zeros((), device=accelerator.device)
+
+    real, pretraining.train_step = pretraining.train_step, free_step
+    try:
+        yield
+    finally:
+        pretraining.train_step = real
+
+
 def _synchronize(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
 def loop_rate(
-    prepared: Path, folder: Path, model: str, batch_size: int, crops: int, workers: int, steps: int, args
+    prepared: Path, folder: Path, model: str, batch_size: int, crops: int, workers: int, steps: int, args, tag=""
 ) -> float:
     """Windows/s of `pretrain` end to end, from its log, past the first logging interval (10 steps)."""
     if model == "micro":
         config_of(model).to_json_file(folder / "micro.json")
         model = str(folder / "micro.json")
-    output = folder / f"run-{Path(model).stem}-{workers}"
+    output = folder / f"run-{Path(model).stem}-{workers}{tag}"
     pretrain(
         PretrainingArguments(
             dataset=str(prepared),
@@ -182,6 +205,13 @@ def loop_table(args) -> None:
                 data = data_rate(prepared, model, args.batch_size, args.crops, count, steps)
                 loop = loop_rate(prepared, folder, model, args.batch_size, args.crops, count, steps, args)
                 rows.append((model, count, data, alone, loop))
+        for count in workers:  # the loop with a free step: the data path is the bottleneck
+            data = data_rate(prepared, "micro", args.batch_size, args.crops, count, args.steps * 10)
+            with _free_steps():
+                loop = loop_rate(
+                    prepared, folder, "micro", args.batch_size, args.crops, count, args.steps * 10, args, "-free"
+                )
+            rows.append(("zero-cost step", count, data, float("inf"), loop))
     print(
         f"\nBatch {args.batch_size}, {args.crops} crops per recording, 424 regions x 200 timepoints, "
         f"{torch.get_num_threads()} torch threads, device {device}, mixed precision {args.mixed_precision}, "
@@ -190,8 +220,11 @@ def loop_table(args) -> None:
     print("| model | loader workers | data alone | model alone | `pretrain` loop | loop / data | loop / model |")
     print("|---|---|---|---|---|---|---|")
     for model, count, data, alone, loop in rows:
+        free = alone == float("inf")  # the zero-cost step: no model
+        model_columns = "- | " if free else f"{alone:.1f} | "
         print(
-            f"| {model} | {count} | {data:.0f} | {alone:.1f} | {loop:.1f} | {loop / data:.0%} | {loop / alone:.0%} |"
+            f"| {model} | {count} | {data:.0f} | {model_columns}{loop:.1f} | {loop / data:.0%} | "
+            f"{'-' if free else f'{loop / alone:.0%}'} |"
         )
     print("\n(windows/s; micro: " + ", ".join(f"{k}={v}" for k, v in MICRO.items()) + ")\n")
 
