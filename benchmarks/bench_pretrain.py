@@ -173,7 +173,7 @@ def loop_rate(
 
 def optimizer_table(models: list[str], steps: int = 50) -> None:
     """Milliseconds per AdamW step (random gradients), fused and torch's default implementation, side by side."""
-    print("| model | parameters | adamw_torch_fused (ms) | adamw_torch (ms) | speed-up |\n|---|---|---|---|---|")
+    print("\n| model | parameters | adamw_torch_fused (ms) | adamw_torch (ms) | speed-up |\n|---|---|---|---|---|")
     for name in models:
         model = BrainLMForMaskedSignalModeling(config_of(name))
         for parameter in model.parameters():
