@@ -197,9 +197,9 @@ def loop_table(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         prepared = make_dataset(folder, args.recordings, args.timepoints)
+        bf16 = args.mixed_precision == "bf16"
         for model in ("micro", args.model):
             steps = args.steps * (10 if model == "micro" else 1)
-            bf16 = args.mixed_precision == "bf16"
             alone, _ = model_rate(config_of(model), args.batch_size, steps, args.torch_compile, device, bf16)
             for count in workers:
                 data = data_rate(prepared, model, args.batch_size, args.crops, count, steps)
@@ -211,7 +211,7 @@ def loop_table(args) -> None:
                 loop = loop_rate(
                     prepared, folder, "micro", args.batch_size, args.crops, count, args.steps * 10, args, "-free"
                 )
-            rows.append(("zero-cost step", count, data, float("inf"), loop))
+            rows.append(("zero-cost step", count, data, None, loop))  # no model alone
     print(
         f"\nBatch {args.batch_size}, {args.crops} crops per recording, 424 regions x 200 timepoints, "
         f"{torch.get_num_threads()} torch threads, device {device}, mixed precision {args.mixed_precision}, "
@@ -220,12 +220,8 @@ def loop_table(args) -> None:
     print("| model | loader workers | data alone | model alone | `pretrain` loop | loop / data | loop / model |")
     print("|---|---|---|---|---|---|---|")
     for model, count, data, alone, loop in rows:
-        free = alone == float("inf")  # the zero-cost step: no model
-        model_columns = "- | " if free else f"{alone:.1f} | "
-        print(
-            f"| {model} | {count} | {data:.0f} | {model_columns}{loop:.1f} | {loop / data:.0%} | "
-            f"{'-' if free else f'{loop / alone:.0%}'} |"
-        )
+        alone_column, ratio = ("-", "-") if alone is None else (f"{alone:.1f}", f"{loop / alone:.0%}")
+        print(f"| {model} | {count} | {data:.0f} | {alone_column} | {loop:.1f} | {loop / data:.0%} | {ratio} |")
     print("\n(windows/s; micro: " + ", ".join(f"{k}={v}" for k, v in MICRO.items()) + ")\n")
 
 

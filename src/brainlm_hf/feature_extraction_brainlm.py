@@ -46,6 +46,7 @@ from transformers import BatchFeature, FeatureExtractionMixin
 
 NORMALIZATIONS = ("robust", "zscore", "none")
 SHORT_RECORDINGS = ("refuse", "pad")
+RESAMPLE_TOLERANCE = 0.1  # seconds: recordings whose TR differs from the processor's by this much are resampled
 CONFIG_NAME = "preprocessor_config.json"
 
 
@@ -90,7 +91,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         atlas: str | None = None,
         iqr_epsilon: float | None = None,
         iqr_epsilon_regions: list[int] | None = None,
-        resample_tolerance: float = 0.1,
+        resample_tolerance: float = RESAMPLE_TOLERANCE,
         short_recordings: str = "refuse",
         **kwargs,
     ):
@@ -563,6 +564,8 @@ class RecordingWindows:
     def __init__(self, processor, series: np.ndarray, center, factor, real_timepoints: int, check_name=None):
         self.processor, self.series, self.real_timepoints = processor, series, real_timepoints
         self.center, self.factor, self.check_name = center, factor, check_name
+        order = processor.region_order  # as an index array once per recording, not once per cut window
+        self.order = None if order is None else np.asarray(order, np.intp)
 
     @property
     def num_timepoints(self) -> int:
@@ -578,8 +581,7 @@ class RecordingWindows:
         `out` when given (e.g. rows of a batch buffer). When the recording's values were not checked (statistics
         given) each window is checked for NaN/Inf while it is in cache; an error names the recording and regions.
         """
-        length, series = self.processor.num_timepoints, self.series
-        order = None if self.processor.region_order is None else np.asarray(self.processor.region_order, np.intp)
+        length, series, order = self.processor.num_timepoints, self.series, self.order
         starts = [int(s) for s in starts]
         if out is None:
             out = np.empty((len(starts), series.shape[1], length), dtype=np.float32)

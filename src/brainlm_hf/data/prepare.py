@@ -18,7 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..feature_extraction_brainlm import NORMALIZATIONS, SHORT_RECORDINGS, BrainLMFeatureExtractor, zscore_statistics
+from ..feature_extraction_brainlm import (
+    NORMALIZATIONS,
+    RESAMPLE_TOLERANCE,
+    SHORT_RECORDINGS,
+    BrainLMFeatureExtractor,
+    zscore_statistics,
+)
 from ..folders import output_folder
 from .atlas import Atlas, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
@@ -267,7 +273,7 @@ def _check_zscore(rows) -> None:
         )
 
 
-def common_repetition_time(rows: list[dict], tolerance: float = 0.1) -> float | None:
+def common_repetition_time(rows: list[dict], tolerance: float = RESAMPLE_TOLERANCE) -> float | None:
     """The TR of the recordings (the first known one), refusing TRs that differ by `tolerance` seconds or more."""
     known = [(row["repetition_time"], row["file"]) for row in rows if row["repetition_time"]]
     if not known:
