@@ -1,0 +1,67 @@
+# Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
+"""The mistakes a caller can make, as exception classes, and the one-line form of any message.
+
+A `UserError` is a mistake of the caller, never a bug: the `brainlm` command line prints it as one line
+(`brainlm <command>: error: ...`) and exits with status 2; any other exception is a bug and keeps its traceback.
+Each class also derives from the built-in exception that Python code has always caught for it, so
+`except ValueError` and `except FileNotFoundError` keep working.
+
+* `InvalidInputError` (`ValueError`): data that cannot be used as given (a wrong shape, NaN, a TR out of range).
+* `InvalidArgumentError` (`ValueError`): an argument value or a combination of arguments that cannot work.
+* `InvalidFileError` (`ValueError`): a file or folder that exists but cannot be used (damaged, wrong kind, other data).
+* `MissingFileError` (`FileNotFoundError`): a file or folder the caller named, or that a dataset needs, is absent.
+
+`argument` names the Python argument at fault (`"shard_multiple"`); messages name it as Python callers write it,
+and the command line names the flag (`--shard-multiple`) instead, through `UserError.describe(flag=...)`.
+"""
+
+__all__ = [
+    "InvalidArgumentError",
+    "InvalidFileError",
+    "InvalidInputError",
+    "MissingFileError",
+    "UserError",
+    "one_line",
+]
+
+
+def one_line(text) -> str:
+    """`text` (any object, e.g. an exception) on one line: whitespace runs, newlines included, become one space."""
+    return " ".join(str(text).split())
+
+
+class UserError(Exception):
+    """
+    A mistake of the caller. `argument` (optional, keyword-only) is the name of the Python argument at fault; when
+    given, the message starts with it (`"shard_multiple=0: ..."` reads as written by the caller).
+    """
+
+    def __init__(self, message: str, *args, argument: str | None = None):
+        super().__init__(message, *args)
+        self.argument = argument
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    def describe(self, flag=None) -> str:
+        """The message on one line; `flag(argument) -> str` renames the Python argument for the command line."""
+        text = one_line(self)
+        if self.argument and flag is not None:
+            text = text.replace(self.argument, flag(self.argument))
+        return text
+
+
+class InvalidInputError(UserError, ValueError):
+    """Data that cannot be used as given: wrong shape or dtype, NaN/Inf, a TR or length out of range."""
+
+
+class InvalidArgumentError(UserError, ValueError):
+    """An argument value, or a combination of arguments, that cannot work."""
+
+
+class InvalidFileError(UserError, ValueError):
+    """A file or folder that exists but cannot be used: damaged, of the wrong kind, holding other data."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+    """A file or folder that was named, or that a dataset or checkpoint needs, is absent."""
