@@ -17,8 +17,8 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.analysis.attention_maps import cls_attention
 from brainlm_hf.analysis.reconstruction import reconstruct_recording
 from brainlm_hf.analysis.recording_embeddings import embed_recordings
+from brainlm_hf.metrics import regression_metrics
 from brainlm_hf.training.finetuning import build_classifier, finetune_recordings, predict_recordings
-from brainlm_hf.training.metrics import regression_metrics
 
 
 def main(device: str = "cuda"):

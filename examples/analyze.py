@@ -4,7 +4,7 @@
 Reads the output of `examples/pretrain_hcp.py` (`run/final`: checkpoint + processor; `dataset/`: the prepared
 splits) and writes PNGs, `metrics.json` and `figures.json` (file -> caption) to `--output-dir`:
 
-1. CLS attention of the held-out test subject per AAL2 region and per lobe (`demo_data.aal2_lobes`; the AAL2 demo
+1. CLS attention of the held-out test subject per AAL2 region and per lobe (`data.atlas.aal2_lobes`; the AAL2 demo
    atlas has no functional-network table), a glass brain and a region x time heat map (`analysis.analyze_attention`,
    what `brainlm attention` runs).
 2. Group comparison: per-region attention of the test subject's windows vs the validation subject's (both held out),
@@ -33,8 +33,9 @@ from brainlm_hf.analysis.figures import plot_forecast, plot_reconstruction
 from brainlm_hf.analysis.forecasting import forecast_recording
 from brainlm_hf.analysis.reconstruction import reconstruct_recording
 from brainlm_hf.data import load_recordings
-from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_lobes
-from brainlm_hf.training.metrics import baseline_predictions, masked_reconstruction_metrics
+from brainlm_hf.data.atlas import aal2_lobes
+from brainlm_hf.data.demo import HCP_REPETITION_TIME
+from brainlm_hf.metrics import baseline_predictions, masked_reconstruction_metrics
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
 FORECAST_MASK_RATIO = 0.1  # the last ceil(0.1 * 10) = 1 window of 20 timepoints

@@ -31,8 +31,8 @@ from brainlm_hf.analysis.figures import (
 )
 from brainlm_hf.cli import main
 from brainlm_hf.data import load_recordings, prepare_dataset
-from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
-from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
+from brainlm_hf.data.atlas import A424_LABELS_FILES, aal2_lobes, load_a424_networks
+from brainlm_hf.data.demo import aal2_coordinates
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
 from .conftest import pin_a424_downloads

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMForSequenceClassification
 from brainlm_hf.cli import main as cli
 from brainlm_hf.data import prepare_dataset
+from brainlm_hf.metrics import classification_metrics, regression_metrics
 from brainlm_hf.training.finetuning import (
     RecordingWindowDataset,
     build_classifier,
@@ -19,7 +20,6 @@ from brainlm_hf.training.finetuning import (
     finetune_recordings,
     predict_recordings,
 )
-from brainlm_hf.training.metrics import classification_metrics, regression_metrics
 
 QUIET = {"disable_tqdm": True, "logging_strategy": "no", "seed": 0}
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from brainlm_hf.training.metrics import EVALUATE_MODULE, baseline_predictions, masked_reconstruction_metrics
+from brainlm_hf.metrics import EVALUATE_MODULE, baseline_predictions, masked_reconstruction_metrics
 
 
 def test_metrics_on_hand_computed_values():
@@ -48,7 +48,7 @@ def test_the_evaluate_module_loads_offline_and_agrees():
 
 def test_order_sensitive_metrics_take_keywords_only():
     """R^2 is not symmetric: a positional (possibly swapped) call must be impossible."""
-    from brainlm_hf.training.metrics import classification_metrics, regression_metrics
+    from brainlm_hf.metrics import classification_metrics, regression_metrics
 
     targets, predictions = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 6.0])
     with pytest.raises(TypeError):

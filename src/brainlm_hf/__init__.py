@@ -29,8 +29,7 @@ from .modeling_brainlm import (
     BrainLMModelOutput,
     BrainLMPreTrainedModel,
 )
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 AutoConfig.register(BrainLMConfig.model_type, BrainLMConfig, exist_ok=True)
 AutoModel.register(BrainLMConfig, BrainLMModel, exist_ok=True)

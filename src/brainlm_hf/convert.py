@@ -26,11 +26,11 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import logging
 
-from . import __version__
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
-from .hub import push_folder
+from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
+from .version import __version__
 
 logger = logging.get_logger(__name__)
 

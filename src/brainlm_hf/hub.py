@@ -1,6 +1,6 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """The Hugging Face Hub: loading the released and other original BrainLM checkpoints by name (converted on load and
-cached), and uploading a finished folder (a converted or fine-tuned checkpoint) in one commit.
+cached). Uploading a finished folder is `hub_upload.push_folder`.
 
 `resolve_pretrained` is plugged into `from_pretrained` of `BrainLMModel`, `BrainLMForMaskedSignalModeling`,
 `BrainLMForSequenceClassification` and `BrainLMFeatureExtractor` by `brainlm_hf/__init__.py`. What
@@ -161,26 +161,3 @@ def _convert_once(source: str, target: Path, force: bool = False, **options) -> 
 
 def _without(kwargs: dict, *names: str) -> dict:
     return {key: value for key, value in kwargs.items() if key not in names}
-
-
-def push_folder(
-    folder,
-    repo_id: str,
-    commit_message: str,
-    token: str | None = None,
-    private: bool | None = None,
-    exclude: tuple[str, ...] = (),
-) -> str:
-    """
-    Create `repo_id` if needed and upload the files at the top of `folder` (not its subfolders, nor the names in
-    `exclude`) in one commit with `HfApi.upload_folder`. Returns the repository id.
-    """
-    from huggingface_hub import HfApi
-
-    files = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in exclude)
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no files to upload.")
-    api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=files, commit_message=commit_message)
-    return repo

@@ -18,7 +18,7 @@ from benchmarks.clinical.baselines import (
     svm_probe,
     time_split,
 )
-from brainlm_hf.training.metrics import classification_metrics, regression_metrics
+from brainlm_hf.metrics import classification_metrics, regression_metrics
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -148,7 +148,7 @@ def network_scores(scores, networks: Sequence[str]) -> tuple[list[str], np.ndarr
     Args:
         scores (array of shape `(..., V)`): region scores in atlas order.
         networks (`list[str]` of length V): the network of each region, e.g. `atlas.load_a424_networks()` or
-            `brainlm_hf.data.demo.aal2_lobes(names)`.
+            `brainlm_hf.data.atlas.aal2_lobes(names)`.
 
     Returns the network names (in order of first appearance) and `(..., K)` scores.
     """

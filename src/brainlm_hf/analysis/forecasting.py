@@ -17,8 +17,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..metrics import masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
-from ..training.metrics import masked_reconstruction_metrics
 from .reconstruction import predict_windows
 
 

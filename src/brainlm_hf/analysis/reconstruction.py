@@ -18,8 +18,8 @@ import torch
 
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
+from ..metrics import masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
-from ..training.metrics import masked_reconstruction_metrics
 
 
 def predict_windows(

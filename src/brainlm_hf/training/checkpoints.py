@@ -29,9 +29,9 @@ import re
 import shutil
 from pathlib import Path
 
-from .. import __version__
 from ..data.prepared import PreparedDataset
 from ..folders import first_existing
+from ..version import __version__
 
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT_FORMAT = 1

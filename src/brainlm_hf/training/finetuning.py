@@ -32,11 +32,11 @@ from transformers import AutoModelForSequenceClassification, EarlyStoppingCallba
 from ..configuration_brainlm import PRESETS, BrainLMConfig
 from ..data import BrainLMCollator, PreparedDataset
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from ..hub import push_folder
+from ..hub_upload import push_folder
 from ..inference import average_by_recording, map_windows
+from ..metrics import classification_metrics, regression_metrics
 from ..modeling_brainlm import BrainLMForSequenceClassification
 from .checks import check_counts, check_processor_for_model, saved_processor
-from .metrics import classification_metrics, regression_metrics
 
 PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 

@@ -50,10 +50,10 @@ from ..data import PreparedDataset, WindowStream
 from ..data.streaming import BatchStream
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
+from ..metrics import baseline_predictions, masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from .checkpoints import data_fingerprint, load_checkpoint, save_checkpoint, stream_layout
 from .checks import check_counts, check_pretraining_data, check_processor_for_model, saved_processor
-from .metrics import baseline_predictions, masked_reconstruction_metrics
 
 logger = logging.getLogger(__name__)
 

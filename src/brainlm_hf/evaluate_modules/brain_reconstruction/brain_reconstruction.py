@@ -5,7 +5,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from brainlm_hf.training.metrics import masked_reconstruction_metrics
+from brainlm_hf.metrics import masked_reconstruction_metrics
 
 _DESCRIPTION = """Scores reconstructions of fMRI parcel time series on masked timepoints only. Inputs are one
 recording window per example, each flattened from (regions, timepoints); all masked values are pooled."""
