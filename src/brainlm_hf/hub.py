@@ -34,6 +34,8 @@ from pathlib import Path, PurePosixPath
 
 from transformers.utils import logging
 
+from . import convert
+
 logger = logging.get_logger(__name__)
 
 RELEASE_REPO = "vandijklab/brainlm"
@@ -114,12 +116,10 @@ def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict) -> tuple:
 
 def original_family(config_path: Path) -> str | None:
     """The original family (`brainlm_mae` or `vit_mae`) that `config_path` declares, or None (also when missing)."""
-    from .convert import FAMILIES
-
     if not config_path.is_file():
         return None
     model_type = json.loads(config_path.read_text()).get("model_type")
-    return model_type if model_type in FAMILIES else None
+    return model_type if model_type in convert.FAMILIES else None
 
 
 def _local_cache_folder(folder: Path) -> Path:
@@ -140,8 +140,6 @@ def _convert_once(source: str, target: Path, force: bool = False, **options) -> 
     """Convert `source` into `target` unless it is there (or `force`), once across processes (file lock)."""
     from filelock import FileLock
 
-    from .convert import convert_checkpoint
-
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if target.is_dir() and not force:
@@ -151,7 +149,7 @@ def _convert_once(source: str, target: Path, force: bool = False, **options) -> 
         staging = target.with_name(f".{target.name}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            convert_checkpoint(source, str(staging), **options)
+            convert.convert_checkpoint(source, str(staging), **options)
             if target.is_dir():
                 shutil.rmtree(target)
             staging.rename(target)
