@@ -86,8 +86,11 @@ PRESETS: dict[str, dict] = {
     },
 }
 
-# the token layouts, and the masking strategies each supports
+# the token layouts (`modeling_brainlm.layout_for` builds the object of each), and the masking strategies each supports
 MASK_STRATEGIES = {"region_window": ("random", "forecast"), "tile_2d": ("random", "predict_last")}
+TOKEN_LAYOUTS = tuple(MASK_STRATEGIES)
+# the sequence poolings of `BrainLMModel.pool` (`config.pooling` of `BrainLMForSequenceClassification`)
+POOLINGS = ("cls", "mean")
 
 _AUTO_MAP = {
     "AutoConfig": "configuration_brainlm.BrainLMConfig",
@@ -262,13 +265,13 @@ class BrainLMConfig(PreTrainedConfig):
                 )
         tiles = self.token_layout == "tile_2d"
         choices = {
-            "token_layout": tuple(MASK_STRATEGIES),
+            "token_layout": TOKEN_LAYOUTS,
             "hidden_act": tuple(sorted(ACT2CLS)),
             "norm_position": ("pre", "post"),
             "decoder_head": ("linear", "mlp"),
             "mask_strategy": MASK_STRATEGIES.get(self.token_layout, ()),
             "reconstruction_loss": ("mse", "mae"),
-            "pooling": ("cls", "mean"),
+            "pooling": POOLINGS,
             "classifier_head": ("linear", "mlp"),
         }
         for name, allowed in choices.items():
@@ -368,4 +371,4 @@ def _report_unknown_keys(kwargs: dict, reject: bool) -> None:
     logger.warning(message + " They are kept as plain attributes and used by nothing.")
 
 
-__all__ = ["MASK_STRATEGIES", "PRESETS", "BrainLMConfig", "ConfigValueError"]
+__all__ = ["MASK_STRATEGIES", "POOLINGS", "PRESETS", "TOKEN_LAYOUTS", "BrainLMConfig", "ConfigValueError"]

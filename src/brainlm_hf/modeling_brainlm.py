@@ -23,7 +23,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
-from .configuration_brainlm import MASK_STRATEGIES, BrainLMConfig
+from .configuration_brainlm import MASK_STRATEGIES, POOLINGS, BrainLMConfig
 
 logger = logging.get_logger(__name__)
 
@@ -301,9 +301,13 @@ class TileLayout:
 TokenLayout = RegionWindowLayout | TileLayout
 
 
+# the layout object of each name of `configuration_brainlm.TOKEN_LAYOUTS`, in that order
+LAYOUTS = {layout.name: layout for layout in (RegionWindowLayout, TileLayout)}
+
+
 def layout_for(config: BrainLMConfig) -> TokenLayout:
     """The token geometry that `config.token_layout` names."""
-    return {layout.name: layout for layout in (RegionWindowLayout, TileLayout)}[config.token_layout](config)
+    return LAYOUTS[config.token_layout](config)
 
 
 MAX_INPUT_MAGNITUDE = 1e15  # beyond it squared errors and LayerNorm variances overflow float32 (max 3.4e38)
@@ -850,8 +854,8 @@ class BrainLMModel(BrainLMPreTrainedModel):
         hidden = outputs.last_hidden_state if layer is None else outputs.hidden_states[layer]  # (B, 1 + K, H)
         if pooling == "cls":
             return hidden[:, 0]
-        if pooling != "mean":
-            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         data = self.layout.data_tokens(num_regions, num_timepoints, hidden.device)  # (L,) in canonical order
         if outputs.timepoint_mask is not None:
             data = data & self._tokens_with_real_timepoints(outputs.timepoint_mask, num_regions)  # (B, L)

@@ -30,11 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..configuration_brainlm import POOLINGS as MODEL_POOLINGS
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
 
-POOLINGS = ("cls", "mean", "tokens")
+# the model's poolings (one vector per window), and "tokens": every token's
+POOLINGS = (*MODEL_POOLINGS, "tokens")
 WINDOW_POLICIES = ("covering", "non_overlapping")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..configuration_brainlm import BrainLMConfig
 from ..data.prepared import read_shapes
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..modeling_brainlm import TileLayout, layout_for
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def check_processor_for_model(
     coordinates (`region_window`), or regions / coordinates other than those of `model_processor` (the processor a
     checkpoint was trained with, when it has one).
     """
-    length, regions = processor.num_timepoints, processor.num_regions
-    if config.token_layout == "tile_2d":
+    length, regions, layout = processor.num_timepoints, processor.num_regions, layout_for(config)
+    if isinstance(layout, TileLayout):
         if length > config.image_size or (regions or 0) > config.image_size:
             raise ValueError(
                 f"The dataset's windows ({regions or '?'} regions x {length} timepoints) do not fit {model_name}'s "
@@ -70,7 +71,7 @@ def check_processor_for_model(
             f"{model_name} was trained on {model_processor.num_regions} regions (its preprocessor_config.json) but "
             f"the dataset has {regions}: use a dataset parcellated with the same atlas, or start from a preset."
         )
-    if config.token_layout != "tile_2d":
+    if layout.uses_coordinates:
         ours, theirs = processor.model_coordinates(), model_processor.model_coordinates()
         if theirs is not None and ours is not None and ours.shape == theirs.shape:
             difference = np.abs(ours - theirs).max(1)

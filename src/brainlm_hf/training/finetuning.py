@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForSequenceClassification, EarlyStoppingCallback, Trainer, TrainingArguments
 
-from ..configuration_brainlm import PRESETS, BrainLMConfig
+from ..configuration_brainlm import POOLINGS, PRESETS, BrainLMConfig
 from ..data import BrainLMCollator, PreparedDataset
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..hub_upload import push_folder
@@ -49,7 +49,7 @@ class FinetuningArguments:
     model: str = field(metadata={"help": "pretraining or encoder checkpoint (folder or Hub id), or a preset name"})
     label_columns: list[str] = field(metadata={"help": "phenotype column(s) to predict"})
     problem_type: str = field(default="regression", metadata={"help": " / ".join(PROBLEM_TYPES)})
-    pooling: str = field(default="cls", metadata={"help": "cls or mean"})
+    pooling: str = field(default="cls", metadata={"help": " or ".join(POOLINGS)})
     classifier_head: str = field(default="linear", metadata={"help": "linear or mlp (3 layers)"})
     classifier_dropout: float = 0.0
     freeze_encoder: bool = field(default=False, metadata={"help": "train the head only (linear probe)"})
