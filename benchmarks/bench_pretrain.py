@@ -123,17 +123,17 @@ def model_rate(
 def _free_steps():
     """`pretrain` with a training step that only moves each batch to the device and counts it (no model runs)."""
 
-    def free_step(accelerator, model, forward, optimizer, batches, args, meter):
+    def free_step(run, forward, batches, meter):
         for batch in batches:
-            batch["signal_values"].to(accelerator.device, non_blocking=True)
+            batch["signal_values"].to(run.accelerator.device, non_blocking=True)
             meter.add(len(batch["window_ids"]), batch["noise"].shape[1])
-        return torch.zeros((), device=accelerator.device)
+        return torch.zeros((), device=run.accelerator.device)
 
-    real, pretraining.train_step = pretraining.train_step, free_step
+    real, pretraining.PretrainingRun.train_step = pretraining.PretrainingRun.train_step, free_step
     try:
         yield
     finally:
-        pretraining.train_step = real
+        pretraining.PretrainingRun.train_step = real
 
 
 def _synchronize(device: str) -> None:

@@ -40,7 +40,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -54,6 +54,9 @@ from ..metrics import baseline_predictions, masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
 from .checkpoints import data_fingerprint, load_checkpoint, save_checkpoint, stream_layout
 from .checks import check_counts, check_pretraining_data, check_processor_for_model, saved_processor
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -133,38 +136,217 @@ def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) 
 
 def pretrain(args: PretrainingArguments) -> dict:
     """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
-    from accelerate.utils import set_seed
+    run = PretrainingRun.setup(args)
+    run.train()
+    return run.finish()
 
-    check_counts(
-        crops_per_recording=(args.crops_per_recording, 1),
-        per_device_train_batch_size=(args.per_device_train_batch_size, 1),
-        gradient_accumulation_steps=(args.gradient_accumulation_steps, 1),
-        dataloader_num_workers=(args.dataloader_num_workers, 0),
-        dataloader_prefetch_factor=(args.dataloader_prefetch_factor, 1),
-        logging_steps=(args.logging_steps, 1),
-        save_steps=(args.save_steps, 1),
-    )
-    if args.optim not in OPTIMIZERS:
-        raise ValueError(f"optim must be one of {', '.join(OPTIMIZERS)} (transformers' names), got {args.optim!r}.")
-    accelerator = _accelerator(args)
-    set_seed(args.seed)  # the same initial weights on every process
-    dataset = PreparedDataset(args.dataset)
-    model = build_model(args)
-    check_processor_for_model(dataset.processor, model.config, saved_processor(args.model), args.model)
-    if not args.resume_from_checkpoint:  # a resumed run splits its data as the checkpoint says: checked below
-        counts = _check_data(args, dataset, accelerator.num_processes, max(1, args.dataloader_num_workers))
-    optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
-    model, optimizer = _prepare(accelerator, model, optimizer, args)
-    streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
-    batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
-    state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
-    if args.resume_from_checkpoint:
-        resume(accelerator, Path(args.output_dir), state, optimizer, scheduler, batches, args)
-        batches.check_workers(args.dataloader_num_workers)
-        counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
-    _start_run(accelerator, args, counts)
-    train(accelerator, model, optimizer, scheduler, state, batches, dataset, args)
-    return finish(accelerator, model, dataset, args)
+
+@dataclass
+class PretrainingRun:
+    """
+    One pretraining run and everything it holds: the accelerator, the prepared model and optimizer, the LR scheduler,
+    this process's `BatchStream`, the dataset and the `TrainingState`. `setup` builds it (and resumes it when
+    `args.resume_from_checkpoint` says so); `train` runs the optimizer steps until `max_steps`, saving and evaluating
+    on the way; `finish` evaluates and writes the final model.
+    """
+
+    args: PretrainingArguments
+    accelerator: "Accelerator"
+    dataset: PreparedDataset
+    model: torch.nn.Module  # prepared by the accelerator (DDP/FSDP wrappers); `plain_model` is the model itself
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    batches: BatchStream
+    state: TrainingState
+
+    @classmethod
+    def setup(cls, args: PretrainingArguments) -> "PretrainingRun":
+        """Check the arguments and the data (one line naming the numbers otherwise), build every part of the run
+        (the same initial weights on every process), resume it if asked, and write `pretraining_args.json`."""
+        from accelerate.utils import set_seed
+
+        check_counts(
+            crops_per_recording=(args.crops_per_recording, 1),
+            per_device_train_batch_size=(args.per_device_train_batch_size, 1),
+            gradient_accumulation_steps=(args.gradient_accumulation_steps, 1),
+            dataloader_num_workers=(args.dataloader_num_workers, 0),
+            dataloader_prefetch_factor=(args.dataloader_prefetch_factor, 1),
+            logging_steps=(args.logging_steps, 1),
+            save_steps=(args.save_steps, 1),
+        )
+        if args.optim not in OPTIMIZERS:
+            raise ValueError(
+                f"optim must be one of {', '.join(OPTIMIZERS)} (transformers' names), got {args.optim!r}."
+            )
+        accelerator = _accelerator(args)
+        set_seed(args.seed)  # the same initial weights on every process
+        dataset = PreparedDataset(args.dataset)
+        model = build_model(args)
+        check_processor_for_model(dataset.processor, model.config, saved_processor(args.model), args.model)
+        if not args.resume_from_checkpoint:  # a resumed run splits its data as the checkpoint says: checked below
+            counts = _check_data(args, dataset, accelerator.num_processes, max(1, args.dataloader_num_workers))
+        optimizer, scheduler = build_optimizer(model, args, accelerator.num_processes)
+        model, optimizer = _prepare(accelerator, model, optimizer, args)
+        streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
+        batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
+        state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
+        run = cls(args, accelerator, dataset, model, optimizer, scheduler, batches, state)
+        if args.resume_from_checkpoint:
+            run.resume()
+            batches.check_workers(args.dataloader_num_workers)
+            counts = _check_data(args, dataset, accelerator.num_processes, batches.parts)
+        run.start(counts)
+        return run
+
+    @property
+    def output(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def plain_model(self) -> BrainLMForMaskedSignalModeling:
+        """The model itself: without DDP/FSDP wrappers and without a compiled wrapper."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def resume(self) -> None:
+        """
+        Restore model, optimizer, RNG, scheduler, step and this process's stream positions from a checkpoint
+        (`checkpoints.load_checkpoint`: other data or another stream layout is refused). The streams of all processes
+        are pooled and dealt again, so a run resumed on another number of processes with the same number of streams
+        (processes x gradient accumulation steps) continues the same data. The optimizer runs as `--optim` says, also
+        when the checkpoint was written by the other implementation (said in the log).
+        """
+        args, accelerator = self.args, self.accelerator
+        expected = {"data": self.state.data, "layout": self.state.layout}
+        saved = load_checkpoint(
+            accelerator,
+            self.output,
+            args.resume_from_checkpoint,
+            expected,
+            trust_pickles=args.trust_checkpoint_pickles,
+        )
+        use_optim(self.optimizer, args.optim)
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.state.step = saved["step"]
+        self.batches.load_state_dict(
+            stream_state_for(
+                saved["streams"],
+                accelerator.process_index,
+                accelerator.num_processes,
+                args.gradient_accumulation_steps,
+            )
+        )
+
+    def start(self, counts: dict) -> None:
+        """Write `pretraining_args.json`, log the training data's `counts` and start the trackers."""
+        if self.accelerator.is_main_process:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "pretraining_args.json").write_text(json.dumps(asdict(self.args), indent=2))
+            logger.info(f"Training data: {counts}")
+        config = {k: v for k, v in asdict(self.args).items() if v is not None}
+        self.accelerator.init_trackers("brainlm_pretraining", config=config)
+
+    def train(self) -> None:
+        """Optimizer steps until `max_steps`: a micro-batch from every stream, then log, checkpoint and evaluate."""
+        from tqdm.auto import tqdm
+
+        args, accelerator, state = self.args, self.accelerator, self.state
+        forward = torch.compile(self.model) if args.torch_compile else self.model  # the prepared model is saved
+        pin = args.dataloader_pin_memory and accelerator.device.type == "cuda"
+        prefetch = args.dataloader_prefetch_factor
+        loader = self.batches.loader(args.dataloader_num_workers, pin, prefetch, shared_buffers=prefetch + 4)
+        feed = DataFeed(loader, f"process {accelerator.process_index}, {args.dataloader_num_workers} loader workers")
+        progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
+        meter = _Throughput(accelerator.num_processes)
+        losses = _LossWatch(accelerator, every_step=accelerator.device.type == "cpu")
+        self.model.train()
+        try:
+            while state.step < args.max_steps:
+                item = next(feed)
+                losses.add(self.train_step(forward, item["batches"], meter), state.step + 1)
+                self.batches.advance(item)  # after the step: the item's tensors may live in a reused shared buffer
+                self.scheduler.step()
+                state.step += 1
+                progress.update(1)
+                log_now = state.step % args.logging_steps == 0 or state.step == args.max_steps
+                save_now = state.step % args.save_steps == 0 or state.step == args.max_steps
+                if losses.due(log_now or save_now):
+                    loss, bad = losses.read()
+                    if bad is not None:
+                        saved = self.save(name="nan")
+                        raise RuntimeError(f"The loss is {bad[1]} at step {bad[0]}; the state was saved to {saved}.")
+                    if log_now:
+                        record = {"step": state.step, "loss": loss, "learning_rate": self.scheduler.get_last_lr()[0]}
+                        _log(accelerator, self.output, {**record, **meter.read()}, progress)
+                        losses.reset()
+                if save_now:
+                    self.save()
+                if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
+                    metrics = self.evaluate()
+                    accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
+                    self.model.train()
+        finally:
+            feed.close()
+            progress.close()
+
+    def train_step(self, forward, batches: list[dict], meter: "_Throughput") -> torch.Tensor:
+        """
+        One optimizer step over one micro-batch of each stream (`forward`: the model or its compiled forward);
+        returns the loss averaged over the streams, on the device (not synchronised).
+        """
+        accelerator, model, optimizer = self.accelerator, self.model, self.optimizer
+        step_loss = 0.0
+        device = accelerator.device
+        for batch in batches:
+            inputs = {
+                k: batch[k].to(device, non_blocking=True) for k in ("signal_values", "coordinates") if k in batch
+            }
+            with accelerator.accumulate(model):
+                out = forward(**inputs, noise=batch["noise"].to(device, non_blocking=True))
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients and self.args.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), self.args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            step_loss = step_loss + out.loss.detach() / len(batches)
+            meter.add(len(batch["window_ids"]), batch["noise"].shape[1])
+        if not accelerator.sync_gradients:
+            raise RuntimeError("Gradient accumulation fell out of step with the streams.")
+        return step_loss
+
+    def evaluate(self) -> dict:
+        """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none,
+        or with `eval_windows` 0)."""
+        args = self.args
+        shards = self.dataset.shards(args.validation_split)
+        if not shards or args.eval_windows <= 0:
+            return {}
+        processor = self.dataset.processor
+        return reconstruct_held_out(self.plain_model, processor, shards, args.eval_windows, seed=args.seed).metrics()
+
+    def save(self, name: str = "") -> Path:
+        """`checkpoints.save_checkpoint` of this run: every process's stream positions gathered with the scheduler,
+        step, data fingerprint and layout."""
+        from accelerate.utils import gather_object
+
+        trainer_state = {
+            "step": self.state.step,
+            "scheduler": self.scheduler.state_dict(),
+            "streams": gather_object([_stream_state(self.batches)]),  # every process's positions
+            "data": self.state.data,
+            "layout": self.state.layout,
+        }
+        return save_checkpoint(self.accelerator, self.output, trainer_state, self.args.save_total_limit, name)
+
+    def finish(self) -> dict:
+        """Final evaluation, `final/` (model + processor) and `metrics.json`; returns the metrics."""
+        metrics = self.evaluate()
+        state_dict = self.accelerator.get_state_dict(self.model)  # a collective under FSDP / DeepSpeed: all call it
+        if self.accelerator.is_main_process:
+            self.plain_model.save_pretrained(self.output / "final", state_dict=state_dict)
+            self.dataset.processor.save_pretrained(self.output / "final")
+            (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        self.accelerator.end_training()
+        return metrics
 
 
 def _check_data(args: PretrainingArguments, dataset: PreparedDataset, num_processes: int, parts: int) -> dict:
@@ -257,28 +439,6 @@ def training_batches(args: PretrainingArguments, streams, model, processor: Brai
     )
 
 
-def resume(accelerator, output: Path, state: TrainingState, optimizer, scheduler, batches: BatchStream, args) -> None:
-    """
-    Restore model, optimizer, RNG, scheduler, step and this process's stream positions from a checkpoint
-    (`checkpoints.load_checkpoint`: other data or another stream layout is refused). The streams of all processes
-    are pooled and dealt again, so a run resumed on another number of processes with the same number of streams
-    (processes x gradient accumulation steps) continues the same data. The optimizer runs as `--optim` says, also
-    when the checkpoint was written by the other implementation (said in the log).
-    """
-    expected = {"data": state.data, "layout": state.layout}
-    saved = load_checkpoint(
-        accelerator, output, args.resume_from_checkpoint, expected, trust_pickles=args.trust_checkpoint_pickles
-    )
-    use_optim(optimizer, args.optim)
-    scheduler.load_state_dict(saved["scheduler"])
-    state.step = saved["step"]
-    batches.load_state_dict(
-        stream_state_for(
-            saved["streams"], accelerator.process_index, accelerator.num_processes, args.gradient_accumulation_steps
-        )
-    )
-
-
 def use_optim(optimizer, optim: str) -> None:
     """
     Make a restored AdamW run as `optim` says: loading a state dict brings back the saved param groups, whose
@@ -325,74 +485,6 @@ def _stream_state(batches: BatchStream) -> dict:
     return {"first_stream": batches.streams[0].rank, "batches": batches.state_dict()}
 
 
-def train(accelerator, model, optimizer, scheduler, state: TrainingState, batches: BatchStream, dataset, args):
-    """Optimizer steps until `max_steps`: a micro-batch from every stream, then log, checkpoint and evaluate."""
-    from tqdm.auto import tqdm
-
-    output = Path(args.output_dir)
-    forward = torch.compile(model) if args.torch_compile else model  # the prepared model stays the one saved
-    pin = args.dataloader_pin_memory and accelerator.device.type == "cuda"
-    prefetch = args.dataloader_prefetch_factor
-    loader = batches.loader(args.dataloader_num_workers, pin, prefetch, shared_buffers=prefetch + 4)
-    feed = DataFeed(loader, f"process {accelerator.process_index}, {args.dataloader_num_workers} loader workers")
-    progress = tqdm(total=args.max_steps, initial=state.step, disable=not accelerator.is_local_main_process)
-    meter = _Throughput(accelerator.num_processes)
-    losses = _LossWatch(accelerator, every_step=accelerator.device.type == "cpu")
-    model.train()
-    try:
-        while state.step < args.max_steps:
-            item = next(feed)
-            step_loss = train_step(accelerator, model, forward, optimizer, item["batches"], args, meter)
-            losses.add(step_loss, state.step + 1)
-            batches.advance(item)  # after the step: the item's tensors may live in a reused shared buffer
-            scheduler.step()
-            state.step += 1
-            progress.update(1)
-            log_now = state.step % args.logging_steps == 0 or state.step == args.max_steps
-            save_now = state.step % args.save_steps == 0 or state.step == args.max_steps
-            if losses.due(log_now or save_now):
-                loss, bad = losses.read()
-                if bad is not None:
-                    saved = save_run(accelerator, output, state, scheduler, batches, args, name="nan")
-                    raise RuntimeError(f"The loss is {bad[1]} at step {bad[0]}; the state was saved to {saved}.")
-                if log_now:
-                    record = {"step": state.step, "loss": loss, "learning_rate": scheduler.get_last_lr()[0]}
-                    _log(accelerator, output, {**record, **meter.read()}, progress)
-                    losses.reset()
-            if save_now:
-                save_run(accelerator, output, state, scheduler, batches, args)
-            if args.eval_steps and state.step % args.eval_steps == 0 and state.step < args.max_steps:
-                metrics = evaluate_reconstruction(_plain(accelerator, model), dataset, args)
-                accelerator.log({f"eval_{k}": v for k, v in metrics.get("model", {}).items()}, step=state.step)
-                model.train()
-    finally:
-        feed.close()
-        progress.close()
-
-
-def train_step(accelerator, model, forward, optimizer, batches: list[dict], args, meter: "_Throughput"):
-    """
-    One optimizer step over one micro-batch of each stream (`forward`: the model or its compiled forward); returns
-    the loss averaged over the streams, on the device (not synchronised).
-    """
-    step_loss = 0.0
-    device = accelerator.device
-    for batch in batches:
-        inputs = {k: batch[k].to(device, non_blocking=True) for k in ("signal_values", "coordinates") if k in batch}
-        with accelerator.accumulate(model):
-            out = forward(**inputs, noise=batch["noise"].to(device, non_blocking=True))
-            accelerator.backward(out.loss)
-            if accelerator.sync_gradients and args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-        step_loss = step_loss + out.loss.detach() / len(batches)
-        meter.add(len(batch["window_ids"]), batch["noise"].shape[1])
-    if not accelerator.sync_gradients:
-        raise RuntimeError("Gradient accumulation fell out of step with the streams.")
-    return step_loss
-
-
 class _LossWatch:
     """
     The training loss without a host sync per step: step losses are summed on the device, with the first non-finite
@@ -423,19 +515,6 @@ class _LossWatch:
         mean = reduce(self.total / self.count, "mean").item()
         step = int(reduce(self.first_bad[0].clone(), "max").item())
         return mean, (None if step < 0 else (step, reduce(self.first_bad[1].clone(), "mean").item()))
-
-
-def finish(accelerator, model, dataset: PreparedDataset, args: PretrainingArguments) -> dict:
-    """Final evaluation, `final/` (model + processor) and `metrics.json`; returns the metrics."""
-    metrics = evaluate_reconstruction(_plain(accelerator, model), dataset, args)
-    state_dict = accelerator.get_state_dict(model)  # a collective under FSDP / DeepSpeed: every process calls it
-    if accelerator.is_main_process:
-        output = Path(args.output_dir)
-        _plain(accelerator, model).save_pretrained(output / "final", state_dict=state_dict)
-        dataset.processor.save_pretrained(output / "final")
-        (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    accelerator.end_training()
-    return metrics
 
 
 @dataclass
@@ -482,17 +561,6 @@ def reconstruct_held_out(
     return WindowReconstructions(windows, prediction, mask)
 
 
-def evaluate_reconstruction(
-    model: BrainLMForMaskedSignalModeling, dataset: PreparedDataset, args: PretrainingArguments
-) -> dict:
-    """`WindowReconstructions.metrics` of the first `eval_windows` windows of the validation split ({} if none, or
-    with `eval_windows` 0)."""
-    shards = dataset.shards(args.validation_split)
-    if not shards or args.eval_windows <= 0:
-        return {}
-    return reconstruct_held_out(model, dataset.processor, shards, args.eval_windows, seed=args.seed).metrics()
-
-
 def _accelerator(args: PretrainingArguments):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
@@ -517,20 +585,6 @@ def _prepare(accelerator, model, optimizer, args: PretrainingArguments):
             args.per_device_train_batch_size
         )
     return accelerator.prepare(model, optimizer)  # the DataLoaders are not prepared: the streams shard the data
-
-
-def _start_run(accelerator, args: PretrainingArguments, counts: dict) -> None:
-    if accelerator.is_main_process:
-        output = Path(args.output_dir)
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "pretraining_args.json").write_text(json.dumps(asdict(args), indent=2))
-        logger.info(f"Training data: {counts}")
-    accelerator.init_trackers("brainlm_pretraining", config={k: v for k, v in asdict(args).items() if v is not None})
-
-
-def _plain(accelerator, model):
-    """The model itself: without DDP/FSDP wrappers and without a compiled wrapper."""
-    return accelerator.unwrap_model(model, keep_torch_compile=False)
 
 
 class _Throughput:
@@ -617,18 +671,3 @@ class DataFeed:
         not still running numpy or torch code while the process exits."""
         self._stop.set()
         self._thread.join(timeout)
-
-
-def save_run(accelerator, output: Path, state: TrainingState, scheduler, batches: BatchStream, args, name="") -> Path:
-    """`checkpoints.save_checkpoint` of this run: every process's stream positions gathered with the scheduler,
-    step, data fingerprint and layout."""
-    from accelerate.utils import gather_object
-
-    trainer_state = {
-        "step": state.step,
-        "scheduler": scheduler.state_dict(),
-        "streams": gather_object([_stream_state(batches)]),  # every process's positions
-        "data": state.data,
-        "layout": state.layout,
-    }
-    return save_checkpoint(accelerator, output, trainer_state, args.save_total_limit, name)
