@@ -37,11 +37,11 @@ MAY_IMPORT = {
     "model": {"model", "leaf"},
     "data": {"data", "model", "leaf"},
     "inference": {"model", "leaf"},
-    "hub": {"hub", "data", "model", "leaf"},
+    "hub": {"hub", "data", "model", "leaf"},  # convert reads the A424 coordinates with data.atlas
     "training": {"training", "data", "inference", "model", "leaf"},
     "analysis": {"analysis", "data", "inference", "model", "leaf"},
     "integrations": {"integrations", "analysis", "data", "inference", "model", "leaf"},
-    "package": {"hub", "model", "leaf"},
+    "package": {"hub", "model", "leaf"},  # hub, for the loading it plugs into from_pretrained
     "cli": {"cli", "integrations", "analysis", "training", "hub", "inference", "data", "model", "leaf"},
 }
 

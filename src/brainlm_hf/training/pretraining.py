@@ -2,7 +2,8 @@
 """Masked-signal pretraining with Accelerate over streamed Parquet shards, resumable exactly.
 
 Launch with `python` (one process) or `accelerate launch` (any number of processes and machines); the code is the
-same. Design choices, each forced by a measured trap (see the README):
+same. `pretrain(args)` builds a `PretrainingRun` (accelerator, model, optimizer, scheduler, batches and state in one
+object) and runs it. Design choices, each forced by a measured trap (see the README):
 
 * Data: every optimizer step consumes one micro-batch from each of `num_processes x gradient_accumulation_steps`
   `WindowStream`s; process p reads streams `p * GA ... p * GA + GA - 1`, one per accumulation micro-step. So a run
