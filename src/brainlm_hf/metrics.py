@@ -8,7 +8,7 @@ symmetric, so a swapped call must not be possible.
 Reconstruction metrics pool every masked value of the evaluation set (the paper evaluates on masked tokens):
 `mse = mean((prediction - target)^2)`, `r2 = 1 - SSE / SST` with `SST` taken around the mean of the pooled masked
 targets, and `pearson_r` the correlation of the pooled masked predictions and targets. The same functions back the
-`evaluate` module shipped in the package (`evaluate.load(brainlm_hf.metrics.EVALUATE_MODULE)`, offline).
+`evaluate` module shipped in the package (`evaluate.load(EVALUATE_MODULE)` with this module's constant, offline).
 """
 
 from pathlib import Path

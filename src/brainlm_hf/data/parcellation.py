@@ -32,7 +32,7 @@ def parcellate(
 
     Args:
         bold: a 4-D NIfTI image or its path (`.nii` / `.nii.gz`) in the atlas's standard space.
-        atlas (`Atlas`): the label volume (see `brainlm_hf.atlas`).
+        atlas (`Atlas`): the label volume (see `brainlm_hf.data.atlas`).
         chunk_size (`int`): volumes read at a time (memory ~ voxels x chunk_size x 4 bytes).
         allow_empty_labels (`bool`): a region with no voxel in the image grid is an error by default; with `True`
             its column is NaN and a warning names it.

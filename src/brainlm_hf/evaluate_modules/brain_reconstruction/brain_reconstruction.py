@@ -1,5 +1,6 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""`evaluate` metric: masked-timepoint MSE, R^2 and Pearson r of BrainLM reconstructions (see brainlm_hf.metrics)."""
+"""`evaluate` metric: masked-timepoint MSE, R^2 and Pearson r of BrainLM reconstructions (a wrapper of
+`masked_reconstruction_metrics`)."""
 
 import datasets
 import evaluate
