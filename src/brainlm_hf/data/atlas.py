@@ -230,3 +230,10 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
+
+
+def atlas_by_name(name: str | None, atlas_dir=None) -> Atlas | None:
+    """The atlas `name` names: `"A424"` (`load_a424(atlas_dir)`), the path of a label NIfTI (`load_atlas`), or None."""
+    if not name:
+        return None
+    return load_a424(atlas_dir) if name == "A424" else load_atlas(name)
