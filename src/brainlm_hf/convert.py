@@ -382,7 +382,7 @@ class ConvertArguments:
         if self.expected_preset is not None:
             check_choice(self, "expected_preset", tuple(PRESETS))
         if self.push_to_hub and not self.accept_weights_license:
-            raise InvalidArgumentError(WEIGHTS_LICENSE_WARNING, argument="accept_weights_license")
+            raise InvalidArgumentError(WEIGHTS_LICENSE_WARNING)
 
 
 def convert_checkpoint(
