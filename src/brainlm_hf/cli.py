@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     return _exit_code(lambda: _run(command, rest), command)
 
 
-def _run(command: str, argv: list[str]) -> None:
+def command_parser(command: str) -> tuple["CommandParser", callable]:
+    """The parser of `command` and the function that runs it on the parsed dataclasses."""
     types, run = COMMANDS[command][1]()
-    parser = CommandParser(types, command, COMMANDS[command][0])
+    return CommandParser(types, command, COMMANDS[command][0]), run
+
+
+def _run(command: str, argv: list[str]) -> None:
+    parser, run = command_parser(command)
     try:
         run(*parser.parse(argv))
     except UserError as error:
