@@ -300,8 +300,7 @@ def test_attention_command(tmp_path, capsys, a424_folder):
     assert report["recordings"] == ["sub-01"] and report["layers"] == [-1] and set(report["network_names"]) == AA7
     assert (tmp_path / "out" / "network_scores.csv").read_text().count("\n") == 8
     assert "networks:" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
 
 
 def test_aal2_lobes_of_the_demo_regions():

@@ -183,10 +183,8 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
 
 def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path, capsys):
     path, _ = pretrained
-    with pytest.raises(SystemExit) as exit_:
-        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
-             "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
-    assert exit_.value.code == 2
+    assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
+                "--output_dir", str(tmp_path / "x"), "--report_to", "none"]) == 2  # fmt: skip
     assert re.search(
         r"brainlm finetune: error: Label columns \['age'\] are not in .*'level', 'group'", capsys.readouterr().err
     )
@@ -207,10 +205,8 @@ def test_cli_finetune_refuses_data_the_model_cannot_read(
     phenotype_dataset, pretrained, tmp_path, capsys, options, message
 ):
     path, _ = pretrained
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
-             "--output_dir", str(tmp_path / "x"), "--report_to", "none", *options])  # fmt: skip
-    assert exit_info.value.code == 2
+    assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
+                "--output_dir", str(tmp_path / "x"), "--report_to", "none", *options]) == 2  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("brainlm finetune: error: ") and message in error, error
 

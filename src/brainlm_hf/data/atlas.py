@@ -231,7 +231,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-
 def atlas_by_name(name: str | None, atlas_dir=None) -> Atlas | None:
     """The atlas `name` names: `"A424"` (`load_a424(atlas_dir)`), the path of a label NIfTI (`load_atlas`), or None."""
     if not name:

@@ -195,4 +195,3 @@ def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]
     (ids from the shards). Folders are searched recursively. Two inputs with the same id are an error.
     """
     return {recording.id: recording.series for recording in read_inputs(inputs, atlas)}
-
