@@ -222,7 +222,7 @@ def _prepare():
     def run(args: PrepareArguments) -> None:
         if args.patch_size is None and args.num_timepoints % PRESET_PATCH_SIZE:
             warnings.warn(
-                f"num_timepoints {args.num_timepoints} is not a multiple of {PRESET_PATCH_SIZE}, the patch size of "
+                f"--num-timepoints {args.num_timepoints} is not a multiple of {PRESET_PATCH_SIZE}, the patch size of "
                 "the brainlm presets: pretraining them on this dataset will be refused (pass --patch-size with your "
                 "model's patch size to check against it).",
                 stacklevel=2,

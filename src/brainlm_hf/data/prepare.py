@@ -320,10 +320,12 @@ PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
 def check_window_length(num_timepoints: int, patch_size: int | None) -> None:
     """Refuse a window length that a region_window model of `patch_size` cannot cut into patches."""
     if num_timepoints < 1:
-        raise ValueError(f"num_timepoints (the window length) must be positive, got {num_timepoints}.")
+        raise InvalidArgumentError(
+            f"num_timepoints (the window length) must be positive, got {num_timepoints}.", argument="num_timepoints"
+        )
     if patch_size is not None and (patch_size < 1 or num_timepoints % patch_size):
         lower = num_timepoints - num_timepoints % patch_size if patch_size > 0 else 0
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The window length {num_timepoints} is not a multiple of the model's patch size {patch_size}: use "
             f"--num-timepoints {lower or patch_size}{f' or {lower + patch_size}' if lower else ''} (or the patch size "
             "of the model you will train)."
