@@ -205,14 +205,16 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
 
     Called with a `PrepareArguments`, or with its fields: `prepare_dataset(inputs, output_dir, num_timepoints=...)`.
+    Invalid values raise `InvalidArgumentError` (a `ValueError`) naming the field, before anything is read.
 
-    Args:
+    Args (the fields of `PrepareArguments`):
         inputs: folder, glob or list of NIfTI images (parcellated with `atlas`) and/or parcel tables `(T, V)`.
         output_dir: receives `<split>/shard-XXXXX-of-YYYYY.parquet`, `preprocessor_config.json` (fitted on the
             training split), `prepare_summary.json` (which lists every shard) and `README.md` (a dataset card that
             `datasets.load_dataset(output_dir)` reads). It must be new or empty: everything is written into a
             temporary folder beside it and moved into place once complete.
-        atlas (`Atlas`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are stored.
+        atlas (`Atlas` or `str`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are
+            stored. A name: `"A424"` (from `atlas_dir`, or its verified download) or the path of a label NIfTI.
         phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with a `subject` or an `id` column (the
             recording id, see `brainlm_hf.data.recordings`); its other columns are added to every row of the
             matching recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`,
