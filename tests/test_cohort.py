@@ -286,8 +286,8 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     model.save_pretrained(tmp_path / "model")
     p.save_pretrained(tmp_path / "model")
     out = tmp_path / "embeddings.npz"
-    cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(out), "--tr", "2.0",
-         "--short-recordings", "pad", "--pooling", "mean", "--quiet"])  # fmt: skip
+    assert cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(out), "--tr", "2.0",
+         "--short-recordings", "pad", "--pooling", "mean", "--quiet"]) == 0  # fmt: skip
     assert "6 recordings resampled to the model's TR of 0.735 s (linear)" in capsys.readouterr().out
     saved = np.load(out)
     recordings = [np.load(path) for path in sorted(cohort.glob("*.npy"))]
@@ -300,7 +300,9 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
                 "2.0", "--quiet"]) == 2  # fmt: skip
     assert "sub-04_bold.npy has 30 timepoints (at the model's TR)" in capsys.readouterr().err
     prepared(cohort, tmp_path / "out", target_repetition_time=0.735)
-    cli(["attention", str(tmp_path / "model"), str(tmp_path / "out" / "train"), str(tmp_path / "attention")])
+    assert (
+        cli(["attention", str(tmp_path / "model"), str(tmp_path / "out" / "train"), str(tmp_path / "attention")]) == 0
+    )
     report = json.loads((tmp_path / "attention" / "attention.json").read_text())
     assert len(report["recordings"]) == 4 and np.isfinite(report["region_scores"]).all()
 

@@ -208,7 +208,9 @@ def test_a_model_that_does_not_match_the_data_is_refused(data, tmp_path, capsys,
 
 def test_recordings_shorter_than_a_window_are_counted_and_skipped(data, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        main(pretrain_cli(data["skipping"], tmp_path / "out", per_device_train_batch_size=4, eval_windows=0))
+        assert (
+            main(pretrain_cli(data["skipping"], tmp_path / "out", per_device_train_batch_size=4, eval_windows=0)) == 0
+        )
     assert "1 of 3 training recordings are shorter than one window of 300 timepoints and are skipped." in caplog.text
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
@@ -309,27 +311,30 @@ def test_prepare_checks_the_window_length_against_the_patch_size(tmp_path, capsy
         capsys.readouterr().err
     )
     assert not (tmp_path / "a").exists()
-    main(["prepare", inputs, str(tmp_path / "b"), "--num-timepoints", "30", "--split", "1", "0", "0"])
+    assert main(["prepare", inputs, str(tmp_path / "b"), "--num-timepoints", "30", "--split", "1", "0", "0"]) == 0
     assert (
         "--num-timepoints 30 is not a multiple of 20, the patch size of the brainlm presets" in capsys.readouterr().err
     )
     card = (tmp_path / "b" / "README.md").read_text()
     assert "a region_window model needs a patch_size dividing 30 (1, 2, 3, 5, 6, 10, 15, 30)" in card
     assert "does NOT fit the brainlm presets' patch_size 20" in card
-    main(
-        [
-            "prepare",
-            inputs,
-            str(tmp_path / "c"),
-            "--num-timepoints",
-            "30",
-            "--patch-size",
-            "10",
-            "--split",
-            "1",
-            "0",
-            "0",
-        ]
+    assert (
+        main(
+            [
+                "prepare",
+                inputs,
+                str(tmp_path / "c"),
+                "--num-timepoints",
+                "30",
+                "--patch-size",
+                "10",
+                "--split",
+                "1",
+                "0",
+                "0",
+            ]
+        )
+        == 0
     )
     assert "not a multiple" not in capsys.readouterr().err
 
