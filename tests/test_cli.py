@@ -160,6 +160,9 @@ def test_an_argument_file_with_an_unknown_or_a_missing_key_is_a_user_error(works
     assert f"brainlm prepare: error: {file}: no OUT" in capsys.readouterr().err
     assert main(["prepare", str(tmp_path / "nowhere.json")]) == 2
     assert f"no such file: {tmp_path / 'nowhere.json'}" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text('{"inputs": ')
+    assert main(["prepare", str(tmp_path / "broken.json")]) == 2
+    assert f"brainlm prepare: error: {tmp_path / 'broken.json'} is not valid JSON: " in capsys.readouterr().err
 
 
 def test_a_value_checked_by_the_dataclass_is_named_by_its_flag(workspace, tmp_path, capsys):

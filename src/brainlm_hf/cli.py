@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import MissingFileError, UserError, one_line
+from .errors import InvalidFileError, MissingFileError, UserError, one_line
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 ARGUMENT_FILES = (".json", ".yaml", ".yml")
@@ -174,12 +174,12 @@ class CommandParser:
         file = Path(path).expanduser()
         if not file.is_file():
             raise MissingFileError(f"no such file: {path} (the arguments of {self.prog}, as JSON or YAML)")
-        if file.suffix == ".json":
-            values = json.loads(file.read_text())
-        else:
-            import yaml
+        import yaml
 
-            values = yaml.safe_load(file.read_text())
+        try:
+            values = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
+        except (ValueError, yaml.YAMLError) as error:
+            raise InvalidFileError(f"{path} is not valid {file.suffix[1:].upper()}: {one_line(error)}") from error
         if not isinstance(values, dict):
             self.parser.error(f"{path} must hold a mapping of argument name -> value, got {type(values).__name__}")
         fields = [field for dtype in self.types for field in dataclasses.fields(dtype) if field.init]
