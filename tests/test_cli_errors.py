@@ -597,4 +597,4 @@ def test_console_script_success_exits_0(workspace):
     argv = [*FINETUNE, "--label_columns", "score", "--output_dir", str(workspace / "runs" / "ft_process")]
     result = run_subprocess([part.format(w=workspace) for part in argv], workspace)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout[result.stdout.index("{") :])  # the metrics, on stdout
+    assert json.loads(result.stdout[result.stdout.rindex("{\n") :])  # the metrics, printed last on stdout
