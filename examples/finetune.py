@@ -14,7 +14,7 @@ JSON or YAML file with all of them works too.
 
 import sys
 
-from brainlm_hf.cli import finetune_main
+from brainlm_hf.cli import main
 
 if __name__ == "__main__":
-    finetune_main(sys.argv[1:])
+    sys.exit(main(["finetune", *sys.argv[1:]]))

@@ -11,7 +11,7 @@ Equivalent to `brainlm pretrain ...`; see brainlm_hf/training/pretraining.py for
 
 import sys
 
-from brainlm_hf.cli import pretrain_main
+from brainlm_hf.cli import main
 
 if __name__ == "__main__":
-    pretrain_main(sys.argv[1:])
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

@@ -292,16 +292,18 @@ def test_attention_command(tmp_path, capsys, a424_folder):
     processor = BrainLMFeatureExtractor(normalization="zscore", coordinates=coordinates.tolist(), num_timepoints=80)
     processor.save_pretrained(tmp_path / "model")
     np.save(tmp_path / "sub-01.npy", recording)
-    main(
-        ["attention", str(tmp_path / "model"), str(tmp_path / "sub-01.npy"), str(tmp_path / "out")]
-        + ["--networks", "a424", "--atlas-dir", str(a424_folder), "--layers", "-1", "--stride", "19"]
+    assert (
+        main(
+            ["attention", str(tmp_path / "model"), str(tmp_path / "sub-01.npy"), str(tmp_path / "out")]
+            + ["--networks", "a424", "--atlas-dir", str(a424_folder), "--layers", "-1", "--stride", "19"]
+        )
+        == 0
     )
     report = json.loads((tmp_path / "out" / "attention.json").read_text())
     assert report["recordings"] == ["sub-01"] and report["layers"] == [-1] and set(report["network_names"]) == AA7
     assert (tmp_path / "out" / "network_scores.csv").read_text().count("\n") == 8
     assert "networks:" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")])
+    assert main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
 
 
 def test_aal2_lobes_of_the_demo_regions():

@@ -1,19 +1,24 @@
-"""Every user error of the `brainlm` command, run as a real subprocess: exit code 2, one line
-`brainlm <command>: error: ...` that names the file or option at fault, and no traceback.
+"""Every user error of the `brainlm` command: exit code 2, one line `brainlm <command>: error: ...` that names the
+file or option at fault, and no traceback.
 
-The cases come from a careless user's mistakes (issue 13): outputs that already hold files or are files, paths that
-do not exist, step checkpoints given as models, files of the wrong kind, and values that cannot be used. They run
-concurrently (each subprocess imports torch and transformers, about 5 s) in one module fixture.
+The cases come from a careless user's mistakes: outputs that already hold files or are files, paths that do not
+exist, step checkpoints given as models, files of the wrong kind, and values that cannot be used. They run in-process
+through `brainlm_hf.cli.main(argv)` in one module fixture; a few run as real subprocesses (slow) to check the
+console script's exit codes end to end.
 """
 
-import concurrent.futures
+import contextlib
+import errno
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +28,7 @@ import torch
 
 import brainlm_hf
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling
+from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.data.prepare import split_subjects
 
@@ -32,18 +38,20 @@ SOURCE = str(Path(brainlm_hf.__file__).resolve().parents[1])  # the code under t
 REGIONS, LENGTH, WINDOW = 5, 40, 20
 SUBJECTS = [f"{i:02d}" for i in range(1, 7)]
 FRACTIONS = {"train": 4 / 6, "validation": 1 / 6, "test": 1 / 6}
-# simulates a read-only folder for a process run as root (where chmod does not stop writes): `os.mkdir` below it fails
-READ_ONLY_RUNNER = """
-import errno, os, runpy, sys
-read_only, real_mkdir = os.path.abspath(sys.argv[1]), os.mkdir
-def mkdir(path, *args, **kwargs):
-    if os.path.abspath(os.fspath(path)).startswith(read_only + os.sep):
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
-    return real_mkdir(path, *args, **kwargs)
-os.mkdir = mkdir
-sys.argv = ["brainlm", *sys.argv[2:]]
-runpy.run_module("brainlm_hf.cli", run_name="__main__", alter_sys=True)
-"""
+
+
+@contextlib.contextmanager
+def read_only_folder(read_only: Path):
+    """Simulates a read-only folder also for root (where chmod does not stop writes): `os.mkdir` below it fails."""
+    real_mkdir, prefix = os.mkdir, os.path.abspath(read_only) + os.sep
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.abspath(os.fspath(path)).startswith(prefix):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    with mock.patch("os.mkdir", mkdir):
+        yield
 
 
 @dataclass
@@ -53,7 +61,7 @@ class Case:
     name: str
     argv: list[str]
     names: list[str]  # the file(s) or option(s) the message must name (formatted with `w`)
-    read_only: bool = False  # run under READ_ONLY_RUNNER with `{w}/read_only` as the read-only folder
+    read_only: bool = False  # run with `{w}/read_only` as a read-only folder (`read_only_folder`)
     also: list[str] = field(default_factory=list)  # further texts the message must hold (the fix)
 
 
@@ -327,6 +335,9 @@ CASES = [
 ]
 
 
+CASES_BY_NAME = {case.name: case for case in CASES}
+
+
 def tiny_config() -> BrainLMConfig:
     return BrainLMConfig(
         patch_size=5, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
@@ -449,15 +460,36 @@ def build_workspace(w: Path) -> None:
     (folder / "truncated.nii.gz").write_bytes(data[: len(data) // 2])
 
 
-def run_case(case: Case, w: Path) -> subprocess.CompletedProcess:
+@dataclass
+class Result:
+    """What a command left: its exit code and what it printed (a bug's traceback is in `stderr`)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_case(case: Case, w: Path) -> Result:
+    """`main(argv)` in-process in the workspace, as the console script would run it (bugs recorded, not raised)."""
     argv = [part.format(w=w) for part in case.argv]
-    env = {**os.environ, "PYTHONPATH": SOURCE, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env.pop("BRAINLM_DEBUG", None)
-    if case.read_only:
-        command = [sys.executable, "-c", READ_ONLY_RUNNER, str(w / "read_only"), *argv]
-    else:
-        command = [sys.executable, "-m", "brainlm_hf.cli", *argv]
-    return subprocess.run(command, cwd=w, env=env, capture_output=True, text=True, timeout=600)
+    out, err = io.StringIO(), io.StringIO()
+    read_only = read_only_folder(w / "read_only") if case.read_only else contextlib.nullcontext()
+    with contextlib.chdir(w), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), read_only:
+        try:
+            code = main(argv)
+        except Exception:  # noqa: BLE001 - a bug: its traceback is what the test shows
+            traceback.print_exc(file=err)
+            code = 1
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def run_subprocess(argv: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    """`python -m brainlm_hf.cli ARGV` in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": SOURCE, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **env}
+    if "BRAINLM_DEBUG" not in env or not env["BRAINLM_DEBUG"]:
+        env.pop("BRAINLM_DEBUG", None)
+    command = [sys.executable, "-m", "brainlm_hf.cli", *argv]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -468,13 +500,11 @@ def workspace(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(workspace) -> dict[str, subprocess.CompletedProcess]:
-    with concurrent.futures.ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2))) as pool:
-        futures = {case.name: pool.submit(run_case, case, workspace) for case in CASES}
-        return {name: future.result() for name, future in futures.items()}
+def results(workspace) -> dict[str, Result]:
+    return {case.name: run_case(case, workspace) for case in CASES}
 
 
-def error_line(result: subprocess.CompletedProcess, command: str) -> str:
+def error_line(result, command: str) -> str:
     """The one `brainlm <command>: error:` line of stderr, after checking there is exactly one and no traceback."""
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith(f"brainlm {command}: error: ")]
@@ -519,7 +549,7 @@ def test_prepare_of_tables_without_coordinates_warns_in_one_line(workspace):
     assert "no region coordinates" in line and "--atlas-coordinates" in line and str(workspace / "runs/warned") in line
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions: READ_ONLY_RUNNER cases cover it")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permissions: read_only_folder cases cover it")
 def test_a_read_only_folder_by_its_permissions(workspace, tmp_path):
     read_only = tmp_path / "locked"
     read_only.mkdir()
@@ -532,9 +562,39 @@ def test_a_read_only_folder_by_its_permissions(workspace, tmp_path):
     assert result.returncode == 2 and str(read_only) in error_line(result, "prepare")
 
 
-def test_debug_shows_the_traceback(workspace):
+def test_debug_shows_the_traceback(workspace, monkeypatch, capsys):
     """BRAINLM_DEBUG=1 keeps the traceback of a user error, for bug reports."""
+    monkeypatch.setenv("BRAINLM_DEBUG", "1")
     argv = ["embed", str(workspace / "model"), str(workspace / "tables"), "--output", str(workspace / "runs/x.txt")]
-    env = {**os.environ, "PYTHONPATH": SOURCE, "HF_HUB_OFFLINE": "1", "BRAINLM_DEBUG": "1"}
-    result = subprocess.run([sys.executable, "-m", "brainlm_hf.cli", *argv], env=env, capture_output=True, text=True)
-    assert result.returncode == 2 and "Traceback" in result.stderr
+    assert main(argv) == 2
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_and_is_not_exit_2(workspace, monkeypatch):
+    """An exception that is not a user error (here a ValueError from inside numpy) propagates from `main`."""
+
+    def broken(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr("brainlm_hf.data.prepare.split_subjects", broken)
+    with pytest.raises(ValueError, match="broadcast"):
+        main([*PREPARE, str(workspace / "tables"), str(workspace / "runs" / "bug")])
+
+
+@pytest.mark.slow
+def test_console_script_user_error_exits_2_in_one_line(workspace):
+    """The real process: exit status 2 and one line, for a value (argparse-level) and a path (while running)."""
+    for case in (CASES_BY_NAME["embed-batch-size-0"], CASES_BY_NAME["prepare-input-missing"]):
+        result = run_subprocess([part.format(w=workspace) for part in case.argv], workspace)
+        assert result.returncode == 2, result.stderr[-3000:]
+        line = error_line(result, case.argv[0])
+        assert all(text.format(w=workspace) in line for text in case.names), line
+
+
+@pytest.mark.slow
+def test_console_script_success_exits_0(workspace):
+    """A successful command exits with status 0 (nothing of its result reaches `sys.exit`)."""
+    argv = [*FINETUNE, "--label_columns", "score", "--output_dir", str(workspace / "runs" / "ft_process")]
+    result = run_subprocess([part.format(w=workspace) for part in argv], workspace)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout[result.stdout.rindex("{\n") :])  # the metrics, printed last on stdout

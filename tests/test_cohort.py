@@ -286,8 +286,8 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     model.save_pretrained(tmp_path / "model")
     p.save_pretrained(tmp_path / "model")
     out = tmp_path / "embeddings.npz"
-    cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(out), "--tr", "2.0",
-         "--short-recordings", "pad", "--pooling", "mean", "--quiet"])  # fmt: skip
+    assert cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(out), "--tr", "2.0",
+         "--short-recordings", "pad", "--pooling", "mean", "--quiet"]) == 0  # fmt: skip
     assert "6 recordings resampled to the model's TR of 0.735 s (linear)" in capsys.readouterr().out
     saved = np.load(out)
     recordings = [np.load(path) for path in sorted(cohort.glob("*.npy"))]
@@ -295,13 +295,14 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     encoder = BrainLMModel.from_pretrained(tmp_path / "model")
     expected = embed_recordings(encoder, p, recordings, pooling="mean", repetition_times=2.0)
     np.testing.assert_allclose(saved["embeddings"], expected, atol=1e-5)
-    with pytest.raises(SystemExit) as exit_info:  # without --short-recordings pad: the short runs are refused
-        cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(tmp_path / "x.npz"), "--tr",
-             "2.0", "--quiet"])  # fmt: skip
-    assert exit_info.value.code == 2
+    # without --short-recordings pad: the short runs are refused
+    assert cli(["embed", str(tmp_path / "model"), str(cohort / "*.npy"), "--output", str(tmp_path / "x.npz"), "--tr",
+                "2.0", "--quiet"]) == 2  # fmt: skip
     assert "sub-04_bold.npy has 30 timepoints (at the model's TR)" in capsys.readouterr().err
     prepared(cohort, tmp_path / "out", target_repetition_time=0.735)
-    cli(["attention", str(tmp_path / "model"), str(tmp_path / "out" / "train"), str(tmp_path / "attention")])
+    assert (
+        cli(["attention", str(tmp_path / "model"), str(tmp_path / "out" / "train"), str(tmp_path / "attention")]) == 0
+    )
     report = json.loads((tmp_path / "attention" / "attention.json").read_text())
     assert len(report["recordings"]) == 4 and np.isfinite(report["region_scores"]).all()
 
@@ -318,9 +319,9 @@ def test_brainlm_finetune_pads_short_runs_as_the_dataset_says_or_refuses_them(co
     arguments = ["finetune", "--dataset", str(tmp_path / "out"), "--model", str(tmp_path / "model"), "--label_columns",
                  "age", "--output_dir", str(tmp_path / "ft"), "--num_train_epochs", "1", "--report_to", "none",
                  "--disable_tqdm", "true", "--windows_per_recording", "2", "--pooling", "mean"]  # fmt: skip
-    results = cli(arguments)
+    assert cli(arguments) == 0
+    out = capsys.readouterr().out
+    results = json.loads(out[out.rindex("{\n") :])  # the metrics, printed last
     assert np.isfinite(results["test_mse"])
-    with pytest.raises(SystemExit) as exit_info:
-        cli([*arguments[:-2], "--short_recordings", "refuse", "--output_dir", str(tmp_path / "ft2")])
-    assert exit_info.value.code == 2
+    assert cli([*arguments[:-2], "--short_recordings", "refuse", "--output_dir", str(tmp_path / "ft2")]) == 2
     assert "has 30 timepoints (at the model's TR), fewer than one window of 40" in capsys.readouterr().err

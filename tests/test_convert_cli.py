@@ -145,7 +145,7 @@ def test_cli(tmp_path, capsys, a424_folder):
     assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
     out = tmp_path / "cli_out"
     source = original_folder(tmp_path, "brainlm_small")
-    main(["convert", str(source), str(out), "--atlas-coordinates", coordinates_file(a424_folder)])
+    assert main(["convert", str(source), str(out), "--atlas-coordinates", coordinates_file(a424_folder)]) == 0
     assert "Converted" in capsys.readouterr().out and (out / "model.safetensors").is_file()
     result = subprocess.run(
         [sys.executable, "-m", "brainlm_hf.cli", "convert", str(tmp_path / "missing"), str(tmp_path / "x")],

@@ -228,22 +228,25 @@ def test_nan_values_are_reported_with_file_and_region(tmp_path):
 
 def test_prepare_cli(corpus, tmp_path, capsys):
     folder, _ = corpus
-    main(
-        [
-            "prepare",
-            str(folder / "*.npy"),
-            str(tmp_path / "out"),
-            "--tr",
-            "0.72",
-            "--split",
-            "0.5",
-            "0.25",
-            "0.25",
-            "--shard-multiple",
-            "1",
-            "--normalization",
-            "zscore",
-        ]
+    assert (
+        main(
+            [
+                "prepare",
+                str(folder / "*.npy"),
+                str(tmp_path / "out"),
+                "--tr",
+                "0.72",
+                "--split",
+                "0.5",
+                "0.25",
+                "0.25",
+                "--shard-multiple",
+                "1",
+                "--normalization",
+                "zscore",
+            ]
+        )
+        == 0
     )
     printed = capsys.readouterr().out
     assert "train:" in printed and "left out (shorter than 200 timepoints): 0" in printed

@@ -99,8 +99,8 @@ def test_cli_embed(tmp_path, config, processor, recordings):
     processor.save_pretrained(tmp_path / "model")
     for index, recording in enumerate(recordings):
         np.save(tmp_path / f"sub-{index:02d}_bold.npy", recording)
-    cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "out.parquet"),
-         "--pooling", "mean", "--quiet"])  # fmt: skip
+    assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "out.parquet"),
+         "--pooling", "mean", "--quiet"]) == 0  # fmt: skip
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.column("id").to_pylist() == [f"sub-{i:02d}_bold" for i in range(4)]
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), processor, recordings, "mean")
@@ -207,15 +207,16 @@ def test_cli_embed_tokens_layer_and_window_policy(tmp_path, config, processor, r
     options = {"layer": -1, "window_policy": "non_overlapping"}
     expected = embed_recordings(model, processor, recordings, pooling="tokens", **options)
     for suffix in ("npz", "parquet"):
-        cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / f"t.{suffix}"),
-             "--pooling", "tokens", "--layer", "-1", "--window-policy", "non_overlapping", "--quiet"])  # fmt: skip
+        assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output",
+                    str(tmp_path / f"t.{suffix}"), "--pooling", "tokens", "--layer", "-1", "--window-policy",
+                    "non_overlapping", "--quiet"]) == 0  # fmt: skip
     saved = np.load(tmp_path / "t.npz")
     assert saved["ids"].tolist() == [f"sub-{i:02d}_bold" for i in range(4)]
     np.testing.assert_allclose(saved["tokens"], np.concatenate(expected), atol=1e-6)
     table = pq.read_table(tmp_path / "t.parquet").to_pydict()
     np.testing.assert_allclose(np.asarray(table["tokens"], dtype=np.float32), np.concatenate(expected), atol=1e-6)
-    cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "m.npz"),
-         "--pooling", "mean", "--layer", "-1", "--quiet"])  # fmt: skip
+    assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "m.npz"),
+         "--pooling", "mean", "--layer", "-1", "--quiet"]) == 0  # fmt: skip
     np.testing.assert_allclose(
         np.load(tmp_path / "m.npz")["embeddings"],
         embed_recordings(model, processor, recordings, pooling="mean", layer=-1),
@@ -240,10 +241,9 @@ def test_cli_embed_fits_an_unfitted_robust_processor_only_when_asked(tmp_path, c
         str(tmp_path / "e.npz"),
         "--quiet",
     ]
-    with pytest.raises(SystemExit):
-        cli(command)
+    assert cli(command) == 2
     error = capsys.readouterr().err
     assert "holds no statistics" in error and "--fit-processor" in error
-    cli([*command, "--fit-processor"])
+    assert cli([*command, "--fit-processor"]) == 0
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), robust.fit(recordings), recordings)
     np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)

@@ -168,10 +168,10 @@ def phenotype_dataset(tmp_path, inputs):
 def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_type, metric):
     path, _ = pretrained
     output = tmp_path / f"finetuned-{column}"
-    cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", column,
+    assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", column,
          "--problem_type", problem_type, "--output_dir", str(output), "--num_train_epochs", "2",
          "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
-         "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"])  # fmt: skip
+         "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"]) == 0  # fmt: skip
     results = json.loads((output / "test_results.json").read_text())
     assert np.isfinite(results[metric])
     model = AutoModelForSequenceClassification.from_pretrained(output)
@@ -183,10 +183,8 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
 
 def test_cli_finetune_names_a_missing_label_column(phenotype_dataset, pretrained, tmp_path, capsys):
     path, _ = pretrained
-    with pytest.raises(SystemExit) as exit_:
-        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
-             "--output_dir", str(tmp_path / "x"), "--report_to", "none"])  # fmt: skip
-    assert exit_.value.code == 2
+    assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "age",
+                "--output_dir", str(tmp_path / "x"), "--report_to", "none"]) == 2  # fmt: skip
     assert re.search(
         r"brainlm finetune: error: Label columns \['age'\] are not in .*'level', 'group'", capsys.readouterr().err
     )
@@ -207,10 +205,8 @@ def test_cli_finetune_refuses_data_the_model_cannot_read(
     phenotype_dataset, pretrained, tmp_path, capsys, options, message
 ):
     path, _ = pretrained
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
-             "--output_dir", str(tmp_path / "x"), "--report_to", "none", *options])  # fmt: skip
-    assert exit_info.value.code == 2
+    assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
+                "--output_dir", str(tmp_path / "x"), "--report_to", "none", *options]) == 2  # fmt: skip
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("brainlm finetune: error: ") and message in error, error
 
@@ -235,9 +231,9 @@ def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, t
 
     path, _ = pretrained
     with HubServer() as hub, hub.online():
-        cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
+        assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", "level",
              "--output_dir", str(tmp_path / "pushed"), "--num_train_epochs", "1", "--report_to", "none",
-             "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "me/brainlm-level"])  # fmt: skip
+             "--disable_tqdm", "true", "--push_to_hub", "--hub_model_id", "me/brainlm-level"]) == 0  # fmt: skip
         repo = hub.repos["me/brainlm-level"]
         head = repo.commits[repo.branches["main"]]
         model = BrainLMForSequenceClassification.from_pretrained("me/brainlm-level", cache_dir=tmp_path / "cache")

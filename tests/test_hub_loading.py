@@ -20,8 +20,9 @@ from brainlm_hf import (
     convert,
 )
 from brainlm_hf.cli import main
+from brainlm_hf.convert import RELEASE_REPO, RELEASES
 from brainlm_hf.data import atlas
-from brainlm_hf.hub import CONVERSION_VERSION, RELEASE_REPO, RELEASES
+from brainlm_hf.hub import CONVERSION_VERSION
 
 from .conftest import pin_a424_downloads, reference_bytes, reference_file, reference_tensors
 from .hub_server import HubServer
@@ -131,7 +132,9 @@ def assert_same_weights(model, expected) -> None:
 def test_short_names_and_repo_subfolder_give_what_brainlm_convert_gives(hub, short_name, tmp_path, a424_folder):
     subfolder = RELEASES[short_name]
     converted = tmp_path / "converted"
-    main(["convert", RELEASE_REPO, str(converted), "--subfolder", subfolder])  # coordinates downloaded and checked
+    assert (
+        main(["convert", RELEASE_REPO, str(converted), "--subfolder", subfolder]) == 0
+    )  # coordinates downloaded and checked
     expected = BrainLMForMaskedSignalModeling.from_pretrained(converted).eval()
     expected_processor = BrainLMFeatureExtractor.from_pretrained(converted)
     assert expected_processor.repetition_time == 0.735
@@ -141,7 +144,7 @@ def test_short_names_and_repo_subfolder_give_what_brainlm_convert_gives(hub, sho
     assert expected_processor.region_order == (np.argsort(a424[:, 1], kind="stable").tolist() if tiles else None)
     inputs = model_inputs(expected_processor)
     reference = outputs(expected, inputs)
-    main(["convert", short_name, str(tmp_path / "by-name")])  # brainlm convert reads the short name too
+    assert main(["convert", short_name, str(tmp_path / "by-name")]) == 0  # brainlm convert reads the short name too
     assert_same_weights(BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "by-name"), expected)
 
     for name, kwargs in [
@@ -259,7 +262,7 @@ def test_a_local_folder_named_like_a_release_wins(hub, tmp_path, monkeypatch, co
 
 def test_converted_repos_load_through_the_auto_classes(hub, tmp_path, conversions):
     converted = tmp_path / "converted"
-    main(["convert", RELEASE_REPO, str(converted), "--subfolder", "vitmae_111M"])
+    assert main(["convert", RELEASE_REPO, str(converted), "--subfolder", "vitmae_111M"]) == 0
     hub.commit("someone/brainlm-111m-converted", converted)
     conversions.clear()
     for auto, expected_class in [(AutoModel, BrainLMModel), (AutoModelForPreTraining, BrainLMForMaskedSignalModeling)]:
@@ -278,8 +281,8 @@ def test_converted_repos_load_through_the_auto_classes(hub, tmp_path, conversion
 
 def test_brainlm_convert_pushes_to_the_hub(hub, tmp_path):
     converted = tmp_path / "pushed"
-    main(["convert", RELEASE_REPO, str(converted), "--subfolder", "old_13M", "--push-to-hub", "me/brainlm-13m",
-          "--accept-weights-license"])  # fmt: skip
+    assert main(["convert", RELEASE_REPO, str(converted), "--subfolder", "old_13M", "--push-to-hub", "me/brainlm-13m",
+          "--accept-weights-license"]) == 0  # fmt: skip
     commit = hub.repos["me/brainlm-13m"].commits[hub.repos["me/brainlm-13m"].branches["main"]]
     assert set(commit.tree) == CONVERTED_FILES
     for name in CONVERTED_FILES:
@@ -305,8 +308,8 @@ def test_brainlm_embed_reads_a_short_name(hub, tmp_path):
     recordings = np.random.default_rng(0).normal(size=(2, 260, 424)).astype(np.float32)
     for index, recording in enumerate(recordings):
         np.save(tmp_path / f"sub-{index}.npy", recording)
-    main(["embed", "brainlm-13m", str(tmp_path / "*.npy"), "--output", str(tmp_path / "e.npz"), "--fit-processor",
-          "--quiet"])  # fmt: skip
+    assert main(["embed", "brainlm-13m", str(tmp_path / "*.npy"), "--output", str(tmp_path / "e.npz"),
+                 "--fit-processor", "--quiet"]) == 0  # fmt: skip
     processor = BrainLMFeatureExtractor.from_pretrained("brainlm-13m").fit(list(recordings))
     expected = embed_recordings(BrainLMModel.from_pretrained("brainlm-13m"), processor, list(recordings))
     np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)

@@ -184,9 +184,7 @@ CASES = {
 def test_a_run_that_cannot_work_is_refused_with_one_line(data, tmp_path, capsys, case):
     name, values, message = CASES[case]
     start = time.perf_counter()
-    with pytest.raises(SystemExit) as exit_info:
-        main(pretrain_cli(data[name], tmp_path / "out", **values))
-    assert exit_info.value.code == 2
+    assert main(pretrain_cli(data[name], tmp_path / "out", **values)) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("brainlm pretrain: error: ") and message in error, error
     assert time.perf_counter() - start < 30
@@ -203,16 +201,16 @@ def test_a_run_that_cannot_work_is_refused_with_one_line(data, tmp_path, capsys,
 )
 def test_a_model_that_does_not_match_the_data_is_refused(data, tmp_path, capsys, model, message):
     path = models(tmp_path)[model]
-    with pytest.raises(SystemExit) as exit_info:
-        main(pretrain_cli(data["one"], tmp_path / "out", model=path, per_device_train_batch_size=4))
-    assert exit_info.value.code == 2
+    assert main(pretrain_cli(data["one"], tmp_path / "out", model=path, per_device_train_batch_size=4)) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("brainlm pretrain: error: ") and message in error, error
 
 
 def test_recordings_shorter_than_a_window_are_counted_and_skipped(data, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        main(pretrain_cli(data["skipping"], tmp_path / "out", per_device_train_batch_size=4, eval_windows=0))
+        assert (
+            main(pretrain_cli(data["skipping"], tmp_path / "out", per_device_train_batch_size=4, eval_windows=0)) == 0
+        )
     assert "1 of 3 training recordings are shorter than one window of 300 timepoints and are skipped." in caplog.text
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
@@ -308,34 +306,35 @@ def test_prepare_checks_the_window_length_against_the_patch_size(tmp_path, capsy
     rng = np.random.default_rng(0)
     np.save(tmp_path / "sub-1_bold.npy", rng.normal(size=(80, 4)).astype(np.float32))
     inputs = str(tmp_path / "sub-1_bold.npy")
-    with pytest.raises(SystemExit) as exit_info:
-        main(["prepare", inputs, str(tmp_path / "a"), "--num-timepoints", "30", "--patch-size", "20"])
-    assert exit_info.value.code == 2
+    assert main(["prepare", inputs, str(tmp_path / "a"), "--num-timepoints", "30", "--patch-size", "20"]) == 2
     assert "The window length 30 is not a multiple of the model's patch size 20: use --num-timepoints 20 or 40" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "a").exists()
-    main(["prepare", inputs, str(tmp_path / "b"), "--num-timepoints", "30", "--split", "1", "0", "0"])
+    assert main(["prepare", inputs, str(tmp_path / "b"), "--num-timepoints", "30", "--split", "1", "0", "0"]) == 0
     assert (
         "--num-timepoints 30 is not a multiple of 20, the patch size of the brainlm presets" in capsys.readouterr().err
     )
     card = (tmp_path / "b" / "README.md").read_text()
     assert "a region_window model needs a patch_size dividing 30 (1, 2, 3, 5, 6, 10, 15, 30)" in card
     assert "does NOT fit the brainlm presets' patch_size 20" in card
-    main(
-        [
-            "prepare",
-            inputs,
-            str(tmp_path / "c"),
-            "--num-timepoints",
-            "30",
-            "--patch-size",
-            "10",
-            "--split",
-            "1",
-            "0",
-            "0",
-        ]
+    assert (
+        main(
+            [
+                "prepare",
+                inputs,
+                str(tmp_path / "c"),
+                "--num-timepoints",
+                "30",
+                "--patch-size",
+                "10",
+                "--split",
+                "1",
+                "0",
+                "0",
+            ]
+        )
+        == 0
     )
     assert "not a multiple" not in capsys.readouterr().err
 

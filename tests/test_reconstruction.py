@@ -175,7 +175,7 @@ def test_forecast_fine_tuning_through_brainlm_pretrain(tmp_path):
         "logging_steps": 1,
         "save_steps": 2,
     }
-    main(["pretrain", *(item for key, value in arguments.items() for item in (f"--{key}", str(value)))])
+    assert main(["pretrain", *(item for key, value in arguments.items() for item in (f"--{key}", str(value)))]) == 0
     final = tmp_path / "run" / "final"
     assert json.loads((final / "config.json").read_text())["mask_strategy"] == "forecast"
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 2

@@ -819,7 +819,7 @@ def test_path_or_hub_id(name, path_like):
 
 @pytest.mark.parametrize("name", ["checkpoint_100", "checkpoint_7_nan", "checkpoint_100.partial", "step"])
 def test_a_step_checkpoint_is_not_a_model(tmp_path, name):
-    from brainlm_hf.cli import check_model_path
+    from brainlm_hf.training.checkpoints import check_model_path
 
     folder = tmp_path / "run" / "checkpoints" / name
     folder.mkdir(parents=True)
@@ -829,7 +829,7 @@ def test_a_step_checkpoint_is_not_a_model(tmp_path, name):
 
 
 def test_a_run_folder_points_to_its_final_model(tmp_path, config):
-    from brainlm_hf.cli import check_model_path
+    from brainlm_hf.training.checkpoints import check_model_path
 
     BrainLMForMaskedSignalModeling(config).save_pretrained(tmp_path / "run" / "final")
     check_model_path(str(tmp_path / "run" / "final"), "--model")

@@ -17,6 +17,7 @@ positional-encoding module); brainlm_hf has no embedding dropout.
 
 import json
 import re
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from string import Template
@@ -26,13 +27,19 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import logging
 
+from .arguments import check_choice, positional
 from .configuration_brainlm import PRESETS, BrainLMConfig
+from .errors import InvalidArgumentError
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
 from .version import __version__
 
 logger = logging.get_logger(__name__)
+
+RELEASE_REPO = "vandijklab/brainlm"
+# short name -> subfolder of RELEASE_REPO
+RELEASES = {"brainlm-13m": "old_13M", "brainlm-111m": "vitmae_111M", "brainlm-650m": "vitmae_650M"}
 
 FAMILIES = {"brainlm_mae": "13M family (BrainLMForPretraining)", "vit_mae": "111M/650M family (padded ViT-MAE)"}
 
@@ -336,21 +343,60 @@ def preset_differences(config: BrainLMConfig, preset: str) -> dict[str, tuple]:
     }
 
 
+@dataclass
+class ConvertArguments:
+    """What `convert_checkpoint` (and `brainlm convert`) converts, where to, and what it checks on the way."""
+
+    source: str = positional(
+        "an original checkpoint folder (config.json + pytorch_model.bin or model.safetensors), a Hub repository "
+        "(with --subfolder) or a released model's short name: brainlm-13m, brainlm-111m, brainlm-650m",
+        "SRC",
+    )
+    output_dir: str = positional("the brainlm_hf folder to write (new or empty, or replaced with --overwrite)", "OUT")
+    subfolder: str | None = field(
+        default=None, metadata={"help": "folder inside SRC, e.g. old_13M, vitmae_111M, vitmae_650M"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of SRC"})
+    atlas_coordinates: str | None = field(
+        default=None,
+        metadata={
+            "help": "coordinate table (label x y z), e.g. A424_Coordinates.dat (default: A424's, downloaded from the "
+            "pinned upstream commit and SHA-256 checked)"
+        },
+    )
+    expected_preset: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--preset"],
+            "choices": tuple(PRESETS),
+            "help": "refuse a checkpoint whose architecture differs from this preset",
+        },
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"metavar": "REPO", "help": "upload OUT to this Hub repository"}
+    )
+    accept_weights_license: bool = field(
+        default=False, metadata={"help": "confirm re-hosting the weights under CC BY-NC-ND 4.0"}
+    )
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the saved login)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache for a Hub SRC"})
+    overwrite: bool = field(default=False, metadata={"help": "replace what OUT holds, whole"})
+
+    def __post_init__(self):
+        if self.expected_preset is not None:
+            check_choice(self, "expected_preset", tuple(PRESETS))
+        if self.push_to_hub and not self.accept_weights_license:
+            raise InvalidArgumentError(WEIGHTS_LICENSE_WARNING)
+
+
 def convert_checkpoint(
-    source: str,
-    output_dir: str,
-    subfolder: str | None = None,
-    revision: str | None = None,
-    atlas_coordinates: str | None = None,
-    expected_preset: str | None = None,
-    push_to_hub: str | None = None,
-    accept_weights_license: bool = False,
-    token=None,
-    cache_dir=None,
-    overwrite: bool = False,
+    args: ConvertArguments, output_dir: str | None = None, **kwargs
 ) -> BrainLMForMaskedSignalModeling:
     """
     Convert an original BrainLM checkpoint into a Hub-ready brainlm_hf folder.
+
+    Called with a `ConvertArguments`, or with its fields: `convert_checkpoint(source, output_dir, subfolder=...)`.
+    `source` may also be a released model's short name (`brainlm-111m`), unless a local folder has that name.
 
     Writes `output_dir` with `model.safetensors`, `config.json`, the remote-code files, `preprocessor_config.json`
     (region coordinates and order, input scale, the pretraining TR 0.735 s) and `README.md` (the model card).
@@ -366,10 +412,35 @@ def convert_checkpoint(
     and may not be `source` or inside it. Everything is written into a temporary folder beside it and moved into
     place once complete.
     """
+    if not isinstance(args, ConvertArguments):
+        args = ConvertArguments(args, output_dir, **kwargs)
+    elif output_dir is not None or kwargs:
+        raise TypeError("convert_checkpoint takes a ConvertArguments alone, or source, output_dir and keyword fields.")
+    return _convert(args)
+
+
+def release_location(name: str, subfolder: str | None = None) -> tuple[str, str]:
+    """
+    `(repo_id, subfolder)` of a released model's short name (`"brainlm-111m"`, any letter case); any other name is
+    returned as is. Check for a local folder of that name first: it wins.
+    """
+    if str(name).lower() not in RELEASES:
+        return name, subfolder or ""
+    if subfolder:
+        raise ValueError(
+            f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[str(name).lower()]!r}; do not also pass "
+            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead)."
+        )
+    return RELEASE_REPO, RELEASES[str(name).lower()]
+
+
+def _convert(args: ConvertArguments) -> BrainLMForMaskedSignalModeling:
     from .folders import is_path_like, local_folder, output_folder
 
-    if push_to_hub and not accept_weights_license:
-        raise ValueError(WEIGHTS_LICENSE_WARNING)
+    source, output_dir, subfolder = args.source, args.output_dir, args.subfolder
+    if not Path(source).expanduser().is_dir():
+        source, subfolder = release_location(source, subfolder)
+
     local_folder(source, "checkpoint folder")  # "no such folder: SOURCE" for a path that does not exist
     output = Path(output_dir).expanduser()
     source_folder = Path(source).expanduser()
@@ -381,16 +452,21 @@ def convert_checkpoint(
                 f"{output_dir} is {where} {source}: converting there would replace or mix with the original; "
                 "give another output folder."
             )
-    coordinates = None if atlas_coordinates is None else read_coordinates(atlas_coordinates)
+    table = args.atlas_coordinates
+    coordinates = None if table is None else read_coordinates(table)
     with output_folder(
         output_dir,
-        overwrite,
+        args.overwrite,
         "the converted checkpoint",
-        inputs=[p for p in (source_folder, atlas_coordinates) if p is not None and Path(p).exists()],
+        inputs=[p for p in (source_folder, table) if p is not None and Path(p).exists()],
     ) as staging:
-        model = _convert_into(staging, source, subfolder, revision, token, cache_dir, coordinates, expected_preset)
-    if push_to_hub:
-        push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
+        model = _convert_into(
+            staging, source, subfolder or None, args.revision, args.token, args.cache_dir, coordinates,
+            args.expected_preset,
+        )  # fmt: skip
+    if args.push_to_hub:
+        message = f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}"
+        push_folder(output, args.push_to_hub, message, args.token)
     return model
 
 

@@ -10,6 +10,8 @@
   Everything is written into a temporary folder beside the output, which replaces the output only once complete: a
   failed or interrupted run leaves the earlier output as it was, and a repeated run never mixes its files with an
   earlier one's.
+* `check_model_folder`, `check_output_folder`, `check_output_file`: what a command checks before any work, with
+  the argument named (`option`: a flag such as `--output_dir`, or a positional such as `MODEL`).
 """
 
 import errno
@@ -20,6 +22,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import InvalidArgumentError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -86,10 +90,14 @@ def output_folder(
             )
         if _inside(Path.cwd(), output) or _inside(Path.home(), output):
             where = "the home folder" if _inside(Path.home(), output) else "the working folder"
-            raise ValueError(f"{output} holds {where}: {option} would delete it; write {what} to a folder of its own.")
+            raise InvalidArgumentError(
+                f"{output} holds {where}: {option} would delete it; write {what} to a folder of its own."
+            )
         held = [str(path) for path in inputs if _inside(path, output)]
         if held:
-            raise ValueError(f"{output} holds the input {held[0]}: {option} would delete it; write to another folder.")
+            raise InvalidArgumentError(
+                f"{output} holds the input {held[0]}: {option} would delete it; write to another folder."
+            )
     parent = output.parent
     staging = parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -98,7 +106,7 @@ def output_folder(
     except PermissionError as error:
         raise PermissionError(f"cannot write {output}: permission denied in {first_existing(parent)}.") from error
     except OSError as error:
-        raise OSError(f"cannot write {output} in {parent}: {error.strerror or error}.") from error
+        raise _like(error, f"cannot write {output} in {parent}: {error.strerror or error}.") from error
     try:
         yield staging
         _move_into_place(staging, output)
@@ -108,10 +116,17 @@ def output_folder(
             raise
         kept = "left as it was" if existing else "not created"
         reason = error.strerror or " ".join(str(error).split())
-        raise type(error)(f"cannot write {output}: {reason}; {output} was {kept}.") from error
+        raise _like(error, f"cannot write {output}: {reason}; {output} was {kept}.") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _like(error: OSError, message: str) -> OSError:
+    """An error of the kind and `errno` of `error` (a full disk stays `ENOSPC`), whose text is `message`."""
+    failure = type(error)(message)
+    failure.errno = error.errno
+    return failure
 
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM)
@@ -149,3 +164,59 @@ def _move_into_place(staging: Path, output: Path) -> None:
         replaced.rename(output)
         raise
     shutil.rmtree(replaced, ignore_errors=True)
+
+
+def check_model_folder(name: str, option: str, presets=(), config_file: bool = False) -> None:
+    """
+    Refuse, before any loading, a model path that cannot be a model: a path-like name that does not exist
+    (`FileNotFoundError`, "no such folder"), a file (`NotADirectoryError`, unless `config_file` and a `.json`), or a
+    folder without `config.json` (`FileNotFoundError`, pointing to the run's `final/` model when there is one). A name
+    in `presets`, or one that is not path-like (a Hub id), is left to the loader.
+    """
+    if name in presets:
+        return
+    path = Path(os.path.expanduser(name))
+    if path.is_file():
+        if config_file and name.endswith(".json"):
+            return
+        raise NotADirectoryError(f"{option} {name} is a file: give a model folder (config.json + model.safetensors).")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            final = path / "final"
+            hint = f" (the final model of this run is {final}/)" if (final / "config.json").is_file() else ""
+            raise FileNotFoundError(f"{option} {name} has no config.json: it is not a model folder{hint}.")
+        return
+    if config_file and name.endswith(".json"):
+        raise FileNotFoundError(f"no such file: {name} ({option})")
+    if is_path_like(name):
+        raise FileNotFoundError(f"no such folder: {name} ({option})")
+
+
+def check_output_folder(path, option: str) -> None:
+    """
+    An output folder a command creates or writes into: refuse a file in its place or on its way
+    (`NotADirectoryError`), and a folder that cannot be written as far as the permissions tell (`PermissionError`;
+    the write itself names the folder otherwise).
+    """
+    folder = Path(os.path.expanduser(path))
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == folder else f": {existing} is a file"
+        raise NotADirectoryError(f"{option} {path} is not a folder{where or ' but a file'}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: {existing} is not writable (permission denied).")
+
+
+def check_output_file(path, option: str, suffixes: tuple[str, ...] = ()) -> None:
+    """
+    An output file: refuse a name without one of `suffixes` (when given; `InvalidArgumentError`), a folder in its
+    place (`IsADirectoryError`), or a file where one of its folders should be (`NotADirectoryError`).
+    """
+    file = Path(os.path.expanduser(path))
+    if suffixes and file.suffix not in suffixes:
+        raise InvalidArgumentError(f"{option} {path}: the file name must end in {' or '.join(suffixes)}.")
+    if file.is_dir():
+        raise IsADirectoryError(f"{option} {path} is a folder: give a file name.")
+    parent = first_existing(file.parent)
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{option} {path}: {parent} is a file, not a folder.")

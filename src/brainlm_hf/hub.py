@@ -35,12 +35,10 @@ from pathlib import Path, PurePosixPath
 from transformers.utils import logging
 
 from . import convert
+from .convert import release_location
 
 logger = logging.get_logger(__name__)
 
-RELEASE_REPO = "vandijklab/brainlm"
-# short name -> subfolder of RELEASE_REPO
-RELEASES = {"brainlm-13m": "old_13M", "brainlm-111m": "vitmae_111M", "brainlm-650m": "vitmae_650M"}
 CONVERSION_VERSION = 1  # part of the cache paths: bump it when convert_checkpoint writes something else
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # from_pretrained options that the download of the source honours
@@ -69,21 +67,6 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
     if subfolder:
         kwargs["subfolder"] = subfolder
     return _resolve_hub(name, subfolder, kwargs)
-
-
-def release_location(name: str, subfolder: str | None = None) -> tuple[str, str]:
-    """
-    `(repo_id, subfolder)` of a released model's short name (`"brainlm-111m"`, any letter case); any other name is
-    returned as is. Check for a local folder of that name first: it wins.
-    """
-    if str(name).lower() not in RELEASES:
-        return name, subfolder or ""
-    if subfolder:
-        raise ValueError(
-            f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[str(name).lower()]!r}; do not also pass "
-            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead)."
-        )
-    return RELEASE_REPO, RELEASES[str(name).lower()]
 
 
 def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict) -> tuple:

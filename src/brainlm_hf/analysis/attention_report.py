@@ -6,14 +6,55 @@ Notation: R recordings, V regions (atlas order), Tw timepoints of a window, K ne
 
 import csv
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..arguments import check_choice, check_positive, positional
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..modeling_brainlm import BrainLMPreTrainedModel
 from .attention_maps import network_scores, recording_attention
 from .figures import plot_attention_heatmap, plot_glass_brain, plot_network_bars
+
+NETWORK_GROUPINGS = ("a424", "aal2-lobes", "none")  # region -> network: A424's networks, AAL2's lobes, or none
+
+
+@dataclass
+class AttentionArguments:
+    """What `brainlm attention` reads (a checkpoint, recordings) and how it groups and writes the CLS attention."""
+
+    checkpoint: str = positional(
+        "a folder or Hub id with the model and its processor (or an original BrainLM checkpoint, or a short name such "
+        "as brainlm-111m)",
+        "CHECKPOINT",
+    )
+    inputs: list[str] = positional(
+        "parcel tables (T, V) (.npy/.csv/.tsv/.dat) or prepared Parquet shards or split folders (e.g. prepared/test)",
+        "INPUTS",
+    )
+    output_dir: str = positional("the folder of region_scores.csv, attention.json and the figures", "OUT")
+    layers: list[int] | None = field(default=None, metadata={"help": "encoder layers to average (default: all)"})
+    stride: int | None = field(default=None, metadata={"help": "timepoints between windows (default: one window)"})
+    networks: str = field(
+        default="none", metadata={"choices": NETWORK_GROUPINGS, "help": "region-to-network grouping"}
+    )
+    atlas_dir: str | None = field(
+        default=None, metadata={"help": "A424 labels table or its folder (default: download and verify it)"}
+    )
+    repetition_time: float | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--tr"],
+            "help": "repetition time in seconds of table INPUTS (shards carry theirs); recordings at another TR than "
+            "the model's are resampled to it (linear)",
+        },
+    )
+
+    def __post_init__(self):
+        check_positive(self, "stride", integer=True, optional=True)
+        check_positive(self, "repetition_time", optional=True)
+        check_choice(self, "networks", NETWORK_GROUPINGS)
 
 
 def analyze_attention(

@@ -25,19 +25,115 @@ canonical token order (deterministic), and represented by:
 """
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..arguments import check_choice, check_positive, positional
 from ..configuration_brainlm import POOLINGS as MODEL_POOLINGS
-from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..feature_extraction_brainlm import SHORT_RECORDINGS, BrainLMFeatureExtractor
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
 
 # the model's poolings (one vector per window), and "tokens": every token's
 POOLINGS = (*MODEL_POOLINGS, "tokens")
 WINDOW_POLICIES = ("covering", "non_overlapping")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # name -> torch.autocast dtype
+EMBEDDING_SUFFIXES = (".parquet", ".npz")  # the files `save_embeddings` writes
+
+
+@dataclass
+class EmbedArguments:
+    """What `brainlm embed` embeds with which model, how, and where it writes the embeddings."""
+
+    model: str = positional(
+        "a brainlm_hf checkpoint folder or Hub id (with its processor), an original BrainLM checkpoint (converted on "
+        "load and cached), or a released model's short name (brainlm-13m, brainlm-111m, brainlm-650m)",
+        "MODEL",
+    )
+    inputs: list[str] = positional(
+        "parcel tables (T, V) as .npy/.csv/.tsv/.dat, 4-D NIfTI images with --atlas, or prepared Parquet shards; a "
+        "folder or a quoted glob",
+        "INPUTS",
+    )
+    output: str = field(
+        metadata={
+            "help": "OUT, .parquet or .npz: with --pooling cls or mean one (H,) embedding per recording (Parquet: id, "
+            "embedding; npz: ids, embeddings); with --pooling tokens every token of every window (Parquet: one row "
+            "per window, id, window, tokens (1 + K) x H with the CLS token first; npz: ids, tokens (windows, 1 + K, "
+            "H), recording_index)"
+        }
+    )
+    processor: str | None = field(
+        default=None, metadata={"help": "processor folder when it is not saved with the model"}
+    )
+    fit_processor: bool = field(
+        default=False,
+        metadata={
+            "help": "fit the processor's robust scaling (per-region median and IQR) on INPUTS: the released weights "
+            "ship no statistics"
+        },
+    )
+    atlas: str | None = field(default=None, metadata={"help": "'A424' or a label NIfTI, for NIfTI inputs"})
+    atlas_dir: str | None = field(
+        default=None, metadata={"help": "folder with the A424 files (default: download and verify them)"}
+    )
+    subfolder: str | None = field(
+        default=None, metadata={"help": "folder inside a Hub MODEL, e.g. vitmae_111M of vandijklab/brainlm"}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of MODEL"})
+    layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "hidden state to read: 0 = input embeddings, i = layer i before the final LayerNorm, -1 = the "
+            "last layer before it (Brainmarks' choice for 111M/650M); default: after the final LayerNorm"
+        },
+    )
+    pooling: str = field(
+        default="cls", metadata={"choices": POOLINGS, "help": "one embedding per recording (cls, mean) or tokens"}
+    )
+    include_padding_tokens: bool = field(
+        default=False, metadata={"help": "with --pooling tokens: keep tiles made only of padding"}
+    )
+    window_policy: str = field(
+        default="covering",
+        metadata={
+            "choices": WINDOW_POLICIES,
+            "help": "covering: every timepoint, one last window aligned to the end; non_overlapping: remainder "
+            "dropped",
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "windows per forward pass"})
+    repetition_time: float | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--tr"],
+            "help": "repetition time in seconds of the image and table INPUTS (default: the NIfTI header; tables: "
+            "unknown, used as they are); recordings at another TR than the model's are resampled to it (linear)",
+        },
+    )
+    short_recordings: str | None = field(
+        default=None,
+        metadata={
+            "choices": SHORT_RECORDINGS,
+            "help": "a recording shorter than one window (after resampling): an error, or one window padded with its "
+            "per-region mean, the padding left out of mean pooling (default: the processor's setting, refuse)",
+        },
+    )
+    device: str | None = field(default=None, metadata={"help": "default: cuda when available, else cpu"})
+    dtype: str = field(default="fp32", metadata={"choices": tuple(AUTOCAST_DTYPES), "help": "autocast dtype"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+    def __post_init__(self):
+        check_positive(self, "batch_size", integer=True)
+        check_positive(self, "repetition_time", optional=True)
+        check_choice(self, "pooling", POOLINGS)
+        check_choice(self, "window_policy", WINDOW_POLICIES)
+        check_choice(self, "dtype", tuple(AUTOCAST_DTYPES))
+        if self.short_recordings is not None:
+            check_choice(self, "short_recordings", SHORT_RECORDINGS)
 
 
 def embed_windows(
@@ -180,4 +276,13 @@ def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[
     return path
 
 
-__all__ = ["POOLINGS", "WINDOW_POLICIES", "embed_recordings", "embed_windows", "save_embeddings"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "EMBEDDING_SUFFIXES",
+    "POOLINGS",
+    "WINDOW_POLICIES",
+    "EmbedArguments",
+    "embed_recordings",
+    "embed_windows",
+    "save_embeddings",
+]

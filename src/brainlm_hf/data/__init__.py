@@ -14,7 +14,7 @@
 
 from .atlas import AAL2_LOBES, Atlas, aal2_lobes, load_a424, load_a424_networks, load_atlas
 from .parcellation import load_parcel_series, parcellate
-from .prepare import prepare_dataset
+from .prepare import PrepareArguments, prepare_dataset
 from .prepared import PreparedDataset, read_recordings
 from .recordings import InputRecording, find_recordings, load_recordings, read_inputs
 from .streaming import BrainLMCollator, WindowStream
@@ -24,6 +24,7 @@ __all__ = [
     "Atlas",
     "BrainLMCollator",
     "InputRecording",
+    "PrepareArguments",
     "PreparedDataset",
     "WindowStream",
     "aal2_lobes",

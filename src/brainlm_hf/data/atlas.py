@@ -18,6 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..errors import one_line
+
 _A424_COMMIT = "bbb460b7b476187072fd69de6a8a960f7d97ae89"
 _A424_BASE = f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_COMMIT}/brainmaps/"
 # local file name -> (upstream file name, sha256)
@@ -131,7 +133,7 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
     except FileNotFoundError as error:
         raise FileNotFoundError(f"no such file: {path} (an atlas: a 3-D integer label NIfTI)") from error
     except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
-        raise ValueError(f"{path}: cannot read it as a NIfTI atlas ({_one_line(error)}).") from error
+        raise ValueError(f"{path}: cannot read it as a NIfTI atlas ({one_line(error)}).") from error
     if len(image.shape) != 3:
         raise ValueError(f"An atlas must be a 3-D label volume, got shape {image.shape} from {path}.")
     volume = label_volume(image, path)
@@ -247,7 +249,7 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
                 partial.write_bytes(response.read())
         except OSError as error:  # URLError, timeouts, HTTP errors
             raise ConnectionError(
-                f"could not download {local_name} from {base_url}: {_one_line(getattr(error, 'reason', error))}; "
+                f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))}; "
                 "give the folder that holds the atlas files instead (--atlas-dir)."
             ) from error
         if _sha256(partial) != sha256:
@@ -263,5 +265,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _one_line(error) -> str:
-    return " ".join(str(error).split())
+def atlas_by_name(name: str | None, atlas_dir=None) -> Atlas | None:
+    """The atlas `name` names: `"A424"` (`load_a424(atlas_dir)`), the path of a label NIfTI (`load_atlas`), or None."""
+    if not name:
+        return None
+    return load_a424(atlas_dir) if name == "A424" else load_atlas(name)

@@ -11,13 +11,15 @@ back with `PreparedDataset`.
 
 import json
 import math
-import numbers
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..arguments import check_choice, check_positive, positional
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import (
     NORMALIZATIONS,
     RESAMPLE_TOLERANCE,
@@ -26,7 +28,7 @@ from ..feature_extraction_brainlm import (
     zscore_statistics,
 )
 from ..folders import output_folder
-from .atlas import Atlas, read_coordinate_table
+from .atlas import atlas_by_name, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
 
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
@@ -57,37 +59,162 @@ def split_subjects(subjects, fractions: dict[str, float], seed: int) -> dict[str
     return assignment
 
 
-def prepare_dataset(
-    inputs,
-    output_dir,
-    atlas: Atlas | None = None,
-    phenotypes=None,
-    repetition_time: float | None = None,
-    num_timepoints: int = 200,
-    normalization: str = "robust",
-    splits: dict[str, float] | None = None,
-    seed: int = 0,
-    shard_multiple: int = 8,
-    target_shard_bytes: int = 200 * 2**20,
-    coordinates=None,
-    region_names: list[str] | None = None,
-    atlas_name: str | None = None,
-    patch_size: int | None = None,
-    overwrite: bool = False,
-    iqr_epsilon: float | None = None,
-    target_repetition_time: float | None = None,
-    short_recordings: str = "refuse",
-) -> dict:
+@dataclass
+class PrepareArguments:
+    """
+    What `prepare_dataset` (and `brainlm prepare`) makes of which recordings. Python callers may also pass an `Atlas`
+    as `atlas`, a `pandas.DataFrame` as `phenotypes`, an array `(V, 3)` as `coordinates` and a dict of split name
+    -> fraction as `splits`. Invalid values raise `InvalidArgumentError` naming the field.
+    """
+
+    inputs: list[str] = positional(
+        "a folder, a glob (quoted) or files: 4-D NIfTI images (parcellated with --atlas) or parcel tables (T, V) as "
+        ".npy/.csv/.tsv/.dat",
+        "INPUTS",
+    )
+    output_dir: str = positional(
+        "the prepared dataset: <split>/shard-*.parquet, the fitted processor, prepare_summary.json and a dataset card "
+        "(new or empty, or replaced whole with --overwrite)",
+        "OUT",
+    )
+    atlas: str | None = field(default=None, metadata={"help": "'A424' or a label NIfTI, for NIfTI inputs"})
+    atlas_dir: str | None = field(
+        default=None, metadata={"help": "folder with the A424 files (default: download and verify them)"}
+    )
+    coordinates: str | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--atlas-coordinates", "--atlas_coordinates"],
+            "help": "region coordinates, a `label x y z` table (one row per region): for a custom label NIfTI atlas, "
+            "or for parcel tables (a region-window model needs them)",
+        },
+    )
+    phenotypes: str | None = field(
+        default=None,
+        metadata={
+            "help": "CSV/TSV with a 'subject' or 'id' column (the recording id); its other columns, which may not be "
+            "named like a dataset field (DATASET_FIELDS), are added to the rows of the matching recordings"
+        },
+    )
+    repetition_time: float | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--tr"],
+            "help": "repetition time in seconds of every input (default: each NIfTI header; tables have none)",
+        },
+    )
+    num_timepoints: int = field(default=200, metadata={"help": "window length, at the processor's TR"})
+    target_repetition_time: float | None = field(
+        default=None,
+        metadata={
+            "aliases": ["--target-tr", "--target_tr"],
+            "help": "TR in seconds of the model's windows (0.735 for the released weights): recordings at another TR "
+            "are resampled to it (linear) when windows are cut; needed when the recordings' TRs differ",
+        },
+    )
+    short_recordings: str = field(
+        default="refuse",
+        metadata={
+            "choices": SHORT_RECORDINGS,
+            "help": "a recording shorter than one window at that TR: left out (refuse), or kept and padded with its "
+            "per-region mean when windows are cut (pad; pretraining streams skip it)",
+        },
+    )
+    patch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "patch size of the region_window model to train (refuse a window length that is not a multiple "
+            "of it; without it a window length the presets' patch size 20 does not divide is warned about)"
+        },
+    )
+    normalization: str = field(
+        default="robust", metadata={"choices": NORMALIZATIONS, "help": "how the processor scales each region"}
+    )
+    splits: list[float] = field(
+        default_factory=lambda: list(SPLITS.values()),
+        metadata={
+            "aliases": ["--split"],
+            "help": f"fractions of the subjects in the {', '.join(SPLITS)} splits (three numbers)",
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "seed of the subject split"})
+    shard_multiple: int = field(
+        default=8,
+        metadata={
+            "help": "shard counts are a multiple of this (e.g. GPUs x loader workers) whenever the split has that "
+            "many recordings, so that every rank streams whole shards"
+        },
+    )
+    target_shard_bytes: int = field(default=200 * 2**20, metadata={"help": "size of a shard, in bytes"})
+    region_names: list[str] | None = field(
+        default=None, metadata={"help": "region names of parcel tables made without an atlas (override the atlas's)"}
+    )
+    atlas_name: str | None = field(
+        default=None, metadata={"help": "atlas name of parcel tables made without an atlas (overrides the atlas's)"}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "replace what OUT holds, whole (never mixed with it; never a folder that holds an input, the "
+            "working folder or the home folder)"
+        },
+    )
+    iqr_epsilon: float | None = field(
+        default=None,
+        metadata={
+            "help": "robust scaling: regions whose training IQR is below this (empty parcels) are scaled by it "
+            "instead of an error; they are recorded in the processor"
+        },
+    )
+
+    def __post_init__(self):
+        check_positive(self, "num_timepoints", "shard_multiple", "target_shard_bytes", integer=True)
+        check_positive(self, "patch_size", integer=True, optional=True)
+        check_positive(self, "repetition_time", "target_repetition_time", "iqr_epsilon", optional=True)
+        check_choice(self, "normalization", NORMALIZATIONS)
+        check_choice(self, "short_recordings", SHORT_RECORDINGS)
+        self.split_fractions()
+        check_window_length(self.num_timepoints, self.patch_size)
+        if self.atlas == "A424" and self.coordinates is not None:
+            raise InvalidArgumentError(
+                "coordinates is for a custom atlas or parcel tables: A424 has its own coordinates.",
+                argument="coordinates",
+            )
+
+    def split_fractions(self) -> dict[str, float]:
+        """`splits` as split name -> fraction (a list gives the fractions of `SPLITS`' names, in order)."""
+        splits = self.splits
+        if isinstance(splits, list | tuple) and len(splits) == len(SPLITS):
+            splits = dict(zip(SPLITS, splits, strict=True))
+        if not isinstance(splits, dict) or not splits:
+            raise InvalidArgumentError(
+                f"splits must be {len(SPLITS)} fractions ({', '.join(SPLITS)}) or a dict of split name -> fraction, "
+                f"got {splits!r}.",
+                argument="splits",
+            )
+        fractions = {str(name): float(value) for name, value in splits.items()}
+        if not all(math.isfinite(v) and v >= 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
+            raise InvalidArgumentError(
+                f"splits: the fractions must be finite, >= 0 and not all 0, got {fractions}.", argument="splits"
+            )
+        return fractions
+
+
+def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
 
-    Args:
+    Called with a `PrepareArguments`, or with its fields: `prepare_dataset(inputs, output_dir, num_timepoints=...)`.
+    Invalid values raise `InvalidArgumentError` (a `ValueError`) naming the field, before anything is read.
+
+    Args (the fields of `PrepareArguments`):
         inputs: folder, glob or list of NIfTI images (parcellated with `atlas`) and/or parcel tables `(T, V)`.
         output_dir: receives `<split>/shard-XXXXX-of-YYYYY.parquet`, `preprocessor_config.json` (fitted on the
             training split), `prepare_summary.json` (which lists every shard) and `README.md` (a dataset card that
             `datasets.load_dataset(output_dir)` reads). It must be new or empty: everything is written into a
             temporary folder beside it and moved into place once complete.
-        atlas (`Atlas`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are stored.
+        atlas (`Atlas` or `str`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are
+            stored. A name: `"A424"` (from `atlas_dir`, or its verified download) or the path of a label NIfTI.
         phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with a `subject` or an `id` column (the
             recording id, see `brainlm_hf.data.recordings`); its other columns are added to every row of the
             matching recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`,
@@ -119,39 +246,42 @@ def prepare_dataset(
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
     to `prepare_summary.json`).
     """
-    splits = _checked_splits(splits or SPLITS)
-    _check_arguments(num_timepoints, normalization, shard_multiple, target_shard_bytes)
-    _check_positive(
-        repetition_time=repetition_time, target_repetition_time=target_repetition_time, iqr_epsilon=iqr_epsilon
-    )
-    if short_recordings not in SHORT_RECORDINGS:  # before anything is read (the processor checks it again)
-        raise ValueError(f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.")
-    check_window_length(num_timepoints, patch_size)
-    atlas_name = atlas_name or (atlas.name if atlas is not None else None)
-    coordinates_source = None
+    if not isinstance(args, PrepareArguments):
+        args = PrepareArguments(args, output_dir, **kwargs)
+    elif output_dir is not None or kwargs:
+        raise TypeError("prepare_dataset takes a PrepareArguments alone, or inputs, output_dir and keyword fields.")
+    return _prepare(args)
+
+
+def _prepare(args: PrepareArguments) -> dict:
+    splits = args.split_fractions()
+    atlas = atlas_by_name(args.atlas, args.atlas_dir) if isinstance(args.atlas, str) else args.atlas
+    atlas_name = args.atlas_name or (atlas.name if atlas is not None else None)
+    coordinates, coordinates_source = args.coordinates, None
     if isinstance(coordinates, str | Path):
-        coordinates_source, coordinates = coordinates, read_coordinate_table(coordinates)[1]
-    paths = find_recordings(inputs)
-    phenotype_table = _phenotype_table(phenotypes)
-    given = [*paths, *(p for p in (phenotypes, coordinates_source) if isinstance(p, str | Path))]
-    with output_folder(output_dir, overwrite, "the prepared dataset", inputs=given) as output:
-        rows, without_phenotypes = read_rows(paths, atlas, repetition_time, phenotype_table, atlas_name)
+        check = {"num_regions": atlas.num_regions, "labels": atlas.labels} if atlas is not None else {}
+        coordinates_source, coordinates = coordinates, read_coordinate_table(coordinates, **check)[1]
+    paths = find_recordings(args.inputs)
+    phenotype_table = _phenotype_table(args.phenotypes)
+    given = [*paths, *(p for p in (args.phenotypes, coordinates_source) if isinstance(p, str | Path))]
+    with output_folder(args.output_dir, args.overwrite, "the prepared dataset", inputs=given) as output:
+        rows, without_phenotypes = read_rows(paths, atlas, args.repetition_time, phenotype_table, atlas_name)
         num_regions = rows[0]["series"].shape[1]
         coordinates = coordinates if coordinates is not None else getattr(atlas, "coordinates", None)
-        _check_regions(rows, num_regions, atlas, coordinates, coordinates_source, region_names)
+        _check_regions(rows, num_regions, atlas, coordinates, coordinates_source, args.region_names)
         processor = BrainLMFeatureExtractor(
-            normalization=normalization,
+            normalization=args.normalization,
             coordinates=_as_list(coordinates),
-            region_names=region_names or getattr(atlas, "region_names", None),
-            num_timepoints=num_timepoints,
-            repetition_time=target_repetition_time or common_repetition_time(rows),
+            region_names=args.region_names or getattr(atlas, "region_names", None),
+            num_timepoints=args.num_timepoints,
+            repetition_time=args.target_repetition_time or common_repetition_time(rows),
             atlas=atlas_name,
-            short_recordings=short_recordings,
+            short_recordings=args.short_recordings,
         )
         rows, too_short, padded = _long_enough(rows, processor)
-        if normalization == "zscore":
+        if args.normalization == "zscore":
             _check_zscore(rows)
-        assignment = split_subjects([row["subject"] for row in rows], splits, seed)
+        assignment = split_subjects([row["subject"] for row in rows], splits, args.seed)
         train = [row for row in rows if assignment[row["subject"]] == "train"]
         if not train:
             raise ValueError(
@@ -160,18 +290,19 @@ def prepare_dataset(
             )
         processor.fit(
             [row["series"] for row in train],
-            iqr_epsilon=iqr_epsilon,
+            iqr_epsilon=args.iqr_epsilon,
             repetition_times=[row["repetition_time"] for row in train],
         )
         if coordinates is None:
             warnings.warn(
-                f"{output_dir}: no region coordinates. Pretraining a region-window model (the native presets) needs "
-                "them: prepare again with --atlas-coordinates FILE (a `label x y z` table, one row per region; "
+                f"{args.output_dir}: no region coordinates. Pretraining a region-window model (the native presets) "
+                "needs them: prepare again with --atlas-coordinates FILE (a `label x y z` table, one row per region; "
                 "coordinates= in Python) or --atlas.",
-                stacklevel=2,
+                stacklevel=3,
             )
+        shards = write_splits(rows, assignment, splits, output, args.shard_multiple, args.target_shard_bytes)
         summary = {
-            "splits": write_splits(rows, assignment, splits, output, shard_multiple, target_shard_bytes),
+            "splits": shards,
             "too_short": too_short,
             "padded": padded,
             "repetition_time": processor.repetition_time,
@@ -180,7 +311,7 @@ def prepare_dataset(
             "atlas": atlas_name,
         }
         processor.save_pretrained(output)
-        (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
+        (output / "README.md").write_text(_dataset_card(summary, processor, args.num_timepoints))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -191,10 +322,12 @@ PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
 def check_window_length(num_timepoints: int, patch_size: int | None) -> None:
     """Refuse a window length that a region_window model of `patch_size` cannot cut into patches."""
     if num_timepoints < 1:
-        raise ValueError(f"num_timepoints (the window length) must be positive, got {num_timepoints}.")
+        raise InvalidArgumentError(
+            f"num_timepoints (the window length) must be positive, got {num_timepoints}.", argument="num_timepoints"
+        )
     if patch_size is not None and (patch_size < 1 or num_timepoints % patch_size):
         lower = num_timepoints - num_timepoints % patch_size if patch_size > 0 else 0
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The window length {num_timepoints} is not a multiple of the model's patch size {patch_size}: use "
             f"--num-timepoints {lower or patch_size}{f' or {lower + patch_size}' if lower else ''} (or the patch size "
             "of the model you will train)."
@@ -209,37 +342,6 @@ def patch_sizes_statement(num_timepoints: int) -> str:
         f"a region_window model needs a patch_size dividing {num_timepoints} ({', '.join(map(str, fits))}); this "
         f"{presets} the brainlm presets' patch_size {PRESET_PATCH_SIZE}"
     )
-
-
-def _checked_splits(splits: dict) -> dict[str, float]:
-    if not isinstance(splits, dict) or not splits:
-        raise ValueError(f"splits must be a dict of split name -> fraction, got {splits!r}.")
-    fractions = {str(name): float(value) for name, value in splits.items()}
-    if not all(math.isfinite(v) and v >= 0 for v in fractions.values()) or sum(fractions.values()) <= 0:
-        raise ValueError(f"split fractions must be finite, >= 0 and not all 0, got {fractions} (--split).")
-    return fractions
-
-
-def _check_arguments(num_timepoints, normalization, shard_multiple, target_shard_bytes):
-    for name, value in [
-        ("num_timepoints", num_timepoints),
-        ("shard_multiple", shard_multiple),
-        ("target_shard_bytes", target_shard_bytes),
-    ]:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-
-
-def _check_positive(**values) -> None:
-    for name, value in values.items():
-        if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _check_regions(rows, num_regions: int, atlas, coordinates, coordinates_source, region_names) -> None:

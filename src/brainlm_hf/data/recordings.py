@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..errors import one_line
 from .atlas import Atlas
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
 from .prepared import read_recordings, tr_columns
@@ -139,12 +140,12 @@ def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = No
         image = nib.load(path)
         header_tr = repetition_time(image)
     except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
-        raise ValueError(f"{path}: cannot read it as a NIfTI image ({_one_line(error)}).") from error
+        raise ValueError(f"{path}: cannot read it as a NIfTI image ({one_line(error)}).") from error
     try:
         series = parcellate(image, atlas, name=path)
     except (OSError, EOFError, zlib.error) as error:  # the data, read in chunks, ends early or is corrupt
         raise ValueError(
-            f"{path}: cannot read the image data ({_one_line(error)}); is the file complete (an interrupted copy "
+            f"{path}: cannot read the image data ({one_line(error)}); is the file complete (an interrupted copy "
             "or download)?"
         ) from error
     return series, tr if tr is not None else header_tr
@@ -194,7 +195,3 @@ def load_recordings(inputs, atlas: Atlas | None = None) -> dict[str, np.ndarray]
     (ids from the shards). Folders are searched recursively. Two inputs with the same id are an error.
     """
     return {recording.id: recording.series for recording in read_inputs(inputs, atlas)}
-
-
-def _one_line(error) -> str:
-    return " ".join(str(error).split())

@@ -30,7 +30,8 @@ import shutil
 from pathlib import Path
 
 from ..data.prepared import PreparedDataset
-from ..folders import first_existing
+from ..errors import InvalidArgumentError, one_line
+from ..folders import check_model_folder, first_existing
 from ..version import __version__
 
 TRAINER_STATE = "trainer_state.json"
@@ -39,6 +40,13 @@ CHECKPOINT_FORMAT = 1
 _SAFE_PICKLES = re.compile(r"optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt")
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".metadata")
 _LOW_SPACE = 64 * 2**20  # bytes: a write that fails with less free space than this is a full disk
+
+
+_STEP_PREFIX = "checkpoint_"
+# a step checkpoint's folder: `checkpoint_<step>`, `checkpoint_<step>_<name>` (e.g. `_nan`), `.partial` while written
+STEP_CHECKPOINT_NAME = re.compile(_STEP_PREFIX + r"(?P<step>\d+)(_\w+)?(\.partial)?")
+_STEP_NAME = re.compile(_STEP_PREFIX + r"\d+")  # a complete, regular one (kept `limit` of, resumed from as `latest`)
+STEP_CHECKPOINT_FILES = ("trainer_state.json", "optimizer*.bin", "random_states_*.pkl", "custom_*.pkl")
 
 
 def data_fingerprint(dataset: PreparedDataset) -> dict:
@@ -78,7 +86,7 @@ def save_checkpoint(accelerator, output: Path, trainer_state: dict, limit: int, 
     Write `checkpoints/checkpoint_<step>[_<name>]` (see the module) and keep the newest `limit` step checkpoints;
     `trainer_state` holds `step` and everything else the run resumes from (JSON data). Returns the folder.
     """
-    folder = output / "checkpoints" / f"checkpoint_{trainer_state['step']}{'_' + name if name else ''}"
+    folder = output / "checkpoints" / f"{_STEP_PREFIX}{trainer_state['step']}{'_' + name if name else ''}"
     partial = folder.with_name(folder.name + ".partial")
     if accelerator.is_main_process and partial.exists():  # left by a run killed while saving
         shutil.rmtree(partial)
@@ -123,14 +131,42 @@ def load_checkpoint(accelerator, output: Path, checkpoint: str, expected: dict, 
         load(folder / f"random_states_{accelerator.process_index}.pkl")  # accelerate skips an unreadable one silently
         accelerator.load_state(str(folder))
     except Exception as error:  # noqa: BLE001 - safetensors, zip, unpickling and shape errors of a damaged file
-        raise _damaged(folder, output, f"it cannot be read ({_one_line(error)[:300]})") from error
+        raise _damaged(folder, output, f"it cannot be read ({one_line(error)[:300]})") from error
     return state
 
 
 def step_checkpoints(output: Path) -> list[Path]:
     """The complete step checkpoints of a run, oldest first."""
-    folders = [p for p in (output / "checkpoints").glob("checkpoint_*") if re.fullmatch(r"checkpoint_\d+", p.name)]
-    return sorted(folders, key=lambda p: int(p.name.split("_")[1]))
+    folders = [p for p in (output / "checkpoints").glob(f"{_STEP_PREFIX}*") if _STEP_NAME.fullmatch(p.name)]
+    return sorted(folders, key=_step)
+
+
+def is_step_checkpoint(folder: Path) -> bool:
+    """
+    Whether `folder` was written by `save_checkpoint` (`checkpoint_<step>[_<name>][.partial]`, or holding its files),
+    not a model folder: a folder with `config.json` never is.
+    """
+    if (folder / "config.json").is_file():
+        return False
+    if STEP_CHECKPOINT_NAME.fullmatch(folder.name):
+        return True
+    return any(next(folder.glob(pattern), None) for pattern in STEP_CHECKPOINT_FILES)
+
+
+def check_model_path(name: str, option: str, presets=(), config_file: bool = False) -> None:
+    """
+    `folders.check_model_folder`, and before it: refuse a step checkpoint of a training run (use its `final/` model,
+    or resume the run from it). `option` names the argument (a flag, or a positional like `MODEL`) in the message.
+    """
+    path = Path(name).expanduser()
+    if name not in presets and path.is_dir() and is_step_checkpoint(path):
+        final = path.parent.parent / "final" if path.parent.name == "checkpoints" else Path("RUN") / "final"
+        raise InvalidArgumentError(
+            f"{option} {name} is a step checkpoint of a training run (optimizer and data-stream state to resume "
+            f"from), not a model: give the run's final model ({final}/), or continue the run with "
+            f"--resume_from_checkpoint {name}."
+        )
+    check_model_folder(name, option, presets, config_file)
 
 
 def checkpoint_path(output: Path, name: str) -> Path:
@@ -230,7 +266,7 @@ def _write_failure(folder: Path, error: BaseException, free: int, earlier: list[
     if full:
         reason = f"no space left on the device ({free // 2**20} MiB free)"
     else:
-        reason = _one_line(error)[:300]
+        reason = one_line(error)[:300]
     if earlier:
         kept = f"the earlier checkpoint {earlier[-1]} is intact: resume from it with --resume_from_checkpoint latest"
     else:
@@ -245,9 +281,5 @@ def _free_bytes(path: Path) -> int:
 
 
 def _step(folder: Path) -> int:
-    match = re.match(r"checkpoint_(\d+)", folder.name)
-    return int(match.group(1)) if match else 2**62
-
-
-def _one_line(error) -> str:
-    return " ".join(str(error).split())
+    match = STEP_CHECKPOINT_NAME.fullmatch(folder.name)
+    return int(match.group("step")) if match else 2**62
