@@ -55,7 +55,7 @@ def test_prepare_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_
     prepare(first, out, shard_multiple=1, target_shard_bytes=1)  # 4 recordings, 4 shards
     assert len(list((out / "train").glob("*.parquet"))) == 4
     second = write_tables(tmp_path / "second", ["sub-9_bold.npy"])
-    with pytest.raises(FileExistsError, match=f"{out} is not empty .*--overwrite"):
+    with pytest.raises(FileExistsError, match=f"{out} is not empty .*overwrite=True"):
         prepare(second, out)
     assert len(list((out / "train").glob("*.parquet"))) == 4  # untouched
     summary = prepare(second, out, overwrite=True)
@@ -120,7 +120,7 @@ def test_overwrite_never_deletes_the_working_or_home_folder(tmp_path, monkeypatc
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
     for out in (work, work.parent, Path(".")):
-        with pytest.raises(ValueError, match="holds the working folder: --overwrite would delete it"):
+        with pytest.raises(ValueError, match="holds the working folder: overwrite=True would delete it"):
             prepare(inputs, out, overwrite=True)
     monkeypatch.setenv("HOME", str(work))
     monkeypatch.chdir(tmp_path)
@@ -702,7 +702,7 @@ def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_
     out.mkdir()
     (out / "README.md").write_text("my notes")
     (out / "notes.txt").write_text("more notes")
-    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md, notes.txt\\).*--overwrite"):
+    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md, notes.txt\\).*overwrite=True"):
         convert_checkpoint(str(source), str(out))
     assert (out / "README.md").read_text() == "my notes"
     convert_checkpoint(str(source), str(out), overwrite=True)  # replaced whole: nothing of the old folder is left

@@ -10,6 +10,9 @@ Each class also derives from the built-in exception that Python code has always 
 * `InvalidArgumentError` (`ValueError`): an argument value or a combination of arguments that cannot work.
 * `InvalidFileError` (`ValueError`): a file or folder that exists but cannot be used (damaged, wrong kind, other data).
 * `MissingFileError` (`FileNotFoundError`): a file or folder the caller named, or that a dataset needs, is absent.
+* `NotAFolderError` (`InvalidFileError`, `NotADirectoryError`): a file named where a folder is expected.
+* `FolderNotEmptyError` (`InvalidArgumentError`, `FileExistsError`): an output folder that holds files, without
+  `overwrite`.
 
 `argument` names the Python argument at fault (`"shard_multiple"`); messages name it as Python callers write it,
 and the command line names the flag (`--shard-multiple`) instead, through `UserError.describe(flag=...)`.
@@ -20,6 +23,8 @@ __all__ = [
     "InvalidFileError",
     "InvalidInputError",
     "MissingFileError",
+    "FolderNotEmptyError",
+    "NotAFolderError",
     "UserError",
     "one_line",
 ]
@@ -65,3 +70,11 @@ class InvalidFileError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder that was named, or that a dataset or checkpoint needs, is absent."""
+
+
+class NotAFolderError(InvalidFileError, NotADirectoryError):
+    """A path that names a file where a folder is expected."""
+
+
+class FolderNotEmptyError(InvalidArgumentError, FileExistsError):
+    """An output folder that already holds files, given without `overwrite`."""
