@@ -18,12 +18,14 @@ Each class also derives from the built-in exception that Python code has always 
 and the command line names the flag (`--shard-multiple`) instead, through `UserError.describe(flag=...)`.
 """
 
+import re
+
 __all__ = [
+    "FolderNotEmptyError",
     "InvalidArgumentError",
     "InvalidFileError",
     "InvalidInputError",
     "MissingFileError",
-    "FolderNotEmptyError",
     "NotAFolderError",
     "UserError",
     "one_line",
@@ -37,8 +39,9 @@ def one_line(text) -> str:
 
 class UserError(Exception):
     """
-    A mistake of the caller. `argument` (optional, keyword-only) is the name of the Python argument at fault; when
-    given, the message starts with it (`"shard_multiple=0: ..."` reads as written by the caller).
+    A mistake of the caller. `argument` (optional, keyword-only) is the name of the Python argument at fault; the
+    message names it as the caller writes it: at its start (`"shard_multiple must be ..."`) or as `name=`
+    (`"shard_multiple=0: ..."`, `"prepare it with num_timepoints=200"`), which `describe` can rename to a flag.
     """
 
     def __init__(self, message: str, *args, argument: str | None = None):
@@ -49,10 +52,15 @@ class UserError(Exception):
         return str(self.args[0]) if self.args else type(self).__name__
 
     def describe(self, flag=None) -> str:
-        """The message on one line; `flag(argument) -> str` renames the Python argument for the command line."""
+        """
+        The message on one line; `flag(argument) -> str` renames the Python argument for the command line where the
+        message names it: at its start (`"reader must be ..."`) or as `argument=` (`"use shard_multiple=4"`). The
+        same word elsewhere is prose and is kept (`atlas` in `"an atlas is needed (atlas=)"`).
+        """
         text = one_line(self)
         if self.argument and flag is not None:
-            text = text.replace(self.argument, flag(self.argument))
+            name = re.escape(self.argument)
+            text = re.sub(rf"^{name}\b|(?<![\w.-]){name}(?==)", flag(self.argument), text)
         return text
 
 
