@@ -544,7 +544,7 @@ def test_prepare_reads_a_coordinate_table_for_parcel_tables(tmp_path):
 
 def test_prepare_without_coordinates_says_pretraining_will_need_them(tmp_path):
     inputs = write_tables(tmp_path / "in", ["sub-1_bold.npy"])
-    with pytest.warns(UserWarning, match="no region coordinates.*--atlas-coordinates"):
+    with pytest.warns(UserWarning, match="no region coordinates.*coordinates="):
         prepare(inputs, tmp_path / "out", coordinates=None)
 
 
