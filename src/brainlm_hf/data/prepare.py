@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
 from ..feature_extraction_brainlm import (
     NORMALIZATIONS,
     RESAMPLE_TOLERANCE,
@@ -25,7 +26,6 @@ from ..feature_extraction_brainlm import (
     BrainLMFeatureExtractor,
     zscore_statistics,
 )
-from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
 from ..folders import output_folder
 from .atlas import Atlas, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
