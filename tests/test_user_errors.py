@@ -481,10 +481,10 @@ def test_without_a_learning_rate_the_base_rate_is_scaled(config):
 @pytest.mark.parametrize(
     "overrides, option",
     [
-        ({"learning_rate": float("nan")}, "--learning_rate nan"),
-        ({"learning_rate": float("inf")}, "--learning_rate inf"),
-        ({"learning_rate": -1e-3}, "--learning_rate -0.001"),
-        ({"base_learning_rate": float("nan")}, "--base_learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate=nan"),
+        ({"learning_rate": float("inf")}, "learning_rate=inf"),
+        ({"learning_rate": -1e-3}, "learning_rate=-0.001"),
+        ({"base_learning_rate": float("nan")}, "base_learning_rate=nan"),
     ],
 )
 def test_an_unusable_learning_rate_is_refused_with_the_option(config, overrides, option):
