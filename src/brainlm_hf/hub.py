@@ -34,6 +34,8 @@ from pathlib import Path, PurePosixPath
 
 from transformers.utils import logging
 
+from .errors import InvalidArgumentError, MissingFileError
+
 logger = logging.get_logger(__name__)
 
 RELEASE_REPO = "vandijklab/brainlm"
@@ -77,9 +79,10 @@ def release_location(name: str, subfolder: str | None = None) -> tuple[str, str]
     if str(name).lower() not in RELEASES:
         return name, subfolder or ""
     if subfolder:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[str(name).lower()]!r}; do not also pass "
-            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead)."
+            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead).",
+            argument="subfolder",
         )
     return RELEASE_REPO, RELEASES[str(name).lower()]
 
@@ -179,7 +182,7 @@ def push_folder(
 
     files = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in exclude)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no files to upload.")
+        raise MissingFileError(f"{folder} holds no files to upload.", argument="folder")
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=files, commit_message=commit_message)
