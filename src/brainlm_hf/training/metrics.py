@@ -15,8 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidInputError
-
 EVALUATE_MODULE = str(Path(__file__).parent / "evaluate_modules" / "brain_reconstruction")
 
 
@@ -30,12 +28,10 @@ def masked_reconstruction_metrics(prediction, target, mask) -> dict[str, float]:
     """
     prediction, target, mask = (np.asarray(x, dtype=np.float64) for x in (prediction, target, mask))
     if not prediction.shape == target.shape == mask.shape:
-        raise InvalidInputError(
-            f"Shapes differ: prediction {prediction.shape}, target {target.shape}, mask {mask.shape}."
-        )
+        raise ValueError(f"Shapes differ: prediction {prediction.shape}, target {target.shape}, mask {mask.shape}.")
     selected = mask.astype(bool)
     if not selected.any():
-        raise InvalidInputError("The mask selects no timepoint: nothing to score.")
+        raise ValueError("The mask selects no timepoint: nothing to score.")
     p, y = prediction[selected], target[selected]
     sse, sst = np.sum((p - y) ** 2), np.sum((y - y.mean()) ** 2)
     return {
@@ -75,7 +71,7 @@ def regression_metrics(*, predictions, targets) -> dict[str, float]:
     predictions, targets = (np.asarray(x, dtype=np.float64) for x in (predictions, targets))
     predictions, targets = predictions.reshape(len(predictions), -1), targets.reshape(len(targets), -1)
     if predictions.shape != targets.shape:
-        raise InvalidInputError(f"Shapes differ: predictions {predictions.shape}, targets {targets.shape}.")
+        raise ValueError(f"Shapes differ: predictions {predictions.shape}, targets {targets.shape}.")
     error = predictions - targets
     per_target = {
         "mse": np.mean(error**2, 0),
@@ -101,7 +97,7 @@ def classification_metrics(*, scores, labels) -> dict[str, float]:
     """
     logits, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(int).reshape(-1)
     if logits.ndim != 2 or logits.shape[0] != len(labels) or logits.shape[1] < 2:
-        raise InvalidInputError(f"Expected scores (R, C >= 2) and labels (R,), got {logits.shape} and {labels.shape}.")
+        raise ValueError(f"Expected scores (R, C >= 2) and labels (R,), got {logits.shape} and {labels.shape}.")
     predicted = logits.argmax(1)
     present = np.unique(labels)
     recalls = [np.mean(predicted[labels == c] == c) for c in present]
