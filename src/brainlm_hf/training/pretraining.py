@@ -299,7 +299,7 @@ def use_optim(optimizer, optim: str) -> None:
     written = "adamw_torch_fused" if inner.param_groups[0].get("fused") else "adamw_torch"
     if written == optim:
         return
-    logger.warning(f"The checkpoint's optimizer ran {written}; continuing with {optim} as --optim says.")
+    logger.warning(f"The checkpoint's optimizer ran {written}; continuing with {optim} as optim= says.")
     for group in inner.param_groups:
         group["fused"] = fused or None
         group["foreach"] = None
