@@ -59,8 +59,8 @@ class UserError(Exception):
         """
         text = one_line(self)
         if self.argument and flag is not None:
-            name = re.escape(self.argument)
-            text = re.sub(rf"^{name}\b|(?<![\w.-]){name}(?==)", flag(self.argument), text)
+            name, renamed = re.escape(self.argument), flag(self.argument)
+            text = re.sub(rf"^{name}\b|(?<![\w.-]){name}(?==)", lambda _: renamed, text)
         return text
 
 
