@@ -193,9 +193,7 @@ def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_B
     header, rows = rows[0], rows[1:]
     if level not in header:
         levels = [column for column in header if column.startswith("AA")]
-        raise InvalidArgumentError(
-            f"level={level!r} is not a column of {path}; choose one of {levels}.", argument="level"
-        )
+        raise InvalidArgumentError(f"{path} has no column {level!r}; choose level= among {levels}.", argument="level")
     column = header.index(level) + 2  # each level is followed by its abbreviation and its name
     if [int(row[0]) for row in rows] != list(range(1, 425)):
         raise InvalidFileError(f"{path} does not list the A424 labels 1..424 in order; is it the A424 labels table?")
