@@ -33,6 +33,7 @@ def test_saved_folder_is_hub_ready(pretrained):
     assert sorted(os.listdir(path)) == [
         "config.json",
         "configuration_brainlm.py",
+        "errors.py",  # imported by the model files: copied with them for trust_remote_code
         "model.safetensors",
         "modeling_brainlm.py",
     ]

@@ -28,6 +28,7 @@ CONVERTED_FILES = {
     "configuration_brainlm.py",
     "modeling_brainlm.py",
     "feature_extraction_brainlm.py",
+    "errors.py",  # imported by the three model files: copied with them for trust_remote_code
     "preprocessor_config.json",
 }
 

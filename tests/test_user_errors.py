@@ -55,7 +55,7 @@ def test_prepare_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_
     prepare(first, out, shard_multiple=1, target_shard_bytes=1)  # 4 recordings, 4 shards
     assert len(list((out / "train").glob("*.parquet"))) == 4
     second = write_tables(tmp_path / "second", ["sub-9_bold.npy"])
-    with pytest.raises(FileExistsError, match=f"{out} is not empty .*--overwrite"):
+    with pytest.raises(FileExistsError, match=f"{out} is not empty .*overwrite=True"):
         prepare(second, out)
     assert len(list((out / "train").glob("*.parquet"))) == 4  # untouched
     summary = prepare(second, out, overwrite=True)
@@ -120,7 +120,7 @@ def test_overwrite_never_deletes_the_working_or_home_folder(tmp_path, monkeypatc
     (work / "notes.txt").write_text("mine")
     monkeypatch.chdir(work)
     for out in (work, work.parent, Path(".")):
-        with pytest.raises(ValueError, match="holds the working folder: --overwrite would delete it"):
+        with pytest.raises(ValueError, match="holds the working folder: overwrite=True would delete it"):
             prepare(inputs, out, overwrite=True)
     monkeypatch.setenv("HOME", str(work))
     monkeypatch.chdir(tmp_path)
@@ -481,10 +481,10 @@ def test_without_a_learning_rate_the_base_rate_is_scaled(config):
 @pytest.mark.parametrize(
     "overrides, option",
     [
-        ({"learning_rate": float("nan")}, "--learning_rate nan"),
-        ({"learning_rate": float("inf")}, "--learning_rate inf"),
-        ({"learning_rate": -1e-3}, "--learning_rate -0.001"),
-        ({"base_learning_rate": float("nan")}, "--base_learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate=nan"),
+        ({"learning_rate": float("inf")}, "learning_rate=inf"),
+        ({"learning_rate": -1e-3}, "learning_rate=-0.001"),
+        ({"base_learning_rate": float("nan")}, "base_learning_rate=nan"),
     ],
 )
 def test_an_unusable_learning_rate_is_refused_with_the_option(config, overrides, option):
@@ -544,7 +544,7 @@ def test_prepare_reads_a_coordinate_table_for_parcel_tables(tmp_path):
 
 def test_prepare_without_coordinates_says_pretraining_will_need_them(tmp_path):
     inputs = write_tables(tmp_path / "in", ["sub-1_bold.npy"])
-    with pytest.warns(UserWarning, match="no region coordinates.*--atlas-coordinates"):
+    with pytest.warns(UserWarning, match="no region coordinates.*coordinates="):
         prepare(inputs, tmp_path / "out", coordinates=None)
 
 
@@ -702,7 +702,7 @@ def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_
     out.mkdir()
     (out / "README.md").write_text("my notes")
     (out / "notes.txt").write_text("more notes")
-    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md, notes.txt\\).*--overwrite"):
+    with pytest.raises(FileExistsError, match=f"{out} is not empty \\(README.md, notes.txt\\).*overwrite=True"):
         convert_checkpoint(str(source), str(out))
     assert (out / "README.md").read_text() == "my notes"
     convert_checkpoint(str(source), str(out), overwrite=True)  # replaced whole: nothing of the old folder is left

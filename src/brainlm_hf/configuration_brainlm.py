@@ -12,6 +12,8 @@ from transformers import PreTrainedConfig
 from transformers.activations import ACT2CLS
 from transformers.utils import logging
 
+from .errors import InvalidArgumentError
+
 logger = logging.get_logger(__name__)
 
 _RELEASED_DECODER = {
@@ -330,18 +332,20 @@ class BrainLMConfig(PreTrainedConfig):
     def from_preset(cls, name: str, **overrides) -> "BrainLMConfig":
         """Build the configuration of a named architecture (see `PRESETS`), with optional field overrides."""
         if name not in PRESETS:
-            raise ValueError(f"Unknown preset {name!r}. Available presets: {sorted(PRESETS)}.")
+            raise InvalidArgumentError(
+                f"Unknown preset {name!r}. Available presets: {sorted(PRESETS)}.", argument="name"
+            )
         return cls(**{**PRESETS[name], **overrides})
 
 
-class ConfigValueError(ValueError, StrictDataclassError):
-    """A configuration value the model cannot be built from: a `ValueError`, and a `StrictDataclassError` like the
-    validation errors of transformers' own dataclass configs."""
+class ConfigValueError(InvalidArgumentError, StrictDataclassError):
+    """A configuration value the model cannot be built from: an `InvalidArgumentError` (a `ValueError`), and a
+    `StrictDataclassError` like the validation errors of transformers' own dataclass configs."""
 
 
 def _at_least(name: str, value: int, minimum: int) -> None:
     if value < minimum:
-        raise ConfigValueError(f"{name} must be at least {minimum}, got {value}.")
+        raise ConfigValueError(f"{name} must be at least {minimum}, got {value}.", argument=name)
 
 
 # keyword arguments that transformers' `PreTrainedConfig` consumes or that saved configs carry besides the fields
@@ -367,7 +371,7 @@ def _report_unknown_keys(kwargs: dict, reject: bool) -> None:
     ]
     message = f"BrainLMConfig got keys that are not among its fields: {', '.join(hints)}."
     if reject:
-        raise ValueError(message)
+        raise InvalidArgumentError(message)
     logger.warning(message + " They are kept as plain attributes and used by nothing.")
 
 

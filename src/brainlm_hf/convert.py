@@ -29,7 +29,7 @@ from transformers.utils import logging
 
 from .arguments import check_choice, positional
 from .configuration_brainlm import PRESETS, BrainLMConfig
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidFileError, MissingFileError
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
@@ -95,7 +95,7 @@ _TRAIN_MODES = {"auto_encode": "random", "predict_last": "predict_last"}
 def detect_family(original_config: dict) -> str:
     family = original_config.get("model_type")
     if family not in FAMILIES:
-        raise ValueError(
+        raise InvalidFileError(
             f"Unknown original model_type {family!r}: brainlm_hf converts {sorted(FAMILIES)} checkpoints "
             "(BrainLM's 13M release is 'brainlm_mae', the 111M/650M releases are 'vit_mae')."
         )
@@ -107,7 +107,9 @@ def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
     family = detect_family(original)
     for name, bad in _UNSUPPORTED.items():
         if original.get(name) == bad:
-            raise ValueError(f"The original option {name}={bad} is not implemented in brainlm_hf; cannot convert.")
+            raise InvalidFileError(
+                f"The original option {name}={bad} is not implemented in brainlm_hf; cannot convert."
+            )
     common = {
         name: original[name]
         for name in (
@@ -129,7 +131,7 @@ def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
     }
     if family == "brainlm_mae":
         if original.get("num_landmarks") != original.get("segment_means_seq_len"):
-            raise ValueError(
+            raise InvalidFileError(
                 "Only num_landmarks == segment_means_seq_len (exact softmax attention) is supported, as released; "
                 f"got {original.get('num_landmarks')} and {original.get('segment_means_seq_len')}."
             )
@@ -146,14 +148,14 @@ def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
     else:
         train_mode = original.get("train_mode", "auto_encode")
         if train_mode not in _TRAIN_MODES:
-            raise ValueError(
+            raise InvalidFileError(
                 f"The original train_mode {train_mode!r} is not implemented in brainlm_hf (supported: "
                 f"{sorted(_TRAIN_MODES)}); cannot convert."
             )
         image_size = original["image_size"]
         if isinstance(image_size, list | tuple):
             if len(set(image_size)) != 1:
-                raise ValueError(f"Only square images are supported, got image_size={image_size}.")
+                raise InvalidFileError(f"Only square images are supported, got image_size={image_size}.")
             image_size = image_size[0]
         specific = {
             "token_layout": "tile_2d",
@@ -171,7 +173,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dic
     family = detect_family(original_config)
     other = next(name for name in FAMILIES if name != family)
     if _FAMILY_MARKERS[other] in state_dict and _FAMILY_MARKERS[family] not in state_dict:
-        raise ValueError(
+        raise InvalidFileError(
             f"The config says {FAMILIES[family]} but the weights belong to the {FAMILIES[other]}: config.json and the "
             "weights file come from different checkpoints."
         )
@@ -186,7 +188,7 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dic
         else:
             unknown.append(key)
     if unknown:
-        raise ValueError(f"Unknown keys in the original {FAMILIES[family]} checkpoint: {unknown}.")
+        raise InvalidFileError(f"Unknown keys in the original {FAMILIES[family]} checkpoint: {unknown}.")
     if family == "vit_mae":
         _fold_channels(converted)
     return converted
@@ -209,7 +211,7 @@ def _check_fixed_table(key: str, tensor: torch.Tensor, family: str) -> None:
         grid = round((tensor.shape[1] - 1) ** 0.5)
         expected = torch.cat([torch.zeros(1, tensor.shape[-1]), sincos_2d_encoding(grid, tensor.shape[-1])])[None]
     if tensor.shape != expected.shape or not torch.allclose(tensor.float(), expected, atol=1e-6):
-        raise ValueError(
+        raise InvalidFileError(
             f"{key} is not the standard fixed sin/cos table; this checkpoint cannot be converted exactly."
         )
 
@@ -235,7 +237,7 @@ def model_from_original(state_dict: dict[str, torch.Tensor], original_config: di
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
     if missing or unexpected:
-        raise ValueError(
+        raise InvalidFileError(
             f"The {FAMILIES[detect_family(original_config)]} checkpoint does not match its config: weights missing "
             f"from the checkpoint {missing}; checkpoint keys with no place in the model {unexpected} (renamed)."
         )
@@ -245,7 +247,7 @@ def model_from_original(state_dict: dict[str, torch.Tensor], original_config: di
 
 WEIGHTS_LICENSE_WARNING = (
     "The released BrainLM weights are licensed CC BY-NC-ND 4.0: re-hosting converted (derivative) weights may not be "
-    "permitted. Check the license and pass accept_weights_license=True (--accept-weights-license) to upload anyway."
+    "permitted. Check the license and pass accept_weights_license=True to upload anyway."
 )
 RELEASE_INPUT_SCALE = 5.6430855  # divisor used by the tutorials of the released 111M / 650M weights
 RELEASE_REPETITION_TIME = 0.735  # seconds: UK Biobank, the pretraining data of the released weights
@@ -268,9 +270,11 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
     if local is not None:
         folder = local / (subfolder or "")
         if not folder.is_dir():
-            raise FileNotFoundError(f"no such folder: {where} (--subfolder {subfolder} inside {source})")
+            raise MissingFileError(
+                f"no such folder: {where} (subfolder={subfolder!r} inside {source})", argument="subfolder"
+            )
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{where} has no config.json: point to an original BrainLM checkpoint folder.")
+            raise MissingFileError(f"{where} has no config.json: point to an original BrainLM checkpoint folder.")
 
         def fetch(name):
             return folder / name if (folder / name).is_file() else None
@@ -295,13 +299,13 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
 
     config_file = fetch("config.json")
     if config_file is None:
-        raise FileNotFoundError(f"{where} has no config.json: point to an original BrainLM checkpoint.")
+        raise MissingFileError(f"{where} has no config.json: point to an original BrainLM checkpoint.")
     try:
         original_config = json.loads(config_file.read_text())
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"{where}/config.json is not valid JSON ({error}).") from error
+        raise InvalidFileError(f"{where}/config.json is not valid JSON ({error}).") from error
     if not isinstance(original_config, dict):
-        raise ValueError(f"{where}/config.json is not a model config (a JSON object).")
+        raise InvalidFileError(f"{where}/config.json is not a model config (a JSON object).")
     for name in ("model.safetensors", "pytorch_model.bin"):
         path = fetch(name)
         if path is not None and path.is_file():
@@ -311,8 +315,8 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
                 return torch.load(path, map_location="cpu", weights_only=True), original_config
             except Exception as error:  # noqa: BLE001 - safetensors, zip and unpickling errors of a damaged file
                 message = " ".join(str(error).split())[:300]
-                raise ValueError(f"{where}/{name}: cannot read the weights ({message}).") from error
-    raise FileNotFoundError(f"No model.safetensors or pytorch_model.bin in {where}.")
+                raise InvalidFileError(f"{where}/{name}: cannot read the weights ({message}).") from error
+    raise MissingFileError(f"No model.safetensors or pytorch_model.bin in {where}.")
 
 
 def _hub_failure(name: str, source: str, subfolder, revision, error) -> str:
@@ -386,7 +390,7 @@ class ConvertArguments:
         if self.expected_preset is not None:
             check_choice(self, "expected_preset", tuple(PRESETS))
         if self.push_to_hub and not self.accept_weights_license:
-            raise InvalidArgumentError(WEIGHTS_LICENSE_WARNING)
+            raise InvalidArgumentError(WEIGHTS_LICENSE_WARNING, argument="accept_weights_license")
 
 
 def convert_checkpoint(
@@ -427,9 +431,10 @@ def release_location(name: str, subfolder: str | None = None) -> tuple[str, str]
     if str(name).lower() not in RELEASES:
         return name, subfolder or ""
     if subfolder:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name!r} names {RELEASE_REPO} with subfolder {RELEASES[str(name).lower()]!r}; do not also pass "
-            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead)."
+            f"subfolder={subfolder!r} (or pass {RELEASE_REPO!r} with the subfolder instead).",
+            argument="subfolder",
         )
     return RELEASE_REPO, RELEASES[str(name).lower()]
 
@@ -448,9 +453,10 @@ def _convert(args: ConvertArguments) -> BrainLMForMaskedSignalModeling:
         source_folder, target = source_folder.resolve(), output.resolve()
         if target == source_folder or source_folder in target.parents:
             where = "the source checkpoint" if target == source_folder else "inside the source checkpoint"
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{output_dir} is {where} {source}: converting there would replace or mix with the original; "
-                "give another output folder."
+                "give another output folder.",
+                argument="output_dir",
             )
     table = args.atlas_coordinates
     coordinates = None if table is None else read_coordinates(table)
@@ -485,9 +491,10 @@ def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, c
     if expected_preset is not None:
         differences = preset_differences(model.config, expected_preset)
         if differences:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{source} {subfolder or ''} is a {FAMILIES[family]} checkpoint whose architecture is not "
-                f"{expected_preset}: {differences} (checkpoint, preset)."
+                f"{expected_preset}: {differences} (checkpoint, preset).",
+                argument="expected_preset",
             )
     elif preset is None:
         nearest = min(PRESETS, key=lambda name: len(preset_differences(model.config, name)))
@@ -497,9 +504,10 @@ def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, c
         )
 
     if coordinates is not None and family == "vit_mae" and len(coordinates) > model.config.image_size:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The atlas coordinates list {len(coordinates)} regions, more than the {model.config.image_size} rows "
-            "this checkpoint's image holds: they belong to another atlas."
+            "this checkpoint's image holds: they belong to another atlas.",
+            argument="atlas_coordinates",
         )
     feature_extractor = _feature_extractor(family, coordinates)
     model.save_pretrained(output)

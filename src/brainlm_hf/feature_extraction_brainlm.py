@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
+from .errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
+
 NORMALIZATIONS = ("robust", "zscore", "none")
 SHORT_RECORDINGS = ("refuse", "pad")
 RESAMPLE_TOLERANCE = 0.1  # seconds: recordings whose TR differs from the processor's by this much are resampled
@@ -97,7 +99,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     ):
         super().__init__(**kwargs)
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+            raise InvalidArgumentError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.", argument="normalization"
+            )
         input_scale = _positive_number(input_scale, "input_scale")
         num_timepoints = _positive_integer(num_timepoints, "num_timepoints")
         if repetition_time is not None:
@@ -106,9 +110,14 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
         resample_tolerance = _positive_number(resample_tolerance, "resample_tolerance")
         if short_recordings not in SHORT_RECORDINGS:
-            raise ValueError(f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.")
+            raise InvalidArgumentError(
+                f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.",
+                argument="short_recordings",
+            )
         if atlas is not None and not isinstance(atlas, str):
-            raise ValueError(f"atlas must be the name of the parcellation (a string), got {atlas!r}.")
+            raise InvalidArgumentError(
+                f"atlas must be the name of the parcellation (a string), got {atlas!r}.", argument="atlas"
+            )
         per_region = {
             "coordinates": coordinates,
             "region_order": region_order,
@@ -118,23 +127,27 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         }
         for name, values in per_region.items():
             if values is not None and (isinstance(values, str | bytes) or not hasattr(values, "__len__")):
-                raise ValueError(f"{name} must be a list with one entry per region, got {values!r}.")
+                raise InvalidArgumentError(
+                    f"{name} must be a list with one entry per region, got {values!r}.", argument=name
+                )
             if values is not None and len(values) == 0:
-                raise ValueError(f"{name} is empty: give one entry per region, or None.")
+                raise InvalidArgumentError(f"{name} is empty: give one entry per region, or None.", argument=name)
         sizes = {name: len(v) for name, v in per_region.items() if v is not None}
         if len(set(sizes.values())) > 1:
-            raise ValueError(f"Per-region fields disagree on the number of regions: {sizes}.")
+            raise InvalidArgumentError(f"Per-region fields disagree on the number of regions: {sizes}.")
         if coordinates is not None:
             coordinates = _finite_array(coordinates, "coordinates", (len(coordinates), 3)).tolist()
         if region_order is not None:
             order = _finite_array(region_order, "region_order", (len(region_order),))
             if not np.array_equal(np.sort(order), np.arange(len(order))):
-                raise ValueError("region_order must be a permutation of 0 .. V - 1.")
+                raise InvalidArgumentError(
+                    "region_order must be a permutation of 0 .. V - 1.", argument="region_order"
+                )
             region_order = [int(i) for i in order]
         if region_names is not None and not all(isinstance(name, str) for name in region_names):
-            raise ValueError("region_names must be strings, one per region.")
+            raise InvalidArgumentError("region_names must be strings, one per region.", argument="region_names")
         if (median is None) != (iqr is None):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"median and iqr go together (both set by fit), got only {'iqr' if median is None else 'median'}."
             )
         if median is not None:
@@ -142,22 +155,30 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             iqr = _finite_array(iqr, "iqr", (len(iqr),))
             bad = np.flatnonzero(~(iqr.astype(np.float32) > 0))
             if len(bad):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"iqr: regions {_region_list(bad, region_names)} have an inter-quartile range <= 0 ("
                     f"{iqr[bad][:5].tolist()}); robust scaling would divide by it. The statistics are damaged: fit "
-                    "the processor again (with iqr_epsilon for empty parcels)."
+                    "the processor again (with iqr_epsilon for empty parcels).",
+                    argument="iqr",
                 )
             iqr = iqr.tolist()
         if iqr_epsilon_regions is not None:
             if iqr_epsilon is None or iqr is None:
-                raise ValueError("iqr_epsilon_regions is set by fit with iqr_epsilon: it needs iqr_epsilon and iqr.")
+                raise InvalidArgumentError(
+                    "iqr_epsilon_regions is set by fit with iqr_epsilon: it needs iqr_epsilon and iqr.",
+                    argument="iqr_epsilon_regions",
+                )
             regions = _finite_array(iqr_epsilon_regions, "iqr_epsilon_regions", (len(iqr_epsilon_regions),))
             if not np.isin(regions, np.arange(len(iqr))).all():
-                raise ValueError(f"iqr_epsilon_regions must be region indices in 0 .. {len(iqr) - 1}.")
+                raise InvalidArgumentError(
+                    f"iqr_epsilon_regions must be region indices in 0 .. {len(iqr) - 1}.",
+                    argument="iqr_epsilon_regions",
+                )
             iqr_epsilon_regions = [int(i) for i in regions]
             if not np.allclose(np.asarray(iqr)[iqr_epsilon_regions], iqr_epsilon):
-                raise ValueError(
-                    "iqr_epsilon_regions: the iqr of those regions is not iqr_epsilon (damaged statistics)."
+                raise InvalidArgumentError(
+                    "iqr_epsilon_regions: the iqr of those regions is not iqr_epsilon (damaged statistics).",
+                    argument="iqr_epsilon_regions",
                 )
         self.normalization = normalization
         self.median = median
@@ -187,7 +208,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         name = os.fspath(pretrained_model_name_or_path)
         folder = os.path.join(name, kwargs.get("subfolder") or "")
         if os.path.isdir(name) and not os.path.isfile(os.path.join(folder, CONFIG_NAME)):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{folder.rstrip(os.sep)} has no {CONFIG_NAME}: it holds no BrainLM processor (normalisation "
                 "statistics, region coordinates and order). Give the folder that holds one: the prepared dataset, or "
                 "a model folder saved with its processor."
@@ -196,7 +217,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except ValueError as error:
             where = os.path.join(folder, CONFIG_NAME) if os.path.isdir(name) else name
-            raise ValueError(f"{where}: {error}") from error
+            raise InvalidFileError(f"{where}: {error}") from error
 
     @classmethod
     def sorted_by_y(cls, coordinates, **kwargs) -> "BrainLMFeatureExtractor":
@@ -235,21 +256,25 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             for i, r in enumerate(recordings)
         ]
         if not recordings:
-            raise ValueError("fit needs at least one training recording.")
+            raise InvalidInputError("fit needs at least one training recording.", argument="recordings")
         epsilon = self.iqr_epsilon if iqr_epsilon is None else _positive_number(iqr_epsilon, "iqr_epsilon")
         if self.normalization != "robust":
             if iqr_epsilon is not None:
-                raise ValueError(f"iqr_epsilon is an option of robust scaling, not of {self.normalization!r}.")
+                raise InvalidArgumentError(
+                    f"iqr_epsilon is an option of robust scaling, not of {self.normalization!r}.",
+                    argument="iqr_epsilon",
+                )
             return self
         stacked = np.concatenate(recordings, axis=0)
         q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
         iqr = q3 - q1
         small = np.flatnonzero(~(iqr.astype(np.float32) > 0) | (iqr < (epsilon or 0.0)))
         if len(small) and epsilon is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Regions {_region_list(small, self.region_names)} have zero inter-quartile range in the training "
-                "recordings (empty or constant parcels?): drop them, or pass iqr_epsilon (brainlm prepare "
-                "--iqr-epsilon) to scale them by that value instead."
+                "recordings (empty or constant parcels?): drop them, or pass iqr_epsilon= to scale them by that value "
+                "instead.",
+                argument="iqr_epsilon",
             )
         if len(small):
             iqr[small] = epsilon
@@ -282,14 +307,14 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """
         if self.normalization == "robust":
             if self.median is None:
-                raise ValueError(
+                raise InvalidArgumentError(
                     "This feature extractor uses BrainLM's robust scaling but holds no statistics (the pretraining "
                     "statistics were never released): call fit() on your training recordings first."
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
             if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
                 bad = np.flatnonzero(~(np.isfinite(center) & np.isfinite(scale) & (scale > 0)))
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"The robust statistics of regions {_region_list(bad, self.region_names)} are not usable (IQR "
                     "<= 0 or non-finite): fit the processor again."
                 )
@@ -301,7 +326,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
                     self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
             if (scale == 0).any():
-                raise ValueError(
+                raise InvalidInputError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score (drop the "
                     "recording, or use robust normalisation with iqr_epsilon for empty parcels)."
                 )
@@ -332,7 +357,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             return recording
         repetition_time = _positive_number(repetition_time, f"the repetition time of {name}")
         if len(recording) < 2:
-            raise ValueError(f"{name} has {len(recording)} timepoint: resampling it to another TR needs at least 2.")
+            raise InvalidInputError(
+                f"{name} has {len(recording)} timepoint: resampling it to another TR needs at least 2."
+            )
         length = self.resampled_length(len(recording), repetition_time)
         position = np.arange(length) * (self.repetition_time / repetition_time)  # in source samples
         left = np.minimum(position.astype(np.int64), len(recording) - 2)
@@ -350,12 +377,15 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         A recording shorter than one window is an error that names it (`name`).
         """
         if stride is not None and stride < 1:
-            raise ValueError(f"stride must be a positive number of timepoints, got {stride}.")
+            raise InvalidArgumentError(
+                f"stride must be a positive number of timepoints, got {stride}.", argument="stride"
+            )
         if num_timepoints < self.num_timepoints:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} has {num_timepoints} timepoints (at the model's TR), fewer than one window of "
-                f"{self.num_timepoints}: leave it out, pad it (short_recordings='pad', --short-recordings pad) or use "
-                "a processor with a shorter num_timepoints (a multiple of the model's patch_size)."
+                f"{self.num_timepoints}: leave it out, pad it (short_recordings='pad') or use "
+                "a processor with a shorter num_timepoints (a multiple of the model's patch_size).",
+                argument="short_recordings",
             )
         starts = list(range(0, num_timepoints - self.num_timepoints + 1, stride or self.num_timepoints))
         if cover_end and starts[-1] + self.num_timepoints < num_timepoints:
@@ -405,7 +435,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         statistics = _by_name(statistics, recordings)
         statistics = [None] * len(recordings) if statistics is None else list(statistics)
         if len(statistics) != len(recordings):
-            raise ValueError(f"statistics gives {len(statistics)} entries for {len(recordings)} recordings.")
+            raise InvalidArgumentError(
+                f"statistics gives {len(statistics)} entries for {len(recordings)} recordings.", argument="statistics"
+            )
         windows, owners, lengths = [], [], []
         for index, (name, recording) in enumerate(recordings.items()):
             source = self.recording_windows(recording, name, trs[index], statistics[index])
@@ -418,7 +450,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             owners += [index] * len(windows[-1])
             lengths += [min(source.real_timepoints, self.num_timepoints)] * len(windows[-1])
         if not owners:
-            raise ValueError("No window: give at least one recording.")
+            raise InvalidInputError("No window: give at least one recording.", argument="recordings")
         windows = windows[0] if len(windows) == 1 else np.concatenate(windows)
         if not return_timepoint_mask:
             return windows, np.asarray(owners)
@@ -457,15 +489,17 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         mean, std = (np.asarray(value, dtype=np.float32) for value in statistics)
         fix = "give `brainlm_hf.feature_extraction_brainlm.zscore_statistics(recording)` of this very recording"
         if mean.shape != (series.shape[1],) or std.shape != (series.shape[1],):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}: the statistics given have shapes {mean.shape} and {std.shape}, but the recording has "
-                f"{series.shape[1]} regions: {fix}."
+                f"{series.shape[1]} regions: {fix}.",
+                argument="statistics",
             )
         bad = ~(np.isfinite(mean) & np.isfinite(std) & (std >= 0))
         if bad.any():
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}: the statistics given are not finite, or the std is negative (regions "
-                f"{_region_list(np.flatnonzero(bad), self.region_names)}): {fix}, or prepare the dataset again."
+                f"{_region_list(np.flatnonzero(bad), self.region_names)}): {fix}, or prepare the dataset again.",
+                argument="statistics",
             )
         return mean, std
 
@@ -508,7 +542,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                          for i, r in enumerate(recordings)]  # fmt: skip
             normalized = [self.normalize(r, f"recording {i}") for i, r in enumerate(resampled)]
             if len({len(r) for r in normalized}) > 1:
-                raise ValueError(
+                raise InvalidInputError(
                     "Recordings of different lengths: use sliding_windows=True or crop them to one length."
                 )
             data["signal_values"] = self.to_model_order(np.stack(normalized).transpose(0, 2, 1))  # (B, V, T)
@@ -533,9 +567,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
     def _checked(self, recording, name: str, check_values: bool = True) -> np.ndarray:
         recording = np.asarray(recording, dtype=np.float32)
         if recording.ndim != 2:
-            raise ValueError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
+            raise InvalidInputError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
         if self.num_regions is not None and recording.shape[1] != self.num_regions:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
                 "parcellate with the same atlas (is the array transposed? expected (timepoints, regions))."
             )
@@ -549,7 +583,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         bad = ~np.isfinite(recording)
         if bad.any():
             regions = np.flatnonzero(bad.any(0))
-            raise ValueError(f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first.")
+            raise InvalidInputError(
+                f"{name} has NaN/Inf values in regions {regions.tolist()}; clean or drop them first."
+            )
 
 
 class RecordingWindows:
@@ -588,8 +624,9 @@ class RecordingWindows:
         window = _scratch((length, series.shape[1]), "window")
         for i, start in enumerate(starts):
             if start < 0 or start + length > len(series):
-                raise ValueError(
-                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length})."
+                raise InvalidArgumentError(
+                    f"window start {start} is outside a recording of {len(series)} timepoints (window {length}).",
+                    argument="starts",
                 )
             np.subtract(series[start : start + length], self.center, out=window)  # (T, V), contiguous: read once
             np.multiply(window, self.factor, out=window)
@@ -647,20 +684,23 @@ def _per_recording(repetition_times, count: int) -> list:
         return [repetition_times] * count
     repetition_times = list(repetition_times)
     if len(repetition_times) != count:
-        raise ValueError(f"repetition_times gives {len(repetition_times)} values for {count} recordings.")
+        raise InvalidArgumentError(
+            f"repetition_times gives {len(repetition_times)} values for {count} recordings.",
+            argument="repetition_times",
+        )
     return [None if tr is None or (isinstance(tr, float) and math.isnan(tr)) else float(tr) for tr in repetition_times]
 
 
 def _positive_number(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+        raise InvalidArgumentError(f"{name} must be a positive finite number, got {value!r}.", argument=name)
     return float(value)
 
 
 def _positive_integer(value, name: str) -> int:
     integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not integral or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {value!r}.", argument=name)
     return int(value)
 
 
@@ -668,11 +708,15 @@ def _finite_array(values, name: str, shape: tuple) -> np.ndarray:
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{name} must hold numbers of shape {shape}: {error}") from error
+        raise InvalidArgumentError(f"{name} must hold numbers of shape {shape}: {error}", argument=name) from error
     if array.shape != shape:
-        raise ValueError(f"{name} must have shape {shape} (one entry per region), got {array.shape}.")
+        raise InvalidArgumentError(
+            f"{name} must have shape {shape} (one entry per region), got {array.shape}.", argument=name
+        )
     if not np.isfinite(array).all():
-        raise ValueError(f"{name} holds NaN/Inf values at {np.argwhere(~np.isfinite(array))[:5].tolist()}.")
+        raise InvalidArgumentError(
+            f"{name} holds NaN/Inf values at {np.argwhere(~np.isfinite(array))[:5].tolist()}.", argument=name
+        )
     return array
 
 

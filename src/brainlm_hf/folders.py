@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InvalidArgumentError
+from .errors import FolderNotEmptyError, InvalidArgumentError, MissingFileError, NotAFolderError
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
@@ -41,15 +41,15 @@ def is_path_like(name) -> bool:
 def local_folder(name, what: str = "folder") -> Path | None:
     """
     The local folder `name` names, or None for a Hub repository id. A path-like name that does not exist raises
-    `FileNotFoundError("no such folder: NAME")`; a file raises `NotADirectoryError`.
+    `MissingFileError("no such folder: NAME")`; a file raises `NotAFolderError`.
     """
     path = Path(os.path.expanduser(os.fspath(name)))
     if path.exists():
         if not path.is_dir():
-            raise NotADirectoryError(f"{name} is a file, not a {what}.")
+            raise NotAFolderError(f"{name} is a file, not a {what}.")
         return path
     if is_path_like(name):
-        raise FileNotFoundError(f"no such folder: {name}")
+        raise MissingFileError(f"no such folder: {name}")
     return None
 
 
@@ -64,39 +64,40 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 @contextmanager
-def output_folder(
-    output, overwrite: bool = False, what: str = "the output", inputs: Iterable = (), option: str = "--overwrite"
-) -> Iterator[Path]:
+def output_folder(output, overwrite: bool = False, what: str = "the output", inputs: Iterable = ()) -> Iterator[Path]:
     """
     Yield a new temporary folder beside `output`; when the block completes, it becomes `output` (replacing an
     earlier one whole). Refused before anything is written:
 
-    * `output` is a file;
-    * `output` holds files and `overwrite` is False (`option` names the switch in the message);
+    * `output` is a file (`NotAFolderError`);
+    * `output` holds files and `overwrite` is False (`FolderNotEmptyError`);
     * with `overwrite`, `output` is the working folder, one above it, or the home folder, or holds one of `inputs`
-      (replacing it would delete them).
+      (replacing it would delete them; `InvalidArgumentError`).
 
     On an error inside the block the temporary folder is removed and `output` is left as it was.
     """
     output = Path(os.path.expanduser(os.fspath(output)))
     if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"{output} is a file, not a folder: give a new or empty folder for {what}.")
+        raise NotAFolderError(f"{output} is a file, not a folder: give a new or empty folder for {what}.")
     existing = output.is_dir() and any(output.iterdir())
     if existing:
         if not overwrite:
-            raise FileExistsError(
-                f"{output} is not empty ({folder_listing(output)}): give a new or empty folder, or pass {option} to "
-                f"replace it whole with {what}."
+            raise FolderNotEmptyError(
+                f"{output} is not empty ({folder_listing(output)}): give a new or empty folder, or pass "
+                f"overwrite=True to replace it whole with {what}.",
+                argument="overwrite",
             )
         if _inside(Path.cwd(), output) or _inside(Path.home(), output):
             where = "the home folder" if _inside(Path.home(), output) else "the working folder"
             raise InvalidArgumentError(
-                f"{output} holds {where}: {option} would delete it; write {what} to a folder of its own."
+                f"{output} holds {where}: overwrite=True would delete it; write {what} to a folder of its own.",
+                argument="overwrite",
             )
         held = [str(path) for path in inputs if _inside(path, output)]
         if held:
             raise InvalidArgumentError(
-                f"{output} holds the input {held[0]}: {option} would delete it; write to another folder."
+                f"{output} holds the input {held[0]}: overwrite=True would delete it; write to another folder.",
+                argument="overwrite",
             )
     parent = output.parent
     staging = parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"

@@ -6,6 +6,8 @@ A leaf: `convert` and `training` upload through it without importing `hub` (whic
 
 from pathlib import Path
 
+from .errors import MissingFileError
+
 
 def push_folder(
     folder,
@@ -23,7 +25,7 @@ def push_folder(
 
     files = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in exclude)
     if not files:
-        raise FileNotFoundError(f"{folder} holds no files to upload.")
+        raise MissingFileError(f"{folder} holds no files to upload.", argument="folder")
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=files, commit_message=commit_message)

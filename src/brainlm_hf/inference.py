@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .errors import InvalidArgumentError, InvalidInputError
 from .modeling_brainlm import BrainLMPreTrainedModel
 
 # One batch: (model inputs `(b, V, T)`, coordinates `(V, 3)` or None, the rows of the batch) -> tensor(s) per window
@@ -36,9 +37,9 @@ def map_windows(
     the results are concatenated over batches and returned as float32 numpy arrays (one per returned tensor).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        raise InvalidArgumentError(f"batch_size must be at least 1, got {batch_size}.", argument="batch_size")
     if not len(windows):
-        raise ValueError("No windows to run the model on.")
+        raise InvalidInputError("No windows to run the model on.", argument="windows")
     device = torch.device(device) if device is not None else model.device
     model.to(device).eval()
     xyz = None if coordinates is None else torch.as_tensor(coordinates).to(device, model.dtype)

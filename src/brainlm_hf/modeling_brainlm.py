@@ -24,6 +24,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_brainlm import MASK_STRATEGIES, POOLINGS, BrainLMConfig
+from .errors import InvalidArgumentError, InvalidFileError, InvalidInputError
 
 logger = logging.get_logger(__name__)
 
@@ -130,18 +131,20 @@ class RegionWindowLayout:
         return num_regions * (num_timepoints // self.patch_size)
 
     def check_signal(self, num_regions: int, num_timepoints: int) -> None:
-        """Raise a `ValueError` for a signal shape this layout cannot cut into tokens."""
+        """Raise an `InvalidInputError` for a signal shape this layout cannot cut into tokens."""
         if num_timepoints % self.patch_size != 0:
             if num_regions % self.patch_size == 0:
-                raise ValueError(
+                raise InvalidInputError(
                     f"The number of timepoints ({num_timepoints}) is not a multiple of patch_size "
                     f"({self.patch_size}) but the number of regions ({num_regions}) is: is the input transposed? "
-                    "signal_values must be (batch, regions, timepoints); use signal_values.transpose(1, 2)."
+                    "signal_values must be (batch, regions, timepoints); use signal_values.transpose(1, 2).",
+                    argument="signal_values",
                 )
-            raise ValueError(
+            raise InvalidInputError(
                 f"The number of timepoints ({num_timepoints}) must be a multiple of patch_size ({self.patch_size});"
                 f" crop the recording to {num_timepoints - num_timepoints % self.patch_size} timepoints or use the "
-                "processor's sliding windows."
+                "processor's sliding windows.",
+                argument="signal_values",
             )
 
     def signal_to_tokens(self, signal_values: torch.Tensor) -> torch.Tensor:
@@ -179,9 +182,10 @@ class RegionWindowLayout:
         num_windows = num_timepoints // self.patch_size
         num_masked = math.ceil(mask_ratio * num_windows)
         if num_masked >= num_windows:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"mask_ratio {mask_ratio} with the forecast strategy masks all {num_windows} windows of each region; "
-                "lower it so that at least one window per region stays visible."
+                "lower it so that at least one window per region stays visible.",
+                argument="mask_ratio",
             )
         return (torch.arange(num_regions * num_windows, device=device) % num_windows) >= num_windows - num_masked
 
@@ -226,10 +230,11 @@ class TileLayout:
 
     def check_signal(self, num_regions: int, num_timepoints: int) -> None:
         if num_regions > self.image_size or num_timepoints > self.image_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"A signal of {num_regions} regions x {num_timepoints} timepoints does not fit in the "
                 f"{self.image_size} x {self.image_size} square of this model: use at most {self.image_size} regions "
-                f"and {self.image_size} timepoints (crop the recording or use the processor's sliding windows)."
+                f"and {self.image_size} timepoints (crop the recording or use the processor's sliding windows).",
+                argument="signal_values",
             )
 
     def padding(self, num_regions: int, num_timepoints: int) -> tuple[int, int]:
@@ -328,38 +333,47 @@ def as_model_input(name: str, value, dtype: torch.dtype) -> torch.Tensor | None:
                 f"{name} must be a torch tensor, got {type(value).__name__}; pass a torch tensor."
             ) from error
     if value.is_complex() or not value.is_floating_point():
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} has dtype {value.dtype}; BrainLM reads real floating-point values: convert them with "
-            f"{name}.float() (and check that they are the signal you mean to pass)."
+            f"{name}.float() (and check that they are the signal you mean to pass).",
+            argument=name,
         )
     return value.to(dtype)
 
 
 def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinates: torch.Tensor | None) -> None:
-    """Raise a `ValueError` naming the problem and the fix for inputs the model cannot read."""
+    """Raise an `InvalidInputError` naming the problem and the fix for inputs the model cannot read."""
     if signal_values.dim() != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"signal_values must have shape (batch, regions, timepoints), got {tuple(signal_values.shape)}; "
-            "add a batch dimension with signal_values[None] for a single recording."
+            "add a batch dimension with signal_values[None] for a single recording.",
+            argument="signal_values",
         )
     batch_size, num_regions, num_timepoints = signal_values.shape
     if 0 in signal_values.shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"signal_values {tuple(signal_values.shape)} is empty: every batch needs at least one recording, one "
-            "region and one window of timepoints."
+            "region and one window of timepoints.",
+            argument="signal_values",
         )
     layout.check_signal(num_regions, num_timepoints)
     if not layout.uses_coordinates:
         coordinates = None  # any value is accepted and ignored
     elif coordinates is None:
-        raise ValueError("coordinates of shape (regions, 3) or (batch, regions, 3) are required (MNI mm).")
+        raise InvalidInputError(
+            "coordinates of shape (regions, 3) or (batch, regions, 3) are required (MNI mm).", argument="coordinates"
+        )
     elif coordinates.shape[-2:] != (num_regions, 3) or coordinates.dim() not in (2, 3):
-        raise ValueError(
+        raise InvalidInputError(
             f"coordinates must have shape ({num_regions}, 3) or ({batch_size}, {num_regions}, 3) to match "
-            f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}."
+            f"signal_values {tuple(signal_values.shape)}, got {tuple(coordinates.shape)}.",
+            argument="coordinates",
         )
     elif coordinates.dim() == 3 and coordinates.shape[0] not in (1, batch_size):
-        raise ValueError(f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).")
+        raise InvalidInputError(
+            f"coordinates batch size {coordinates.shape[0]} does not match signal_values ({batch_size}).",
+            argument="coordinates",
+        )
     for name, tensor in (("signal_values", signal_values), ("coordinates", coordinates)):
         if tensor is not None:
             check_values(name, tensor, "regions/timepoints")
@@ -371,12 +385,15 @@ def checked_timepoint_mask(timepoint_mask, signal_values: torch.Tensor) -> torch
         return None
     timepoint_mask = torch.as_tensor(timepoint_mask)  # bool, integer or float 0/1
     if timepoint_mask.is_complex():
-        raise ValueError("timepoint_mask must hold 0/1 (or booleans), got complex values.")
+        raise InvalidInputError(
+            "timepoint_mask must hold 0/1 (or booleans), got complex values.", argument="timepoint_mask"
+        )
     batch_size, _, num_timepoints = signal_values.shape
     if tuple(timepoint_mask.shape) != (batch_size, num_timepoints):
-        raise ValueError(
+        raise InvalidInputError(
             f"timepoint_mask must have shape (batch, timepoints) = ({batch_size}, {num_timepoints}) to match "
-            f"signal_values {tuple(signal_values.shape)}, got {tuple(timepoint_mask.shape)}."
+            f"signal_values {tuple(signal_values.shape)}, got {tuple(timepoint_mask.shape)}.",
+            argument="timepoint_mask",
         )
     return timepoint_mask.to(device=signal_values.device, dtype=signal_values.dtype)
 
@@ -390,11 +407,14 @@ def check_values(name: str, tensor: torch.Tensor, where: str) -> None:
         return
     magnitude = tensor.detach().abs().amax().item() if tensor.numel() else 0.0  # NaN propagates through amax
     if not math.isfinite(magnitude):
-        raise ValueError(f"{name} contains NaN or Inf values; interpolate or drop the affected {where} first.")
+        raise InvalidInputError(
+            f"{name} contains NaN or Inf values; interpolate or drop the affected {where} first.", argument=name
+        )
     if magnitude > MAX_INPUT_MAGNITUDE:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} holds values up to {magnitude:.3g}, beyond {MAX_INPUT_MAGNITUDE:.0e}: the loss and LayerNorm "
-            "would overflow to NaN. Normalise the recordings first (BrainLMFeatureExtractor)."
+            "would overflow to NaN. Normalise the recordings first (BrainLMFeatureExtractor).",
+            argument=name,
         )
 
 
@@ -430,8 +450,9 @@ def mask_tokens(
         if noise is None:
             noise = torch.rand(batch_size, num_tokens, device=device)
         elif noise.shape != (batch_size, num_tokens):
-            raise ValueError(
-                f"noise must have shape ({batch_size}, {num_tokens}) (batch, tokens), got {tuple(noise.shape)}."
+            raise InvalidArgumentError(
+                f"noise must have shape ({batch_size}, {num_tokens}) (batch, tokens), got {tuple(noise.shape)}.",
+                argument="noise",
             )
         else:
             check_values("noise", noise, "tokens (draw it with torch.rand)")
@@ -669,7 +690,7 @@ class BrainLMPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """
         `PreTrainedModel.from_pretrained`, made strict: a missing, unexpected or shape-mismatched key raises a
-        `WeightsMismatchError` (a `ValueError` and a `RuntimeError`, as transformers raises for shape mismatches)
+        `WeightsMismatchError` (an `InvalidFileError`, so a `ValueError`, and a `RuntimeError` as transformers raises)
         that lists it, instead of a silently re-initialised weight. Let through: the decoder's keys when an encoder
         model is loaded from a pretraining checkpoint, a part the checkpoint lacks as a whole (`_new_part_prefixes`:
         a new classification head, a new decoder), initialised with a warning that names it, and shape mismatches
@@ -855,7 +876,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
         if pooling == "cls":
             return hidden[:, 0]
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+            raise InvalidArgumentError(f"pooling must be one of {POOLINGS}, got {pooling!r}.", argument="pooling")
         data = self.layout.data_tokens(num_regions, num_timepoints, hidden.device)  # (L,) in canonical order
         if outputs.timepoint_mask is not None:
             data = data & self._tokens_with_real_timepoints(outputs.timepoint_mask, num_regions)  # (B, L)
@@ -875,11 +896,12 @@ class BrainLMModel(BrainLMPreTrainedModel):
     def _choose_visible_tokens(self, batch_size, num_regions, num_timepoints, mask_ratio, strategy, noise, device):
         strategy = strategy or self.config.mask_strategy
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+            raise InvalidArgumentError(f"mask_ratio must be in [0, 1), got {mask_ratio}.", argument="mask_ratio")
         allowed = self.layout.mask_strategies
         if strategy not in allowed:
-            raise ValueError(
-                f"mask_strategy must be one of {allowed} for the {self.layout.name} layout, got {strategy!r}."
+            raise InvalidArgumentError(
+                f"mask_strategy must be one of {allowed} for the {self.layout.name} layout, got {strategy!r}.",
+                argument="mask_strategy",
             )
         num_tokens = self.layout.num_tokens(num_regions, num_timepoints)
         pattern = None
@@ -1168,31 +1190,38 @@ def check_labels(labels: torch.Tensor, problem_type: str, scores_shape: torch.Si
     batch_size, num_labels = scores_shape
     if problem_type == "single_label_classification":
         if labels.shape not in ((batch_size,), (batch_size, 1)):
-            raise ValueError(
-                f"single-label classification needs labels of shape ({batch_size},), got {tuple(labels.shape)}."
+            raise InvalidInputError(
+                f"single-label classification needs labels of shape ({batch_size},), got {tuple(labels.shape)}.",
+                argument="labels",
             )
         if labels.is_floating_point() or labels.is_complex():
-            raise ValueError(f"single-label classification needs integer class indices, got dtype {labels.dtype}.")
+            raise InvalidInputError(
+                f"single-label classification needs integer class indices, got dtype {labels.dtype}.",
+                argument="labels",
+            )
         if (
             not torch.compiler.is_compiling()
             and labels.numel()
             and not 0 <= int(labels.min()) <= int(labels.max()) < num_labels
         ):
-            raise ValueError(
+            raise InvalidInputError(
                 f"labels must be class indices in [0, num_labels) = [0, {num_labels}), got values from "
-                f"{int(labels.min())} to {int(labels.max())}; set num_labels to the number of classes."
+                f"{int(labels.min())} to {int(labels.max())}; set num_labels to the number of classes.",
+                argument="labels",
             )
         return
     expected = [(batch_size, num_labels)] + ([(batch_size,)] if num_labels == 1 else [])
     if tuple(labels.shape) not in expected:
-        raise ValueError(
+        raise InvalidInputError(
             f"{problem_type} needs labels of shape {' or '.join(map(str, expected))} (batch, targets), got "
-            f"{tuple(labels.shape)}" + (" (transposed?)" if labels.shape == (num_labels, batch_size) else "") + "."
+            f"{tuple(labels.shape)}" + (" (transposed?)" if labels.shape == (num_labels, batch_size) else "") + ".",
+            argument="labels",
         )
 
 
-class WeightsMismatchError(ValueError, RuntimeError):
-    """A checkpoint whose weights do not match the model (raised with the keys listed)."""
+class WeightsMismatchError(InvalidFileError, RuntimeError):
+    """A checkpoint whose weights do not match the model (raised with the keys listed); also the `RuntimeError`
+    transformers raises for shape mismatches."""
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError, InvalidInputError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
@@ -52,7 +53,9 @@ def _layer_indices(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     if layers is None:
         return list(range(num_layers))
     if not layers or any(not -num_layers <= i < num_layers for i in layers):
-        raise ValueError(f"layers must be a non-empty list of encoder layers in [-{num_layers}, {num_layers}).")
+        raise InvalidArgumentError(
+            f"layers must be a non-empty list of encoder layers in [-{num_layers}, {num_layers}).", argument="layers"
+        )
     return [i % num_layers for i in layers]
 
 
@@ -70,7 +73,9 @@ def region_time_attention(token_attention, token_index: np.ndarray) -> np.ndarra
     token_index = np.asarray(token_index)
     cells = np.bincount(token_index.ravel(), minlength=tokens.shape[-1])  # (L,), 0 for pure padding tiles
     if len(cells) != tokens.shape[-1]:
-        raise ValueError(f"token_index points past the {tokens.shape[-1]} tokens of token_attention.")
+        raise InvalidArgumentError(
+            f"token_index points past the {tokens.shape[-1]} tokens of token_attention.", argument="token_index"
+        )
     return tokens[..., token_index] / cells[token_index]
 
 
@@ -154,9 +159,10 @@ def network_scores(scores, networks: Sequence[str]) -> tuple[list[str], np.ndarr
     """
     scores = np.asarray(scores, dtype=np.float64)
     if len(networks) != scores.shape[-1]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The network table lists {len(networks)} regions but the scores have {scores.shape[-1]}: use the "
-            "table of the model's atlas, in atlas order."
+            "table of the model's atlas, in atlas order.",
+            argument="networks",
         )
     names = list(dict.fromkeys(networks))
     members = np.asarray(networks)[None, :] == np.asarray(names)[:, None]  # (K, V)
@@ -176,7 +182,7 @@ def compare_groups(a, b, n_permutations: int = 1000, seed: int = 0) -> tuple[np.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"compare_groups needs two (recordings, regions) arrays with the same regions and at least 2 recordings "
             f"each, got {a.shape} and {b.shape}."
         )

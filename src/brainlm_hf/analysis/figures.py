@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
+
 DPI = 80
 
 
@@ -46,7 +48,10 @@ def plot_glass_brain(coordinates, values, path, title: str = "CLS attention per 
     """
     xyz, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if xyz.shape != (len(values), 3):
-        raise ValueError(f"coordinates must have shape ({len(values)}, 3) to match the values, got {xyz.shape}.")
+        raise InvalidArgumentError(
+            f"coordinates must have shape ({len(values)}, 3) to match the values, got {xyz.shape}.",
+            argument="coordinates",
+        )
     span = np.ptp(values) or 1.0
     sizes = 10 + 90 * (values - values.min()) / span
     order = np.argsort(values)  # strongest on top
@@ -84,7 +89,10 @@ def plot_glass_brain_nilearn(
     matplotlib.use("Agg")
     xyz, values = np.asarray(coordinates, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if xyz.shape != (len(values), 3):
-        raise ValueError(f"coordinates must have shape ({len(values)}, 3) to match the values, got {xyz.shape}.")
+        raise InvalidArgumentError(
+            f"coordinates must have shape ({len(values)}, 3) to match the values, got {xyz.shape}.",
+            argument="coordinates",
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     display = plotting.plot_markers(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..metrics import masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
@@ -67,9 +68,10 @@ def forecast_recording(
     expected = np.zeros_like(masks)
     expected[..., expected.shape[-1] - horizon :] = 1
     if horizon == 0 or not np.array_equal(masks, expected):
-        raise ValueError(
-            f"mask_ratio {mask_ratio} does not hide a final block of timepoints in every region; raise it so that "
-            "at least one window (tile column) is forecast."
+        raise InvalidArgumentError(
+            f"mask_ratio={mask_ratio} does not hide a final block of timepoints in every region; raise it so that "
+            "at least one window (tile column) is forecast.",
+            argument="mask_ratio",
         )
     past, future = windows[..., :-horizon], windows[..., -horizon:]
     return Forecast(past, future, predictions[..., -horizon:], starts)
@@ -83,9 +85,10 @@ def forecast_baselines(past, horizon: int, ar_order: int = 4) -> dict[str, np.nd
     past = np.asarray(past, dtype=np.float64)
     equations = past.shape[-1] - ar_order
     if ar_order < 1 or equations < ar_order + 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"An AR({ar_order}) fit needs at least {2 * ar_order + 1} past timepoints, got {past.shape[-1]}; lower "
-            "ar_order or forecast fewer timepoints."
+            "ar_order or forecast fewer timepoints.",
+            argument="ar_order",
         )
     lags = sliding_window_view(past, ar_order, axis=-1)[..., :-1, :]  # (..., P - p, p): x[j .. j + p - 1]
     design = np.concatenate([lags, np.ones(lags.shape[:-1] + (1,))], axis=-1)  # (..., P - p, p + 1)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..metrics import masked_reconstruction_metrics
@@ -38,7 +39,9 @@ def predict_windows(
     `(W, V, Tw)` in atlas order.
     """
     if not hasattr(model, "decoder"):
-        raise ValueError("Reconstruction needs the decoder: load the checkpoint with AutoModelForPreTraining.")
+        raise InvalidArgumentError(
+            "Reconstruction needs the decoder: load the checkpoint with AutoModelForPreTraining.", argument="model"
+        )
     windows, _ = processor.windows([recording], starts=lambda num_timepoints: starts)  # (W, V, Tw), model order
     noise = torch.rand(
         len(starts), model.num_tokens(*windows.shape[1:]), generator=torch.Generator().manual_seed(seed)
@@ -63,7 +66,9 @@ def stitch(predictions, masks, starts: list[int], num_timepoints: int) -> tuple[
         masked_total[:, span] += prediction * mask
         masked_count[:, span] += mask
     if (count == 0).any():
-        raise ValueError("The windows do not cover every timepoint; place them with processor.window_starts.")
+        raise InvalidArgumentError(
+            "The windows do not cover every timepoint; place them with processor.window_starts.", argument="starts"
+        )
     stitched = np.where(masked_count > 0, masked_total / np.maximum(masked_count, 1), total / count)
     return stitched, masked_count > 0
 

@@ -33,6 +33,7 @@ import torch
 
 from ..arguments import check_choice, check_positive, positional
 from ..configuration_brainlm import POOLINGS as MODEL_POOLINGS
+from ..errors import InvalidArgumentError, InvalidInputError
 from ..feature_extraction_brainlm import SHORT_RECORDINGS, BrainLMFeatureExtractor
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
@@ -160,14 +161,15 @@ def embed_windows(
     `torch.bfloat16`) runs the encoder under autocast on that device.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        raise InvalidArgumentError(f"pooling must be one of {POOLINGS}, got {pooling!r}.", argument="pooling")
     encoder = model.base_model
     depth = encoder.config.num_hidden_layers
     if layer is not None and not -(depth + 1) <= layer <= depth:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"layer {layer} does not exist: this encoder has hidden states 0 (its input) to {depth} (layer "
             f"{depth}, before the final LayerNorm), or -{depth + 1} to -1 from the end; None reads the final "
-            "LayerNorm's output."
+            "LayerNorm's output.",
+            argument="layer",
         )
     num_regions, num_timepoints = signal_values.shape[1:]
     kept = None
@@ -213,11 +215,13 @@ def embed_recordings(
     coordinates and window length. Deterministic, and independent of `batch_size` up to float rounding.
     """
     if window_policy not in WINDOW_POLICIES:
-        raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
+        raise InvalidArgumentError(
+            f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.", argument="window_policy"
+        )
     named = dict(recordings) if isinstance(recordings, Mapping) else None  # keys name recordings in errors
     recordings = list(named.values()) if named is not None else list(recordings)
     if not recordings:
-        raise ValueError("embed_recordings needs at least one recording.")
+        raise InvalidInputError("embed_recordings needs at least one recording.", argument="recordings")
     windows, owners, mask = processor.windows(
         named if named is not None else recordings,
         cover_end=window_policy == "covering",
@@ -248,9 +252,11 @@ def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[
 
     path = Path(path)
     if len(ids) != len(embeddings):
-        raise ValueError(f"{len(ids)} ids for {len(embeddings)} embeddings.")
+        raise InvalidArgumentError(f"{len(ids)} ids for {len(embeddings)} embeddings.", argument="ids")
     if path.suffix not in (".parquet", ".npz"):
-        raise ValueError(f"Unknown embedding file type {path.suffix!r}: use .parquet or .npz.")
+        raise InvalidArgumentError(
+            f"Unknown embedding file type {path.suffix!r}: use .parquet or .npz.", argument="path"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(embeddings, np.ndarray):
         embeddings = np.asarray(embeddings, dtype=np.float32)

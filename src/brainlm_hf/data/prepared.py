@@ -15,11 +15,20 @@ import json
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import (
+    InvalidArgumentError,
+    InvalidFileError,
+    MissingFileError,
+    NotAFolderError,
+    UserError,
+    one_line,
+)
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 
 
@@ -45,13 +54,13 @@ class PreparedDataset:
         self.path = os.path.expanduser(self.path)
         folder = Path(self.path)
         if not folder.exists():
-            raise FileNotFoundError(f"no such folder: {self.path} (a dataset made by `brainlm prepare`)")
+            raise MissingFileError(f"no such folder: {self.path} (a dataset made by `brainlm prepare`)")
         if not folder.is_dir():
-            raise NotADirectoryError(
+            raise NotAFolderError(
                 f"{self.path} is a file, not a prepared dataset (a folder made by `brainlm prepare`)."
             )
         if not (folder / SUMMARY).is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.path} is not a prepared dataset: it has no {SUMMARY}. Make one with `brainlm prepare INPUTS "
                 f"{self.path}-prepared` and give that folder."
             )
@@ -65,11 +74,13 @@ class PreparedDataset:
         try:
             summary = json.loads(self._read_text(SUMMARY))
         except FileNotFoundError as error:
-            raise FileNotFoundError(f"{self.path}/{SUMMARY} not found: is {self.path} a prepared dataset?") from error
+            raise MissingFileError(f"{self.path}/{SUMMARY} not found: is {self.path} a prepared dataset?") from error
         except ValueError as error:
-            raise ValueError(f"{self.path}/{SUMMARY} is damaged ({error}): prepare the dataset again.") from error
+            raise InvalidFileError(
+                f"{self.path}/{SUMMARY} is damaged ({error}): prepare the dataset again."
+            ) from error
         if not isinstance(summary, dict) or not isinstance(summary.get("splits"), dict):
-            raise ValueError(f"{self.path}/{SUMMARY} has no 'splits': prepare the dataset again.")
+            raise InvalidFileError(f"{self.path}/{SUMMARY} has no 'splits': prepare the dataset again.")
         return summary
 
     @cached_property
@@ -86,7 +97,7 @@ class PreparedDataset:
                     processor = BrainLMFeatureExtractor.from_pretrained(folder)
                 except ValueError as error:
                     message = str(error).replace(str(Path(folder) / PROCESSOR), f"{self.path}/{PROCESSOR}")
-                    raise ValueError(message) from error
+                    raise InvalidFileError(message) from error
         self.check_processor(processor, f"{self.path}/{PROCESSOR}")
         return processor
 
@@ -102,13 +113,13 @@ class PreparedDataset:
         """Refuse a processor made for another atlas than the recordings' (both named), or another region count."""
         atlas = self.recording_atlas()
         if processor.atlas and atlas and processor.atlas != atlas:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{name} is for the atlas {processor.atlas!r}, but the recordings of {self.path} are parcellated "
                 f"with {atlas!r}: use the processor made with this dataset ({self.path}/{PROCESSOR})."
             )
         regions = self.summary.get("num_regions")
         if processor.num_regions is not None and regions is not None and processor.num_regions != regions:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{name} has {processor.num_regions} regions, but the recordings of {self.path} have {regions}."
             )
 
@@ -133,9 +144,9 @@ class PreparedDataset:
         listed = self.summary["splits"].get(split)
         if listed is None:
             if found:
-                raise ValueError(
+                raise InvalidFileError(
                     f"{self.path}/{split}/ holds {len(found)} Parquet shards ({Path(found[0]).name}, ...) that "
-                    f"{SUMMARY} does not list: they belong to another run; prepare the dataset again (--overwrite)."
+                    f"{SUMMARY} does not list: they belong to another run; prepare the dataset again (overwrite=True)."
                 )
             return []
         expected = listed.get("files") or [
@@ -145,11 +156,11 @@ class PreparedDataset:
         missing, extra = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
         if missing or extra:
             problems = [f"missing {missing[:5]}" if missing else "", f"not listed {extra[:5]}" if extra else ""]
-            error = FileNotFoundError if missing else ValueError
+            error = MissingFileError if missing else InvalidFileError
             raise error(
                 f"{self.path}/{split}/ does not hold the {len(expected)} shards that {SUMMARY} lists: "
                 f"{'; '.join(p for p in problems if p)} (an incomplete copy, or files of another run): prepare the "
-                "dataset again (brainlm prepare ... --overwrite) or copy it whole."
+                "dataset again (overwrite=True) or copy it whole."
             )
         return found
 
@@ -164,7 +175,7 @@ class PreparedDataset:
         """`shards(split)`, refusing a split without any."""
         shards = self.shards(split)
         if not shards:
-            raise FileNotFoundError(f"{self.path} has no {split}/ split with Parquet shards.")
+            raise MissingFileError(f"{self.path} has no {split}/ split with Parquet shards.")
         return shards
 
     def recordings(self, split: str, columns: list[str] | None = None) -> list[dict]:
@@ -184,12 +195,32 @@ def shard_atlas(path: str) -> str | None:
     """The atlas name of a local prepared shard (its `atlas` column's first value), or None when it has none."""
     import pyarrow.parquet as pq
 
-    try:
+    with reading_shard(path):
         if "atlas" not in pq.read_schema(path).names:
             return None
-    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
-        raise ValueError(f"Could not read the Parquet shard {path}: {error}") from error
     return next((name for name in read_shard(path, ["atlas"]).column("atlas").to_pylist() if name), None)
+
+
+class UnreadableShardError(InvalidFileError, RuntimeError):
+    """A Parquet shard that cannot be read (damaged, cut short, not Parquet); also the `RuntimeError` that shard
+    read failures raise to code that catches those."""
+
+
+@contextmanager
+def reading_shard(path: str):
+    """
+    Turn any failure of the block, which reads the shard `path`, into an `UnreadableShardError` that names the shard
+    and the fix. A `UserError` raised inside (by a nested read) passes through unchanged.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
+        raise UnreadableShardError(
+            f"Could not read the Parquet shard {path}: {one_line(error)[:300]}. Prepare the dataset again, or copy "
+            "it again whole if this shard was copied."
+        ) from error
 
 
 SUMMARY, PROCESSOR = "prepare_summary.json", "preprocessor_config.json"
@@ -206,14 +237,12 @@ def read_shard(path: str, columns: list[str] | None = None):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
+    with reading_shard(path):
         filesystem, location = fsspec.core.url_to_fs(path)
         if filesystem.protocol in ("file", ("file", "local")):
             return pq.read_table(location, columns=columns, memory_map=True)
         data = filesystem.cat_file(location)  # one whole read: no range requests needed from a server
         return pq.read_table(pa.BufferReader(data), columns=columns)
-    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
-        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
 
 
 def read_recordings(
@@ -237,8 +266,8 @@ def read_recordings(
     from .series_column import series_values
 
     if reader not in ("auto", "pyarrow"):
-        raise ValueError(f"reader must be 'auto' or 'pyarrow', got {reader!r}.")
-    try:
+        raise InvalidArgumentError(f"reader must be 'auto' or 'pyarrow', got {reader!r}.", argument="reader")
+    with reading_shard(path):
         data = _shard_buffer(path)
         parquet = pq.ParquetFile(pa.BufferReader(data))
         stored = statistics and set(STATISTICS_COLUMNS) <= set(parquet.schema_arrow.names)
@@ -259,8 +288,6 @@ def read_recordings(
                 )
             table = table if "series" in table.column_names else parquet.read(columns=others + ["series"])
             flat = _list_rows(table.column("series"))
-    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
-        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
     extras = {name: table.column(name).to_pylist() for name in columns or []}
     if statistics:
         extras["statistics"] = _statistics(table) if stored else [None] * len(table)
@@ -319,7 +346,7 @@ def _read_shape_columns(path: str, names: list[str], with_tr: bool = False) -> t
 
     if with_tr and not tr_columns(path):  # an early shard without TRs: unknown
         names = names[:2]
-    try:
+    with reading_shard(path):
         filesystem, location = fsspec.core.url_to_fs(path)
         if filesystem.protocol in ("file", ("file", "local")):
             table = pq.read_table(location, columns=names, memory_map=True)
@@ -329,10 +356,6 @@ def _read_shape_columns(path: str, names: list[str], with_tr: bool = False) -> t
                     table = pq.read_table(handle, columns=names)
             except ValueError:  # a server without range requests
                 table = read_shard(path, names)
-    except RuntimeError:
-        raise
-    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
-        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error
     shapes = list(zip(table.column(names[0]).to_pylist(), table.column(names[1]).to_pylist(), strict=True))
     trs = table.column("repetition_time").to_pylist() if "repetition_time" in names else [None] * len(shapes)
     return shapes, trs
@@ -349,12 +372,10 @@ def shard_columns(path: str) -> list[str]:
     import fsspec
     import pyarrow.parquet as pq
 
-    try:
+    with reading_shard(path):
         filesystem, location = fsspec.core.url_to_fs(path)
         try:
             with filesystem.open(location) as handle:
                 return pq.read_schema(handle).names
         except ValueError:  # a server without range requests
             return read_shard(path).schema.names
-    except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
-        raise RuntimeError(f"Could not read the Parquet shard {path}: {error}") from error

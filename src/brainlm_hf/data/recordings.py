@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import one_line
+from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError, one_line
 from .atlas import Atlas
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
 from .prepared import read_recordings, tr_columns
@@ -46,17 +46,19 @@ def find_recordings(inputs, suffixes: tuple[str, ...] = RAW_SUFFIXES) -> list[Pa
         elif glob.has_magic(str(item)):
             matches = [Path(p) for p in glob.glob(str(item), recursive=True)]
             if not matches:
-                raise FileNotFoundError(f"no file matches {item}")
+                raise MissingFileError(f"no file matches {item}", argument="inputs")
             paths += matches
         elif not Path(item).exists():
-            raise FileNotFoundError(f"no such file or folder: {item}")
+            raise MissingFileError(f"no such file or folder: {item}", argument="inputs")
         elif not str(item).endswith(suffixes):
-            raise ValueError(f"{item} is not a recording: give files ending in {', '.join(suffixes)}, or folders.")
+            raise InvalidFileError(
+                f"{item} is not a recording: give files ending in {', '.join(suffixes)}, or folders."
+            )
         else:
             paths.append(Path(item))
     paths = sorted(p for p in paths if p.name.endswith(suffixes))
     if not paths:
-        raise FileNotFoundError(f"No recordings ({', '.join(suffixes)}) found in {inputs}.")
+        raise MissingFileError(f"No recordings ({', '.join(suffixes)}) found in {inputs}.")
     return paths
 
 
@@ -116,7 +118,7 @@ def recording_names(paths: list[Path]) -> dict[Path, tuple[str, str, str]]:
         names[path] = recording_ids(path, root)
         record_id = names[path][0]
         if record_id in owners:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Two inputs give the recording id {record_id!r}: {owners[record_id]} and {path}; keep one of them, "
                 "or rename one."
             )
@@ -131,20 +133,22 @@ def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = No
     if not path.name.endswith(NIFTI_SUFFIXES):
         return load_parcel_series(path), tr
     if atlas is None:
-        raise ValueError(f"{path} is a NIfTI image: an atlas is needed to parcellate it (--atlas).")
+        raise InvalidArgumentError(
+            f"{path} is a NIfTI image: an atlas is needed to parcellate it (atlas=).", argument="atlas"
+        )
     import nibabel as nib
 
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise MissingFileError(f"no such file: {path}")
     try:
         image = nib.load(path)
         header_tr = repetition_time(image)
     except Exception as error:  # noqa: BLE001 - nibabel raises several types for an unreadable file
-        raise ValueError(f"{path}: cannot read it as a NIfTI image ({one_line(error)}).") from error
+        raise InvalidFileError(f"{path}: cannot read it as a NIfTI image ({one_line(error)}).") from error
     try:
         series = parcellate(image, atlas, name=path)
     except (OSError, EOFError, zlib.error) as error:  # the data, read in chunks, ends early or is corrupt
-        raise ValueError(
+        raise InvalidFileError(
             f"{path}: cannot read the image data ({one_line(error)}); is the file complete (an interrupted copy "
             "or download)?"
         ) from error
@@ -179,7 +183,7 @@ def read_inputs(inputs, atlas: Atlas | None = None, repetition_time: float | Non
             items = [(names[path][0], str(path), *load_recording(path, atlas, repetition_time))]
         for record_id, source, series, tr in items:
             if record_id in sources:
-                raise ValueError(
+                raise InvalidInputError(
                     f"Two inputs give the recording id {record_id!r}: {sources[record_id]} and {source}; keep one of "
                     "them, or rename one."
                 )

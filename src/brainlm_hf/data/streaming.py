@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError, InvalidInputError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from .prepared import read_recordings, read_shapes, tr_columns
 
@@ -55,14 +56,15 @@ class WindowStream(torch.utils.data.IterableDataset):
     ):
         super().__init__()
         if not data_files:
-            raise ValueError("WindowStream needs at least one shard.")
+            raise InvalidArgumentError("WindowStream needs at least one shard.", argument="data_files")
         if crops_per_recording < 1:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"crops_per_recording must be at least 1, got {crops_per_recording}: each recording gives that many "
-                "training windows per epoch."
+                "training windows per epoch.",
+                argument="crops_per_recording",
             )
         if block_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Need block_size >= 1 and 0 <= rank < world_size, got {block_size}, {rank}, {world_size}."
             )
         self.data_files = sorted(str(f) for f in data_files)
@@ -91,7 +93,7 @@ class WindowStream(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         if worker is not None and worker.num_workers > 1:
             if (self._shard_position, self._window_position) != (0, 0):
-                raise ValueError(
+                raise InvalidArgumentError(
                     "This WindowStream was resumed mid-epoch; a DataLoader with several workers cannot continue its "
                     "position (use BatchStream, which records every worker's position, or num_workers <= 1)."
                 )
@@ -206,7 +208,9 @@ class BatchStream(torch.utils.data.IterableDataset):
     ):
         super().__init__()
         if batch_size < 1 or parts < 1 or not streams:
-            raise ValueError(f"BatchStream needs streams, batch_size >= 1 and parts >= 1, got {batch_size}, {parts}.")
+            raise InvalidArgumentError(
+                f"BatchStream needs streams, batch_size >= 1 and parts >= 1, got {batch_size}, {parts}."
+            )
         self.streams, self.batch_size, self.noise = list(streams), batch_size, noise
         self.coordinates = BrainLMCollator(streams[0].processor).coordinates
         self.load_state_dict(
@@ -230,9 +234,10 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["positions"]) != len(self.streams) or any(len(p) != state["parts"] for p in state["positions"]):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The batch stream state holds {len(state['positions'])} streams of {state['parts']} parts; this "
-                f"BatchStream has {len(self.streams)} streams."
+                f"BatchStream has {len(self.streams)} streams.",
+                argument="state",
             )
         self._parts, self._next = int(state["parts"]), int(state["next"])
         self._positions = [[dict(p) for p in stream] for stream in state["positions"]]
@@ -277,13 +282,16 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     def check_workers(self, num_workers: int) -> None:
         if num_workers < 0:
-            raise ValueError(f"The number of DataLoader workers must be 0 or more, got {num_workers}.")
+            raise InvalidArgumentError(
+                f"The number of DataLoader workers must be 0 or more, got {num_workers}.", argument="num_workers"
+            )
         if self._parts % max(1, num_workers):
             divisors = [k for k in range(1, self._parts + 1) if self._parts % k == 0]
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"The data is split into {self._parts} parts (the worker count it started with) but {num_workers} "
                 f"DataLoader workers cannot share them exactly: resume with a worker count that divides "
-                f"{self._parts} ({', '.join(map(str, divisors))}, or 0)."
+                f"{self._parts} ({', '.join(map(str, divisors))}, or 0).",
+                argument="num_workers",
             )
 
     def __iter__(self) -> Iterator[dict]:
@@ -321,7 +329,7 @@ class BatchStream(torch.utils.data.IterableDataset):
                     yield items, epoch, {"epoch": epoch, "shard": shard, "window": window}
                     items, made = [], made + 1
             if not made and start == (0, 0):  # a whole epoch without one batch: every later epoch would be alike
-                raise ValueError(
+                raise InvalidInputError(
                     f"Stream {stream.rank} of {stream.world_size}, part {part} of {self._parts}: epoch {epoch} has "
                     f"{seen} windows, fewer than one batch of {size}; lower the batch size, raise "
                     "crops_per_recording, use fewer DataLoader workers or add recordings."

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ..analysis.recording_embeddings import WINDOW_POLICIES, embed_windows
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..modeling_brainlm import BrainLMModel
 
@@ -74,7 +75,9 @@ class BrainmarksTransform:
         iqr_epsilon: float | None = 1e-6,
     ):
         if window_policy not in WINDOW_POLICIES:
-            raise ValueError(f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.")
+            raise InvalidArgumentError(
+                f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.", argument="window_policy"
+            )
         self.processor = processor
         self.tr_tolerance = tr_tolerance
         self.window_policy = window_policy
@@ -170,9 +173,10 @@ def brainlm_hf(
     location = {key: value for key, value in (("subfolder", subfolder), ("revision", revision)) if value}
     processor = BrainLMFeatureExtractor.from_pretrained(checkpoint, **location)
     if processor.num_regions not in (None, NUM_REGIONS):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{checkpoint}'s processor has {processor.num_regions} regions; Brainmarks' {SPACE} space has "
-            f"{NUM_REGIONS}."
+            f"{NUM_REGIONS}.",
+            argument="checkpoint",
         )
     model = BrainLMModel.from_pretrained(checkpoint, **location).eval().requires_grad_(False)
     wrapper = BrainmarksWrapper(model, processor.model_coordinates(), layer, batch_size).eval()

@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 
 from ..data.prepared import PreparedDataset
-from ..errors import InvalidArgumentError, one_line
+from ..errors import InvalidArgumentError, InvalidFileError, MissingFileError, one_line
 from ..folders import check_model_folder, first_existing
 from ..version import __version__
 
@@ -174,11 +174,16 @@ def checkpoint_path(output: Path, name: str) -> Path:
     if name != "latest":
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"no such folder: {name} (--resume_from_checkpoint)")
+            raise MissingFileError(
+                f"no such folder: {name} (resume_from_checkpoint)", argument="resume_from_checkpoint"
+            )
         return folder
     checkpoints = step_checkpoints(output)
     if not checkpoints:
-        raise FileNotFoundError(f"No checkpoint to resume from in {output / 'checkpoints'}.")
+        raise MissingFileError(
+            f"No checkpoint to resume from in {output / 'checkpoints'} (resume_from_checkpoint='latest').",
+            argument="resume_from_checkpoint",
+        )
     return checkpoints[-1]
 
 
@@ -187,10 +192,10 @@ def _trainer_state(folder: Path, output: Path) -> dict:
     if not path.is_file():
         old = sorted(p.name for p in folder.glob("custom_checkpoint_*.pkl"))
         if old:
-            raise ValueError(
+            raise InvalidFileError(
                 f"{folder} holds {', '.join(old)}: pickles that accelerate would load with weights_only=False (a "
                 f"crafted one runs code), from an earlier brainlm_hf; brainlm_hf does not read them and has no "
-                f"{TRAINER_STATE} to resume from. Start the run again (or from a saved model with --model)."
+                f"{TRAINER_STATE} to resume from. Start the run again (or from a saved model, given as model=)."
             )
         raise _damaged(folder, output, f"it has no {TRAINER_STATE} (not a complete checkpoint of brainlm pretrain)")
     try:
@@ -211,11 +216,12 @@ def _check_files(folder: Path, state: dict, output: Path, trust_pickles: bool) -
             written = name in state.get("files", {})  # e.g. the .metadata of FSDP's torch.distributed.checkpoint
             if trust_pickles and written:
                 continue
-            fix = "pass --trust_checkpoint_pickles if you wrote it yourself" if written else "remove the file"
-            raise ValueError(
+            fix = "pass trust_checkpoint_pickles=True if you wrote it yourself" if written else "remove the file"
+            raise InvalidFileError(
                 f"{folder} holds {name}, a pickle that brainlm_hf does not load: unpickling it could run code (a step "
                 "checkpoint holds pickles only in optimizer.bin and random_states_<i>.pkl, read with "
-                f"weights_only=True). If you trust where it came from, {fix}."
+                f"weights_only=True). If you trust where it came from, {fix}.",
+                argument="trust_checkpoint_pickles" if written else None,
             )
     for name, size in state.get("files", {}).items():
         path = folder / name
@@ -228,11 +234,12 @@ def _check_files(folder: Path, state: dict, output: Path, trust_pickles: bool) -
 def _check_same_run(folder: Path, state: dict, expected: dict) -> None:
     data, layout = state.get("data", {}), state.get("layout", {})
     if data.get("fingerprint") != expected["data"]["fingerprint"]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{folder} was written for other training data: {data.get('dataset')} ({data.get('train_shards')} "
             f"training shards, fingerprint {data.get('fingerprint')}); this run reads {expected['data']['dataset']} "
             f"({expected['data']['train_shards']} training shards, fingerprint {expected['data']['fingerprint']}). "
-            "Resume with the dataset the run started with, or start a new run (another --output_dir)."
+            "Resume with the dataset the run started with, or start a new run (another output_dir).",
+            argument="output_dir",
         )
     keys = ("streams", "per_device_train_batch_size", "crops_per_recording", "seed")
     now = expected["layout"]
@@ -245,20 +252,22 @@ def _check_same_run(folder: Path, state: dict, expected: dict) -> None:
             if "streams" in differ
             else ""
         )
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{folder} was written by a run that splits its data otherwise: {described}{streams}. Resume with the "
             "same settings (another process count is fine when processes x accumulation stays the same)."
         )
 
 
-def _damaged(folder: Path, output: Path, reason: str) -> ValueError:
+def _damaged(folder: Path, output: Path, reason: str) -> InvalidFileError:
     earlier = [p for p in step_checkpoints(output) if p.resolve() != folder.resolve() and _step(p) < _step(folder)]
     offer = (
-        f"resume from the previous checkpoint instead: --resume_from_checkpoint {earlier[-1]}"
+        f"resume from the previous checkpoint instead: resume_from_checkpoint={str(earlier[-1])!r}"
         if earlier
         else "no earlier checkpoint of this run is left: start it again"
     )
-    return ValueError(f"The checkpoint {folder} is damaged: {reason}; {offer}.")
+    return InvalidFileError(
+        f"The checkpoint {folder} is damaged: {reason}; {offer}.", argument="resume_from_checkpoint"
+    )
 
 
 def _write_failure(folder: Path, error: BaseException, free: int, earlier: list[Path]) -> OSError:
@@ -268,7 +277,7 @@ def _write_failure(folder: Path, error: BaseException, free: int, earlier: list[
     else:
         reason = one_line(error)[:300]
     if earlier:
-        kept = f"the earlier checkpoint {earlier[-1]} is intact: resume from it with --resume_from_checkpoint latest"
+        kept = f"the earlier checkpoint {earlier[-1]} is intact: resume from it with resume_from_checkpoint='latest'"
     else:
         kept = "no earlier checkpoint exists"
     code = errno.ENOSPC if full else getattr(error, "errno", None) or errno.EIO

@@ -31,6 +31,7 @@ from transformers import AutoModelForSequenceClassification, EarlyStoppingCallba
 
 from ..configuration_brainlm import POOLINGS, PRESETS, BrainLMConfig
 from ..data import BrainLMCollator, PreparedDataset
+from ..errors import InvalidArgumentError, InvalidInputError, MissingFileError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..hub_upload import push_folder
 from ..inference import average_by_recording, map_windows
@@ -101,7 +102,7 @@ class RecordingWindowDataset(torch.utils.data.Dataset):
     ):
         self.labels = np.asarray(labels)
         if len(self.labels) != len(recordings):
-            raise ValueError(f"{len(recordings)} recordings but {len(self.labels)} labels.")
+            raise InvalidInputError(f"{len(recordings)} recordings but {len(self.labels)} labels.", argument="labels")
         length, rng = processor.num_timepoints, np.random.default_rng(seed)
 
         def random_starts(num_timepoints: int) -> np.ndarray:
@@ -147,7 +148,9 @@ def score_recordings(logits: np.ndarray, labels: np.ndarray, problem_type: str) 
 def build_classifier(model_name_or_path: str, num_labels: int, problem_type: str, **config_overrides):
     """A `BrainLMForSequenceClassification` from a checkpoint (new head, encoder loaded strictly) or a preset."""
     if problem_type not in PROBLEM_TYPES:
-        raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.")
+        raise InvalidArgumentError(
+            f"problem_type must be one of {PROBLEM_TYPES}, got {problem_type!r}.", argument="problem_type"
+        )
     options = {"num_labels": num_labels, "problem_type": problem_type, **config_overrides}
     if model_name_or_path in PRESETS:
         return BrainLMForSequenceClassification(BrainLMConfig.from_preset(model_name_or_path, **options))
@@ -165,22 +168,24 @@ def encode_labels(problem_type: str, train_labels, *others) -> tuple[list[np.nda
         splits = [[str(v) for v in labels.reshape(len(labels), -1)[:, 0]] for labels in splits]
         classes = sorted(set(splits[0]))
         if len(classes) < 2:
-            raise ValueError(f"Classification needs at least two classes in the training split, got {classes}.")
+            raise InvalidInputError(f"Classification needs at least two classes in the training split, got {classes}.")
         unseen = sorted({v for labels in splits[1:] for v in labels} - set(classes))
         if unseen:
-            raise ValueError(f"Labels {unseen} do not occur in the training split; the head cannot predict them.")
+            raise InvalidInputError(
+                f"Labels {unseen} do not occur in the training split; the head cannot predict them."
+            )
         index = {name: i for i, name in enumerate(classes)}
         encoded = [np.array([index[v] for v in labels], dtype=np.int64) for labels in splits]
         return encoded, {"num_labels": len(classes), "id2label": dict(enumerate(classes)), "label2id": index}
     encoded = [labels.reshape(len(labels), -1).astype(np.float32) for labels in splits]
     for labels in encoded:
         if not np.isfinite(labels).all():
-            raise ValueError("Some labels are missing (NaN): drop those recordings or impute the labels first.")
+            raise InvalidInputError("Some labels are missing (NaN): drop those recordings or impute the labels first.")
     if problem_type == "multi_label_classification":
         return encoded, {"num_labels": encoded[0].shape[1]}
     std = encoded[0].std(0)
     if (std == 0).any():
-        raise ValueError(f"Targets {np.flatnonzero(std == 0).tolist()} are constant in the training split.")
+        raise InvalidInputError(f"Targets {np.flatnonzero(std == 0).tolist()} are constant in the training split.")
     scaling = {"label_stats": {"mean": encoded[0].mean(0).tolist(), "std": std.tolist()}}
     return encoded, {"num_labels": encoded[0].shape[1], **scaling}
 
@@ -318,7 +323,8 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     try:
         labels, label_config = encode_labels(args.problem_type, *(splits[n].labels for n in names))
     except ValueError as error:  # name the columns and the dataset
-        raise ValueError(f"--label_columns {' '.join(args.label_columns)} of {args.dataset}: {error}") from error
+        message = f"label_columns={args.label_columns} of {args.dataset}: {error}"
+        raise InvalidInputError(message, argument="label_columns") from error
     labels = dict(zip(names, labels, strict=True))
     model = build_classifier(args.model, problem_type=args.problem_type, **label_config, **_head_options(args))
     check_counts(windows_per_recording=(args.windows_per_recording, 1))
@@ -375,13 +381,14 @@ def labelled_splits(dataset: PreparedDataset, args: FinetuningArguments) -> dict
         if dataset.shards(split)
     }
     if "train" not in splits:
-        raise FileNotFoundError(f"{args.dataset} has no {args.train_split}/ split.")
+        raise MissingFileError(f"{args.dataset} has no {args.train_split}/ split.", argument="train_split")
     available = dataset.columns(splits["train"])
     missing = [c for c in args.label_columns if c not in available]
     if missing:
-        raise ValueError(
-            f"Label columns {missing} are not in {args.dataset}; its columns are {available}. Add them with "
-            "`brainlm prepare --phenotypes`."
+        raise InvalidArgumentError(
+            f"Label columns {missing} are not in {args.dataset}; its columns are {available}. Add them: prepare "
+            "the dataset with phenotypes=.",
+            argument="label_columns",
         )
     extra = (
         ["repetition_time"] if "repetition_time" in available and "repetition_time" not in args.label_columns else []

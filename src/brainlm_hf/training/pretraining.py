@@ -49,6 +49,7 @@ import torch
 from ..configuration_brainlm import PRESETS, BrainLMConfig
 from ..data import PreparedDataset, WindowStream
 from ..data.streaming import BatchStream
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..inference import map_windows
 from ..metrics import baseline_predictions, masked_reconstruction_metrics
@@ -176,8 +177,9 @@ class PretrainingRun:
             save_steps=(args.save_steps, 1),
         )
         if args.optim not in OPTIMIZERS:
-            raise ValueError(
-                f"optim must be one of {', '.join(OPTIMIZERS)} (transformers' names), got {args.optim!r}."
+            raise InvalidArgumentError(
+                f"optim must be one of {', '.join(OPTIMIZERS)} (transformers' names), got {args.optim!r}.",
+                argument="optim",
             )
         accelerator = _accelerator(args)
         set_seed(args.seed)  # the same initial weights on every process
@@ -393,8 +395,12 @@ def build_optimizer(model: BrainLMForMaskedSignalModeling, args: PretrainingArgu
     scaled = args.base_learning_rate * total_batch / 256
     learning_rate = scaled if args.learning_rate is None else args.learning_rate
     if not (math.isfinite(learning_rate) and learning_rate >= 0):  # 0 is used as given (nothing trains)
-        given = f"--learning_rate {args.learning_rate}" if args.learning_rate is not None else "--base_learning_rate"
-        raise ValueError(f"{given}: the learning rate must be a finite number >= 0, got {learning_rate}.")
+        argument = "learning_rate" if args.learning_rate is not None else "base_learning_rate"
+        raise InvalidArgumentError(
+            f"{argument}={getattr(args, argument)}: the learning rate must be a finite number >= 0, got "
+            f"{learning_rate}.",
+            argument=argument,
+        )
     decayed = {n for n, p in model.named_parameters() if p.ndim >= 2 and "token" not in n}
     groups = [
         {"params": [p for n, p in model.named_parameters() if n in decayed], "weight_decay": args.weight_decay},
@@ -410,9 +416,10 @@ def training_streams(args: PretrainingArguments, dataset: PreparedDataset, proce
     files = dataset.shards("train")
     count = num_processes * args.gradient_accumulation_steps
     if len(files) < count:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{len(files)} training shards for {count} streams (processes x gradient accumulation): prepare the "
-            f"dataset with --shard-multiple {count} or more shards."
+            f"dataset with shard_multiple={count} or more shards.",
+            argument="shard_multiple",
         )
     first = process_index * args.gradient_accumulation_steps
     return [
@@ -451,7 +458,7 @@ def use_optim(optimizer, optim: str) -> None:
     written = "adamw_torch_fused" if inner.param_groups[0].get("fused") else "adamw_torch"
     if written == optim:
         return
-    logger.warning(f"The checkpoint's optimizer ran {written}; continuing with {optim} as --optim says.")
+    logger.warning(f"The checkpoint's optimizer ran {written}; continuing with {optim} as optim= says.")
     for group in inner.param_groups:
         group["fused"] = fused or None
         group["foreach"] = None
@@ -472,10 +479,11 @@ def stream_state_for(saved: list, process_index: int, num_processes: int, accumu
     positions = [p for entry in entries for p in entry["batches"]["positions"]]
     wanted = num_processes * accumulation
     if len(positions) != wanted:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"The checkpoint's data is {len(positions)} streams ({len(entries)} processes x "
             f"{len(positions) // max(1, len(entries))} gradient accumulation steps) but this run has {wanted} "
-            f"({num_processes} x {accumulation}): resume with the same product."
+            f"({num_processes} x {accumulation}): resume with the same product.",
+            argument="gradient_accumulation_steps",
         )
     first = process_index * accumulation
     return dict(entries[0]["batches"], positions=positions[first : first + accumulation])
