@@ -14,8 +14,10 @@ PACKAGE = "brainlm_hf"
 
 # layer -> its modules (dotted, relative to brainlm_hf; "" is brainlm_hf/__init__.py). First match wins.
 LAYERS = {
-    # stdlib-only modules that import nothing of the package
-    "leaf": ["version", "errors", "folders", "metrics", "hub_upload"],
+    # the exception classes: import nothing of the package
+    "errors": ["errors"],
+    # small modules that import nothing of the package but `errors`
+    "leaf": ["version", "folders", "metrics", "hub_upload", "arguments"],
     # the evaluate module shipped for `evaluate.load(metrics.EVALUATE_MODULE)`: a script loaded by path
     "evaluate_module": ["evaluate_modules.*"],
     "model": ["configuration_brainlm", "modeling_brainlm", "feature_extraction_brainlm"],
@@ -32,17 +34,18 @@ LAYERS = {
 
 # layer -> the layers its modules may import. No layer lists "package": no module imports brainlm_hf/__init__.py.
 MAY_IMPORT = {
-    "leaf": set(),
+    "errors": set(),
+    "leaf": {"errors"},
     "evaluate_module": {"leaf"},
-    "model": {"model", "leaf"},
-    "data": {"data", "model", "leaf"},
-    "inference": {"model", "leaf"},
-    "hub": {"hub", "data", "model", "leaf"},  # convert reads the A424 coordinates with data.atlas
-    "training": {"training", "data", "inference", "model", "leaf"},
-    "analysis": {"analysis", "data", "inference", "model", "leaf"},
-    "integrations": {"integrations", "analysis", "data", "inference", "model", "leaf"},
-    "package": {"hub", "model", "leaf"},  # hub, for the loading it plugs into from_pretrained
-    "cli": {"cli", "integrations", "analysis", "training", "hub", "inference", "data", "model", "leaf"},
+    "model": {"model", "leaf", "errors"},
+    "data": {"data", "model", "leaf", "errors"},
+    "inference": {"model", "leaf", "errors"},
+    "hub": {"hub", "data", "model", "leaf", "errors"},  # convert reads the A424 coordinates with data.atlas
+    "training": {"training", "data", "inference", "model", "leaf", "errors"},
+    "analysis": {"analysis", "data", "inference", "model", "leaf", "errors"},
+    "integrations": {"integrations", "analysis", "data", "inference", "model", "leaf", "errors"},
+    "package": {"hub", "model", "leaf", "errors"},  # hub, for the loading it plugs into from_pretrained
+    "cli": {"cli", "integrations", "analysis", "training", "hub", "inference", "data", "model", "leaf", "errors"},
 }
 
 # The model files are copied beside every saved checkpoint for `trust_remote_code` (transformers copies a model

@@ -122,7 +122,7 @@ def test_resume_never_runs_code_from_a_crafted_pickle(run, dataset, target, caps
     assert str(folder) in error
     if target in ("optimizer.bin", "random_states_0.pkl"):
         assert "is damaged: it cannot be read" in error and "Weights only load failed" in error
-        assert f"--resume_from_checkpoint {run / 'checkpoints' / 'checkpoint_4'}" in error
+        assert f"--resume_from_checkpoint='{run / 'checkpoints' / 'checkpoint_4'}'" in error
     else:
         assert f"holds {target}, a pickle that brainlm_hf does not load: unpickling it could run code" in error
     pickle.loads((folder / target).read_bytes())  # the same bytes, unpickled unsafely, do run
@@ -204,12 +204,12 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_offered(run, dataset
     weights.write_bytes(intact[: len(intact) // 2])  # a copy cut short
     error = refused(resume, capsys)
     assert f"The checkpoint {latest} is damaged: model.safetensors has {len(intact) // 2} bytes where" in error
-    assert f"--resume_from_checkpoint {previous}" in error
+    assert f"--resume_from_checkpoint='{previous}'" in error
 
     weights.write_bytes(b"\xff" * 16 + intact[16:])  # the same size, an unreadable header
     error = refused(resume, capsys)
     assert f"The checkpoint {latest} is damaged: it cannot be read" in error
-    assert f"--resume_from_checkpoint {previous}" in error
+    assert f"--resume_from_checkpoint='{previous}'" in error
 
     weights.write_bytes(intact)
     (latest / TRAINER_STATE).write_text("{")

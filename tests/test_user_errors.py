@@ -824,7 +824,7 @@ def test_a_step_checkpoint_is_not_a_model(tmp_path, name):
     folder = tmp_path / "run" / "checkpoints" / name
     folder.mkdir(parents=True)
     (folder / ("optimizer.bin" if name == "step" else "model.safetensors")).write_bytes(b"")
-    with pytest.raises(ValueError, match=f"{folder} is a step checkpoint.*final.*--resume_from_checkpoint {folder}"):
+    with pytest.raises(ValueError, match=f"{folder} is a step checkpoint.*final.*resume_from_checkpoint='{folder}'"):
         check_model_path(str(folder), "--model")
 
 

@@ -164,7 +164,8 @@ def check_model_path(name: str, option: str, presets=(), config_file: bool = Fal
         raise InvalidArgumentError(
             f"{option} {name} is a step checkpoint of a training run (optimizer and data-stream state to resume "
             f"from), not a model: give the run's final model ({final}/), or continue the run with "
-            f"--resume_from_checkpoint {name}."
+            f"resume_from_checkpoint='{name}'.",
+            argument="resume_from_checkpoint",
         )
     check_model_folder(name, option, presets, config_file)
 
