@@ -215,7 +215,7 @@ CASES = [
     Case(
         "embed-step-checkpoint",
         ["embed", "{w}/run/checkpoints/checkpoint_100", "{w}/tables", "--output", "{w}/runs/e3.npz"],
-        ["{w}/run/checkpoints/checkpoint_100", "final", "--resume_from_checkpoint"],
+        ["{w}/run/checkpoints/checkpoint_100", "final", "resume_from_checkpoint="],
     ),  # fmt: skip
     Case(
         "embed-same-id-twice",
@@ -279,7 +279,7 @@ CASES = [
     Case(
         "pretrain-model-step-checkpoint",
         [*PRETRAIN, "--model", "{w}/run/checkpoints/checkpoint_100"],
-        ["{w}/run/checkpoints/checkpoint_100", "final", "--resume_from_checkpoint"],
+        ["{w}/run/checkpoints/checkpoint_100", "final", "resume_from_checkpoint="],
     ),  # fmt: skip
     Case("pretrain-output-is-a-file", [*PRETRAIN, "--output_dir", "{w}/a_file"], ["{w}/a_file"]),
     Case("pretrain-output-under-a-file", [*PRETRAIN, "--output_dir", "{w}/a_file/run"], ["{w}/a_file"]),

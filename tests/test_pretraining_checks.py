@@ -133,14 +133,14 @@ CASES = {
         "one",
         {},
         "One epoch holds 4 training windows (1 recording x 4 crops), fewer than one batch of 8: lower "
-        "--per_device_train_batch_size to 4, raise --crops_per_recording to 8 or add recordings.",
+        "--per_device_train_batch_size=4, raise --crops_per_recording=8 or add recordings.",
     ),
     "fewer_windows_per_accumulation_stream": (
         "two_shards",
         {"gradient_accumulation_steps": 2, "per_device_train_batch_size": 6},
         "Each of the 2 stream parts (processes x gradient accumulation steps x loader workers) reads 1 of the 2 "
         "shards per epoch, as few as 4 windows (1 recording x 4 crops), fewer than one batch of 6: lower "
-        "--per_device_train_batch_size to 4, raise --crops_per_recording to 6, use fewer processes, accumulation "
+        "--per_device_train_batch_size=4, raise --crops_per_recording=6, use fewer processes, accumulation "
         "steps or workers or add recordings.",
     ),
     "more_workers_than_shards": (
@@ -158,7 +158,7 @@ CASES = {
         "window_30",
         {},
         "The dataset's windows have 30 timepoints (num_timepoints of its processor), not a multiple of "
-        "brainlm-tiny's patch_size 20: prepare the dataset with --num-timepoints 20 or 40",
+        "brainlm-tiny's patch_size 20: prepare the dataset with num_timepoints=20 or 40",
     ),
     "no_coordinates": (
         "no_coordinates",
@@ -307,7 +307,7 @@ def test_prepare_checks_the_window_length_against_the_patch_size(tmp_path, capsy
     np.save(tmp_path / "sub-1_bold.npy", rng.normal(size=(80, 4)).astype(np.float32))
     inputs = str(tmp_path / "sub-1_bold.npy")
     assert main(["prepare", inputs, str(tmp_path / "a"), "--num-timepoints", "30", "--patch-size", "20"]) == 2
-    assert "The window length 30 is not a multiple of the model's patch size 20: use --num-timepoints 20 or 40" in (
+    assert "The window length 30 is not a multiple of the model's patch size 20: use --num-timepoints=20 or 40" in (
         capsys.readouterr().err
     )
     assert not (tmp_path / "a").exists()

@@ -25,7 +25,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import InvalidFileError, MissingFileError, UserError, one_line
+from .errors import InvalidFileError, MissingFileError, UserError, command_line_text, one_line
 
 _PACKAGE = str(Path(__file__).resolve().parent)
 ARGUMENT_FILES = (".json", ".yaml", ".yml")
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in COMMANDS:
         return _exit_code(lambda: _top_level_parser().parse_args(argv))
-    command, rest = argv[0], argv[1:]
-    return _exit_code(lambda: _run(command, rest), command)
+    parser, run = command_parser(argv[0])
+    return _exit_code(lambda: run(*parser.parse(argv[1:])), argv[0], parser.flag)
 
 
 def command_parser(command: str) -> tuple["CommandParser", callable]:
@@ -49,18 +49,12 @@ def command_parser(command: str) -> tuple["CommandParser", callable]:
     return CommandParser(types, command, COMMANDS[command][0]), run
 
 
-def _run(command: str, argv: list[str]) -> None:
-    parser, run = command_parser(command)
-    try:
-        run(*parser.parse(argv))
-    except UserError as error:
-        error.args = (error.describe(flag=parser.flag), *error.args[1:])
-        raise
-
-
-def _exit_code(call, command: str | None = None) -> int:
-    """Run `call()`; 0, or the exit code of `SystemExit`, or 2 after one line for a user error (see the module)."""
-    with package_warnings(command):
+def _exit_code(call, command: str | None = None, flag=None) -> int:
+    """
+    Run `call()`; 0, or the exit code of `SystemExit`, or 2 after one line for a user error (see the module). Messages
+    and warnings of the package name the command's flags (`flag(argument)`) where they name its Python arguments.
+    """
+    with package_warnings(command, flag):
         try:
             call()
         except SystemExit as exit_:
@@ -71,7 +65,7 @@ def _exit_code(call, command: str | None = None) -> int:
             if os.environ.get("BRAINLM_DEBUG"):
                 traceback.print_exception(error)
             sys.stdout.flush()
-            print(f"brainlm {command}: error: {describe_error(error)}", file=sys.stderr)
+            print(f"brainlm {command}: error: {describe_error(error, flag)}", file=sys.stderr)
             return 2
     return 0
 
@@ -83,25 +77,28 @@ def is_user_error(error: BaseException) -> bool:
     return isinstance(error, OSError) and (isinstance(error, _PATH_ERRORS) or error.errno in _PATH_ERRNOS)
 
 
-def describe_error(error: BaseException) -> str:
-    """One line: the message, or for an operating-system error `path: reason`."""
+def describe_error(error: BaseException, flag=None) -> str:
+    """One line: the message (its Python arguments renamed by `flag`), or for an operating-system error `path:
+    reason`."""
     if isinstance(error, OSError) and error.strerror and error.filename is not None:
         text = f"{error.filename}: {error.strerror}"
         if error.filename2 is not None:
             text += f" ({error.filename2})"
-    else:
-        text = str(error) or type(error).__name__
-    return one_line(text)
+        return one_line(text)
+    if isinstance(error, UserError):
+        return error.describe(flag)
+    return one_line(str(error) or type(error).__name__)
 
 
 @contextmanager
-def package_warnings(command: str | None):
-    """Print the warnings of the package raised inside as `brainlm <command>: warning: ...` (one line)."""
+def package_warnings(command: str | None, flag=None):
+    """Print the warnings of the package raised inside as `brainlm <command>: warning: ...` (one line, naming the
+    command's flags where they name its Python arguments)."""
     default = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
-            print(f"brainlm {command}: warning: {one_line(message)}", file=sys.stderr)
+            print(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -190,8 +187,9 @@ class CommandParser:
             self.parser.error(f"{path}: {problem} (the keys are the argument names of `{self.prog} -h`)")
         return tuple(self.parser.parse_dict(values))
 
-    def flag(self, name: str) -> str:
-        """How the command line names the field `name`: its metavar when positional, else its first flag."""
+    def flag(self, name: str) -> str | None:
+        """How the command line names the field `name`: its metavar when positional, else its first flag; None for a
+        name that is not one of its fields."""
         for dtype in self.types:
             for field in dataclasses.fields(dtype):
                 if field.name == name:
@@ -199,7 +197,7 @@ class CommandParser:
                         return field.metadata["metavar"]
                     aliases = field.metadata.get("aliases") or [f"--{name.replace('_', self.separator)}"]
                     return aliases[0] if isinstance(aliases, list) else aliases
-        return name
+        return None
 
 
 def _required(field: dataclasses.Field) -> bool:

@@ -29,7 +29,7 @@ from transformers.utils import logging
 
 from .arguments import check_choice, positional
 from .configuration_brainlm import PRESETS, BrainLMConfig
-from .errors import InvalidArgumentError, InvalidFileError, MissingFileError
+from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
@@ -293,9 +293,10 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
             except EntryNotFoundError as error:  # the repository has no such file (or, offline, none is cached)
                 if name != "config.json" and not isinstance(error, LocalEntryNotFoundError):
                     return None
-                raise OSError(_hub_failure(name, source, subfolder, revision, error)) from error
+                kind = NetworkError if isinstance(error, LocalEntryNotFoundError) else MissingFileError
+                raise kind(_hub_failure(name, source, subfolder, revision, error)) from error
             except (OSError, ValueError) as error:  # no network, unknown or gated repository, invalid id
-                raise OSError(_hub_failure(name, source, subfolder, revision, error)) from error
+                raise NetworkError(_hub_failure(name, source, subfolder, revision, error)) from error
 
     config_file = fetch("config.json")
     if config_file is None:

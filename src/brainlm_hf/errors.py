@@ -10,6 +10,8 @@ Each class also derives from the built-in exception that Python code has always 
 * `InvalidArgumentError` (`ValueError`): an argument value or a combination of arguments that cannot work.
 * `InvalidFileError` (`ValueError`): a file or folder that exists but cannot be used (damaged, wrong kind, other data).
 * `MissingFileError` (`FileNotFoundError`): a file or folder the caller named, or that a dataset needs, is absent.
+* `NetworkError` (`ConnectionError`): a file could not be fetched: the host is unreachable or did not answer in
+  time, offline mode is on, or it answered with an error status. The message names the host and how to work offline.
 * `NotAFolderError` (`InvalidFileError`, `NotADirectoryError`): a file named where a folder is expected.
 * `FolderNotEmptyError` (`InvalidArgumentError`, `FileExistsError`): an output folder that holds files, without
   `overwrite`.
@@ -26,8 +28,10 @@ __all__ = [
     "InvalidFileError",
     "InvalidInputError",
     "MissingFileError",
+    "NetworkError",
     "NotAFolderError",
     "UserError",
+    "command_line_text",
     "one_line",
 ]
 
@@ -53,15 +57,30 @@ class UserError(Exception):
 
     def describe(self, flag=None) -> str:
         """
-        The message on one line; `flag(argument) -> str` renames the Python argument for the command line where the
-        message names it: at its start (`"reader must be ..."`) or as `argument=` (`"use shard_multiple=4"`). The
-        same word elsewhere is prose and is kept (`atlas` in `"an atlas is needed (atlas=)"`).
+        The message on one line, with the names of Python arguments renamed for the command line by `flag(name)`
+        (a flag such as `--shard-multiple`, or None for a name the command does not take; see `command_line_text`):
+        `argument` at the start of the message, and every `name=`.
         """
-        text = one_line(self)
-        if self.argument and flag is not None:
-            name, renamed = re.escape(self.argument), flag(self.argument)
-            text = re.sub(rf"^{name}\b|(?<![\w.-]){name}(?==)", lambda _: renamed, text)
+        return command_line_text(self, flag, leading=self.argument)
+
+
+def command_line_text(text, flag=None, leading: str | None = None) -> str:
+    """
+    `text` on one line, with every Python argument written `name=` (`"use shard_multiple=4"`) renamed to
+    `flag(name)` where that is not None, and the argument `leading` renamed where the text starts with it
+    (`"reader must be ..."`). The same word elsewhere is prose and is kept (`atlas` in `"an atlas is needed
+    (atlas=)"`).
+    """
+    text = one_line(text)
+    if flag is None:
         return text
+
+    def rename(match):
+        return flag(match.group(0)) or match.group(0)
+
+    if leading and re.match(rf"{re.escape(leading)}\b", text) and flag(leading):
+        text = flag(leading) + text[len(leading) :]
+    return re.sub(r"(?<![\w.-])[A-Za-z_]\w*(?==)", rename, text)
 
 
 class InvalidInputError(UserError, ValueError):
@@ -86,3 +105,8 @@ class NotAFolderError(InvalidFileError, NotADirectoryError):
 
 class FolderNotEmptyError(InvalidArgumentError, FileExistsError):
     """An output folder that already holds files, given without `overwrite`."""
+
+
+class NetworkError(UserError, ConnectionError):
+    """A file could not be fetched (host unreachable or silent, offline mode, an error status): names the host and
+    how to work offline."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from ..errors import InvalidArgumentError, InvalidFileError, MissingFileError, one_line
+from ..errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError, one_line
 
 _A424_COMMIT = "bbb460b7b476187072fd69de6a8a960f7d97ae89"
 _A424_BASE = f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_COMMIT}/brainmaps/"
@@ -247,7 +247,7 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
             with urllib.request.urlopen(base_url + remote_name, timeout=60) as response:
                 partial.write_bytes(response.read())
         except OSError as error:  # URLError, timeouts, HTTP errors
-            raise ConnectionError(
+            raise NetworkError(
                 f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))}; "
                 "give the folder that holds the atlas files instead (path=)."
             ) from error
