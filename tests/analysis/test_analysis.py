@@ -35,7 +35,7 @@ from brainlm_hf.data.atlas import A424_LABELS_FILES, load_a424_networks
 from brainlm_hf.data.demo import aal2_coordinates, aal2_lobes
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
-from .conftest import pin_a424_downloads
+from ..conftest import pin_a424_downloads
 
 SMALL = {
     "hidden_size": 16,

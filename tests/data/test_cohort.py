@@ -20,7 +20,7 @@ from brainlm_hf.cli import main as cli
 from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
 from brainlm_hf.training.finetuning import RecordingWindowDataset, predict_recordings
 
-from .conftest import save_region_image, toy_atlas
+from ..conftest import save_region_image, toy_atlas
 
 REGIONS = 4
 

@@ -16,7 +16,7 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.integrations.brainmarks import BrainmarksTransform, BrainmarksWrapper, brainlm_hf
 
 NUM_REGIONS, WINDOW = 7, 30
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def brainmarks_sample(num_frames: int, tr: float, seed: int = 0) -> dict:

@@ -23,8 +23,8 @@ from brainlm_hf.cli import main
 from brainlm_hf.data import atlas
 from brainlm_hf.hub import CONVERSION_VERSION, RELEASE_REPO, RELEASES
 
-from .conftest import pin_a424_downloads, reference_bytes, reference_file, reference_tensors
-from .hub_server import HubServer
+from ..conftest import pin_a424_downloads, reference_bytes, reference_file, reference_tensors
+from ..hub_server import HubServer
 from .test_convert_cli import CONVERTED_FILES, RUNS
 
 # subfolder of the release repository -> (reference case, weights file, seed of the perturbation)

@@ -14,7 +14,7 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, 
 
 from brainlm_hf import BrainLMModel
 
-from .hub_server import HubServer
+from ..hub_server import HubServer
 
 REPO = "brainlm-test/tiny"
 

