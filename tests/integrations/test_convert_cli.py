@@ -141,6 +141,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folde
     assert commit["commit_message"].startswith(f"Convert {source}")
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys, a424_folder):
     assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
     out = tmp_path / "cli_out"

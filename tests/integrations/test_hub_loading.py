@@ -27,6 +27,8 @@ from ..conftest import pin_a424_downloads, reference_bytes, reference_file, refe
 from ..hub_server import HubServer
 from .test_convert_cli import CONVERTED_FILES, RUNS
 
+pytestmark = pytest.mark.slow  # every test talks to the local Hub server over HTTP
+
 # subfolder of the release repository -> (reference case, weights file, seed of the perturbation)
 LAYOUT = {
     "old_13M": ("brainlm_small", "pytorch_model.bin", None),

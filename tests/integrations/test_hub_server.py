@@ -16,6 +16,7 @@ from brainlm_hf import BrainLMModel
 
 from ..hub_server import HubServer
 
+pytestmark = pytest.mark.slow  # every test talks to the local Hub server over HTTP
 REPO = "brainlm-test/tiny"
 
 

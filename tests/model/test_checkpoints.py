@@ -97,6 +97,7 @@ def test_mismatched_shapes_raise(pretrained):
         BrainLMForMaskedSignalModeling.from_pretrained(path)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_the_package(pretrained, inputs, tmp_path):
     """A fresh interpreter where `import brainlm_hf` fails loads the folder with trust_remote_code, same outputs."""
     model, path = pretrained

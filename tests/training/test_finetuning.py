@@ -215,6 +215,7 @@ def test_cli_finetune_refuses_data_the_model_cannot_read(
     assert error.startswith("brainlm finetune: error: ") and message in error, error
 
 
+@pytest.mark.slow
 def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
     """Trainer's own `torch_compile=True` (inductor on the CPU) with a tiny config."""
     path, processor = pretrained
@@ -230,6 +231,7 @@ def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
     assert np.isfinite(predict_recordings(model, processor, recordings)).all()
 
 
+@pytest.mark.slow
 def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, tmp_path):
     from ..hub_server import HubServer
 

