@@ -285,6 +285,7 @@ def test_figures_are_written_and_not_empty(tmp_path):
         plot_glass_brain(np.zeros((4, 3)), np.ones(5), tmp_path / "bad.png")
 
 
+@pytest.mark.slow
 def test_attention_command(tmp_path, capsys, a424_folder):
     recording, coordinates = a424_inputs(a424_folder)
     model = BrainLMForMaskedSignalModeling(BrainLMConfig(patch_size=20, **SMALL))

@@ -157,6 +157,7 @@ def test_config_round_trip_and_validation(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_trainer_reports_eval_loss_for_the_self_supervised_head(config, tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments

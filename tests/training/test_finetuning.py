@@ -43,6 +43,7 @@ def pretrained(tmp_path, config, inputs):
     return tmp_path / "pretrained", processor
 
 
+@pytest.mark.slow
 def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained, tmp_path):
     path, processor = pretrained
     recordings, levels = cohort(24)
@@ -70,6 +71,7 @@ def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained,
     np.testing.assert_allclose(predict_recordings(reloaded, processor, recordings), predictions, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_merges(pretrained, tmp_path):
     path, processor = pretrained
     recordings, levels = cohort(12)
@@ -161,6 +163,7 @@ def phenotype_dataset(tmp_path, inputs):
     return tmp_path / "dataset"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "column, problem_type, metric",
     [("level", "regression", "test_mse"), ("group", "single_label_classification", "test_balanced_accuracy")],
