@@ -11,6 +11,10 @@
   the stand-in and the tests that could not run.
 
 `../shared` is the folder beside the checkout; `$BRAINLM_SHARED` overrides it.
+
+Tiers: `@pytest.mark.slow` marks a test that starts a subprocess, `accelerate launch`, torch.compile, Brainmarks or
+the local Hub server, or that trains for seconds; `make test-fast` runs the rest (`pytest -m "not slow"`), `make test`
+everything. The folders mirror the package: model, data, training, analysis, integrations, cli.
 """
 
 import functools
