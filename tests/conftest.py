@@ -249,6 +249,11 @@ def inputs() -> dict[str, torch.Tensor]:
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "real_data(*needs): needs the real A424 atlas ('atlas') or ../shared/reference ('reference'); "
+        "skipped without them, and listed in the end-of-run summary",
+    )
     config.stash[_NOT_RUN] = []
 
 
