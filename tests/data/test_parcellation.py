@@ -16,7 +16,7 @@ from nibabel.processing import resample_from_to
 from brainlm_hf.data.atlas import A424_FILES, A424_LABELS_FILES, load_a424, load_a424_networks, load_atlas
 from brainlm_hf.data.parcellation import load_parcel_series, parcellate, repetition_time
 
-from .conftest import pin_a424_downloads, sha256
+from ..conftest import pin_a424_downloads, sha256
 
 FUNCTIONAL = Path(nib.__file__).parent / "tests" / "data" / "functional.nii"
 

@@ -24,9 +24,11 @@ from brainlm_hf.convert import RELEASE_REPO, RELEASES
 from brainlm_hf.data import atlas
 from brainlm_hf.hub import CONVERSION_VERSION
 
-from .conftest import pin_a424_downloads, reference_bytes, reference_file, reference_tensors
-from .hub_server import HubServer
+from ..conftest import pin_a424_downloads, reference_bytes, reference_file, reference_tensors
+from ..hub_server import HubServer
 from .test_convert_cli import CONVERTED_FILES, RUNS
+
+pytestmark = pytest.mark.slow  # every test talks to the local Hub server over HTTP
 
 # subfolder of the release repository -> (reference case, weights file, seed of the perturbation)
 LAYOUT = {

@@ -20,7 +20,7 @@ from brainlm_hf.cli import main as cli
 from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
 from brainlm_hf.training.finetuning import RecordingWindowDataset, predict_recordings
 
-from .conftest import save_region_image, toy_atlas
+from ..conftest import save_region_image, toy_atlas
 
 REGIONS = 4
 
@@ -278,6 +278,7 @@ def test_finetuning_with_resampled_and_padded_recordings(cohort, tmp_path, confi
     assert not np.allclose(predictions[-1], unmasked.logits[0].numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     """`brainlm embed --tr 2.0 --short-recordings pad` = `embed_recordings` with those TRs; `brainlm attention`
     reads the TR of prepared shards."""
@@ -307,6 +308,7 @@ def test_the_command_line_resamples_and_pads(cohort, tmp_path, config, capsys):
     assert len(report["recordings"]) == 4 and np.isfinite(report["region_scores"]).all()
 
 
+@pytest.mark.slow
 def test_brainlm_finetune_pads_short_runs_as_the_dataset_says_or_refuses_them(cohort, tmp_path, config, capsys):
     prepare_dataset(
         cohort / "*.npy", tmp_path / "out", repetition_time=2.0, num_timepoints=40, normalization="zscore",

@@ -20,7 +20,7 @@ import torch
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling
 from brainlm_hf.data import PreparedDataset, load_recordings, prepare_dataset
 
-from .conftest import reference_bytes, reference_file
+from ..conftest import reference_bytes, reference_file
 
 RNG = np.random.default_rng(0)
 

@@ -35,7 +35,7 @@ from brainlm_hf.data.atlas import A424_LABELS_FILES, aal2_lobes, load_a424_netwo
 from brainlm_hf.data.demo import aal2_coordinates
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
-from .conftest import pin_a424_downloads
+from ..conftest import pin_a424_downloads
 
 SMALL = {
     "hidden_size": 16,
@@ -285,6 +285,7 @@ def test_figures_are_written_and_not_empty(tmp_path):
         plot_glass_brain(np.zeros((4, 3)), np.ones(5), tmp_path / "bad.png")
 
 
+@pytest.mark.slow
 def test_attention_command(tmp_path, capsys, a424_folder):
     recording, coordinates = a424_inputs(a424_folder)
     model = BrainLMForMaskedSignalModeling(BrainLMConfig(patch_size=20, **SMALL))

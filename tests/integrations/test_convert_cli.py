@@ -1,5 +1,5 @@
 """`brainlm convert`: original folders in, Hub-ready brainlm_hf folders out, optional (mocked) upload. Hub sources, the
-A424 download and real uploads: tests/test_hub_loading.py."""
+A424 download and real uploads: tests/integrations/test_hub_loading.py."""
 
 import json
 import shutil
@@ -18,7 +18,7 @@ from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTrainin
 from brainlm_hf.cli import main
 from brainlm_hf.convert import convert_checkpoint, model_from_original, render_model_card
 
-from .conftest import reference_bytes, reference_file, reference_marks, reference_tensors
+from ..conftest import reference_bytes, reference_file, reference_marks, reference_tensors
 
 RUNS = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
 CONVERTED_FILES = {
@@ -142,6 +142,7 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folde
     assert commit["commit_message"].startswith(f"Convert {source}")
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys, a424_folder):
     assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
     out = tmp_path / "cli_out"

@@ -215,6 +215,7 @@ def test_recordings_shorter_than_a_window_are_counted_and_skipped(data, tmp_path
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("values", [{}, {"crops_per_recording": 0}], ids=["fewer_windows_than_a_batch", "crops_zero"])
 def test_the_runs_that_used_to_spin_forever_exit_within_seconds(data, tmp_path, values):
     """The two mistakes that made `brainlm pretrain` spin at 100 % CPU with no log line (issue 16)."""

@@ -32,7 +32,7 @@ from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.data.prepare import split_subjects
 
-from .conftest import reference_bytes, reference_file
+from ..conftest import reference_bytes, reference_file
 
 SOURCE = str(Path(brainlm_hf.__file__).resolve().parents[1])  # the code under test, for PYTHONPATH
 REGIONS, LENGTH, WINDOW = 5, 40, 20

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .conftest import REFERENCE, SHARED, reference_bytes, reference_json, reference_specs, reference_tensors, sha256
+from ..conftest import REFERENCE, SHARED, reference_bytes, reference_json, reference_specs, reference_tensors, sha256
 
 
 def bits(tensor: torch.Tensor) -> torch.Tensor:

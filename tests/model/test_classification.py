@@ -175,7 +175,7 @@ def test_auxiliary_reconstruction_loss(config, inputs):
 def test_converted_checkpoints_of_both_families_get_a_head(case, tmp_path):
     from brainlm_hf.convert import model_from_original
 
-    from .test_convert import original
+    from ..integrations.test_convert import original
 
     converted = model_from_original(*original(case))
     converted.save_pretrained(tmp_path / "converted")

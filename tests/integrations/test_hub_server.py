@@ -14,8 +14,9 @@ from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, 
 
 from brainlm_hf import BrainLMModel
 
-from .hub_server import HubServer
+from ..hub_server import HubServer
 
+pytestmark = pytest.mark.slow  # every test talks to the local Hub server over HTTP
 REPO = "brainlm-test/tiny"
 
 

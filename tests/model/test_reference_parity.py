@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from brainlm_hf.convert import model_from_original
 
-from .conftest import reference_json, reference_marks, reference_tensors, shared_path
+from ..conftest import reference_json, reference_marks, reference_tensors, shared_path
 
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}  # the reference README's recommendation (float32 vs float64: <= 2.3e-5)
 

@@ -16,7 +16,7 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.integrations.brainmarks import BrainmarksTransform, BrainmarksWrapper, brainlm_hf
 
 NUM_REGIONS, WINDOW = 7, 30
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def brainmarks_sample(num_frames: int, tr: float, seed: int = 0) -> dict:
@@ -171,6 +171,7 @@ needs_brainmarks = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @needs_brainmarks
 def test_brainmarks_model_smoke_test_passes(tmp_path, a424_folder):
     coordinates = np.loadtxt(a424_folder / "A424_Coordinates.dat")[:, 1:4]
@@ -183,6 +184,7 @@ def test_brainmarks_model_smoke_test_passes(tmp_path, a424_folder):
     assert "2 passed" in result.stdout  # the short (16 frames) and long (160 frames) inputs
 
 
+@pytest.mark.slow
 @needs_brainmarks
 def test_brainmarks_logistic_probe_runs_on_a_synthetic_dataset(tmp_path, a424_folder):
     coordinates = np.loadtxt(a424_folder / "A424_Coordinates.dat")[:, 1:4]

@@ -77,6 +77,7 @@ def test_weights_of_another_architecture_are_refused_with_their_keys(pretrained)
 # ------------------------------------------------------------------------------------------- compile and export
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_class", [BrainLMModel, BrainLMForMaskedSignalModeling])
 def test_compiled_fullgraph_equals_eager(config, inputs, model_class):
     torch.manual_seed(0)

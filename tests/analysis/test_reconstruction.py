@@ -145,6 +145,7 @@ def test_forecast_with_converted_tile_models_uses_predict_last(recording):
         forecast_recording(model, processor, recording, mask_ratio=0.0)
 
 
+@pytest.mark.slow
 def test_forecast_fine_tuning_through_brainlm_pretrain(tmp_path):
     rng = np.random.default_rng(0)
     for subject in range(4):

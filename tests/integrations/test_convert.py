@@ -12,7 +12,7 @@ from brainlm_hf.convert import (
     rename_key,
 )
 
-from .conftest import reference_json, reference_tensors
+from ..conftest import reference_json, reference_tensors
 
 CASES = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
 

@@ -98,6 +98,7 @@ def test_mismatched_shapes_raise(pretrained):
         BrainLMForMaskedSignalModeling.from_pretrained(path)
 
 
+@pytest.mark.slow
 def test_remote_code_loads_without_the_package(pretrained, inputs, tmp_path):
     """A fresh interpreter where `import brainlm_hf` fails loads the folder with trust_remote_code, same outputs."""
     model, path = pretrained
@@ -157,6 +158,7 @@ def test_config_round_trip_and_validation(tmp_path):
         )
 
 
+@pytest.mark.slow
 def test_trainer_reports_eval_loss_for_the_self_supervised_head(config, tmp_path):
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
