@@ -1,9 +1,10 @@
-"""How `brainlm_hf.hub` resolves a name without reaching a Hub: short release names, subfolders, native folders.
+"""How `brainlm_hf.hub` (with the release names of `brainlm_hf.convert`) resolves a name without reaching a Hub: short release names, subfolders, native folders.
 Loading over HTTP: tests/integrations/test_hub_loading.py."""
 
 import pytest
 
-from brainlm_hf.hub import RELEASE_REPO, release_location, resolve_pretrained
+from brainlm_hf.convert import RELEASE_REPO, release_location
+from brainlm_hf.hub import resolve_pretrained
 
 
 @pytest.mark.parametrize(
