@@ -563,7 +563,8 @@ class BrainLMAttention(nn.Module):
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, heads, S, D)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        values = self.v_proj(hidden_states)  # (B, S, heads * D)
+        value = values.view(hidden_shape).transpose(1, 2)
 
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -579,9 +580,21 @@ class BrainLMAttention(nn.Module):
         )  # (B, S, heads, D)
         if output_cls_attentions and not output_attentions:
             attn_weights = cls_attention_weights(query, key, self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1)
         if self.value_conv is not None:
-            attn_output = attn_output + self.value_conv(value).transpose(1, 2)
-        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+            attn_output = attn_output + self.convolve_values(values)
+        return self.o_proj(attn_output), attn_weights
+
+    def convolve_values(self, values: torch.Tensor) -> torch.Tensor:
+        """
+        `value_conv` (each head's kernel along the tokens, the same for the head's D channels) on the values
+        `(B, S, heads * D)`, returned in that layout. Computed as a depthwise convolution over `heads * D` channels
+        on the values' own memory, read as channels-last `(B, heads * D, S, 1)`: no transposing copies.
+        """
+        weight = self.value_conv.weight.repeat_interleave(self.head_dim, dim=0)  # (heads * D, 1, kernel, 1)
+        channels_last = values.transpose(1, 2).unsqueeze(-1).contiguous(memory_format=torch.channels_last)
+        convolved = nn.functional.conv2d(channels_last, weight, padding=self.value_conv.padding, groups=len(weight))
+        return convolved.squeeze(-1).transpose(1, 2)
 
 
 class BrainLMMLP(nn.Module):
