@@ -520,7 +520,8 @@ def eager_attention_forward(
 def cls_attention_weights(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
     """
     Row 0 (the CLS query) of softmax attention on `(B, heads, S, D)` tensors, `(B, heads, S)`, computed as
-    `eager_attention_forward` computes its weights (no mask, float32 softmax) at O(S) cost instead of O(S^2).
+    `eager_attention_forward` computes its weights (no mask, float32 softmax; before attention dropout) at O(S) cost
+    instead of O(S^2).
     """
     scores = torch.matmul(query[:, :, :1], key.transpose(2, 3)) * scaling  # (B, heads, 1, S)
     return nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).squeeze(2)
