@@ -175,3 +175,20 @@ def test_recording_attention_and_the_report_are_unchanged(inputs, tmp_path, monk
     np.testing.assert_allclose(mean_map, expected_map, rtol=1e-5)
     np.testing.assert_allclose(report["region_scores"], expected["region_scores"], rtol=1e-5)
     assert report.keys() == expected.keys()
+
+
+def test_value_convolution_on_the_token_layout_equals_the_convolution_over_heads():
+    """`convolve_values` on `(B, S, heads * D)` equals `value_conv` on `(B, heads, S, D)`, and shifts as its kernel."""
+    attention = make_model("region_window_13m_blocks").layers[0].attention  # 4 heads of 8 channels, kernel 5
+    values = torch.randn(2, 43, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        by_heads = attention.value_conv(values.view(2, 43, 4, 8).transpose(1, 2)).transpose(1, 2).reshape(2, 43, 32)
+        torch.testing.assert_close(attention.convolve_values(values), by_heads)
+        attention.value_conv.weight.zero_()
+        attention.value_conv.weight[:, 0, :, 0] = torch.eye(4, 5)  # head h: tap h, i.e. token s takes token s + h - 2
+        shifted = attention.convolve_values(values).view(2, 43, 4, 8)
+    heads = values.view(2, 43, 4, 8)
+    for head in range(4):
+        offset = head - 2
+        rows = range(max(0, -offset), min(43, 43 - offset))
+        torch.testing.assert_close(shifted[:, rows, head], heads[:, [s + offset for s in rows], head], rtol=0, atol=0)
