@@ -590,12 +590,13 @@ class BrainLMAttention(nn.Module):
         """
         `value_conv` (each head's kernel along the tokens, the same for the head's D channels) on the values
         `(B, S, heads * D)`, returned in that layout. Computed as a depthwise convolution over `heads * D` channels
-        on the values' own memory, read as channels-last `(B, heads * D, S, 1)`: no transposing copies.
+        on the values' own memory, viewed as a channels-last `(B, heads * D, S, 1)` image (its output comes back
+        channels-last too): no transposing copies.
         """
         weight = self.value_conv.weight.repeat_interleave(self.head_dim, dim=0)  # (heads * D, 1, kernel, 1)
-        channels_last = values.transpose(1, 2).unsqueeze(-1).contiguous(memory_format=torch.channels_last)
-        convolved = nn.functional.conv2d(channels_last, weight, padding=self.value_conv.padding, groups=len(weight))
-        return convolved.squeeze(-1).transpose(1, 2)
+        image = values.unsqueeze(2).permute(0, 3, 1, 2)  # (B, heads * D, S, 1), channels-last strides
+        convolved = nn.functional.conv2d(image, weight, padding=self.value_conv.padding, groups=len(weight))
+        return convolved.permute(0, 2, 3, 1).squeeze(2)
 
 
 class BrainLMMLP(nn.Module):
