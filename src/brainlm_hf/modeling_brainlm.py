@@ -51,6 +51,10 @@ class BrainLMModelOutput(ModelOutput):
             (eager attention only).
         timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): the `timepoint_mask` input (1 = real
             timepoint, 0 = padding), kept for `pool` and the reconstruction loss.
+        cls_attentions (`tuple(torch.FloatTensor)`, *optional*):
+            The CLS row of each layer's softmax attention, `(B, heads, 1 + K)` (`attentions[i][:, :, 0]`, columns in
+            the order of the rows of `last_hidden_state`). Returned with `output_cls_attentions=True`, whatever the
+            attention backend: the row is computed beside it without the `(1 + K) x (1 + K)` matrix.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -60,6 +64,7 @@ class BrainLMModelOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     timepoint_mask: torch.FloatTensor | None = None
+    cls_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -71,8 +76,8 @@ class BrainLMForMaskedSignalModelingOutput(ModelOutput):
         loss (`torch.FloatTensor` of shape `()`, *optional*):
             Reconstruction loss over masked timepoints only; `None` when nothing is masked.
         logits (`torch.FloatTensor` of shape `(B, V, T)`): reconstruction of every timepoint, in the input layout.
-        mask, token_mask, ids_restore, last_hidden_state, hidden_states, attentions: as in `BrainLMModelOutput`
-            (of the encoder).
+        mask, token_mask, ids_restore, last_hidden_state, hidden_states, attentions, cls_attentions: as in
+            `BrainLMModelOutput` (of the encoder).
     """
 
     loss: torch.FloatTensor | None = None
@@ -83,6 +88,7 @@ class BrainLMForMaskedSignalModelingOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    cls_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 def sinusoidal_encoding(num_positions: int, dim: int, device=None) -> torch.Tensor:
@@ -536,6 +542,16 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
+def cls_attention_weights(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """
+    Row 0 (the CLS query) of softmax attention on `(B, heads, S, D)` tensors, `(B, heads, S)`, computed as
+    `eager_attention_forward` computes its weights (no mask, float32 softmax; before attention dropout) at O(S) cost
+    instead of O(S^2).
+    """
+    scores = torch.matmul(query[:, :, :1], key.transpose(2, 3)) * scaling  # (B, heads, 1, S)
+    return nn.functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).squeeze(2)
+
+
 class BrainLMAttention(nn.Module):
     """Bidirectional multi-head attention through transformers' attention interface (eager, sdpa, flex, flash)."""
 
@@ -557,17 +573,24 @@ class BrainLMAttention(nn.Module):
         )
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False, **kwargs
+        self,
+        hidden_states: torch.Tensor,
+        output_attentions: bool = False,
+        output_cls_attentions: bool = False,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
-        `(B, S, hidden)` -> `(B, S, hidden)` and the attention weights `(B, heads, S, S)`, which only eager attention
-        computes: with `output_attentions` this call uses eager attention whatever the configured backend.
+        `(B, S, hidden)` -> `(B, S, hidden)` and the attention weights: with `output_attentions`, the whole matrix
+        `(B, heads, S, S)`, which only eager attention computes, so this call then uses eager attention whatever the
+        configured backend; else with `output_cls_attentions`, only its CLS row `(B, heads, S)`, computed beside the
+        configured backend (`cls_attention_weights`); else `None`.
         """
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (B, heads, S, D)
         key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        values = self.v_proj(hidden_states)  # (B, S, heads * D)
+        value = values.view(hidden_shape).transpose(1, 2)
 
         implementation = "eager" if output_attentions else self.config._attn_implementation
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
@@ -581,9 +604,24 @@ class BrainLMAttention(nn.Module):
             scaling=self.scaling,
             **kwargs,
         )  # (B, S, heads, D)
+        if output_cls_attentions and not output_attentions:
+            attn_weights = cls_attention_weights(query, key, self.scaling)
+        attn_output = attn_output.reshape(*input_shape, -1)
         if self.value_conv is not None:
-            attn_output = attn_output + self.value_conv(value).transpose(1, 2)
-        return self.o_proj(attn_output.reshape(*input_shape, -1)), attn_weights
+            attn_output = attn_output + self.convolve_values(values)
+        return self.o_proj(attn_output), attn_weights
+
+    def convolve_values(self, values: torch.Tensor) -> torch.Tensor:
+        """
+        `value_conv` (each head's kernel along the tokens, the same for the head's D channels) on the values
+        `(B, S, heads * D)`, returned in that layout. Computed as a depthwise convolution over `heads * D` channels
+        on the values' own memory, viewed as a channels-last `(B, heads * D, S, 1)` image (its output comes back
+        channels-last too): no transposing copies.
+        """
+        weight = self.value_conv.weight.repeat_interleave(self.head_dim, dim=0)  # (heads * D, 1, kernel, 1)
+        image = values.unsqueeze(2).permute(0, 3, 1, 2)  # (B, heads * D, S, 1), channels-last strides
+        convolved = nn.functional.conv2d(image, weight, padding=self.value_conv.padding, groups=len(weight))
+        return convolved.permute(0, 2, 3, 1).squeeze(2)
 
 
 class BrainLMMLP(nn.Module):
@@ -636,18 +674,31 @@ def transformer_layers(config: BrainLMConfig, hidden_size: int, num_heads: int, 
 
 
 def run_layers(
-    layers: nn.ModuleList, hidden_states: torch.Tensor, output_hidden_states: bool, output_attentions: bool, **kwargs
-) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-    """Apply `layers`, collecting the input and each layer's output, and each layer's attention weights."""
+    layers: nn.ModuleList,
+    hidden_states: torch.Tensor,
+    output_hidden_states: bool = False,
+    output_attentions: bool = False,
+    output_cls_attentions: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+    """
+    Apply `layers`; returns the last output and, each when asked for (else `None`), the input and each layer's
+    output, each layer's attention weights `(B, heads, S, S)` and their CLS rows `(B, heads, S)`.
+    """
     all_hidden_states = (hidden_states,) if output_hidden_states else None
     all_attentions = () if output_attentions else None
+    all_cls_attentions = () if output_cls_attentions else None
     for layer in layers:
-        hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions, **kwargs)
+        hidden_states, attn_weights = layer(
+            hidden_states, output_attentions=output_attentions, output_cls_attentions=output_cls_attentions, **kwargs
+        )
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         if output_attentions:
             all_attentions += (attn_weights,)
-    return hidden_states, all_hidden_states, all_attentions
+        if output_cls_attentions:
+            all_cls_attentions += (attn_weights[:, :, 0] if output_attentions else attn_weights,)
+    return hidden_states, all_hidden_states, all_attentions, all_cls_attentions
 
 
 class BrainLMPreTrainedModel(PreTrainedModel):
@@ -793,6 +844,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         timepoint_mask: torch.Tensor | None = None,
+        output_cls_attentions: bool = False,
         **kwargs,
     ) -> BrainLMModelOutput | tuple:
         r"""
@@ -811,6 +863,10 @@ class BrainLMModel(BrainLMPreTrainedModel):
                 short recording (the processor's `short_recordings="pad"`). The encoder sees the padding as signal;
                 the mask is returned for `pool` (mean pooling leaves out tokens made only of padding) and the
                 reconstruction loss (padded timepoints are left out).
+            output_cls_attentions (`bool`, defaults to `False`):
+                Return `cls_attentions`, the CLS row of each layer's attention, computed beside the configured
+                attention backend (which keeps running) at O(tokens) extra cost per layer: what attention analyses
+                need, without the `(1 + K) x (1 + K)` matrices of `output_attentions`.
         """
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
@@ -835,8 +891,8 @@ class BrainLMModel(BrainLMPreTrainedModel):
         )
         coordinates = batched_coordinates(coordinates, signal_values.dtype)  # (1 or B, V, 3)
         embeddings = self.embeddings(signal_values, coordinates, ids_keep)  # (B, 1 + K, H)
-        hidden_states, all_hidden_states, all_attentions = run_layers(
-            self.layers, embeddings, output_hidden_states, output_attentions, **kwargs
+        hidden_states, all_hidden_states, all_attentions, all_cls_attentions = run_layers(
+            self.layers, embeddings, output_hidden_states, output_attentions, output_cls_attentions, **kwargs
         )
         output = BrainLMModelOutput(
             last_hidden_state=self.layernorm(hidden_states),
@@ -846,6 +902,7 @@ class BrainLMModel(BrainLMPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
             timepoint_mask=timepoint_mask,
+            cls_attentions=all_cls_attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -958,7 +1015,7 @@ class BrainLMDecoder(nn.Module):
         tokens = self.layout.add_positions(tokens, num_regions, num_timepoints, per_region=xyz)
         hidden_states = torch.cat([hidden_states[:, :1], tokens], dim=1)  # (B, 1 + L, Hd)
 
-        hidden_states, _, _ = run_layers(self.layers, hidden_states, False, False, **kwargs)
+        hidden_states = run_layers(self.layers, hidden_states, **kwargs)[0]
         values = self.decoder_pred(self.decoder_norm(hidden_states[:, 1:]))  # (B, L, P or p * p)
         return self.layout.tokens_to_signal(values, num_regions, num_timepoints)
 
@@ -1006,6 +1063,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
         return_dict: bool | None = None,
         return_loss: bool = True,
         timepoint_mask: torch.Tensor | None = None,
+        output_cls_attentions: bool = False,
         **kwargs,
     ) -> BrainLMForMaskedSignalModelingOutput | tuple:
         r"""
@@ -1019,6 +1077,8 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             return_loss (`bool`, defaults to `True`): compute the loss (lets `Trainer` report `eval_loss`).
             timepoint_mask (`torch.FloatTensor` of shape `(B, T)`, *optional*): 1 = real timepoint, 0 = padding,
                 left out of the loss.
+            output_cls_attentions (`bool`, defaults to `False`): return the encoder's `cls_attentions` (see
+                `BrainLMModel`).
 
         Returns `loss` (masked timepoints only; `None` when nothing is masked) and `logits` `(B, V, T)`.
         """
@@ -1034,6 +1094,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             timepoint_mask=timepoint_mask,
+            output_cls_attentions=output_cls_attentions,
             **kwargs,
         )
         logits = self.decoder(
@@ -1050,6 +1111,7 @@ class BrainLMForMaskedSignalModeling(BrainLMPreTrainedModel):
             last_hidden_state=outputs.last_hidden_state,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            cls_attentions=outputs.cls_attentions,
         )
         return output if return_dict else output.to_tuple()
 

@@ -1,5 +1,5 @@
-"""How `brainlm_hf.hub` (with the release names of `brainlm_hf.convert`) resolves a name without reaching a Hub: short release names, subfolders, native folders.
-Loading over HTTP: tests/integrations/test_hub_loading.py."""
+"""How `brainlm_hf.hub` resolves a name without reaching a Hub (release names from `brainlm_hf.convert`): short
+release names, subfolders, native folders. Loading over HTTP: tests/integrations/test_hub_loading.py."""
 
 import pytest
 

@@ -4,7 +4,8 @@
 Notation: B windows, V regions, T timepoints, L tokens (CLS excluded), K networks.
 
 The CLS token's attention to the other tokens (one softmax row per layer and head) is what the model returns with
-`output_attentions=True` (computed with eager attention for that call, whatever the backend). Each token's share is
+`output_cls_attentions=True`: computed beside the configured attention backend (sdpa by default), without the
+tokens x tokens matrices that `output_attentions=True` builds with eager attention. Each token's share is
 spread evenly over the (region, timepoint) cells of the signal it covers: a region-window token over its
 `patch_size` timepoints, a 2-D tile over the cells of the signal inside it (padding cells take nothing, so the
 attention a tile of pure padding receives is dropped). The result, `(..., V, T)`, sums to the attention on signal
@@ -45,8 +46,8 @@ def cls_attention(
     layers = _layer_indices(layers, encoder.config.num_hidden_layers)
     signal_values = signal_values.to(encoder.device, encoder.dtype)
     coordinates = None if coordinates is None else coordinates.to(encoder.device, encoder.dtype)
-    outputs = encoder(signal_values, coordinates, mask_ratio=0.0, output_attentions=True)
-    return torch.stack([outputs.attentions[i][:, :, 0] for i in layers], dim=1)
+    outputs = encoder(signal_values, coordinates, mask_ratio=0.0, output_cls_attentions=True)
+    return torch.stack([outputs.cls_attentions[i] for i in layers], dim=1)
 
 
 def _layer_indices(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -88,8 +89,8 @@ def attention_maps(
 ) -> np.ndarray:
     """
     Region x time CLS attention of each window `(W, V, T)` (normalised, model order), averaged over the chosen layers
-    and all heads: `(W, V, T)` in the model's region order (`processor.to_atlas_order` maps it back). `batch_size`
-    windows at a time: eager attention keeps every layer's `batch_size x heads x (1 + L)^2` floats during a batch.
+    and all heads: `(W, V, T)` in the model's region order (`processor.to_atlas_order` maps it back), `batch_size`
+    windows at a time.
     """
 
     def mean_cls_rows(batch, xyz, rows):
