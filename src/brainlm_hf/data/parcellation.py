@@ -35,7 +35,7 @@ try:
     from isal import igzip_threaded, isal_zlib
 except ImportError:  # optional (the `nifti` extra); the standard library's gzip gives the same bytes, slower
     igzip_threaded = isal_zlib = None
-_DECODE_ERRORS = (zlib.error,) if isal_zlib is None else (zlib.error, isal_zlib.error)
+_DECODE_ERRORS = (gzip.BadGzipFile, zlib.error) + (() if isal_zlib is None else (isal_zlib.error,))
 
 # NIfTI xform codes: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI. Codes 0 and 1 are not a standard space.
 _STANDARD_SPACE_CODES = (2, 3, 4)
@@ -158,21 +158,23 @@ def _gzip_chunks_at(
     """
     `_raw_chunks_at` of a `.nii.gz` file: decompressed once, front to back, one volume at a time into one reused
     buffer (memory: one volume and one chunk of atlas voxels). A file that ends early raises `EOFError`, damaged
-    data `OSError`; both name the file.
+    data `OSError` (the CRC is checked at the end); both name the file.
     """
     proxy, num_timepoints = image.dataobj, image.shape[3]
     volume = np.empty(int(np.prod(image.shape[:3])), dtype=proxy.dtype)
     chunk = np.empty((min(chunk_size, num_timepoints), len(voxels)), dtype=proxy.dtype)
     try:
         with _open_gzip(image.get_filename()) as stream:
-            _read_exactly(stream, bytearray(int(proxy.offset)), name)  # the header and extensions
+            _read_exactly(stream, bytearray(int(proxy.offset)))  # the header and extensions
             for start in range(0, num_timepoints, chunk_size):
                 rows = chunk[: min(chunk_size, num_timepoints - start)]
                 for row in rows:
-                    _read_exactly(stream, volume, name)
+                    _read_exactly(stream, volume)
                     np.take(volume, voxels, out=row)
                 yield start, rows
             stream.read(1)  # at the end of the stream, where the decoder checks the CRC
+    except EOFError as error:
+        raise EOFError(f"{name} ends before its last volume: is the file complete?") from error
     except _DECODE_ERRORS as error:
         raise OSError(f"{name}: damaged gzip data ({error}).") from error
 
@@ -184,13 +186,13 @@ def _open_gzip(filename: str):
     return igzip_threaded.open(filename, "rb", threads=1)
 
 
-def _read_exactly(stream, buffer, name) -> None:
-    """Fill `buffer` (any writable buffer) from `stream`; `EOFError` naming the file when the stream ends first."""
+def _read_exactly(stream, buffer) -> None:
+    """Fill `buffer` (any writable buffer) from `stream`; `EOFError` when the stream ends first."""
     view, filled = memoryview(buffer).cast("B"), 0
     while filled < len(view):
         count = stream.readinto(view[filled:])
         if not count:
-            raise EOFError(f"{name} ends before its last volume: is the file complete?")
+            raise EOFError(f"the data end after {filled} of {len(view)} bytes")
         filled += count
 
 
