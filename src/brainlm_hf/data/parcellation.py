@@ -56,7 +56,8 @@ def parcellate(
     Args:
         bold: a 4-D NIfTI image or its path (`.nii` / `.nii.gz`) in the atlas's standard space.
         atlas (`Atlas`): the label volume (see `brainlm_hf.atlas`).
-        chunk_size (`int`): volumes read at a time (memory ~ voxels x chunk_size x 4 bytes).
+        chunk_size (`int`): volumes averaged at a time (memory ~ chunk_size x voxels x 4 bytes; for a `.nii` or
+            `.nii.gz` file only its atlas voxels are kept, at up to 8 bytes each).
         allow_empty_labels (`bool`): a region with no voxel in the image grid is an error by default; with `True`
             its column is NaN and a warning names it.
         resample (`bool`): resample the atlas to the image grid (nearest neighbour) when grids differ; `False`
@@ -145,11 +146,10 @@ def _raw_chunks_at(
     for start in range(0, image.shape[3], chunk_size):
         stop = min(start + chunk_size, image.shape[3])
         offset = int(proxy.offset) + start * num_voxels * proxy.dtype.itemsize
-        shape = (stop - start, num_voxels)
-        yield (
-            start,
-            np.memmap(image.get_filename(), dtype=proxy.dtype, mode="r", offset=offset, shape=shape)[:, voxels],
+        mapped = np.memmap(
+            image.get_filename(), dtype=proxy.dtype, mode="r", offset=offset, shape=(stop - start, num_voxels)
         )
+        yield start, mapped[:, voxels]
 
 
 def _gzip_chunks_at(
