@@ -5,7 +5,8 @@ loop and nilearn's `NiftiLabelsMasker(strategy="mean")`, each on the same `.nii`
     python benchmarks/bench_parcellation.py --volumes 60 --rounds 1
 
 The image is synthetic, in the A424 grid (91 x 109 x 91, read from --atlas-dir; the tests' stand-in when that is
-absent): every atlas voxel holds a baseline plus noise, every other voxel 0, as in a masked image in MNI space,
+absent): every atlas voxel holds a baseline plus noise, every other voxel 0, as in a masked image in MNI space
+(`--fill all`: noise in every voxel, which gzip can hardly compress: the case where decompression weighs most),
 stored as float32 or as int16 with scl_slope/scl_inter (--dtype). Every row runs in a fresh process, which reports
 its time and its peak resident memory (VmHWM: the process's own high-water mark; `ru_maxrss` of a child started by
 fork can carry its parent's), the best of --rounds; "before work" is the process after imports and the atlas.
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,16 +68,18 @@ def run_method(method: str, image_path: str, atlas_dir: str, output: str) -> dic
     else:
         from nilearn.maskers import NiftiLabelsMasker
 
-        series = NiftiLabelsMasker(atlas.image, strategy="mean").fit_transform(image_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # about its own defaults
+            series = NiftiLabelsMasker(atlas.image, strategy="mean").fit_transform(image_path)
     seconds = time.perf_counter() - start
     np.save(output, series)
     return {"seconds": seconds, "peak_gib": peak_rss_gib(), "before_gib": before}
 
 
-def write_image(folder: Path, atlas, num_volumes: int, dtype: str) -> list[Path]:
+def write_image(folder: Path, atlas, num_volumes: int, dtype: str, fill: str) -> list[Path]:
     import nibabel as nib
 
-    inside = np.asarray(atlas.image.dataobj) > 0
+    inside = np.asarray(atlas.image.dataobj) > 0 if fill == "brain" else np.ones(atlas.image.shape, dtype=bool)
     rng = np.random.default_rng(0)
     data = np.zeros(inside.shape + (num_volumes,), dtype=np.float32)
     data[inside] = rng.uniform(5000, 15000, size=(inside.sum(), 1)) + rng.normal(
@@ -98,6 +102,7 @@ def main():
     parser.add_argument("--volumes", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=1, help="runs per row; the fastest is shown")
     parser.add_argument("--dtype", choices=["float32", "int16"], default="float32")
+    parser.add_argument("--fill", choices=["brain", "all"], default="brain", help="voxels that hold a signal")
     parser.add_argument("--run-method", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_method:
@@ -105,7 +110,7 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = write_image(folder, load_atlas(args.atlas_dir), args.volumes, args.dtype)
+        paths = write_image(folder, load_atlas(args.atlas_dir), args.volumes, args.dtype, args.fill)
         rows = []
         for path in paths:
             for method in METHODS:
@@ -117,7 +122,8 @@ def main():
                 rows.append((path, method, min(runs, key=lambda run: run["seconds"]), np.load(output)))
         reference = next(series for path, method, _, series in rows if method == "brainlm_hf")
         print(
-            f"\nParcellation of a 91 x 109 x 91 x {args.volumes} {args.dtype} image into A424 ({os.cpu_count()} CPUs, "
+            f"\nParcellation of a 91 x 109 x 91 x {args.volumes} {args.dtype} image (signal in voxels: {args.fill}) "
+            f"into A424 ({os.cpu_count()} CPUs, "
             f"1-minute load {os.getloadavg()[0]:.1f} at the end; best of {args.rounds}; a fresh process per row):\n"
         )
         print("| file | method | seconds | vs original loop | peak RSS (GiB) | before work (GiB) | max abs diff |")
