@@ -13,9 +13,15 @@ fork can carry its parent's), the best of --rounds; "before work" is the process
 The original loop is written here from its description: the whole image by nibabel's `get_fdata()`, then per
 label `np.nanmean(data[labels == label], axis=0)`. "gzip fallback" is `parcellate` without the optional ISA-L
 decoder. Every row's series is compared with `parcellate`'s on the `.nii`.
+
+`--decoders` times instead the decompression alone of the same `.nii.gz`, front to back into one reused 4 MiB
+buffer, by each candidate that is installed: the standard library's gzip, python-isal (`isal.igzip`, and
+`isal.igzip_threaded` with one thread), python-zlib-ng (`zlib_ng.gzip_ng`, `zlib_ng.gzip_ng_threaded`) and
+`indexed_gzip` (nibabel's choice when installed); best of --rounds, in this process.
 """
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -28,6 +34,15 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ["brainlm_hf", "brainlm_hf (gzip fallback)", "original loop", "nilearn"]
+# name: (module, how it opens a file for reading)
+DECODERS = {
+    "gzip": ("gzip", lambda module, path: module.open(path, "rb")),
+    "isal.igzip": ("isal.igzip", lambda module, path: module.open(path, "rb")),
+    "isal.igzip_threaded": ("isal.igzip_threaded", lambda module, path: module.open(path, "rb", threads=1)),
+    "zlib_ng.gzip_ng": ("zlib_ng.gzip_ng", lambda module, path: module.open(path, "rb")),
+    "zlib_ng.gzip_ng_threaded": ("zlib_ng.gzip_ng_threaded", lambda module, path: module.open(path, "rb", threads=1)),
+    "indexed_gzip": ("indexed_gzip", lambda module, path: module.IndexedGzipFile(path)),
+}
 
 
 def peak_rss_gib() -> float:
@@ -76,6 +91,27 @@ def run_method(method: str, image_path: str, atlas_dir: str, output: str) -> dic
     return {"seconds": seconds, "peak_gib": peak_rss_gib(), "before_gib": before}
 
 
+def bench_decoders(path: Path, rounds: int) -> None:
+    buffer = bytearray(4 * 2**20)
+    print(f"\nDecompressing {path.name} ({path.stat().st_size / 2**20:.0f} MiB), best of {rounds}:\n")
+    print("| decoder | seconds | decompressed MiB/s |")
+    print("|---|---|---|")
+    for name, (module_name, open_file) in DECODERS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            print(f"| {name} | not installed | |")
+            continue
+        times = []
+        for _ in range(rounds):
+            start, size = time.perf_counter(), 0
+            with open_file(module, str(path)) as stream:
+                while count := stream.readinto(buffer):
+                    size += count
+            times.append(time.perf_counter() - start)
+        print(f"| {name} | {min(times):.2f} | {size / 2**20 / min(times):.0f} |")
+
+
 def write_image(folder: Path, atlas, num_volumes: int, dtype: str, fill: str) -> list[Path]:
     import nibabel as nib
 
@@ -103,6 +139,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=1, help="runs per row; the fastest is shown")
     parser.add_argument("--dtype", choices=["float32", "int16"], default="float32")
     parser.add_argument("--fill", choices=["brain", "all"], default="brain", help="voxels that hold a signal")
+    parser.add_argument("--decoders", action="store_true", help="time the gzip decoders alone instead")
     parser.add_argument("--run-method", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_method:
@@ -111,6 +148,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         paths = write_image(folder, load_atlas(args.atlas_dir), args.volumes, args.dtype, args.fill)
+        if args.decoders:
+            bench_decoders(paths[1], args.rounds)
+            return
         rows = []
         for path in paths:
             for method in METHODS:

@@ -8,15 +8,15 @@ atlas region `i`.
 Reading. A `.nii` file is memory-mapped one chunk at a time. A `.nii.gz` file is decompressed once, front to back,
 one volume at a time into a single reused buffer, keeping only the atlas voxels; decompression is most of the time
 of a `.nii.gz`, so it goes through ISA-L's gzip decoder (`isal.igzip_threaded`, from the `nifti` extra), which
-inflates in its own thread while numpy averages the previous chunk. Measured on a 91 x 109 x 91 image (see
-`benchmarks/bench_parcellation.py`), it decompressed fastest of the maintained decoders tried: the standard
-library's `gzip` (zlib), zlib-ng (`zlib_ng.gzip_ng`, threaded or not), `isal.igzip` without the thread, and
-nibabel's `indexed_gzip` path. It is optional: ISA-L has wheels for x86-64 and ARM64 (Linux, macOS, Windows) but
-not for every platform Python runs on, and the standard library's `gzip` is the fallback, through the same code, to
-the same bytes. Either way the values are nibabel's, bit for bit: the raw numbers are scaled by
-`scl_slope`/`scl_inter` with nibabel's own `apply_read_scaling`, then cast to float32, as
-`np.asarray(image.dataobj[..., start:stop], dtype=np.float32)` does. Any other image (in memory, or a format
-without a plain file behind it) is read through nibabel's proxy.
+inflates in its own thread while numpy averages the previous chunk. Measured on 91 x 109 x 91 x 60 images
+(`benchmarks/bench_parcellation.py --decoders`), ISA-L and zlib-ng (`zlib_ng.gzip_ng`) decompress at about the same
+speed, about twice the standard library's `gzip` and three times nibabel's `indexed_gzip` path; ISA-L's threaded
+reader is the one used. It is optional: ISA-L has wheels for x86-64 and ARM64 (Linux, macOS, Windows) but not for
+every platform Python runs on, and the standard library's `gzip` is the fallback, through the same code, to the
+same bytes. Either way the values are nibabel's, bit for bit: the raw numbers are scaled by `scl_slope`/`scl_inter`
+with nibabel's own `apply_read_scaling`, then cast to float32, as `np.asarray(image.dataobj[..., start:stop],
+dtype=np.float32)` does. Any other image (in memory, or a format without a plain file behind it) is read through
+nibabel's proxy.
 """
 
 import gzip
