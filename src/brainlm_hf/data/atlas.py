@@ -199,9 +199,19 @@ def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_B
     return [row[column] or "unassigned" for row in rows]
 
 
-def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: str) -> Path:
-    """Download `files` (local name -> (upstream name, sha256)) into the cache folder, refusing other bytes."""
-    cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / "atlases"
+def _download_verified(
+    files: dict[str, tuple[str, str]],
+    cache_dir,
+    base_url: str,
+    subfolder: str = "atlases",
+    instead: str = "give the folder that holds the atlas files instead (--atlas-dir)",
+) -> Path:
+    """
+    Download `files` (local name -> (upstream name, sha256)) into `subfolder` of the cache root (`cache_dir`, else
+    `$BRAINLM_CACHE`, else `~/.cache/brainlm_hf`), refusing other bytes; a file already there with the pinned
+    SHA-256 is not downloaded again. `instead`: what the user can do when the download fails.
+    """
+    cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / subfolder
     cache.mkdir(parents=True, exist_ok=True)
     for local_name, (remote_name, sha256) in files.items():
         target = cache / local_name
@@ -214,7 +224,7 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
         except OSError as error:  # URLError, timeouts, HTTP errors
             raise ConnectionError(
                 f"could not download {local_name} from {base_url}: {_one_line(getattr(error, 'reason', error))}; "
-                "give the folder that holds the atlas files instead (--atlas-dir)."
+                f"{instead}."
             ) from error
         if _sha256(partial) != sha256:
             partial.unlink()
