@@ -28,6 +28,7 @@ from transformers.utils import logging
 
 from . import __version__
 from .configuration_brainlm import PRESETS, BrainLMConfig
+from .data.ukb_statistics import load_ukb_statistics
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
@@ -242,6 +243,7 @@ WEIGHTS_LICENSE_WARNING = (
 )
 RELEASE_INPUT_SCALE = 5.6430855  # divisor used by the tutorials of the released 111M / 650M weights
 RELEASE_REPETITION_TIME = 0.735  # seconds: UK Biobank, the pretraining data of the released weights
+NUM_REGIONS = 424  # A424, the atlas of the released weights and of their statistics
 
 
 def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None, cache_dir=None):
@@ -348,12 +350,18 @@ def convert_checkpoint(
     token=None,
     cache_dir=None,
     overwrite: bool = False,
+    ukb_statistics: str | None = None,
 ) -> BrainLMForMaskedSignalModeling:
     """
     Convert an original BrainLM checkpoint into a Hub-ready brainlm_hf folder.
 
     Writes `output_dir` with `model.safetensors`, `config.json`, the remote-code files, `preprocessor_config.json`
-    (region coordinates and order, input scale, the pretraining TR 0.735 s) and `README.md` (the model card).
+    (the normalisation of the pretraining data, region coordinates and order, input scale, the pretraining TR
+    0.735 s) and `README.md` (the model card).
+    For the A424 atlas (424 regions) the processor holds BrainLM's UK Biobank statistics (per-region median, IQR and
+    clip bounds, `brainlm_hf.data.ukb_statistics`) as plain numbers: read from `ukb_statistics` (the file, or a
+    folder holding it), else `$BRAINLM_UKB_STATISTICS`, else downloaded from their pinned commit and checked against
+    their SHA-256. With another atlas the processor has no statistics (`fit` them on your cohort).
     `atlas_coordinates` is the atlas coordinate file (`A424_Coordinates.dat`: label, x, y, z per line); without it
     the A424 coordinates, the atlas of the released weights, are downloaded from their pinned upstream commit and
     checked against their SHA-256 (`brainlm_hf.data.load_a424`). The region-window family feeds them to the model;
@@ -382,13 +390,21 @@ def convert_checkpoint(
                 "give another output folder."
             )
     coordinates = None if atlas_coordinates is None else read_coordinates(atlas_coordinates)
+    if ukb_statistics is not None and coordinates is not None and len(coordinates) != NUM_REGIONS:
+        raise ValueError(
+            f"--ukb-statistics are BrainLM's statistics of the {NUM_REGIONS} A424 regions, but the atlas coordinates "
+            f"{atlas_coordinates} list {len(coordinates)} regions: leave them out (fit the processor on your cohort)."
+        )
+    statistics = None if ukb_statistics is None else load_ukb_statistics(ukb_statistics)
     with output_folder(
         output_dir,
         overwrite,
         "the converted checkpoint",
         inputs=[p for p in (source_folder, atlas_coordinates) if p is not None and Path(p).exists()],
     ) as staging:
-        model = _convert_into(staging, source, subfolder, revision, token, cache_dir, coordinates, expected_preset)
+        model = _convert_into(
+            staging, source, subfolder, revision, token, cache_dir, coordinates, expected_preset, statistics
+        )
     if push_to_hub:
         push_folder(output, push_to_hub, f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}", token)
     return model
@@ -401,7 +417,16 @@ def read_coordinates(path) -> np.ndarray:
     return read_coordinate_table(path)[1]
 
 
-def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset):
+def _a424_coordinates() -> np.ndarray:
+    """The A424 coordinates, the atlas of the released weights (the verified download, `load_a424`)."""
+    from .data.atlas import load_a424
+
+    return load_a424().coordinates
+
+
+def _convert_into(
+    output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset, statistics
+):
     state_dict, original_config = load_original(source, subfolder, revision, token, cache_dir)
     family = detect_family(original_config)
     model = model_from_original(state_dict, original_config)
@@ -420,34 +445,35 @@ def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, c
             f"Differences from the nearest preset, {nearest}: {preset_differences(model.config, nearest)}."
         )
 
-    if coordinates is not None and family == "vit_mae" and len(coordinates) > model.config.image_size:
+    if coordinates is None:
+        coordinates = _a424_coordinates()
+    if statistics is None and len(coordinates) == NUM_REGIONS:
+        statistics = load_ukb_statistics()  # $BRAINLM_UKB_STATISTICS, else the verified download
+    if family == "vit_mae" and len(coordinates) > model.config.image_size:
         raise ValueError(
             f"The atlas coordinates list {len(coordinates)} regions, more than the {model.config.image_size} rows "
             "this checkpoint's image holds: they belong to another atlas."
         )
-    feature_extractor = _feature_extractor(family, coordinates)
+    feature_extractor = _feature_extractor(family, coordinates, statistics)
     model.save_pretrained(output)
     feature_extractor.save_pretrained(output)
     (output / "README.md").write_text(render_model_card(preset or "brainlm-custom", source, subfolder, family))
     return model
 
 
-def _feature_extractor(family: str, coordinates: np.ndarray | None) -> BrainLMFeatureExtractor:
+def _feature_extractor(family: str, coordinates: np.ndarray, statistics) -> BrainLMFeatureExtractor:
     """
-    BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort), the input
-    scale and pretraining TR of the release, and the atlas coordinates: `coordinates` (read from the user's table),
-    else the verified download of A424's.
+    The processor of the released weights: BrainLM's robust scaling with `statistics` (`UKBStatistics`: the UK
+    Biobank median, IQR and clip bounds; None for another atlas, then `fit` must run on the user's cohort), the input
+    scale and pretraining TR of the release, and the atlas `coordinates` (the 111M/650M family in Y order).
     """
     settings = {
         "normalization": "robust",
         "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0,
         "repetition_time": RELEASE_REPETITION_TIME,
+        "atlas": "A424" if len(coordinates) == NUM_REGIONS else None,
+        **(statistics.processor_fields() if statistics is not None else {}),
     }
-    if coordinates is None:
-        from .data.atlas import load_a424
-
-        coordinates = load_a424().coordinates
-    settings["atlas"] = "A424" if len(coordinates) == 424 else None
     if family == "vit_mae":
         return BrainLMFeatureExtractor.sorted_by_y(coordinates, **settings)
     return BrainLMFeatureExtractor(coordinates=coordinates.tolist(), **settings)

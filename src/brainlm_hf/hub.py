@@ -39,7 +39,7 @@ logger = logging.get_logger(__name__)
 RELEASE_REPO = "vandijklab/brainlm"
 # short name -> subfolder of RELEASE_REPO
 RELEASES = {"brainlm-13m": "old_13M", "brainlm-111m": "vitmae_111M", "brainlm-650m": "vitmae_650M"}
-CONVERSION_VERSION = 1  # part of the cache paths: bump it when convert_checkpoint writes something else
+CONVERSION_VERSION = 2  # part of the cache paths: bump it when convert_checkpoint writes something else
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # from_pretrained options that the download of the source honours
 _DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token")
