@@ -271,6 +271,7 @@ def test_clip_bounds_are_checked_like_the_other_fields():
         ({"clip_warning_fraction": 0.0}, "clip_warning_fraction must be a positive finite number"),
         ({"clip_warning_fraction": 1.5}, "clip_warning_fraction is a fraction of values"),
         ({"unit_conversion": "psc"}, "unit_conversion must be one of"),
+        ({"normalization": "zscore", "unit_conversion": "demean"}, "z-scoring removes each region's mean"),
     ]:
         with pytest.raises(ValueError, match=message):
             BrainLMFeatureExtractor(**good, **fields)

@@ -140,6 +140,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             raise ValueError(f"atlas must be the name of the parcellation (a string), got {atlas!r}.")
         if unit_conversion not in UNIT_CONVERSIONS:
             raise ValueError(f"unit_conversion must be one of {UNIT_CONVERSIONS}, got {unit_conversion!r}.")
+        if unit_conversion != "none" and normalization == "zscore":
+            raise ValueError(
+                f"unit_conversion={unit_conversion!r} with z-scoring: z-scoring removes each region's mean and scale, "
+                "so units do not matter; use unit_conversion='none' (or robust scaling with the statistics)."
+            )
         clip_warning_fraction = _positive_number(clip_warning_fraction, "clip_warning_fraction")
         if clip_warning_fraction > 1:
             raise ValueError(f"clip_warning_fraction is a fraction of values, in (0, 1], got {clip_warning_fraction}.")
@@ -420,37 +425,30 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
         `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
         the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars. With
-        `values_checked=False` a recording whose mean and std are computed (z-scoring, `unit_conversion`) is checked
+        `values_checked=False` a `"zscore"` recording is checked
         for NaN/Inf through them (a NaN or Inf value makes its region's mean or std non-finite), which saves a pass
         over it. `statistics`: the recording's `zscore_statistics`, computed before (then the recording is not read
         here).
 
-        A `unit_conversion` makes the recording `y = (x - offset) * gain` first; normalising `y` by `(center_y,
-        scale_y)` is then `(x - (offset + center_y / gain)) * gain / (scale_y * input_scale)`.
+        A `unit_conversion` makes the recording `y = (x - offset) * gain` first (from its per-region means, float64);
+        normalising `y` by `(center_y, scale_y)` is then `(x - (offset + center_y / gain)) * gain / (scale_y *
+        input_scale)`.
         """
-        if self.uses_recording_statistics:
-            if statistics is None:
-                statistics = zscore_statistics(recording)
-                if not values_checked and not all(np.isfinite(s).all() for s in statistics):
-                    self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
+        if self.normalization == "zscore" and statistics is None:
+            statistics = zscore_statistics(recording)
+            if not values_checked and not all(np.isfinite(s).all() for s in statistics):
+                self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
+        center, scale = self._statistics_affine(statistics, name)
         if self.unit_conversion == "none":
-            center, scale = self._statistics_affine(statistics, name)
             return center, 1 / (scale * np.float32(self.input_scale))
-        offset, gain = self._unit_affine(statistics[0].astype(np.float64), name)
-        mean, std = np.zeros_like(offset), statistics[1] * gain  # those of the converted recording
-        center, scale = self._statistics_affine((mean, std), name)
+        # not z-scoring (refused with a unit conversion), so the values were checked; float64: raw means are large
+        offset, gain = self._unit_affine(recording.mean(0, dtype=np.float64), name)
         factor = gain / (np.asarray(scale, np.float64) * self.input_scale)
         return (offset + center / gain).astype(np.float32), np.asarray(factor, np.float32)
 
-    @property
-    def uses_recording_statistics(self) -> bool:
-        """Whether normalising reads each recording's own per-region mean and std (`zscore_statistics`): z-scoring,
-        or a `unit_conversion`."""
-        return self.normalization == "zscore" or self.unit_conversion != "none"
-
     def _statistics_affine(self, statistics, name: str):
         """`(center, scale)` of the normalisation (before `input_scale`) of a recording in the units of the
-        statistics, given its `(mean, std)` when `uses_recording_statistics`."""
+        statistics, given its `zscore_statistics` when z-scoring."""
         if self.normalization == "robust":
             if self.median is None:
                 raise ValueError(
@@ -601,7 +599,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         see `windows`) and, when shorter than one window with `short_recordings="pad"`, padded to one window with
         its per-region mean. Nothing is copied beyond what resampling or padding needs.
         """
-        by_statistics = self.uses_recording_statistics  # NaN/Inf show in the statistics: no extra pass
+        by_statistics = self.normalization == "zscore"  # NaN/Inf show in the statistics: no extra pass
         series = self._checked(recording, name, check_values=not by_statistics)  # (T, V) float32, not copied
         given = self._given_statistics(statistics, series, repetition_time, name)
         series = self.resample(series, repetition_time, name)
@@ -617,9 +615,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         return RecordingWindows(self, series, center, factor, real, name, check_values=given is not None)
 
     def _given_statistics(self, statistics, series: np.ndarray, repetition_time, name: str):
-        """The `(mean, std)` given for a recording as float32 `(V,)` arrays when they apply
-        (`uses_recording_statistics`, not resampled), else None; statistics of another shape are an error."""
-        if statistics is None or not self.uses_recording_statistics or self.needs_resampling(repetition_time):
+        """The `(mean, std)` given for a recording as float32 `(V,)` arrays when they apply (z-scoring, not
+        resampled), else None; statistics of another shape are an error."""
+        if statistics is None or self.normalization != "zscore" or self.needs_resampling(repetition_time):
             return None
         mean, std = (np.asarray(value, dtype=np.float32) for value in statistics)
         fix = "give `brainlm_hf.feature_extraction_brainlm.zscore_statistics(recording)` of this very recording"

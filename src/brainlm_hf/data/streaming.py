@@ -125,7 +125,7 @@ class WindowStream(torch.utils.data.IterableDataset):
     ) -> Iterator[tuple[int, dict]]:
         """The windows of one shard in their shuffled order, from window `start`, with their index in the shard
         (see `windows` for `cut`)."""
-        zscore = self.processor.uses_recording_statistics  # stored statistics: only the windows are read
+        zscore = self.processor.normalization == "zscore"  # stored statistics: only the windows are read
         records = read_recordings(shard, self._tr_column(shard), statistics=zscore)
         length, crops = self.processor.num_timepoints, self.crops_per_recording
         for record in records:  # its length at the processor's TR
