@@ -291,3 +291,32 @@ def test_fit_on_a_cohort_stays_an_explicit_choice_with_its_own_clip_percentiles(
     assert reloaded.statistics_source == "fit" and reloaded.clip_low == processor.clip_low
     with pytest.raises(ValueError, match="clip_percentiles is an option of robust scaling, not of 'zscore'"):
         BrainLMFeatureExtractor(normalization="zscore").fit(cohort, clip_percentiles=(1, 99))
+
+
+def test_prepare_with_the_pretraining_statistics_warns_per_recording_and_streams_clip(tmp_path, arrays):
+    from brainlm_hf.data import PreparedDataset, WindowStream, prepare_dataset
+
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    recordings = {f"sub-{i:02d}": right_units(arrays, 200, seed=i) for i in range(8)}
+    rng = np.random.default_rng(3)
+    recordings["sub-raw"] = (rng.uniform(2000, 9000, 424) * (1 + 0.01 * rng.standard_normal((200, 424)))).astype(
+        np.float32
+    )
+    for name, recording in recordings.items():
+        np.save(inputs / f"{name}.npy", recording)
+    with pytest.warns(UserWarning) as record:
+        prepare_dataset(str(inputs), tmp_path / "prepared", statistics="uk_biobank", shard_multiple=1)
+    clipped = [str(w.message) for w in record if "outside the clip bounds" in str(w.message)]
+    assert len(clipped) == 1 and clipped[0].startswith("sub-raw") and "100% of its values" in clipped[0]
+
+    dataset = PreparedDataset(tmp_path / "prepared")
+    assert dataset.processor.clip_high == arrays["_99th_percentile_per_voxel_robustScaling"].tolist()
+    items = list(WindowStream(dataset.shards("train"), dataset.processor, crops_per_recording=1))
+    assert items
+    for item in items:
+        expected = expected_normalized(recordings[item["id"]], arrays, 1.0)
+        np.testing.assert_allclose(item["signal_values"], expected.T, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="statistics='uk_biobank' are those of the 424 A424 regions.*10 regions"):
+        np.save(inputs / "sub-small.npy", np.zeros((200, 10), np.float32))
+        prepare_dataset(str(inputs / "sub-small.npy"), tmp_path / "small", statistics="uk_biobank")

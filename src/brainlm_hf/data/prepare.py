@@ -4,9 +4,9 @@
 Shards hold one row per recording: the raw `(T, V)` parcel series flattened (`series`, float32) with its shape
 (`num_timepoints`, `num_regions`), its per-region mean and std (`series_mean`, `series_std`: `zscore_statistics`,
 so that z-scored windows can be cut without reading the whole recording), ids (`id`, `subject`, `session`),
-`repetition_time`, `atlas` and the phenotype columns. The `BrainLMFeatureExtractor` fitted on the training split is
-saved beside the shards, so the same normalisation applies at pretraining, fine-tuning and inference time. Read it
-back with `PreparedDataset`.
+`repetition_time`, `atlas` and the phenotype columns. The `BrainLMFeatureExtractor` fitted on the training split (or
+holding BrainLM's UK Biobank pretraining statistics and clip bounds) is saved beside the shards, so the same
+normalisation applies at pretraining, fine-tuning and inference time. Read it back with `PreparedDataset`.
 """
 
 import json
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..feature_extraction_brainlm import (
+    CLIP_WARNING_FRACTION,
     NORMALIZATIONS,
     RESAMPLE_TOLERANCE,
     SHORT_RECORDINGS,
@@ -77,6 +78,11 @@ def prepare_dataset(
     iqr_epsilon: float | None = None,
     target_repetition_time: float | None = None,
     short_recordings: str = "refuse",
+    statistics: str = "fit",
+    clip_percentiles: tuple[float, float] | None = None,
+    unit_conversion: str = "none",
+    clip_warning_fraction: float = CLIP_WARNING_FRACTION,
+    ukb_statistics=None,
 ) -> dict:
     """
     Turn recordings into Parquet shards with a subject-level train/validation/test split and a fitted processor.
@@ -115,6 +121,12 @@ def prepare_dataset(
         patch_size (`int`, *optional*): the patch size of the (region_window) model the dataset is for: a window
             length that is not a multiple of it is refused before anything is read. The dataset card states which
             patch sizes the window length fits either way.
+        statistics (`str`): `"fit"` the robust statistics on the training split (`clip_percentiles`, e.g. `(1, 99)`,
+            then also sets clip bounds), or `"uk_biobank"`: BrainLM's pretraining statistics and clip bounds (A424
+            recordings only; from `ukb_statistics`, a local copy, else `$BRAINLM_UKB_STATISTICS`, else the verified
+            download, see `brainlm_hf.data.ukb_statistics`), as the released weights were pretrained with.
+        unit_conversion, clip_warning_fraction: fields of the processor (see `BrainLMFeatureExtractor`). With clip
+            bounds, every recording whose clipped share passes `clip_warning_fraction` is warned about by name.
 
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
     to `prepare_summary.json`).
@@ -127,6 +139,11 @@ def prepare_dataset(
     if short_recordings not in SHORT_RECORDINGS:  # before anything is read (the processor checks it again)
         raise ValueError(f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.")
     check_window_length(num_timepoints, patch_size)
+    if statistics not in ("fit", "uk_biobank"):
+        raise ValueError(f"statistics must be 'fit' or 'uk_biobank', got {statistics!r}.")
+    if statistics == "uk_biobank" and (normalization != "robust" or clip_percentiles is not None):
+        raise ValueError("statistics='uk_biobank' is BrainLM's robust scaling with its own clip bounds: it takes "
+                         "normalization='robust' and no clip_percentiles.")  # fmt: skip
     atlas_name = atlas_name or (atlas.name if atlas is not None else None)
     coordinates_source = None
     if isinstance(coordinates, str | Path):
@@ -147,6 +164,9 @@ def prepare_dataset(
             repetition_time=target_repetition_time or common_repetition_time(rows),
             atlas=atlas_name,
             short_recordings=short_recordings,
+            unit_conversion=unit_conversion,
+            clip_warning_fraction=clip_warning_fraction,
+            **(_ukb_fields(num_regions, ukb_statistics) if statistics == "uk_biobank" else {}),
         )
         rows, too_short, padded = _long_enough(rows, processor)
         if normalization == "zscore":
@@ -158,11 +178,16 @@ def prepare_dataset(
                 f"No recording falls in the training split (splits {splits}, {len(set(assignment))} subjects): "
                 "give the train split a larger fraction, or more subjects."
             )
-        processor.fit(
-            [row["series"] for row in train],
-            iqr_epsilon=iqr_epsilon,
-            repetition_times=[row["repetition_time"] for row in train],
-        )
+        if statistics == "fit":
+            processor.fit(
+                [row["series"] for row in train],
+                iqr_epsilon=iqr_epsilon,
+                repetition_times=[row["repetition_time"] for row in train],
+                clip_percentiles=clip_percentiles,
+            )
+        if processor.clip_low is not None:
+            for row in rows:  # warns about each recording mostly clipped (in other units than the statistics)
+                processor.normalize(row["series"], f"{row['id']} ({row['file']})")
         if coordinates is None:
             warnings.warn(
                 f"{output_dir}: no region coordinates. Pretraining a region-window model (the native presets) needs "
@@ -183,6 +208,24 @@ def prepare_dataset(
         (output / "README.md").write_text(_dataset_card(summary, processor, num_timepoints))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _ukb_fields(num_regions: int, path) -> dict:
+    """The processor fields of BrainLM's UK Biobank statistics, for recordings of the 424 A424 regions."""
+    from .ukb_statistics import NUM_REGIONS, load_ukb_statistics
+
+    if num_regions != NUM_REGIONS:
+        raise ValueError(
+            f"statistics='uk_biobank' are those of the {NUM_REGIONS} A424 regions, but the recordings have "
+            f"{num_regions} regions: parcellate with A424, or fit the statistics (statistics='fit')."
+        )
+    return load_ukb_statistics(path).processor_fields()
+
+
+def _statistics_statement(processor: BrainLMFeatureExtractor) -> str:
+    source = processor.statistics_source
+    where = "fitted on the training split" if source == "fit" else (source or "none")
+    return f"{where}; {'clipped to per-region bounds' if processor.clip_low is not None else 'no clipping'}"
 
 
 PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
@@ -488,7 +531,8 @@ flattened from `(num_timepoints, num_regions)`), its per-region mean and standar
 
 Regions: {summary["num_regions"]}; atlas: {processor.atlas or "not given"}; window: {num_timepoints} timepoints
 ({patch_sizes_statement(num_timepoints)});
-normalisation: {processor.normalization} (statistics fitted on the training split, in `preprocessor_config.json`).
+normalisation: {processor.normalization} (statistics: {_statistics_statement(processor)}, in
+`preprocessor_config.json`).
 TR of the windows: {rate}; the series are stored as sampled (column `repetition_time`) and resampled to it (linear)
 when windows are cut, when they differ by {processor.resample_tolerance} s or more.
 

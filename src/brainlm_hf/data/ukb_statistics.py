@@ -75,9 +75,9 @@ class UKBStatistics:
     path: str
 
     def processor_fields(self) -> dict:
-        """The `BrainLMFeatureExtractor` fields that apply them (robust scaling, then clipping), as plain lists."""
+        """The `BrainLMFeatureExtractor` fields that apply them with `normalization="robust"` (robust scaling, then
+        clipping), as plain lists."""
         return {
-            "normalization": "robust",
             "median": self.median.tolist(),
             "iqr": self.iqr.tolist(),
             "clip_low": self.clip_low.tolist(),
