@@ -320,3 +320,25 @@ def test_prepare_with_the_pretraining_statistics_warns_per_recording_and_streams
     with pytest.raises(ValueError, match="statistics='uk_biobank' are those of the 424 A424 regions.*10 regions"):
         np.save(inputs / "sub-small.npy", np.zeros((200, 10), np.float32))
         prepare_dataset(str(inputs / "sub-small.npy"), tmp_path / "small", statistics="uk_biobank")
+
+
+def test_the_brainmarks_transform_takes_the_pretraining_statistics_only_when_asked(converted, arrays):
+    from brainlm_hf.integrations.brainmarks import BrainmarksTransform
+
+    raw = right_units(arrays, 400)
+    mean, std = raw.mean(0, keepdims=True), raw.std(0, keepdims=True)
+    sample = {"bold": (raw - mean) / std, "mean": mean, "std": std, "tr": 0.735}  # Brainmarks' z-scored sample
+    processor = BrainLMFeatureExtractor.from_pretrained(converted["vitmae_pad_small"])
+    pretraining = BrainmarksTransform(processor, statistics="pretraining")
+    pretraining.fit([sample])  # nothing to fit: the checkpoint's statistics stay
+    windows = pretraining(sample)["signal_values"].numpy()
+    expected = expected_normalized(sample["bold"] * std + mean, arrays, RELEASE_INPUT_SCALE)
+    for index, start in enumerate([0, 200]):
+        np.testing.assert_allclose(windows[index], expected[start : start + 200].T[processor.region_order], atol=1e-5)
+
+    default = BrainmarksTransform(BrainLMFeatureExtractor.from_pretrained(converted["vitmae_pad_small"]))
+    default.fit([sample])  # Brainmarks' way: fitted on the training split, not clipped
+    assert default.processor.statistics_source == "fit" and default.processor.clip_low is None
+    np.testing.assert_allclose(default.processor.median, np.median(sample["bold"] * std + mean, axis=0), atol=1e-4)
+    with pytest.raises(ValueError, match="statistics='pretraining' needs a robust processor that holds"):
+        BrainmarksTransform(BrainLMFeatureExtractor(), statistics="pretraining")
