@@ -163,5 +163,5 @@ def test_packaged_model_cards_have_valid_metadata(preset):
     assert card.data.library_name == "transformers" and "brainlm" in card.data.tags
     if preset != "brainlm-custom":
         assert card.data.license == "cc-by-nc-nd-4.0"
-        for fact in ("UK Biobank", "6,700 hours", "A424", "0.735", "never released", "Akiki", "Nemati", "ICLR 2024"):
+        for fact in ("UK Biobank", "6,700 hours", "A424", "0.735", "faeea4d", "Akiki", "Nemati", "ICLR 2024"):
             assert fact in card.text, fact
