@@ -89,7 +89,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         clip_low, clip_high (`list[float]`, *optional*): per-region bounds (atlas order) of the normalised signal
             before `input_scale`; both or neither, `clip_low < clip_high`.
         clip_warning_fraction (`float`, defaults to 0.1): warn when more than this fraction of a recording's values
-            (of a window's, when windows are cut from a stream) is clipped; 1.0 never warns.
+            (of its windows cut so far, when windows are cut) is clipped; 1.0 never warns.
         unit_conversion (`str`, defaults to `"none"`): `"none"`, `"demean"` or `"grand_mean_scaling"`, see above.
         statistics_source (`str`, *optional*): where `median` / `iqr` come from: the UK Biobank pretraining data of
             a converted release, or `"fit"`.
@@ -425,10 +425,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         `(center, factor)` of the normalisation of a checked float32 recording: `normalize` returns
         `(recording - center) * factor`, float32, in that order of operations (so applying it to a cut window gives
         the very numbers of normalising the whole recording first). Per-region `(V,)` arrays, or scalars. With
-        `values_checked=False` a `"zscore"` recording is checked
-        for NaN/Inf through them (a NaN or Inf value makes its region's mean or std non-finite), which saves a pass
-        over it. `statistics`: the recording's `zscore_statistics`, computed before (then the recording is not read
-        here).
+        `values_checked=False` a `"zscore"` recording is checked for NaN/Inf through its statistics (a NaN or Inf
+        value makes its region's mean or std non-finite), which saves a pass over it. `statistics`: the recording's
+        `zscore_statistics`, computed before (then the recording is not read here).
 
         A `unit_conversion` makes the recording `y = (x - offset) * gain` first (from its per-region means, float64);
         normalising `y` by `(center_y, scale_y)` is then `(x - (offset + center_y / gain)) * gain / (scale_y *
