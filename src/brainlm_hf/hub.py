@@ -11,8 +11,10 @@ cached), and uploading a finished folder (a converted or fine-tuned checkpoint) 
   no local folder has that name: `vandijklab/brainlm` with subfolder `old_13M`, `vitmae_111M` or `vitmae_650M`;
 * an ORIGINAL BrainLM checkpoint (a `config.json` whose `model_type` is `brainlm_mae` or `vit_mae`, beside
   `model.safetensors` or `pytorch_model.bin`), a local folder or a Hub repository: converted once with
-  `brainlm_hf.convert.convert_checkpoint` (the A424 coordinates downloaded from their pinned commit and SHA-256
-  checked), and the converted folder (weights, config, processor with TR 0.735 s, model card) is loaded. It is cached:
+  `brainlm_hf.convert.convert_checkpoint` (the A424 coordinates and BrainLM's UK Biobank statistics downloaded from
+  their pinned commits and SHA-256 checked, or the statistics read from `$BRAINLM_UKB_STATISTICS`), and the
+  converted folder (weights, config, processor with the pretraining statistics and TR 0.735 s, model card) is
+  loaded. It is cached:
 
   - Hub sources in the repository's folder of the Hugging Face cache,
     `<cache>/models--{owner}--{name}/brainlm_hf-converted-v{N}/{commit}/{subfolder}/converted`, keyed by the commit
