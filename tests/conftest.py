@@ -6,6 +6,9 @@
 * The A424 atlas (GPL-3.0, never vendored): the `a424_folder` fixture is the real folder (`$BRAINLM_A424`, else
   `../shared/atlases`) when it exists, otherwise a synthetic stand-in with the same grid and file formats
   (`tests/a424_stand_in.py`).
+* BrainLM's UK Biobank statistics (never vendored): every test session points `$BRAINLM_UKB_STATISTICS` at the real
+  file (`../shared/reference/ukb_statistics`) when it exists, otherwise at a synthetic stand-in of the same
+  structure (`tests/ukb_stand_in.py`) whose SHA-256 is pinned for the session, so conversions never download.
 * `@pytest.mark.real_data("atlas" | "reference", ...)`: a test that needs the real atlas or `../shared/reference`;
   without them it is skipped with its reason. Every run ends with a summary of the data used, the tests that ran on
   the stand-in and the tests that could not run.
@@ -41,12 +44,17 @@ from .fixtures.make_reference_fixtures import a424_coordinates, rebuild  # noqa:
 SHARED = Path(os.environ.get("BRAINLM_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 REAL_A424 = Path(os.environ.get("BRAINLM_A424", SHARED / "atlases"))
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "reference"
+REAL_UKB_STATISTICS = SHARED / "reference" / "ukb_statistics"
 # what `real_data` can ask for: the folder that must exist, and what it holds
 REAL_DATA = {
     "atlas": (REAL_A424, "the real A424 atlas (GPL-3.0, never vendored; ../shared/atlases or $BRAINLM_A424)"),
     "reference": (
         SHARED / "reference",
         "../shared/reference (the original files; the intermediates are not vendored)",
+    ),
+    "ukb_statistics": (
+        REAL_UKB_STATISTICS,
+        "BrainLM's UK Biobank statistics (data of the original authors, never vendored; ../shared/reference)",
     ),
 }
 # the reference cases whose model embeds region coordinates: their original inputs need the real A424 table
@@ -200,6 +208,24 @@ def a424_folder(tmp_path_factory) -> Path:
     return write_a424_stand_in(tmp_path_factory.mktemp("a424_stand_in"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def ukb_statistics_file(tmp_path_factory) -> Path:
+    """The UK Biobank statistics file the tests read (see the module docstring), set as `$BRAINLM_UKB_STATISTICS`."""
+    from unittest import mock
+
+    from brainlm_hf.data.ukb_statistics import UKB_STATISTICS_ENV, UKB_STATISTICS_FILES, UKB_STATISTICS_NAME
+
+    from .ukb_stand_in import write_ukb_stand_in
+
+    if has_real("ukb_statistics"):
+        path, pins = REAL_UKB_STATISTICS / UKB_STATISTICS_NAME, {}
+    else:
+        path = write_ukb_stand_in(tmp_path_factory.mktemp("ukb_stand_in"))
+        pins = {UKB_STATISTICS_NAME: (UKB_STATISTICS_NAME, sha256(path))}
+    with mock.patch.dict(os.environ, {UKB_STATISTICS_ENV: str(path)}), mock.patch.dict(UKB_STATISTICS_FILES, pins):
+        yield path
+
+
 def pin_a424_downloads(files: dict, folder: Path, monkeypatch) -> None:
     """
     On the stand-in, re-pin the SHA-256 of `files` (`A424_FILES` or `A424_LABELS_FILES`) to the stand-in's files, so
@@ -251,7 +277,8 @@ def inputs() -> dict[str, torch.Tensor]:
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
-        "real_data(*needs): needs the real A424 atlas ('atlas') or ../shared/reference ('reference'); "
+        "real_data(*needs): needs the real A424 atlas ('atlas'), ../shared/reference ('reference') or the UK Biobank "
+        "statistics ('ukb_statistics'); "
         "skipped without them, and listed in the end-of-run summary",
     )
     config.stash[_NOT_RUN] = []

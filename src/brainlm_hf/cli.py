@@ -381,13 +381,13 @@ def _embed_recordings(args) -> None:
     recordings = _cohort(processor, args, read_inputs(args.inputs, atlas, args.repetition_time))
     named = {r.source: r.series for r in recordings}  # errors name the file
     trs = [r.repetition_time for r in recordings]
-    if processor.normalization == "robust" and processor.median is None:
-        if not args.fit_processor:
-            raise InvalidArgumentError(
-                "The processor uses BrainLM's robust scaling but holds no statistics (the released weights ship "
-                "none): pass --fit-processor to fit them on INPUTS, or --processor a folder with a fitted processor."
-            )
+    if args.fit_processor:
         processor.fit(list(named.values()), repetition_times=trs)
+    elif processor.normalization == "robust" and processor.median is None:
+        raise InvalidArgumentError(
+            "The processor uses BrainLM's robust scaling but holds no statistics: pass --fit-processor to fit them "
+            "on INPUTS, or --processor a folder with a fitted processor (a converted release holds BrainLM's own)."
+        )
     model = BrainLMModel.from_pretrained(args.model, **location)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     embeddings = embed_recordings(

@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from .arguments import check_choice, positional
 from .configuration_brainlm import PRESETS, BrainLMConfig
+from .data.ukb_statistics import load_ukb_statistics
 from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
@@ -251,6 +252,7 @@ WEIGHTS_LICENSE_WARNING = (
 )
 RELEASE_INPUT_SCALE = 5.6430855  # divisor used by the tutorials of the released 111M / 650M weights
 RELEASE_REPETITION_TIME = 0.735  # seconds: UK Biobank, the pretraining data of the released weights
+NUM_REGIONS = 424  # A424, the atlas of the released weights and of their statistics
 
 
 def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None, cache_dir=None):
@@ -385,6 +387,13 @@ class ConvertArguments:
     )
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the saved login)"})
     cache_dir: str | None = field(default=None, metadata={"help": "Hugging Face cache for a Hub SRC"})
+    ukb_statistics: str | None = field(
+        default=None,
+        metadata={
+            "help": "BrainLM's UK Biobank statistics file (or its folder) for the processor of an A424 checkpoint "
+            "(default: $BRAINLM_UKB_STATISTICS, else the download pinned to its commit, SHA-256 checked)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace what OUT holds, whole"})
 
     def __post_init__(self):
@@ -404,7 +413,12 @@ def convert_checkpoint(
     `source` may also be a released model's short name (`brainlm-111m`), unless a local folder has that name.
 
     Writes `output_dir` with `model.safetensors`, `config.json`, the remote-code files, `preprocessor_config.json`
-    (region coordinates and order, input scale, the pretraining TR 0.735 s) and `README.md` (the model card).
+    (the normalisation of the pretraining data, region coordinates and order, input scale, the pretraining TR
+    0.735 s) and `README.md` (the model card).
+    For the A424 atlas (424 regions) the processor holds BrainLM's UK Biobank statistics (per-region median, IQR and
+    clip bounds, `brainlm_hf.data.ukb_statistics`) as plain numbers: read from `ukb_statistics` (the file, or a
+    folder holding it), else `$BRAINLM_UKB_STATISTICS`, else downloaded from their pinned commit and checked against
+    their SHA-256. With another atlas the processor has no statistics (`fit` them on your cohort).
     `atlas_coordinates` is the atlas coordinate file (`A424_Coordinates.dat`: label, x, y, z per line); without it
     the A424 coordinates, the atlas of the released weights, are downloaded from their pinned upstream commit and
     checked against their SHA-256 (`brainlm_hf.data.load_a424`). The region-window family feeds them to the model;
@@ -461,6 +475,13 @@ def _convert(args: ConvertArguments) -> BrainLMForMaskedSignalModeling:
             )
     table = args.atlas_coordinates
     coordinates = None if table is None else read_coordinates(table)
+    if args.ukb_statistics is not None and coordinates is not None and len(coordinates) != NUM_REGIONS:
+        raise InvalidArgumentError(
+            f"ukb_statistics are BrainLM's statistics of the {NUM_REGIONS} A424 regions, but the atlas coordinates "
+            f"{table} list {len(coordinates)} regions: leave them out (fit the processor on your cohort).",
+            argument="ukb_statistics",
+        )
+    statistics = None if args.ukb_statistics is None else load_ukb_statistics(args.ukb_statistics)
     with output_folder(
         output_dir,
         args.overwrite,
@@ -469,7 +490,7 @@ def _convert(args: ConvertArguments) -> BrainLMForMaskedSignalModeling:
     ) as staging:
         model = _convert_into(
             staging, source, subfolder or None, args.revision, args.token, args.cache_dir, coordinates,
-            args.expected_preset,
+            args.expected_preset, statistics,
         )  # fmt: skip
     if args.push_to_hub:
         message = f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}"
@@ -484,7 +505,16 @@ def read_coordinates(path) -> np.ndarray:
     return read_coordinate_table(path)[1]
 
 
-def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset):
+def _a424_coordinates() -> np.ndarray:
+    """The A424 coordinates, the atlas of the released weights (the verified download, `load_a424`)."""
+    from .data.atlas import load_a424
+
+    return load_a424().coordinates
+
+
+def _convert_into(
+    output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset, statistics
+):
     state_dict, original_config = load_original(source, subfolder, revision, token, cache_dir)
     family = detect_family(original_config)
     model = model_from_original(state_dict, original_config)
@@ -504,35 +534,36 @@ def _convert_into(output: Path, source, subfolder, revision, token, cache_dir, c
             f"Differences from the nearest preset, {nearest}: {preset_differences(model.config, nearest)}."
         )
 
-    if coordinates is not None and family == "vit_mae" and len(coordinates) > model.config.image_size:
+    if coordinates is None:
+        coordinates = _a424_coordinates()
+    if statistics is None and len(coordinates) == NUM_REGIONS:
+        statistics = load_ukb_statistics()  # $BRAINLM_UKB_STATISTICS, else the verified download
+    if family == "vit_mae" and len(coordinates) > model.config.image_size:
         raise InvalidArgumentError(
             f"The atlas coordinates list {len(coordinates)} regions, more than the {model.config.image_size} rows "
             "this checkpoint's image holds: they belong to another atlas.",
             argument="atlas_coordinates",
         )
-    feature_extractor = _feature_extractor(family, coordinates)
+    feature_extractor = _feature_extractor(family, coordinates, statistics)
     model.save_pretrained(output)
     feature_extractor.save_pretrained(output)
     (output / "README.md").write_text(render_model_card(preset or "brainlm-custom", source, subfolder, family))
     return model
 
 
-def _feature_extractor(family: str, coordinates: np.ndarray | None) -> BrainLMFeatureExtractor:
+def _feature_extractor(family: str, coordinates: np.ndarray, statistics) -> BrainLMFeatureExtractor:
     """
-    BrainLM's robust scaling without statistics (never released: `fit` must run on the user's cohort), the input
-    scale and pretraining TR of the release, and the atlas coordinates: `coordinates` (read from the user's table),
-    else the verified download of A424's.
+    The processor of the released weights: BrainLM's robust scaling with `statistics` (`UKBStatistics`: the UK
+    Biobank median, IQR and clip bounds; None for another atlas, then `fit` must run on the user's cohort), the input
+    scale and pretraining TR of the release, and the atlas `coordinates` (the 111M/650M family in Y order).
     """
     settings = {
         "normalization": "robust",
         "input_scale": RELEASE_INPUT_SCALE if family == "vit_mae" else 1.0,
         "repetition_time": RELEASE_REPETITION_TIME,
+        "atlas": "A424" if len(coordinates) == NUM_REGIONS else None,
+        **(statistics.processor_fields() if statistics is not None else {}),
     }
-    if coordinates is None:
-        from .data.atlas import load_a424
-
-        coordinates = load_a424().coordinates
-    settings["atlas"] = "A424" if len(coordinates) == 424 else None
     if family == "vit_mae":
         return BrainLMFeatureExtractor.sorted_by_y(coordinates, **settings)
     return BrainLMFeatureExtractor(coordinates=coordinates.tolist(), **settings)

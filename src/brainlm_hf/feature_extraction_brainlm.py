@@ -6,9 +6,20 @@ with `AutoFeatureExtractor.from_pretrained`, so that pretraining, fine-tuning an
 holds:
 
 * `normalization` and its statistics: `"robust"` is BrainLM's per-region robust scaling `(x - median) / IQR` with
-  the median and inter-quartile range of each region computed across the training recordings by `fit` (the original
-  toolkit's code computes `x - median / IQR`, an operator-precedence slip; we implement the formula as written).
-  `"zscore"` standardises each recording per region with its own mean and std; `"none"` leaves the signal as is.
+  the median and inter-quartile range of each region: those of BrainLM's UK Biobank pretraining data in a converted
+  release (`statistics_source`, see `brainlm_hf.data.ukb_statistics`), or computed across your training recordings
+  by `fit` (the later original toolkit computes `x - median / IQR`, an operator-precedence slip; we implement the
+  formula as written). `"zscore"` standardises each recording per region with its own mean and std; `"none"` leaves
+  the signal as is.
+* `clip_low`, `clip_high`: per-region bounds the normalised signal is clipped to (before `input_scale`); a converted
+  release holds the 1st / 99th percentiles of the robust-scaled pretraining data, as the original pretraining
+  clipped. When more than `clip_warning_fraction` of a recording's values are clipped a warning names it: its
+  values are not in the units of the statistics.
+* `unit_conversion`, the step from a recording's units to those of the statistics, applied per recording before
+  normalising: `"none"` (the recording is already in them: centred per region, FSL intensity scaling as in UK
+  Biobank), `"demean"` (subtract each region's mean over the recording) or `"grand_mean_scaling"` (raw positive BOLD
+  intensities: scale the recording so that its grand mean, over all regions and timepoints, is 10000, as FSL does,
+  then demean each region). See docs/preprocessing.md.
 * `input_scale`: the normalised signal is divided by it (5.6430855 for the released 111M/650M weights, as in their
   tutorials; 1.0 otherwise).
 * `coordinates` `(V, 3)` (MNI mm) and `region_names`, in atlas order; `region_order` (model row `i` is atlas region
@@ -24,8 +35,8 @@ holds:
   0 = padding) then marks the padded timepoints, which the models leave out of the reconstruction loss and of mean
   pooling.
 
-Converted checkpoints carry the method and scale but no statistics, since the pretraining statistics were never
-released: a `"robust"` extractor refuses to normalise until `fit` has run on your cohort.
+A `"robust"` extractor without statistics (e.g. made for a custom atlas) refuses to normalise until `fit` has run
+on your cohort.
 
 Every field is checked when the extractor is made or loaded (`from_pretrained`): an invalid one (`num_timepoints=0`,
 an IQR <= 0 from a tampered file, NaN statistics, ...) is a `ValueError` that names it. A region whose training IQR
@@ -47,6 +58,12 @@ from transformers import BatchFeature, FeatureExtractionMixin
 from .errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
 
 NORMALIZATIONS = ("robust", "zscore", "none")
+UNIT_CONVERSIONS = ("none", "demean", "grand_mean_scaling")
+GRAND_MEAN = 10000.0  # FSL's grand-mean intensity scaling target
+# Data distributed like the pretraining data has 2 % of each region's values outside its [1st, 99th] percentile
+# bounds; a recording in other units (raw scanner values) has most of them outside. 10 % leaves a recording five
+# times the expected share before warning.
+CLIP_WARNING_FRACTION = 0.1
 SHORT_RECORDINGS = ("refuse", "pad")
 RESAMPLE_TOLERANCE = 0.1  # seconds: recordings whose TR differs from the processor's by this much are resampled
 CONFIG_NAME = "preprocessor_config.json"
@@ -71,6 +88,13 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             at least this much are resampled to it.
         short_recordings (`str`, defaults to `"refuse"`): `"refuse"` or `"pad"` a recording shorter than one
             window (see above).
+        clip_low, clip_high (`list[float]`, *optional*): per-region bounds (atlas order) of the normalised signal
+            before `input_scale`; both or neither, `clip_low < clip_high`.
+        clip_warning_fraction (`float`, defaults to 0.1): warn when more than this fraction of a recording's values
+            (of its windows cut so far, when windows are cut) is clipped; 1.0 never warns.
+        unit_conversion (`str`, defaults to `"none"`): `"none"`, `"demean"` or `"grand_mean_scaling"`, see above.
+        statistics_source (`str`, *optional*): where `median` / `iqr` come from: the UK Biobank pretraining data of
+            a converted release, or `"fit"`.
     """
 
     model_input_names = ["signal_values", "coordinates"]
@@ -95,6 +119,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         iqr_epsilon_regions: list[int] | None = None,
         resample_tolerance: float = RESAMPLE_TOLERANCE,
         short_recordings: str = "refuse",
+        clip_low: list[float] | None = None,
+        clip_high: list[float] | None = None,
+        clip_warning_fraction: float = CLIP_WARNING_FRACTION,
+        unit_conversion: str = "none",
+        statistics_source: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -118,12 +147,35 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             raise InvalidArgumentError(
                 f"atlas must be the name of the parcellation (a string), got {atlas!r}.", argument="atlas"
             )
+        if unit_conversion not in UNIT_CONVERSIONS:
+            raise InvalidArgumentError(
+                f"unit_conversion must be one of {UNIT_CONVERSIONS}, got {unit_conversion!r}.",
+                argument="unit_conversion",
+            )
+        if unit_conversion != "none" and normalization == "zscore":
+            raise InvalidArgumentError(
+                f"unit_conversion={unit_conversion!r} with z-scoring: z-scoring removes each region's mean and scale, "
+                "so units do not matter; use unit_conversion='none' (or robust scaling with the statistics).",
+                argument="unit_conversion",
+            )
+        clip_warning_fraction = _positive_number(clip_warning_fraction, "clip_warning_fraction")
+        if clip_warning_fraction > 1:
+            raise InvalidArgumentError(
+                f"clip_warning_fraction is a fraction of values, in (0, 1], got {clip_warning_fraction}.",
+                argument="clip_warning_fraction",
+            )
+        if statistics_source is not None and not isinstance(statistics_source, str):
+            raise InvalidArgumentError(
+                f"statistics_source must be a string, got {statistics_source!r}.", argument="statistics_source"
+            )
         per_region = {
             "coordinates": coordinates,
             "region_order": region_order,
             "region_names": region_names,
             "median": median,
             "iqr": iqr,
+            "clip_low": clip_low,
+            "clip_high": clip_high,
         }
         for name, values in per_region.items():
             if values is not None and (isinstance(values, str | bytes) or not hasattr(values, "__len__")):
@@ -162,6 +214,19 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                     argument="iqr",
                 )
             iqr = iqr.tolist()
+        if (clip_low is None) != (clip_high is None):
+            given = "clip_high" if clip_low is None else "clip_low"
+            raise InvalidArgumentError(f"clip_low and clip_high go together, got only {given}.", argument=given)
+        if clip_low is not None:
+            clip_low = _finite_array(clip_low, "clip_low", (len(clip_low),))
+            clip_high = _finite_array(clip_high, "clip_high", (len(clip_high),))
+            bad = np.flatnonzero(~(clip_low.astype(np.float32) < clip_high.astype(np.float32)))
+            if len(bad):
+                raise InvalidArgumentError(
+                    f"clip_low must be below clip_high in every region; regions {_region_list(bad, region_names)} "
+                    f"have {clip_low[bad][:5].tolist()} >= {clip_high[bad][:5].tolist()}."
+                )
+            clip_low, clip_high = clip_low.tolist(), clip_high.tolist()
         if iqr_epsilon_regions is not None:
             if iqr_epsilon is None or iqr is None:
                 raise InvalidArgumentError(
@@ -194,6 +259,11 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.iqr_epsilon_regions = iqr_epsilon_regions
         self.resample_tolerance = resample_tolerance
         self.short_recordings = short_recordings
+        self.clip_low = clip_low
+        self.clip_high = clip_high
+        self.clip_warning_fraction = clip_warning_fraction
+        self.unit_conversion = unit_conversion
+        self.statistics_source = statistics_source
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BrainLMFeatureExtractor":
@@ -228,7 +298,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
 
     @property
     def num_regions(self) -> int | None:
-        for values in (self.coordinates, self.region_order, self.median):
+        for values in (self.coordinates, self.region_order, self.median, self.clip_low):
             if values is not None:
                 return len(values)
         return None
@@ -238,11 +308,22 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         """Model row of each atlas region (`inverse_order[region_order[i]] == i`)."""
         return None if self.region_order is None else np.argsort(self.region_order).tolist()
 
-    def fit(self, recordings, iqr_epsilon: float | None = None, repetition_times=None) -> "BrainLMFeatureExtractor":
+    def fit(
+        self,
+        recordings,
+        iqr_epsilon: float | None = None,
+        repetition_times=None,
+        clip_percentiles: tuple[float, float] | None = None,
+    ) -> "BrainLMFeatureExtractor":
         """
         Compute the `"robust"` statistics (per-region median and IQR over every timepoint of every training
-        recording, `(T_i, V)` arrays in atlas order). Holds all training timepoints in memory once. Other methods
-        need no fitting; `fit` then only checks the recordings.
+        recording, `(T_i, V)` arrays in atlas order, after `unit_conversion`), replacing those the extractor held
+        (e.g. the UK Biobank ones of a converted release); `statistics_source` becomes `"fit"`. Holds all training
+        timepoints in memory once. Other methods need no fitting; `fit` then only checks the recordings.
+
+        `clip_percentiles` (e.g. `(1, 99)`, as the original pretraining did): the clip bounds become those
+        percentiles of each region's robust-scaled training series; without it the extractor does not clip (clip
+        bounds it held are dropped, with a warning: they belonged to the statistics replaced).
 
         A region whose IQR is 0 (an empty or constant parcel) is an error that names it, unless `iqr_epsilon` (or
         `self.iqr_epsilon`) is given: regions whose IQR is below it are then scaled by `iqr_epsilon`, and their
@@ -259,13 +340,19 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             raise InvalidInputError("fit needs at least one training recording.", argument="recordings")
         epsilon = self.iqr_epsilon if iqr_epsilon is None else _positive_number(iqr_epsilon, "iqr_epsilon")
         if self.normalization != "robust":
-            if iqr_epsilon is not None:
+            if iqr_epsilon is not None or clip_percentiles is not None:
+                option = "iqr_epsilon" if iqr_epsilon is not None else "clip_percentiles"
                 raise InvalidArgumentError(
-                    f"iqr_epsilon is an option of robust scaling, not of {self.normalization!r}.",
-                    argument="iqr_epsilon",
+                    f"{option} is an option of robust scaling, not of {self.normalization!r}.", argument=option
                 )
             return self
-        stacked = np.concatenate(recordings, axis=0)
+        low, high = clip_percentiles if clip_percentiles is not None else (0, 100)
+        if not 0 <= low < high <= 100:
+            raise InvalidArgumentError(
+                f"clip_percentiles must be two percentiles, low < high, in 0..100: {clip_percentiles}.",
+                argument="clip_percentiles",
+            )
+        stacked = np.concatenate([self.convert_units(r, f"recording {i}") for i, r in enumerate(recordings)])
         q1, median, q3 = np.percentile(stacked, [25, 50, 75], axis=0)
         iqr = q3 - q1
         small = np.flatnonzero(~(iqr.astype(np.float32) > 0) | (iqr < (epsilon or 0.0)))
@@ -286,15 +373,88 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.median, self.iqr = median.tolist(), iqr.tolist()
         self.iqr_epsilon = epsilon
         self.iqr_epsilon_regions = small.tolist() if epsilon is not None else None
+        self.statistics_source = "fit"
+        if clip_percentiles is None and self.clip_low is not None:
+            warnings.warn(
+                "fit replaced the statistics the clip bounds belonged to: the extractor no longer clips (pass "
+                "clip_percentiles=(1, 99) to clip at the percentiles of your training data).",
+                stacklevel=2,
+            )
+        self.clip_low = self.clip_high = None
+        if clip_percentiles is not None:
+            scaled = (stacked - median) / iqr
+            self.clip_low, self.clip_high = (p.tolist() for p in np.percentile(scaled, [low, high], axis=0))
         return self
 
+    def convert_units(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
+        """A checked `(T, V)` recording in the units of the statistics (`unit_conversion`), float32."""
+        recording = self._checked(recording, name)
+        if self.unit_conversion == "none":
+            return recording
+        offset, gain = self._unit_affine(recording.mean(0, dtype=np.float64), name)
+        return ((recording - offset) * gain).astype(np.float32)
+
+    def _unit_affine(self, mean: np.ndarray, name: str) -> tuple[np.ndarray, float]:
+        """`(offset, gain)` of `unit_conversion` for a recording of per-region means `mean` `(V,)`: the converted
+        recording is `(x - offset) * gain`."""
+        if self.unit_conversion == "demean":
+            return mean, 1.0
+        grand_mean = float(np.mean(mean, dtype=np.float64))
+        if not grand_mean > 0:
+            raise InvalidInputError(
+                f"{name}: its grand mean is {grand_mean:.4g}, but grand-mean scaling is for raw BOLD intensities, "
+                "which are positive: is it already centred or scaled? Use unit_conversion='demean' or 'none'."
+            )
+        return mean, GRAND_MEAN / grand_mean
+
     def normalize(self, recording: np.ndarray, name: str = "recording") -> np.ndarray:
-        """One `(T, V)` recording in atlas order -> normalised and divided by `input_scale`, float32."""
+        """
+        One `(T, V)` recording in atlas order -> in the units of the statistics (`unit_conversion`), normalised,
+        clipped to `[clip_low, clip_high]` when set and divided by `input_scale`, float32. Warns, naming `name`, when
+        more than `clip_warning_fraction` of its values are clipped.
+        """
         out = np.array(self._checked(recording, name), dtype=np.float32)  # one copy, then in place
         center, factor = self._affine(out, name)
         out -= center
         out *= factor
+        self.clip(out, name)
         return out
+
+    def clip_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The clip bounds of the normalised output (`(V,)` float32 each, after `input_scale`), or None."""
+        if self.clip_low is None:
+            return None
+        scale = np.float32(self.input_scale)
+        return np.asarray(self.clip_low, np.float32) / scale, np.asarray(self.clip_high, np.float32) / scale
+
+    def clip(self, values: np.ndarray, name: str, bounds=None, warn: bool = True) -> int:
+        """
+        Clip normalised `(T, V)` float32 `values` in place to `bounds` (default `clip_bounds()`; nothing without
+        them) and return how many were clipped; with `warn`, `warn_clipped`.
+        """
+        bounds = self.clip_bounds() if bounds is None else bounds
+        if bounds is None:
+            return 0
+        low, high = bounds
+        clipped = int(np.count_nonzero(values < low)) + int(np.count_nonzero(values > high))
+        np.clip(values, low, high, out=values)
+        if warn:
+            self.warn_clipped(name, clipped, values.size)
+        return clipped
+
+    def warn_clipped(self, name: str, clipped: int, total: int) -> bool:
+        """Warn, naming `name`, when `clipped` of `total` values is more than `clip_warning_fraction`; whether it
+        did."""
+        if clipped > self.clip_warning_fraction * total:
+            warnings.warn(
+                f"{name}: {clipped / total:.0%} of its values lie outside the clip bounds of the statistics "
+                f"({self.statistics_source or 'given'}), more than clip_warning_fraction={self.clip_warning_fraction}"
+                f": it is probably not in their units (unit_conversion={self.unit_conversion!r}); see "
+                "docs/preprocessing.md for the path from raw BOLD (unit_conversion='grand_mean_scaling').",
+                stacklevel=3,
+            )
+            return True
+        return False
 
     def _affine(self, recording: np.ndarray, name: str, values_checked: bool = True, statistics=None):
         """
@@ -304,12 +464,32 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         `values_checked=False` a `"zscore"` recording is checked for NaN/Inf through its statistics (a NaN or Inf
         value makes its region's mean or std non-finite), which saves a pass over it. `statistics`: the recording's
         `zscore_statistics`, computed before (then the recording is not read here).
+
+        A `unit_conversion` makes the recording `y = (x - offset) * gain` first (from its per-region means, float64);
+        normalising `y` by `(center_y, scale_y)` is then `(x - (offset + center_y / gain)) * gain / (scale_y *
+        input_scale)`.
         """
+        if self.normalization == "zscore" and statistics is None:
+            statistics = zscore_statistics(recording)
+            if not values_checked and not all(np.isfinite(s).all() for s in statistics):
+                self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
+        center, scale = self._statistics_affine(statistics, name)
+        if self.unit_conversion == "none":
+            return center, 1 / (scale * np.float32(self.input_scale))
+        # not z-scoring (refused with a unit conversion), so the values were checked; float64: raw means are large
+        offset, gain = self._unit_affine(recording.mean(0, dtype=np.float64), name)
+        factor = gain / (np.asarray(scale, np.float64) * self.input_scale)
+        return (offset + center / gain).astype(np.float32), np.asarray(factor, np.float32)
+
+    def _statistics_affine(self, statistics, name: str):
+        """`(center, scale)` of the normalisation (before `input_scale`) of a recording in the units of the
+        statistics, given its `zscore_statistics` when z-scoring."""
         if self.normalization == "robust":
             if self.median is None:
                 raise InvalidArgumentError(
-                    "This feature extractor uses BrainLM's robust scaling but holds no statistics (the pretraining "
-                    "statistics were never released): call fit() on your training recordings first."
+                    "This feature extractor uses BrainLM's robust scaling but holds no statistics: call fit() on your "
+                    "training recordings first (or convert a released checkpoint, whose processor holds the UK "
+                    "Biobank statistics)."
                 )
             center, scale = np.asarray(self.median, np.float32), np.asarray(self.iqr, np.float32)
             if not (np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all()):
@@ -318,21 +498,16 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                     f"The robust statistics of regions {_region_list(bad, self.region_names)} are not usable (IQR "
                     "<= 0 or non-finite): fit the processor again."
                 )
-        elif self.normalization == "zscore":
-            if statistics is not None:  # checked by `_given_statistics`
-                center, scale = statistics
-            else:
-                center, scale = zscore_statistics(recording)
-                if not values_checked and not (np.isfinite(center).all() and np.isfinite(scale).all()):
-                    self._check_values(recording, name)  # raises naming the regions (passes on a float32 overflow)
+            return center, scale
+        if self.normalization == "zscore":
+            center, scale = statistics
             if (scale == 0).any():
                 raise InvalidInputError(
                     f"{name}: regions {np.flatnonzero(scale == 0).tolist()} are constant; cannot z-score (drop the "
                     "recording, or use robust normalisation with iqr_epsilon for empty parcels)."
                 )
-        else:
-            center, scale = np.float32(0), np.float32(1)
-        return center, 1 / (scale * np.float32(self.input_scale))
+            return center, scale
+        return np.float32(0), np.float32(1)
 
     def needs_resampling(self, repetition_time: float | None) -> bool:
         """Whether a recording of this TR is resampled (see the module): both TRs known and `resample_tolerance` or
@@ -479,7 +654,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                 series.mean(0, dtype=np.float64).astype(np.float32), (self.num_timepoints - real, series.shape[1])
             )
             series = np.concatenate([series, padding])
-        return RecordingWindows(self, series, center, factor, real, name if given is not None else None)
+        return RecordingWindows(self, series, center, factor, real, name, check_values=given is not None)
 
     def _given_statistics(self, statistics, series: np.ndarray, repetition_time, name: str):
         """The `(mean, std)` given for a recording as float32 `(V,)` arrays when they apply (z-scoring, not
@@ -593,15 +768,22 @@ class RecordingWindows:
     One recording ready to be cut into model windows (`BrainLMFeatureExtractor.recording_windows`): its raw
     `series` `(T, V)` at the processor's TR (padded to one window when short and padding is asked for), the
     normalisation `(center, factor)` of the whole recording (see `_affine`) and `real_timepoints`, its length before
-    padding. `cut(starts)` normalises and cuts only the windows asked for: the numbers equal those of `normalize`
-    applied to the whole recording, cut afterwards.
+    padding. `cut(starts)` normalises, clips and cuts only the windows asked for: the numbers equal those of
+    `normalize` applied to the whole recording, cut afterwards. The clipped values are counted over every window cut
+    so far: when their share passes `clip_warning_fraction`, one warning names the recording (`name`).
+    `check_values`: the recording's values were not checked (its statistics were given), so each window is.
     """
 
-    def __init__(self, processor, series: np.ndarray, center, factor, real_timepoints: int, check_name=None):
+    def __init__(
+        self, processor, series: np.ndarray, center, factor, real_timepoints: int, name: str, check_values=False
+    ):
         self.processor, self.series, self.real_timepoints = processor, series, real_timepoints
-        self.center, self.factor, self.check_name = center, factor, check_name
+        self.center, self.factor, self.name, self.check_values = center, factor, name, check_values
         order = processor.region_order  # as an index array once per recording, not once per cut window
         self.order = None if order is None else np.asarray(order, np.intp)
+        self.bounds = processor.clip_bounds()
+        self.clipped = self.seen = 0
+        self.warned = False
 
     @property
     def num_timepoints(self) -> int:
@@ -630,13 +812,18 @@ class RecordingWindows:
                 )
             np.subtract(series[start : start + length], self.center, out=window)  # (T, V), contiguous: read once
             np.multiply(window, self.factor, out=window)
-            if self.check_name is not None and not np.isfinite(np.add.reduce(window, axis=None)):
-                where = f"{self.check_name} (timepoints {start}-{start + length})"
+            if self.check_values and not np.isfinite(np.add.reduce(window, axis=None)):
+                where = f"{self.name} (timepoints {start}-{start + length})"
                 self.processor._check_values(series[start : start + length], where)
+            if self.bounds is not None:
+                self.clipped += self.processor.clip(window, self.name, self.bounds, warn=False)
+                self.seen += window.size
             if order is None:
                 out[i] = window.T
             else:  # transposed (numpy's take copies it contiguous first), then regions gathered into model order
                 np.take(window.T, order, axis=0, out=out[i], mode="clip")  # order is a checked permutation
+        if self.seen and not self.warned:
+            self.warned = self.processor.warn_clipped(self.name, self.clipped, self.seen)
         return out
 
 

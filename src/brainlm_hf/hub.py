@@ -11,8 +11,10 @@ cached). Uploading a finished folder is `hub_upload.push_folder`.
   no local folder has that name: `vandijklab/brainlm` with subfolder `old_13M`, `vitmae_111M` or `vitmae_650M`;
 * an ORIGINAL BrainLM checkpoint (a `config.json` whose `model_type` is `brainlm_mae` or `vit_mae`, beside
   `model.safetensors` or `pytorch_model.bin`), a local folder or a Hub repository: converted once with
-  `brainlm_hf.convert.convert_checkpoint` (the A424 coordinates downloaded from their pinned commit and SHA-256
-  checked), and the converted folder (weights, config, processor with TR 0.735 s, model card) is loaded. It is cached:
+  `brainlm_hf.convert.convert_checkpoint` (the A424 coordinates and BrainLM's UK Biobank statistics downloaded from
+  their pinned commits and SHA-256 checked, or the statistics read from `$BRAINLM_UKB_STATISTICS`), and the
+  converted folder (weights, config, processor with the pretraining statistics and TR 0.735 s, model card) is
+  loaded. It is cached:
 
   - Hub sources in the repository's folder of the Hugging Face cache,
     `<cache>/models--{owner}--{name}/brainlm_hf-converted-v{N}/{commit}/{subfolder}/converted`, keyed by the commit
@@ -39,7 +41,7 @@ from .convert import release_location
 
 logger = logging.get_logger(__name__)
 
-CONVERSION_VERSION = 1  # part of the cache paths: bump it when convert_checkpoint writes something else
+CONVERSION_VERSION = 2  # part of the cache paths: bump it when convert_checkpoint writes something else
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # from_pretrained options that the download of the source honours
 _DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token")

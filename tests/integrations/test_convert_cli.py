@@ -87,10 +87,11 @@ def test_released_family_processor_holds_the_y_order_and_scale(tmp_path, a424_fo
     y = np.asarray(extractor.to_model_order(np.asarray(extractor.coordinates)))[:, 1]
     assert (np.diff(y) >= 0).all()
     recordings = np.random.default_rng(0).normal(size=(3, 200, 424)).astype(np.float32)
-    assert extractor.normalization == "robust" and extractor.median is None  # never released: no statistics
-    with pytest.raises(ValueError, match="call fit\\(\\) on your training recordings first"):
-        extractor(recordings[0])
-    extractor.fit(list(recordings))
+    assert extractor.normalization == "robust" and extractor.statistics_source.startswith("uk_biobank")
+    assert len(extractor.median) == len(extractor.clip_low) == 424  # the pretraining statistics (tests/test_ukb_*)
+    with pytest.warns(UserWarning, match="no longer clips"):
+        extractor.fit(list(recordings))  # fitting on a cohort stays possible: it replaces them, without clipping
+    assert extractor.statistics_source == "fit" and extractor.clip_low is None
     signal = extractor(recordings[0])["signal_values"]
     median, iqr = np.asarray(extractor.median), np.asarray(extractor.iqr)
     restored = extractor.to_atlas_order(signal)[0].T.numpy() * 5.6430855 * iqr + median
@@ -164,5 +165,5 @@ def test_packaged_model_cards_have_valid_metadata(preset):
     assert card.data.library_name == "transformers" and "brainlm" in card.data.tags
     if preset != "brainlm-custom":
         assert card.data.license == "cc-by-nc-nd-4.0"
-        for fact in ("UK Biobank", "6,700 hours", "A424", "0.735", "never released", "Akiki", "Nemati", "ICLR 2024"):
+        for fact in ("UK Biobank", "6,700 hours", "A424", "0.735", "faeea4d", "Akiki", "Nemati", "ICLR 2024"):
             assert fact in card.text, fact

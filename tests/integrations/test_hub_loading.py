@@ -109,8 +109,8 @@ def conversions(monkeypatch):
 
 
 def model_inputs(processor: BrainLMFeatureExtractor) -> dict:
+    """Model inputs of two recordings, normalised with the processor's own (pretraining) statistics, no fit."""
     recordings = np.random.default_rng(0).normal(size=(2, 200, 424)).astype(np.float32)
-    processor.fit(list(recordings))
     return dict(processor(list(recordings)))
 
 
@@ -140,6 +140,7 @@ def test_short_names_and_repo_subfolder_give_what_brainlm_convert_gives(hub, sho
     expected = BrainLMForMaskedSignalModeling.from_pretrained(converted).eval()
     expected_processor = BrainLMFeatureExtractor.from_pretrained(converted)
     assert expected_processor.repetition_time == 0.735
+    assert expected_processor.statistics_source.startswith("uk_biobank") and len(expected_processor.clip_high) == 424
     a424 = np.loadtxt(a424_folder / "A424_Coordinates.dat")[:, 1:4]
     np.testing.assert_array_equal(expected_processor.coordinates, a424)
     tiles = expected.config.token_layout == "tile_2d"  # the 111M/650M family: regions in a stable sort on Y
@@ -159,7 +160,7 @@ def test_short_names_and_repo_subfolder_give_what_brainlm_convert_gives(hub, sho
         assert_same_weights(model, expected)
         torch.testing.assert_close(outputs(model, inputs), reference, rtol=0, atol=0)
         processor = BrainLMFeatureExtractor.from_pretrained(name, **kwargs)
-        assert processor.to_dict() == {**expected_processor.to_dict(), "median": None, "iqr": None}
+        assert processor.to_dict() == expected_processor.to_dict()  # with the UK Biobank statistics
         encoder = BrainLMModel.from_pretrained(name, **kwargs).eval()
         torch.testing.assert_close(outputs(encoder, inputs), outputs(expected.brainlm, inputs), rtol=0, atol=0)
     classifier = BrainLMForSequenceClassification.from_pretrained(short_name, num_labels=3)

@@ -73,8 +73,8 @@ class EmbedArguments:
     fit_processor: bool = field(
         default=False,
         metadata={
-            "help": "fit the processor's robust scaling (per-region median and IQR) on INPUTS: the released weights "
-            "ship no statistics"
+            "help": "fit the processor's robust scaling (per-region median and IQR) on INPUTS instead of using the "
+            "statistics it holds (a converted release holds BrainLM's UK Biobank pretraining statistics)"
         },
     )
     atlas: str | None = field(default=None, metadata={"help": "'A424' or a label NIfTI, for NIfTI inputs"})

@@ -234,9 +234,19 @@ def aal2_lobes(region_names: list[str]) -> list[str]:
     return lobes
 
 
-def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: str) -> Path:
-    """Download `files` (local name -> (upstream name, sha256)) into the cache folder, refusing other bytes."""
-    cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / "atlases"
+def _download_verified(
+    files: dict[str, tuple[str, str]],
+    cache_dir,
+    base_url: str,
+    subfolder: str = "atlases",
+    instead: str = "give the folder that holds the atlas files instead (path=)",
+) -> Path:
+    """
+    Download `files` (local name -> (upstream name, sha256)) into `subfolder` of the cache root (`cache_dir`, else
+    `$BRAINLM_CACHE`, else `~/.cache/brainlm_hf`), refusing other bytes; a file already there with the pinned
+    SHA-256 is not downloaded again. `instead`: what the user can do when the download fails.
+    """
+    cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / subfolder
     cache.mkdir(parents=True, exist_ok=True)
     for local_name, (remote_name, sha256) in files.items():
         target = cache / local_name
@@ -249,7 +259,7 @@ def _download_verified(files: dict[str, tuple[str, str]], cache_dir, base_url: s
         except OSError as error:  # URLError, timeouts, HTTP errors
             raise NetworkError(
                 f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))}; "
-                "give the folder that holds the atlas files instead (path=)."
+                f"{instead}."
             ) from error
         if _sha256(partial) != sha256:
             partial.unlink()

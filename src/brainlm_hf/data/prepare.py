@@ -4,9 +4,9 @@
 Shards hold one row per recording: the raw `(T, V)` parcel series flattened (`series`, float32) with its shape
 (`num_timepoints`, `num_regions`), its per-region mean and std (`series_mean`, `series_std`: `zscore_statistics`,
 so that z-scored windows can be cut without reading the whole recording), ids (`id`, `subject`, `session`),
-`repetition_time`, `atlas` and the phenotype columns. The `BrainLMFeatureExtractor` fitted on the training split is
-saved beside the shards, so the same normalisation applies at pretraining, fine-tuning and inference time. Read it
-back with `PreparedDataset`.
+`repetition_time`, `atlas` and the phenotype columns. The `BrainLMFeatureExtractor` fitted on the training split (or
+holding BrainLM's UK Biobank pretraining statistics and clip bounds) is saved beside the shards, so the same
+normalisation applies at pretraining, fine-tuning and inference time. Read it back with `PreparedDataset`.
 """
 
 import json
@@ -21,9 +21,11 @@ import numpy as np
 from ..arguments import check_choice, check_positive, positional
 from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
 from ..feature_extraction_brainlm import (
+    CLIP_WARNING_FRACTION,
     NORMALIZATIONS,
     RESAMPLE_TOLERANCE,
     SHORT_RECORDINGS,
+    UNIT_CONVERSIONS,
     BrainLMFeatureExtractor,
     zscore_statistics,
 )
@@ -31,6 +33,7 @@ from ..folders import output_folder
 from .atlas import atlas_by_name, read_coordinate_table
 from .recordings import find_recordings, load_recording, recording_names
 
+STATISTICS = ("fit", "uk_biobank")  # where the robust-scaling statistics come from
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 # the columns every row has: a phenotype column may not take one of these names (it would overwrite the field)
 DATASET_FIELDS = (
@@ -167,6 +170,42 @@ class PrepareArguments:
         },
     )
 
+    statistics: str = field(
+        default="fit",
+        metadata={
+            "choices": STATISTICS,
+            "help": "robust scaling statistics: fitted on the training split (fit), or BrainLM's UK Biobank "
+            "pretraining statistics with their per-region clip bounds (uk_biobank; A424 recordings only), as the "
+            "released weights were pretrained with",
+        },
+    )
+    clip_percentiles: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "with statistics fit: clip each region to these two percentiles (e.g. 1 99) of the robust-scaled "
+            "training data, as BrainLM's pretraining did"
+        },
+    )
+    unit_conversion: str = field(
+        default="none",
+        metadata={
+            "choices": UNIT_CONVERSIONS,
+            "help": "bring recordings to the statistics' units first: none, demean (per region), or "
+            "grand_mean_scaling (grand mean to 10000, then demean, as FSL scales raw BOLD)",
+        },
+    )
+    clip_warning_fraction: float = field(
+        default=CLIP_WARNING_FRACTION,
+        metadata={"help": "warn about a recording when more than this fraction of its values is clipped"},
+    )
+    ukb_statistics: str | None = field(
+        default=None,
+        metadata={
+            "help": "a local copy of BrainLM's statistics file (default: $BRAINLM_UKB_STATISTICS, else the "
+            "verified download)"
+        },
+    )
+
     def __post_init__(self):
         check_positive(self, "num_timepoints", "shard_multiple", "target_shard_bytes", integer=True)
         check_positive(self, "patch_size", integer=True, optional=True)
@@ -175,6 +214,14 @@ class PrepareArguments:
         check_choice(self, "short_recordings", SHORT_RECORDINGS)
         self.split_fractions()
         check_window_length(self.num_timepoints, self.patch_size)
+        check_choice(self, "statistics", STATISTICS)
+        check_choice(self, "unit_conversion", UNIT_CONVERSIONS)
+        if self.statistics == "uk_biobank" and (self.normalization != "robust" or self.clip_percentiles is not None):
+            raise InvalidArgumentError(
+                "statistics='uk_biobank' is BrainLM's robust scaling with its own clip bounds: it takes "
+                "normalization='robust' and no clip_percentiles.",
+                argument="statistics",
+            )
         if self.atlas == "A424" and self.coordinates is not None:
             raise InvalidArgumentError(
                 "coordinates is for a custom atlas or parcel tables: A424 has its own coordinates.",
@@ -242,6 +289,12 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
         patch_size (`int`, *optional*): the patch size of the (region_window) model the dataset is for: a window
             length that is not a multiple of it is refused before anything is read. The dataset card states which
             patch sizes the window length fits either way.
+        statistics (`str`): `"fit"` the robust statistics on the training split (`clip_percentiles`, e.g. `(1, 99)`,
+            then also sets clip bounds), or `"uk_biobank"`: BrainLM's pretraining statistics and clip bounds (A424
+            recordings only; from `ukb_statistics`, a local copy, else `$BRAINLM_UKB_STATISTICS`, else the verified
+            download, see `brainlm_hf.data.ukb_statistics`), as the released weights were pretrained with.
+        unit_conversion, clip_warning_fraction: fields of the processor (see `BrainLMFeatureExtractor`). With clip
+            bounds, every recording whose clipped share passes `clip_warning_fraction` is warned about by name.
 
     Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
     to `prepare_summary.json`).
@@ -277,6 +330,9 @@ def _prepare(args: PrepareArguments) -> dict:
             repetition_time=args.target_repetition_time or common_repetition_time(rows),
             atlas=atlas_name,
             short_recordings=args.short_recordings,
+            unit_conversion=args.unit_conversion,
+            clip_warning_fraction=args.clip_warning_fraction,
+            **(_ukb_fields(num_regions, args.ukb_statistics) if args.statistics == "uk_biobank" else {}),
         )
         rows, too_short, padded = _long_enough(rows, processor)
         if args.normalization == "zscore":
@@ -289,11 +345,16 @@ def _prepare(args: PrepareArguments) -> dict:
                 "give the train split a larger fraction, or more subjects.",
                 argument="splits",
             )
-        processor.fit(
-            [row["series"] for row in train],
-            iqr_epsilon=args.iqr_epsilon,
-            repetition_times=[row["repetition_time"] for row in train],
-        )
+        if args.statistics == "fit":
+            processor.fit(
+                [row["series"] for row in train],
+                iqr_epsilon=args.iqr_epsilon,
+                repetition_times=[row["repetition_time"] for row in train],
+                clip_percentiles=args.clip_percentiles,
+            )
+        if processor.clip_low is not None:
+            for row in rows:  # warns about each recording mostly clipped (in other units than the statistics)
+                processor.normalize(row["series"], f"{row['id']} ({row['file']})")
         if coordinates is None:
             warnings.warn(
                 f"{args.output_dir}: no region coordinates. Pretraining a region-window model (the native presets) "
@@ -314,6 +375,24 @@ def _prepare(args: PrepareArguments) -> dict:
         (output / "README.md").write_text(_dataset_card(summary, processor, args.num_timepoints))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _ukb_fields(num_regions: int, path) -> dict:
+    """The processor fields of BrainLM's UK Biobank statistics, for recordings of the 424 A424 regions."""
+    from .ukb_statistics import NUM_REGIONS, load_ukb_statistics
+
+    if num_regions != NUM_REGIONS:
+        raise InvalidInputError(
+            f"statistics='uk_biobank' are those of the {NUM_REGIONS} A424 regions, but the recordings have "
+            f"{num_regions} regions: parcellate with A424, or fit the statistics (statistics='fit')."
+        )
+    return load_ukb_statistics(path).processor_fields()
+
+
+def _statistics_statement(processor: BrainLMFeatureExtractor) -> str:
+    source = processor.statistics_source
+    where = "fitted on the training split" if source == "fit" else (source or "none")
+    return f"{where}; {'clipped to per-region bounds' if processor.clip_low is not None else 'no clipping'}"
 
 
 PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
@@ -597,7 +676,8 @@ flattened from `(num_timepoints, num_regions)`), its per-region mean and standar
 
 Regions: {summary["num_regions"]}; atlas: {processor.atlas or "not given"}; window: {num_timepoints} timepoints
 ({patch_sizes_statement(num_timepoints)});
-normalisation: {processor.normalization} (statistics fitted on the training split, in `preprocessor_config.json`).
+normalisation: {processor.normalization} (statistics: {_statistics_statement(processor)}, in
+`preprocessor_config.json`).
 TR of the windows: {rate}; the series are stored as sampled (column `repetition_time`) and resampled to it (linear)
 when windows are cut, when they differ by {processor.resample_tolerance} s or more.
 

@@ -17,9 +17,15 @@ and `std` `(1, 424)` it removed and the repetition time `tr` (seconds). `Brainma
 
 1. the signal: a `"zscore"` processor takes Brainmarks' `bold` as its normalised signal (the same per-recording
    z-scoring, population std; regions without signal stay 0 instead of being refused as constant); other
-   normalisations start from the signal with the z-scoring undone (`bold * std + mean`), and a `"robust"` processor
-   takes its median/IQR from the training split, which Brainmarks hands to `fit` (as its own BrainLM wrapper does:
-   the pretraining statistics were never released);
+   normalisations start from the signal with the z-scoring undone (`bold * std + mean`: the units of the dataset as
+   Brainmarks curated it, e.g. scanner intensities, not UK Biobank's). A `"robust"` processor's statistics are the
+   option `statistics`: `"training_split"` (the default) fits median/IQR on the training split, which Brainmarks
+   hands to `fit`, and does not clip, as Brainmarks' own BrainLM wrapper does; `"pretraining"` keeps the
+   checkpoint's UK Biobank statistics and clip bounds, reached through `unit_conversion` (e.g.
+   `"grand_mean_scaling"` for raw BOLD intensities), and the processor warns about each recording mostly clipped.
+   The default is the training split: Brainmarks' numbers were measured with it (BrainLM-111M decoded HCP tasks at
+   92.5 % with it, at chance without per-parcel normalisation), and a benchmark's curated units are not known to
+   match UK Biobank's, whereas the fitted statistics put every dataset on the scale robust scaling expects;
 2. the TR: resampled linearly in time to the processor's `repetition_time` when the TR differs from it by at least
    `tr_tolerance` (0.1 s), Brainmarks' own rule and method, by the processor (`BrainLMFeatureExtractor.resample`:
    samples at exact multiples of the model's TR; Brainmarks' `F.interpolate(size=round(T * tr / target))` stretches
@@ -51,6 +57,9 @@ CHECKPOINT_ENV = "BRAINLM_HF_CHECKPOINT"
 DEFAULT_CHECKPOINT = "brainlm-111m"
 SPACE = "a424"
 NUM_REGIONS = 424
+STATISTICS = ("training_split", "pretraining")  # where a robust processor's median/IQR come from
+# the processor fields `BrainmarksTransform.fit` sets
+FITTED_FIELDS = ("median", "iqr", "iqr_epsilon", "iqr_epsilon_regions", "statistics_source", "clip_low", "clip_high")
 
 
 class BrainmarksTransform:
@@ -65,6 +74,10 @@ class BrainmarksTransform:
         iqr_epsilon (`float`, defaults to 1e-6): robust scaling of regions whose training IQR is below it (the
             regions Brainmarks' preprocessing zeroed) uses it, as Brainmarks divides by `IQR + 1e-6` (recorded in
             the processor's `iqr_epsilon_regions`); None refuses such regions.
+        statistics (`str`, defaults to `"training_split"`): `"training_split"` or `"pretraining"`, see the module
+            docstring (robust processors only).
+        unit_conversion (`str`, defaults to `"none"`): the processor's `unit_conversion` for the un-normalised
+            signal (see `BrainLMFeatureExtractor`).
     """
 
     def __init__(
@@ -73,15 +86,28 @@ class BrainmarksTransform:
         tr_tolerance: float = 0.1,
         window_policy: str = "covering",
         iqr_epsilon: float | None = 1e-6,
+        statistics: str = "training_split",
+        unit_conversion: str = "none",
     ):
         if window_policy not in WINDOW_POLICIES:
             raise InvalidArgumentError(
                 f"window_policy must be one of {WINDOW_POLICIES}, got {window_policy!r}.", argument="window_policy"
             )
+        if statistics not in STATISTICS:
+            raise InvalidArgumentError(
+                f"statistics must be one of {STATISTICS}, got {statistics!r}.", argument="statistics"
+            )
+        if statistics == "pretraining" and (processor.normalization != "robust" or processor.median is None):
+            raise InvalidArgumentError(
+                "statistics='pretraining' needs a robust processor that holds the pretraining statistics (a converted "
+                "release); this one has none: use statistics='training_split'."
+            )
         self.processor = processor
         self.tr_tolerance = tr_tolerance
         self.window_policy = window_policy
         self.iqr_epsilon = iqr_epsilon
+        self.statistics = statistics
+        self.unit_conversion = unit_conversion
         self._windowing = self._windowing_processor()
 
     def _windowing_processor(self) -> BrainLMFeatureExtractor:
@@ -90,16 +116,21 @@ class BrainmarksTransform:
         settings = {"resample_tolerance": self.tr_tolerance, "short_recordings": "pad"}
         if self.processor.normalization == "zscore":
             settings["normalization"] = "none"
+        else:
+            settings["unit_conversion"] = self.unit_conversion
+        if self.statistics == "training_split":
+            settings.update(clip_low=None, clip_high=None)  # Brainmarks fits its statistics and never clips
         return BrainLMFeatureExtractor.from_dict({**self.processor.to_dict(), **settings})
 
     def fit(self, train_dataset) -> None:
-        """Fit a `"robust"` processor's median/IQR on the training samples (other normalisations need nothing)."""
-        if self.processor.normalization == "robust":
+        """Fit a `"robust"` processor's median/IQR on the training samples with `statistics="training_split"` (other
+        normalisations, and the pretraining statistics, need nothing)."""
+        if self.processor.normalization == "robust" and self.statistics == "training_split":
             samples = list(train_dataset)
             trs = [float(sample["tr"]) for sample in samples]
             recordings = [_raw_recording(sample) for sample in samples]
             self._windowing.fit(recordings, iqr_epsilon=self.iqr_epsilon, repetition_times=trs)
-            for name in ("median", "iqr", "iqr_epsilon", "iqr_epsilon_regions"):  # the checkpoint's processor, fitted
+            for name in FITTED_FIELDS:  # the checkpoint's processor, fitted
                 setattr(self.processor, name, getattr(self._windowing, name))
 
     def __call__(self, sample: dict) -> dict:
@@ -162,6 +193,8 @@ def brainlm_hf(
     tr_tolerance: float = 0.1,
     batch_size: int = 16,
     iqr_epsilon: float | None = 1e-6,
+    statistics: str = "training_split",
+    unit_conversion: str = "none",
 ) -> tuple[BrainmarksTransform, BrainmarksWrapper]:
     """
     Brainmarks model constructor: the transform and the frozen encoder of a checkpoint (a brainlm_hf folder or Hub
@@ -180,7 +213,8 @@ def brainlm_hf(
         )
     model = BrainLMModel.from_pretrained(checkpoint, **location).eval().requires_grad_(False)
     wrapper = BrainmarksWrapper(model, processor.model_coordinates(), layer, batch_size).eval()
-    return BrainmarksTransform(processor, tr_tolerance, window_policy, iqr_epsilon), wrapper
+    transform = BrainmarksTransform(processor, tr_tolerance, window_policy, iqr_epsilon, statistics, unit_conversion)
+    return transform, wrapper
 
 
 def _raw_recording(sample: dict) -> np.ndarray:
