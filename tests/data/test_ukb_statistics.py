@@ -160,7 +160,7 @@ def test_a_file_without_the_structure_is_refused_naming_what_is_wrong(tmp_path):
 
 
 def test_a_local_copy_that_is_not_the_pinned_file_is_read_with_a_warning(tmp_path, arrays):
-    from .ukb_stand_in import write_ukb_stand_in
+    from ..ukb_stand_in import write_ukb_stand_in
 
     other = write_ukb_stand_in(tmp_path, seed=7)
     with pytest.warns(UserWarning, match=f"{other} is not the pinned file"):
@@ -184,7 +184,7 @@ def test_the_download_is_verified_and_cached_beside_the_atlases(tmp_path, monkey
     with pytest.raises(ValueError, match="does not have the pinned SHA-256"):
         load_ukb_statistics(cache_dir=tmp_path / "other", base_url=tampered.as_uri() + "/")
     assert not any((tmp_path / "other" / "statistics").iterdir())
-    with pytest.raises(ConnectionError, match=f"--ukb-statistics PATH, or \\${UKB_STATISTICS_ENV}"):
+    with pytest.raises(ConnectionError, match=f"ukb_statistics=PATH, or \\${UKB_STATISTICS_ENV}"):
         load_ukb_statistics(cache_dir=tmp_path / "other", base_url=(tmp_path / "nowhere").as_uri() + "/")
     assert UKB_STATISTICS_FILES[UKB_STATISTICS_NAME][0] == UKB_STATISTICS_NAME
 
