@@ -169,7 +169,6 @@ class PrepareArguments:
             "instead of an error; they are recorded in the processor"
         },
     )
-
     statistics: str = field(
         default="fit",
         metadata={
