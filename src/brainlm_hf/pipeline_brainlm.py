@@ -22,8 +22,9 @@ Outputs, per recording:
 
 import numpy as np
 import torch
-from transformers import ChunkPipeline
+from transformers.pipelines.base import ChunkPipeline
 
+TASK = "brainlm-feature-extraction"  # the task name registered with transformers' pipeline
 OUTPUTS = ("embedding", "reconstruction", "forecast")
 POOLINGS = ("cls", "mean")
 
@@ -101,7 +102,9 @@ class BrainLMPipeline(ChunkPipeline):
             timepoint_mask = None
         if output == "embedding":
             encoder = self.model.base_model
-            hidden = encoder(signal, coordinates, output_hidden_states=layer is not None, timepoint_mask=timepoint_mask)
+            hidden = encoder(
+                signal, coordinates, output_hidden_states=layer is not None, timepoint_mask=timepoint_mask
+            )
             result = {"embedding": encoder.pool(hidden, *signal.shape[1:], pooling, layer)}  # (b, H)
         else:
             noise = torch.as_tensor(np.stack(inputs["noise"])).to(self.device)

@@ -27,9 +27,9 @@ from .errors import InvalidArgumentError
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling
+from .pipeline_brainlm import TASK as PIPELINE_TASK
 from .version import __version__
 
-PIPELINE_TASK = "brainlm-feature-extraction"
 CUSTOM_PIPELINES = {
     PIPELINE_TASK: {
         "impl": "pipeline_brainlm.BrainLMPipeline",
