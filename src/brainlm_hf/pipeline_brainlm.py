@@ -64,9 +64,9 @@ class BrainLMPipeline(ChunkPipeline):
         generator = torch.Generator().manual_seed(seed)
         for index, window in enumerate(windows):
             yield {
-                "signal_values": window,
-                "timepoint_mask": timepoint_mask[index],
-                "noise": torch.rand(self.model.num_tokens(*window.shape), generator=generator).numpy(),
+                "signal_values": window[None],
+                "timepoint_mask": timepoint_mask[index : index + 1],
+                "noise": torch.rand(1, self.model.num_tokens(*window.shape), generator=generator).numpy(),
                 "is_last": index == len(windows) - 1,
             }
 
@@ -76,25 +76,19 @@ class BrainLMPipeline(ChunkPipeline):
             return inputs["series"], inputs.get("repetition_time", repetition_time)
         if isinstance(inputs, np.ndarray | torch.Tensor):
             return np.asarray(inputs, dtype=np.float32), repetition_time
-        try:
+        try:  # inside try: transformers does not require it of remote code
+            from brainlm_hf.data.atlas import load_a424
             from brainlm_hf.data.recordings import load_recording
         except ImportError as error:
             raise ImportError(
                 f"Reading {inputs!r} needs brainlm_hf (`pip install brainlm_hf`); or pass the (T, V) array itself."
             ) from error
-        return load_recording(inputs, self._atlas(), repetition_time)
-
-    def _atlas(self):
-        """The atlas that the processor names (for NIfTI inputs), or None."""
-        if self.feature_extractor.atlas != "A424":
-            return None
-        from brainlm_hf.data.atlas import load_a424
-
-        return load_a424()
+        atlas = load_a424() if self.feature_extractor.atlas == "A424" else None  # to parcellate a NIfTI image
+        return load_recording(inputs, atlas, repetition_time)
 
     def _forward(self, inputs, output="embedding", pooling="cls", layer=None, mask_ratio=None):
-        signal = torch.as_tensor(np.stack(inputs["signal_values"])).to(self.device, self.model.dtype)  # (b, V, Tw)
-        timepoint_mask = torch.as_tensor(np.stack(inputs["timepoint_mask"])).to(self.device)  # (b, Tw)
+        signal = _batch(inputs["signal_values"]).to(self.device, self.model.dtype)  # (b, V, Tw)
+        timepoint_mask = _batch(inputs["timepoint_mask"]).to(self.device)  # (b, Tw)
         coordinates = self.feature_extractor.model_coordinates()
         if coordinates is not None:
             coordinates = torch.as_tensor(coordinates).to(self.device, self.model.dtype)
@@ -107,13 +101,13 @@ class BrainLMPipeline(ChunkPipeline):
             )
             result = {"embedding": encoder.pool(hidden, *signal.shape[1:], pooling, layer)}  # (b, H)
         else:
-            noise = torch.as_tensor(np.stack(inputs["noise"])).to(self.device)
+            noise = _batch(inputs["noise"]).to(self.device)
             out = self.model(
                 signal,
                 coordinates,
                 noise=noise,
                 mask_ratio=mask_ratio,
-                mask_strategy="forecast" if output == "forecast" else None,
+                mask_strategy=self.model.layout.forecast_strategy if output == "forecast" else "random",
                 timepoint_mask=timepoint_mask,
             )
             result = {"windows": signal, "prediction": out.logits, "mask": self.model.mask_to_signal(out.mask)}
@@ -128,3 +122,8 @@ class BrainLMPipeline(ChunkPipeline):
             )
             for key in ("windows", "prediction", "mask")
         }
+
+
+def _batch(rows) -> torch.Tensor:
+    """The rows of a batch as one tensor: an array with a leading batch axis, or a list of them (batch_size > 1)."""
+    return torch.as_tensor(np.concatenate(rows) if isinstance(rows, list) else rows)

@@ -1,5 +1,5 @@
-"""`brainlm publish`: the release content (files, config, model card, byte-identical re-runs), and loading a published
-repository over HTTP (tests/hub_server.py) through `Auto*` and `pipeline` in a process that cannot import brainlm_hf."""
+"""`brainlm publish`: the release content (files, config, model card, byte-identical re-runs), and loading a
+published repository over HTTP (tests/hub_server.py) through `Auto*` and `pipeline` in a process without brainlm_hf."""
 
 import json
 import subprocess
@@ -16,10 +16,11 @@ from brainlm_hf.cli import main
 from brainlm_hf.convert import RELEASE_REPO, RELEASES
 from brainlm_hf.pipeline_brainlm import TASK
 
+from . import test_hub_loading
 from .test_convert_cli import CONVERTED_FILES
-from .test_hub_loading import caches, hub  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow  # the local Hub server, subprocesses
+caches, hub = test_hub_loading.caches, test_hub_loading.hub  # the fixtures: fresh caches, the test Hub online
 
 RELEASE_FILES = CONVERTED_FILES | {"pipeline_brainlm.py"}
 # one short name per family
@@ -143,7 +144,8 @@ def test_a_published_repo_loads_and_runs_without_brainlm_hf(hub, short_name, tmp
     encoder = BrainLMModel.from_pretrained(short_name).eval()
     model = BrainLMForMaskedSignalModeling.from_pretrained(short_name).eval()
     inputs = processor(data[:, :200])
-    noise = torch.rand(3, model.num_tokens(*inputs["signal_values"].shape[1:]), generator=torch.Generator().manual_seed(0))
+    num_tokens = model.num_tokens(*inputs["signal_values"].shape[1:])
+    noise = torch.rand(3, num_tokens, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         np.testing.assert_allclose(remote["hidden"], encoder(**inputs).last_hidden_state.numpy(), atol=1e-4)
         np.testing.assert_allclose(remote["logits"], model(**inputs, noise=noise).logits.numpy(), atol=1e-4)
