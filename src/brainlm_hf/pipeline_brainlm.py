@@ -5,9 +5,10 @@
 Self-contained so that it travels with a published checkpoint as remote code (`config.custom_pipelines`): it needs
 only transformers, torch and numpy, plus brainlm_hf for inputs given as file paths (parcel tables and NIfTI images).
 
-Inputs (one, or a list): a raw `(T, V)` array in atlas order (its TR given with `repetition_time=`, one number or
-one per recording), a dict `{"series": (T, V), "repetition_time": TR}`, or the path of a parcel table or a NIfTI
-image (parcellated with the atlas the processor names; the TR read from its header). Each recording is cut into the
+Inputs (one, or a list): a raw `(T, V)` array in atlas order (its TR given with `repetition_time=`), a dict
+`{"series": (T, V), "repetition_time": TR}`, or the path of a parcel table or a NIfTI image (parcellated with
+`atlas=`, by default the atlas the processor names; the TR read from its header unless `repetition_time=` is given).
+Without `feature_extractor=`, the processor saved beside the model is used. Each recording is cut into the
 processor's windows (`BrainLMFeatureExtractor.windows`: resampled to the model's TR, normalised as in pretraining,
 model region order, the end covered), and the windows of all recordings are run in batches of `batch_size`.
 
@@ -22,6 +23,7 @@ Outputs, per recording:
 
 import numpy as np
 import torch
+from transformers import AutoFeatureExtractor
 from transformers.pipelines.base import ChunkPipeline
 
 TASK = "brainlm-feature-extraction"  # the task name registered with transformers' pipeline
@@ -35,10 +37,29 @@ class BrainLMPipeline(ChunkPipeline):
     _load_tokenizer = False
     _load_image_processor = False
     _load_processor = False
-    _load_feature_extractor = True
+    _load_feature_extractor = None  # optional: without one, the processor saved with the model is read
+
+    def __init__(self, model, feature_extractor=None, **kwargs):
+        if feature_extractor is None:
+            try:
+                feature_extractor = AutoFeatureExtractor.from_pretrained(model.name_or_path)
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"No processor found beside the model {model.name_or_path!r}: pass feature_extractor= (e.g. "
+                    "BrainLMFeatureExtractor.from_pretrained of the same checkpoint)."
+                ) from error
+        super().__init__(model, feature_extractor=feature_extractor, **kwargs)
 
     def _sanitize_parameters(
-        self, repetition_time=None, output=None, pooling=None, layer=None, mask_ratio=None, seed=None, **kwargs
+        self,
+        repetition_time=None,
+        output=None,
+        pooling=None,
+        layer=None,
+        mask_ratio=None,
+        seed=None,
+        atlas=None,
+        **kwargs,
     ):
         if kwargs:
             raise TypeError(f"BrainLMPipeline got unknown arguments {sorted(kwargs)}.")
@@ -51,13 +72,13 @@ class BrainLMPipeline(ChunkPipeline):
                 f"output={output!r} needs the decoder: load the pipeline from a pretraining checkpoint "
                 "(AutoModelForPreTraining)."
             )
-        preprocess = {"repetition_time": repetition_time, "seed": seed or 0}
+        preprocess = {"repetition_time": repetition_time, "seed": seed or 0, "atlas": atlas}
         forward = {"output": output or "embedding", "pooling": pooling or "cls", "layer": layer}
         forward["mask_ratio"] = mask_ratio
         return preprocess, forward, {"output": forward["output"]}
 
-    def preprocess(self, inputs, repetition_time=None, seed=0):
-        series, tr = self._read(inputs, repetition_time)
+    def preprocess(self, inputs, repetition_time=None, seed=0, atlas=None):
+        series, tr = self._read(inputs, repetition_time, atlas)
         windows, _, timepoint_mask = self.feature_extractor.windows(
             [series], repetition_times=tr, return_timepoint_mask=True
         )  # (W, V, Tw) normalised, model order; (W, Tw)
@@ -70,20 +91,24 @@ class BrainLMPipeline(ChunkPipeline):
                 "is_last": index == len(windows) - 1,
             }
 
-    def _read(self, inputs, repetition_time):
-        """The raw `(T, V)` series of one input and its TR (None: unknown, used as it is)."""
+    def _read(self, inputs, repetition_time, atlas=None):
+        """The raw `(T, V)` series of one input and its TR (None: unknown, used as it is); NIfTI images are
+        parcellated with `atlas` (a brainlm_hf `Atlas` or its label image), by default the processor's (A424)."""
         if isinstance(inputs, dict):
             return inputs["series"], inputs.get("repetition_time", repetition_time)
         if isinstance(inputs, np.ndarray | torch.Tensor):
             return np.asarray(inputs, dtype=np.float32), repetition_time
         try:  # inside try: transformers does not require it of remote code
-            from brainlm_hf.data.atlas import load_a424
+            from brainlm_hf.data.atlas import Atlas, load_a424, load_atlas
             from brainlm_hf.data.recordings import load_recording
         except ImportError as error:
             raise ImportError(
                 f"Reading {inputs!r} needs brainlm_hf (`pip install brainlm_hf`); or pass the (T, V) array itself."
             ) from error
-        atlas = load_a424() if self.feature_extractor.atlas == "A424" else None  # to parcellate a NIfTI image
+        if atlas is None and self.feature_extractor.atlas == "A424":
+            atlas = load_a424()
+        elif atlas is not None and not isinstance(atlas, Atlas):
+            atlas = load_atlas(atlas)
         return load_recording(inputs, atlas, repetition_time)
 
     def _forward(self, inputs, output="embedding", pooling="cls", layer=None, mask_ratio=None):
