@@ -153,7 +153,8 @@ def test_a_published_repo_loads_and_runs_without_brainlm_hf(hub, short_name, tmp
 
     expected = embed_recordings(encoder, processor, list(data), repetition_times=0.735)
     np.testing.assert_allclose(remote["embeddings"], expected, atol=1e-4)
-    local = pipeline(TASK, model=model, feature_extractor=processor)
-    assert isinstance(local, BrainLMPipeline)
+    local = pipeline(TASK, model=BrainLMForMaskedSignalModeling.from_pretrained(short_name))  # the documented form
+    assert isinstance(local, BrainLMPipeline) and local.feature_extractor.to_dict() == processor.to_dict()
+    np.testing.assert_allclose(np.stack(local(list(data), repetition_time=0.735)), expected, atol=1e-5)
     forecast = local(data[0], repetition_time=0.735, output="forecast", mask_ratio=0.2)
     np.testing.assert_allclose(remote["forecast"], forecast["prediction"], atol=1e-4)
