@@ -168,7 +168,7 @@ def model_card(folder: Path, repo_id: str, source: str, subfolder: str | None, c
     body = template.substitute(
         repo_id=repo_id,
         source=where,
-        commit=f"commit `{commit}`" if commit else "a local folder (no commit)",
+        commit=f"commit `{commit}`" if commit else "a local folder",
         family=FAMILIES[family],
         version=__version__,
         parameters=_millions(model.num_parameters()),
