@@ -185,7 +185,7 @@ def model_card(folder: Path, repo_id: str, source: str, subfolder: str | None, c
 
 
 def _millions(count: int) -> str:
-    return f"{count / 1e6:.1f}M ({count:,} parameters)"
+    return f"{count / 1e6:.3g}M ({count:,} parameters)"
 
 
 def _preprocessing(processor: BrainLMFeatureExtractor) -> str:
