@@ -114,3 +114,15 @@ def test_a_model_instance_uses_its_saved_processor(release):
     )
     with pytest.raises(ValueError, match="pass feature_extractor="):
         pipeline(TASK, model=BrainLMForMaskedSignalModeling(model.config))
+
+
+def test_dtype_and_device_as_transformers_pipelines_take_them(release):
+    model, processor, folder = release
+    data = recordings()
+    expected = embed_recordings(model, processor, data, repetition_times=TR)
+    embed = pipeline(TASK, model=str(folder), dtype=torch.bfloat16, device="cpu")
+    assert embed.model.dtype == torch.bfloat16 and embed.device == torch.device("cpu")
+    ours = np.stack(embed(data, repetition_time=TR, batch_size=2))
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, atol=0.1)  # bfloat16 keeps about 3 significant digits
+    assert not np.array_equal(ours, expected)  # the weights did run in bfloat16
