@@ -23,7 +23,9 @@ LAYERS = {
     "model": ["configuration_brainlm", "modeling_brainlm", "feature_extraction_brainlm"],
     "data": ["data", "data.*"],
     "inference": ["inference"],
-    "hub": ["hub", "convert"],
+    # the pipeline, also shipped as remote code: brainlm_hf (for file inputs) only through lazy absolute imports
+    "pipeline": ["pipeline_brainlm"],
+    "hub": ["hub", "convert", "publish"],
     "training": ["training", "training.*"],
     "analysis": ["analysis", "analysis.*"],
     "integrations": ["integrations", "integrations.*"],
@@ -40,11 +42,13 @@ MAY_IMPORT = {
     "model": {"model", "leaf", "errors"},
     "data": {"data", "model", "leaf", "errors"},
     "inference": {"model", "leaf", "errors"},
-    "hub": {"hub", "data", "model", "leaf", "errors"},  # convert reads the A424 coordinates with data.atlas
+    "pipeline": {"data"},
+    # convert reads the A424 coordinates with data.atlas; publish ships the pipeline
+    "hub": {"hub", "pipeline", "data", "model", "leaf", "errors"},
     "training": {"training", "data", "inference", "model", "leaf", "errors"},
     "analysis": {"analysis", "data", "inference", "model", "leaf", "errors"},
     "integrations": {"integrations", "analysis", "data", "inference", "model", "leaf", "errors"},
-    "package": {"hub", "model", "leaf", "errors"},  # hub, for the loading it plugs into from_pretrained
+    "package": {"hub", "pipeline", "model", "leaf", "errors"},  # hub, for the loading it plugs into from_pretrained
     "cli": {"cli", "integrations", "analysis", "training", "hub", "inference", "data", "model", "leaf", "errors"},
 }
 

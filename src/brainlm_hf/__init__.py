@@ -7,7 +7,8 @@ Importing the package registers `BrainLMConfig` (`model_type="brainlm_hf"`) with
 classes for remote code so that every `save_pretrained` writes a Hub-ready folder (weights, config and the source
 files). It also lets `from_pretrained` of the BrainLM classes (models and feature extractor) read the released
 weights by short name (`"brainlm-111m"`) and original BrainLM checkpoints, converted on load and cached
-(`brainlm_hf.hub.resolve_pretrained`).
+(`brainlm_hf.hub.resolve_pretrained`), and registers `BrainLMPipeline` with transformers' `pipeline` for the task
+`"brainlm-feature-extraction"`.
 """
 
 from transformers import (
@@ -17,6 +18,7 @@ from transformers import (
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
 )
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_brainlm import PRESETS, BrainLMConfig
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
@@ -29,6 +31,8 @@ from .modeling_brainlm import (
     BrainLMModelOutput,
     BrainLMPreTrainedModel,
 )
+from .pipeline_brainlm import TASK as PIPELINE_TASK
+from .pipeline_brainlm import BrainLMPipeline
 from .version import __version__ as __version__
 
 AutoConfig.register(BrainLMConfig.model_type, BrainLMConfig, exist_ok=True)
@@ -43,6 +47,9 @@ BrainLMForSequenceClassification.register_for_auto_class("AutoModelForSequenceCl
 BrainLMFeatureExtractor.register_for_auto_class()
 BrainLMPreTrainedModel._resolve_pretrained = staticmethod(resolve_pretrained)
 BrainLMFeatureExtractor._resolve_pretrained = staticmethod(resolve_pretrained)
+PIPELINE_REGISTRY.register_pipeline(
+    PIPELINE_TASK, pipeline_class=BrainLMPipeline, pt_model=AutoModelForPreTraining, type="multimodal"
+)
 
 __all__ = [
     "PRESETS",
@@ -53,5 +60,6 @@ __all__ = [
     "BrainLMForSequenceClassification",
     "BrainLMModel",
     "BrainLMModelOutput",
+    "BrainLMPipeline",
     "BrainLMPreTrainedModel",
 ]

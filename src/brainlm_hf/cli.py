@@ -1,5 +1,5 @@
 # Copyright 2026 The brainlm_hf authors. Licensed under the Apache License, Version 2.0.
-"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`, `attention`.
+"""The `brainlm` command line: `brainlm convert`, `prepare`, `pretrain`, `finetune`, `embed`, `attention`, `publish`.
 
 Each command's arguments are one dataclass, next to what runs it (`ConvertArguments`, `PrepareArguments`,
 `PretrainingArguments`, `FinetuningArguments` with `TrainingArguments`, `EmbedArguments`, `AttentionArguments`), read
@@ -449,6 +449,16 @@ def _attention_report(args) -> None:
 
 
 # command -> (one line of help, a function returning its argument dataclasses and the function that runs it)
+def _publish():
+    from .publish import PublishArguments, publish
+
+    def run(args: PublishArguments) -> None:
+        where = publish(args)
+        print(f"Wrote the release of {args.source} to {where}" if args.output_dir else f"Published to {where}")
+
+    return (PublishArguments,), run
+
+
 COMMANDS = {
     "convert": (
         "convert an original BrainLM checkpoint (13M, 111M, 650M families) into a brainlm_hf folder",
@@ -462,6 +472,7 @@ COMMANDS = {
         _embed,
     ),
     "attention": ("CLS attention per region and network of a checkpoint on recordings, with figures", _attention),
+    "publish": ("the Hub release of a checkpoint: weights, remote code, processor, pipeline, model card", _publish),
 }
 
 

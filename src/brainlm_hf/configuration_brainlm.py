@@ -352,7 +352,7 @@ def _at_least(name: str, value: int, minimum: int) -> None:
 _KNOWN_KEYS = {
     "num_labels", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash", "output_attentions",
     "attn_implementation", "experts_implementation", "per_layer_config", "_attn_implementation_internal",
-    "_experts_implementation_internal", "model_type", "auto_map", "rope_scaling", "rope_theta",
+    "_experts_implementation_internal", "model_type", "auto_map", "custom_pipelines", "rope_scaling", "rope_theta",
 }  # fmt: skip
 
 

@@ -16,10 +16,13 @@ def push_folder(
     token: str | None = None,
     private: bool | None = None,
     exclude: tuple[str, ...] = (),
+    repo_type: str = "model",
+    extra: list[str] | tuple[str, ...] = (),
 ) -> str:
     """
-    Create `repo_id` if needed and upload the files at the top of `folder` (not its subfolders, nor the names in
-    `exclude`) in one commit with `HfApi.upload_folder`. Returns the repository id.
+    Create `repo_id` (of `repo_type`) if needed and upload the files at the top of `folder` (not its subfolders, nor
+    the names in `exclude`), and the paths `extra` inside it, in one commit with `HfApi.upload_folder`. Returns the
+    repository id.
     """
     from huggingface_hub import HfApi
 
@@ -27,6 +30,12 @@ def push_folder(
     if not files:
         raise MissingFileError(f"{folder} holds no files to upload.", argument="folder")
     api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    api.upload_folder(repo_id=repo, folder_path=str(folder), allow_patterns=files, commit_message=commit_message)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type=repo_type).repo_id
+    api.upload_folder(
+        repo_id=repo,
+        folder_path=str(folder),
+        allow_patterns=[*files, *extra],
+        commit_message=commit_message,
+        repo_type=repo_type,
+    )
     return repo

@@ -20,6 +20,13 @@ SPECS = {
         "atlas_coordinates": "{w}/coords_424.dat",
         "overwrite": True,
     },
+    "publish": {
+        "source": "{w}/original",
+        "repo_id": "me/brainlm-test",
+        "output_dir": "{o}/release",
+        "atlas_coordinates": "{w}/coords_424.dat",
+        "accept_weights_license": True,
+    },
     "prepare": {
         "inputs": ["{w}/tables"],
         "output_dir": "{o}/prepared",
@@ -65,6 +72,7 @@ OUTPUTS = {
     "finetune": "finetuned/config.json",
     "embed": "embeddings.npz",
     "attention": "attention/attention.json",
+    "publish": "release/pipeline_brainlm.py",
 }
 
 

@@ -204,6 +204,17 @@ class PrepareArguments:
             "verified download)"
         },
     )
+    license: str | None = field(
+        default=None,
+        metadata={
+            "help": "the licence of your recordings for the dataset card (a Hub licence id, e.g. cc-by-4.0, or "
+            "other); needed with --push-to-hub"
+        },
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"metavar": "REPO", "help": "upload the prepared dataset to this Hub dataset repo"}
+    )
+    token: str | None = field(default=None, metadata={"help": "Hub token for --push-to-hub (default: saved login)"})
 
     def __post_init__(self):
         check_positive(self, "num_timepoints", "shard_multiple", "target_shard_bytes", integer=True)
@@ -220,6 +231,12 @@ class PrepareArguments:
                 "statistics='uk_biobank' is BrainLM's robust scaling with its own clip bounds: it takes "
                 "normalization='robust' and no clip_percentiles.",
                 argument="statistics",
+            )
+        if self.push_to_hub and not self.license:
+            raise InvalidArgumentError(
+                "push_to_hub needs the licence of your recordings for the dataset card: pass --license (a Hub "
+                "licence id such as cc-by-4.0, or other).",
+                argument="license",
             )
         if self.atlas == "A424" and self.coordinates is not None:
             raise InvalidArgumentError(
@@ -371,9 +388,26 @@ def _prepare(args: PrepareArguments) -> dict:
             "atlas": atlas_name,
         }
         processor.save_pretrained(output)
-        (output / "README.md").write_text(_dataset_card(summary, processor, args.num_timepoints))
+        (output / "README.md").write_text(_dataset_card(summary, processor, args.num_timepoints, args.license))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
+    if args.push_to_hub:
+        push_prepared(args.output_dir, args.push_to_hub, args.token)
     return summary
+
+
+def push_prepared(folder, repo_id: str, token: str | None = None) -> str:
+    """
+    Upload a prepared dataset (its split folders of shards, processor, summary and dataset card) to the Hub dataset
+    repository `repo_id` in one commit; returns the repository id. `datasets.load_dataset(repo_id)` reads its splits
+    through the card's `configs`.
+    """
+    from ..hub_upload import push_folder
+    from .prepared import PreparedDataset
+
+    dataset = PreparedDataset(folder)  # refuses a folder that is not a prepared dataset
+    shards = [f"{split}/{Path(shard).name}" for split in dataset.splits for shard in dataset.shards(split)]
+    message = f"Upload the prepared dataset {folder}"
+    return push_folder(folder, repo_id, message, token, repo_type="dataset", extra=shards)
 
 
 def _ukb_fields(num_regions: int, path) -> dict:
@@ -645,7 +679,7 @@ def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _dataset_card(summary: dict, processor: BrainLMFeatureExtractor, num_timepoints: int) -> str:
+def _dataset_card(summary: dict, processor: BrainLMFeatureExtractor, num_timepoints: int, license=None) -> str:
     configs = "\n".join(f"      - split: {split}\n        path: {split}/*.parquet" for split in summary["splits"])
     rows = "\n".join(
         f"| {split} | {s['recordings']} | {s['subjects']} | {s['shards']} |" for split, s in summary["splits"].items()
@@ -658,12 +692,15 @@ configs:
   - config_name: default
     data_files:
 {configs}
+license: {license or "unknown"}
 tags:
   - fmri
   - brainlm
 ---
 
 # BrainLM pretraining dataset
+
+Licence of the recordings: {license or "not set (set `license` in this card's header before sharing)"}.
 
 Prepared with `brainlm_hf.data.prepare_dataset`: one row per recording, the raw parcel series (`series`, float32,
 flattened from `(num_timepoints, num_regions)`), its per-region mean and standard deviation (`series_mean`,
