@@ -42,7 +42,7 @@ MAY_IMPORT = {
     "model": {"model", "leaf", "errors"},
     "data": {"data", "model", "leaf", "errors"},
     "inference": {"model", "leaf", "errors"},
-    "pipeline": {"data"},
+    "pipeline": {"data", "model"},
     # convert reads the A424 coordinates with data.atlas; publish ships the pipeline
     "hub": {"hub", "pipeline", "data", "model", "leaf", "errors"},
     "training": {"training", "data", "inference", "model", "leaf", "errors"},

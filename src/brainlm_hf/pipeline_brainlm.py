@@ -26,9 +26,10 @@ import torch
 from transformers import AutoFeatureExtractor
 from transformers.pipelines.base import ChunkPipeline
 
+from .configuration_brainlm import POOLINGS
+
 TASK = "brainlm-feature-extraction"  # the task name registered with transformers' pipeline
 OUTPUTS = ("embedding", "reconstruction", "forecast")
-POOLINGS = ("cls", "mean")
 
 
 class BrainLMPipeline(ChunkPipeline):

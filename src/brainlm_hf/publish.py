@@ -154,7 +154,7 @@ def model_card(folder: Path, repo_id: str, source: str, subfolder: str | None, c
     model = BrainLMForMaskedSignalModeling.from_pretrained(folder)
     processor = BrainLMFeatureExtractor.from_pretrained(folder)
     config = model.config
-    family = _TILE_FAMILY if config.token_layout == "tile_2d" else "brainlm_mae"
+    family = "brainlm_mae" if model.layout.uses_coordinates else _TILE_FAMILY
     base_model = f"{RELEASE_REPO}" if source == RELEASE_REPO else None
     metadata = ModelCardData(
         license="cc-by-nc-nd-4.0",

@@ -100,9 +100,12 @@ def conversions(monkeypatch):
     """The sources that `convert_checkpoint` converted, in order (it still runs)."""
     calls, original = [], convert.convert_checkpoint
 
-    def counted(source, output_dir, **kwargs):
-        calls.append((source, kwargs.get("subfolder"), kwargs.get("revision")))
-        return original(source, output_dir, **kwargs)
+    def counted(args, output_dir=None, **kwargs):
+        if isinstance(args, convert.ConvertArguments):
+            calls.append((args.source, args.subfolder, args.revision))
+        else:
+            calls.append((args, kwargs.get("subfolder"), kwargs.get("revision")))
+        return original(args, output_dir, **kwargs)
 
     monkeypatch.setattr(convert, "convert_checkpoint", counted)
     return calls
