@@ -70,15 +70,15 @@ def test_a_plausible_tr_is_used_and_none_is_unknown():
 @pytest.mark.parametrize("shape", [(0, 3), (5, 0), (0, 0)])
 def test_an_empty_recording_is_refused_even_when_padding(shape):
     """A 0-timepoint recording padded would be one window of NaN (the mean of nothing)."""
+    empty = np.zeros(shape, np.float32)
     for short_recordings in ("pad", "refuse"):
         p = processor(short_recordings=short_recordings)
-        for call in (
-            lambda: p(np.zeros(shape, np.float32), sliding_windows=True),
-            lambda: p.windows({"empty run": np.zeros(shape, np.float32)}),
-            lambda: p(np.zeros(shape, np.float32)),
-        ):
-            with pytest.raises(InvalidInputError, match="is empty"):
-                call()
+        with pytest.raises(InvalidInputError, match="recording 0 is empty"):
+            p(empty, sliding_windows=True)
+        with pytest.raises(InvalidInputError, match="empty run is empty"):
+            p.windows({"empty run": empty})
+        with pytest.raises(InvalidInputError, match="recording 0 is empty"):
+            p(empty)
 
 
 def nifti_with_tr(path, labels, tr: float, unit: str):
@@ -96,7 +96,8 @@ def test_a_header_tr_out_of_the_range_of_fmri_names_the_file_and_the_fix(tmp_pat
     atlas, labels = toy_atlas(tmp_path, 4)
     path = tmp_path / "sub-01_bold.nii.gz"
     nifti_with_tr(path, labels, tr, unit)
-    with pytest.raises(InvalidFileError, match=f"sub-01_bold.nii.gz: the TR in its header.*{message}.*repetition_time="):
+    expected = f"sub-01_bold.nii.gz: the TR in its header.*{message}.*repetition_time="
+    with pytest.raises(InvalidFileError, match=expected):
         load_recording(path, atlas)
     assert load_recording(path, atlas, 2.0)[1] == 2.0
 
