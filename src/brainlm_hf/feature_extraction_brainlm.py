@@ -531,7 +531,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.repetition_time` for every `k` within the recording's span `[0, (T - 1) * repetition_time]`, linearly
         interpolated per region (float32). Returned unchanged when `needs_resampling` is False.
         """
-        repetition_time = check_repetition_time(repetition_time, f"the TR of {name}")
+        repetition_time = check_repetition_time(repetition_time, f"the repetition time of {name}")
         if not self.needs_resampling(repetition_time):
             return recording
         if len(recording) < 2:
@@ -885,7 +885,7 @@ def _per_recording(repetition_times, names: list, argument: str = "repetition_ti
             f"{argument} gives {len(repetition_times)} values for {len(names)} recordings.", argument=argument
         )
     return [
-        check_repetition_time(tr, f"the TR of {name}", argument)
+        check_repetition_time(tr, f"the repetition time of {name}", argument)
         for tr, name in zip(repetition_times, names, strict=True)
     ]
 
@@ -903,7 +903,8 @@ def check_repetition_time(
     low, high = REPETITION_TIME_RANGE
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
         raise error(
-            f"{name} is {value!r}: a TR is a positive number of seconds (None where unknown).", argument=argument
+            f"{name} must be a positive finite number of seconds, got {value!r} (None where unknown).",
+            argument=argument,
         )
     if not low <= value <= high:
         cause = (

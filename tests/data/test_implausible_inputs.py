@@ -23,11 +23,11 @@ def recording(frames: int = 20, regions: int = 3) -> np.ndarray:
 
 
 BAD_TRS = [
-    (float("nan"), "is nan"),
-    (float("inf"), "is inf"),
-    (-2.0, "is -2.0"),
-    (0.0, "is 0.0"),
-    ("2", "is '2'"),
+    (float("nan"), "got nan"),
+    (float("inf"), "got inf"),
+    (-2.0, "got -2.0"),
+    (0.0, "got 0.0"),
+    ("2", "got '2'"),
     (2000.0, "2000 s, outside the range of fMRI TRs.*milliseconds.*give 2\\b"),
     (0.001, "0.001 s, outside the range of fMRI TRs"),
 ]
@@ -96,7 +96,7 @@ def test_a_header_tr_out_of_the_range_of_fmri_names_the_file_and_the_fix(tmp_pat
     atlas, labels = toy_atlas(tmp_path, 4)
     path = tmp_path / "sub-01_bold.nii.gz"
     nifti_with_tr(path, labels, tr, unit)
-    expected = f"sub-01_bold.nii.gz: the TR in its header.*{message}.*repetition_time="
+    expected = f"sub-01_bold.nii.gz: the repetition time in its header.*{message}.*repetition_time="
     with pytest.raises(InvalidFileError, match=expected):
         load_recording(path, atlas)
     assert load_recording(path, atlas, 2.0)[1] == 2.0

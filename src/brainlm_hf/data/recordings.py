@@ -160,7 +160,7 @@ def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = No
 def _header_repetition_time(value: float | None, path: Path) -> float | None:
     """The TR read from the header of `path`, refused (naming the file and the fix) outside the range of fMRI."""
     try:
-        return check_repetition_time(value, f"{path}: the TR in its header", error=InvalidFileError)
+        return check_repetition_time(value, f"{path}: the repetition time in its header", error=InvalidFileError)
     except InvalidFileError as error:
         raise InvalidFileError(
             f"{error} Correct the header (pixdim[4] and its xyzt_units), or give the TR in seconds (repetition_time=)."
