@@ -177,8 +177,9 @@ class WindowStream(torch.utils.data.IterableDataset):
             return
         series = record["series"]
         stored = [np.asarray(value, np.float32) for value in record["statistics"]]
-        if stored[0].shape != (series.shape[1],) or stored[1].shape != (series.shape[1],):
-            return  # refused with its shapes named by the processor (`statistics=`)
+        shapes = stored[0].shape == stored[1].shape == (series.shape[1],)
+        if not shapes or not (np.isfinite(stored).all() and (stored[1] >= 0).all()):
+            return  # refused by the processor (`statistics=`), which names the shapes or the values
         mean, std = feature_extraction.zscore_statistics(series)
         scale = np.maximum(std, np.finfo(np.float32).tiny)
         wrong = (np.abs(stored[0] - mean) > 1e-4 * scale) | (np.abs(stored[1] - std) > 1e-4 * scale)
