@@ -127,3 +127,54 @@ def test_a_model_trained_on_another_atlas_is_refused_for_the_dataset(dataset):
     model_processor.atlas = "atlas-b"
     with pytest.raises(InvalidInputError, match="the checkpoint was trained on recordings of the atlas 'atlas-b'"):
         check_processor_for_model(processor, config, model_processor, "the checkpoint")
+
+
+def batch_stream(dataset, parts: int = 2):
+    from brainlm_hf.data.streaming import BatchStream
+
+    prepared = PreparedDataset(dataset)
+    return BatchStream([stream(prepared)], batch_size=2, parts=parts)
+
+
+@pytest.mark.parametrize(("workers", "shared_buffers"), [(0, 0), (2, 0), (2, 6)])
+def test_a_shard_deleted_while_streaming_is_named_in_one_line(dataset, tmp_path, workers, shared_buffers):
+    """It ended the run with a worker's traceback inside the message; now the shard is named, with the fix."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    batches = batch_stream(copy)
+    loader = batches.loader(workers, shared_buffers=shared_buffers)
+    for shard in (copy / "train").glob("*.parquet"):
+        shard.unlink()
+    with pytest.raises(
+        FileNotFoundError, match="The Parquet shard .*shard-0000[01].* is missing .*deleted or moved"
+    ) as error:
+        next(iter(loader))
+    assert "\n" not in str(error.value) and "Traceback" not in str(error.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shared_buffers", [0, 6])
+def test_a_loader_worker_killed_says_what_happened_and_how_to_go_on(dataset, monkeypatch, shared_buffers):
+    """A worker killed (here by itself, with SIGKILL, as the out-of-memory killer does): the cause and the fix."""
+    import os
+    import signal
+
+    import torch
+
+    import brainlm_hf.data.streaming as streaming
+    from brainlm_hf.data.streaming import LoaderWorkerError
+
+    read = streaming.read_recordings
+
+    def killed_in_workers(*args, **kwargs):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(streaming, "read_recordings", killed_in_workers)
+    loader = batch_stream(dataset).loader(2, shared_buffers=shared_buffers)
+    with pytest.raises(
+    expected = "DataLoader worker .*(killed by signal|exited unexpectedly)\\. .*out-of-memory killer"
+    with pytest.raises(LoaderWorkerError, match=expected):
+    ):
+        next(iter(loader))

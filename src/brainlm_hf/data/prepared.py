@@ -216,6 +216,11 @@ def reading_shard(path: str):
         yield
     except UserError:
         raise
+    except FileNotFoundError as error:
+        raise MissingFileError(
+            f"The Parquet shard {path} is missing ({one_line(error)[:200]}): was it deleted or moved while in use? "
+            "Restore it (or prepare the dataset again); a run resumes from its latest checkpoint."
+        ) from error
     except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
         raise UnreadableShardError(
             f"Could not read the Parquet shard {path}: {one_line(error)[:300]}. Prepare the dataset again, or copy "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .. import feature_extraction_brainlm as feature_extraction
-from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError
+from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, UserError, one_line
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from .prepared import read_recordings, read_shapes, shard_columns
 
@@ -321,7 +321,9 @@ class BatchStream(torch.utils.data.IterableDataset):
             collate_fn=_as_is,
             generator=torch.Generator(),  # creating an iterator must not draw from the global RNG
         )
-        return loader if buffers is None else _BufferedLoader(loader, buffers, self.coordinates, pin_memory)
+        return _LoaderErrors(
+            loader if buffers is None else _BufferedLoader(loader, buffers, self.coordinates, pin_memory)
+        )
 
     def check_workers(self, num_workers: int) -> None:
         if num_workers < 0:
@@ -449,7 +451,10 @@ class _BufferedLoader:
             self.coordinates = coordinates.pin_memory()
 
     def __iter__(self) -> Iterator[dict]:
-        for item in self.loader:
+        return self._items(iter(self.loader))  # the workers start here, in the caller's thread
+
+    def _items(self, items: Iterator[dict]) -> Iterator[dict]:
+        for item in items:
             worker, slot = item["slot"]
             for stream, batch in enumerate(item["batches"]):
                 signal, noise = self.buffers.views(worker, slot, stream)
@@ -464,6 +469,45 @@ class _BufferedLoader:
             else:
                 item["buffers"] = self.buffers
             yield item
+
+
+class LoaderWorkerError(UserError, RuntimeError):
+    """A DataLoader worker that died (killed by a signal, e.g. by the out-of-memory killer, or exited)."""
+
+
+class _LoaderErrors:
+    """
+    Iterates a loader (its iterator, and so its workers, made by `iter` in the caller's thread) and turns what
+    its workers' failures become in torch into errors that say what happened: a worker killed or gone is a
+    `LoaderWorkerError` that names the likely cause and the fix; a `UserError` raised in a worker (e.g. a shard
+    deleted while streaming), which torch re-raises with the worker's traceback in its message, is raised again
+    with its own message.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        return _translated(iter(self.loader))
+
+
+def _translated(items: Iterator[dict]) -> Iterator[dict]:
+    try:
+        yield from items
+    except UserError as error:
+        message = str(error)
+        if not message.startswith("Caught "):
+            raise
+        original = message.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "module.Type: message" of the worker
+        raise type(error)(original, argument=error.argument) from None
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        raise LoaderWorkerError(
+            f"{one_line(error).rstrip('.')}. A worker killed by signal 9 (SIGKILL) was most often stopped by the "
+            "out-of-memory killer: use fewer loader workers (dataloader_num_workers) or a smaller dataloader_prefetch_factor, or "
+            "free memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')."
+        ) from error
 
 
 def _shared_tensor(shape: tuple) -> torch.Tensor:
