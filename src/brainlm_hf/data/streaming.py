@@ -505,8 +505,8 @@ def _translated(items: Iterator[dict]) -> Iterator[dict]:
             raise
         raise LoaderWorkerError(
             f"{one_line(error).rstrip('.')}. A worker killed by signal 9 (SIGKILL) was most often stopped by the "
-            "out-of-memory killer: use fewer loader workers (dataloader_num_workers) or a smaller dataloader_prefetch_factor, or "
-            "free memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')."
+            "out-of-memory killer: use fewer loader workers (dataloader_num_workers) or a smaller "
+            "dataloader_prefetch_factor, or free memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')."
         ) from error
 
 
