@@ -503,10 +503,13 @@ def _translated(items: Iterator[dict]) -> Iterator[dict]:
     except RuntimeError as error:
         if "DataLoader worker" not in str(error):
             raise
+        fix = (
+            "use fewer loader workers (dataloader_num_workers) or a smaller dataloader_prefetch_factor, or free "
+            "memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')"
+        )
         raise LoaderWorkerError(
             f"{one_line(error).rstrip('.')}. A worker killed by signal 9 (SIGKILL) was most often stopped by the "
-            "out-of-memory killer: use fewer loader workers (dataloader_num_workers) or a smaller "
-            "dataloader_prefetch_factor, or free memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')."
+            f"out-of-memory killer: {fix}."
         ) from error
 
 
