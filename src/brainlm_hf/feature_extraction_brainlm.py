@@ -137,6 +137,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         input_scale = _positive_number(input_scale, "input_scale")
         num_timepoints = _positive_integer(num_timepoints, "num_timepoints")
         if repetition_time is not None:
+            repetition_time = _positive_number(repetition_time, "repetition_time")
             repetition_time = check_repetition_time(repetition_time, "repetition_time", argument="repetition_time")
         if iqr_epsilon is not None:
             iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
