@@ -29,7 +29,8 @@ holds:
   resampled to it by linear interpolation per region over its own time span (the method of Brainmarks; frequencies
   in Hz are kept, and the slow fMRI signal, < 0.1 Hz, is far below the Nyquist frequency of either TR). The TR of a
   recording comes from its NIfTI header, its prepared dataset's `repetition_time` column or an argument
-  (`repetition_times=`); a recording of unknown TR is used as it is.
+  (`repetition_times=`); a recording of unknown TR (None) is used as it is. A TR must lie in the range of fMRI,
+  `REPETITION_TIME_RANGE` seconds: NaN, or a TR in milliseconds given as seconds, is an error that names it.
 * `short_recordings`: a recording shorter than one window (after resampling) is an error (`"refuse"`), or
   (`"pad"`) becomes one window padded at the end with the recording's per-region mean; `timepoint_mask` (1 = real,
   0 = padding) then marks the padded timepoints, which the models leave out of the reconstruction loss and of mean
@@ -55,7 +56,7 @@ import numpy as np
 import torch
 from transformers import BatchFeature, FeatureExtractionMixin
 
-from .errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError
+from .errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError, UserError
 
 NORMALIZATIONS = ("robust", "zscore", "none")
 UNIT_CONVERSIONS = ("none", "demean", "grand_mean_scaling")
@@ -66,6 +67,8 @@ GRAND_MEAN = 10000.0  # FSL's grand-mean intensity scaling target
 CLIP_WARNING_FRACTION = 0.1
 SHORT_RECORDINGS = ("refuse", "pad")
 RESAMPLE_TOLERANCE = 0.1  # seconds: recordings whose TR differs from the processor's by this much are resampled
+# seconds: the TRs of fMRI, from fast multiband / MREG sequences (~0.1 s) to sparse sampling (~20 s)
+REPETITION_TIME_RANGE = (0.05, 30.0)
 CONFIG_NAME = "preprocessor_config.json"
 
 
@@ -135,6 +138,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         num_timepoints = _positive_integer(num_timepoints, "num_timepoints")
         if repetition_time is not None:
             repetition_time = _positive_number(repetition_time, "repetition_time")
+            repetition_time = check_repetition_time(repetition_time, "repetition_time", argument="repetition_time")
         if iqr_epsilon is not None:
             iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
         resample_tolerance = _positive_number(resample_tolerance, "resample_tolerance")
@@ -331,7 +335,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         (as in `windows`): the statistics are those of the recordings resampled to `repetition_time`.
         """
         recordings = list(recordings.values()) if isinstance(recordings, Mapping) else list(recordings)
-        trs = _per_recording(repetition_times, len(recordings))
+        trs = _per_recording(repetition_times, [f"recording {i}" for i in range(len(recordings))])
         recordings = [
             self.resample(self._checked(r, f"recording {i}"), trs[i], f"recording {i}")
             for i, r in enumerate(recordings)
@@ -528,9 +532,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.repetition_time` for every `k` within the recording's span `[0, (T - 1) * repetition_time]`, linearly
         interpolated per region (float32). Returned unchanged when `needs_resampling` is False.
         """
+        repetition_time = check_repetition_time(repetition_time, f"the repetition time of {name}")
         if not self.needs_resampling(repetition_time):
             return recording
-        repetition_time = _positive_number(repetition_time, f"the repetition time of {name}")
         if len(recording) < 2:
             raise InvalidInputError(
                 f"{name} has {len(recording)} timepoint: resampling it to another TR needs at least 2."
@@ -606,7 +610,7 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
             statistics = None if statistics is None else [statistics]  # the pair of the one recording
         if not isinstance(recordings, Mapping):
             recordings = {f"recording {i}": recording for i, recording in enumerate(recordings)}
-        trs = _per_recording(_by_name(repetition_times, recordings), len(recordings))
+        trs = _per_recording(_by_name(repetition_times, recordings), list(recordings))
         statistics = _by_name(statistics, recordings)
         statistics = [None] * len(recordings) if statistics is None else list(statistics)
         if len(statistics) != len(recordings):
@@ -712,7 +716,9 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
                                return_timepoint_mask=return_timepoint_mask)  # fmt: skip
             data.update(zip(("signal_values", "recording_index", "timepoint_mask"), out, strict=False))
         else:
-            trs = _per_recording(repetition_time, len(recordings))
+            trs = _per_recording(
+                repetition_time, [f"recording {i}" for i in range(len(recordings))], "repetition_time"
+            )
             resampled = [self.resample(self._checked(r, f"recording {i}"), trs[i], f"recording {i}")
                          for i, r in enumerate(recordings)]  # fmt: skip
             normalized = [self.normalize(r, f"recording {i}") for i, r in enumerate(resampled)]
@@ -743,6 +749,10 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         recording = np.asarray(recording, dtype=np.float32)
         if recording.ndim != 2:
             raise InvalidInputError(f"{name} has shape {recording.shape}; expected (timepoints, regions).")
+        if 0 in recording.shape:
+            raise InvalidInputError(
+                f"{name} is empty: shape {recording.shape} (timepoints, regions) has no value; leave it out."
+            )
         if self.num_regions is not None and recording.shape[1] != self.num_regions:
             raise InvalidInputError(
                 f"{name} has {recording.shape[1]} regions but this feature extractor's atlas has {self.num_regions}: "
@@ -865,17 +875,49 @@ def _by_name(values, recordings: Mapping):
     return [values.get(name) for name in recordings] if isinstance(values, Mapping) else values
 
 
-def _per_recording(repetition_times, count: int) -> list:
-    """One TR (or None) per recording from None, one number, or a sequence of `count`."""
+def _per_recording(repetition_times, names: list, argument: str = "repetition_times") -> list:
+    """One TR in seconds (or None: unknown) per recording of `names` from None, one number, or a sequence of one
+    per recording; each checked by `check_repetition_time`."""
     if repetition_times is None or isinstance(repetition_times, numbers.Real):
-        return [repetition_times] * count
+        repetition_times = [repetition_times] * len(names)
     repetition_times = list(repetition_times)
-    if len(repetition_times) != count:
+    if len(repetition_times) != len(names):
         raise InvalidArgumentError(
-            f"repetition_times gives {len(repetition_times)} values for {count} recordings.",
-            argument="repetition_times",
+            f"{argument} gives {len(repetition_times)} values for {len(names)} recordings.", argument=argument
         )
-    return [None if tr is None or (isinstance(tr, float) and math.isnan(tr)) else float(tr) for tr in repetition_times]
+    return [
+        check_repetition_time(tr, f"the repetition time of {name}", argument)
+        for tr, name in zip(repetition_times, names, strict=True)
+    ]
+
+
+def check_repetition_time(
+    value, name: str, argument: str | None = None, error: type[UserError] = InvalidArgumentError
+) -> float | None:
+    """
+    `value`, a TR in seconds (None: unknown), as a float, or an `error` that names it (`name`, e.g. the file it was
+    read from): NaN, a non-number, or a TR outside `REPETITION_TIME_RANGE` (with the likely cause: a TR in
+    milliseconds, or in minutes, given as seconds).
+    """
+    if value is None:
+        return None
+    low, high = REPETITION_TIME_RANGE
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise error(
+            f"{name} must be a positive finite number of seconds, got {value!r} (None where unknown).",
+            argument=argument,
+        )
+    if not low <= value <= high:
+        cause = (
+            f"it looks like milliseconds written as seconds (give {value / 1000:g})"
+            if value > high
+            else f"it looks like minutes or another unit (give it in seconds, {low:g} to {high:g})"
+        )
+        raise error(
+            f"{name} is {value:g} s, outside the range of fMRI TRs ({low:g} to {high:g} s): {cause}.",
+            argument=argument,
+        )
+    return float(value)
 
 
 def _positive_number(value, name: str) -> float:

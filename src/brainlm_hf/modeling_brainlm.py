@@ -386,19 +386,31 @@ def validate_signal(layout: TokenLayout, signal_values: torch.Tensor, coordinate
 
 
 def checked_timepoint_mask(timepoint_mask, signal_values: torch.Tensor) -> torch.Tensor | None:
-    """`timepoint_mask` `(B, T)` (1 = real timepoint, 0 = padding) as a tensor of the signal's dtype, shape checked."""
+    """
+    `timepoint_mask` `(B, T)` (1 = real timepoint, 0 = padding: booleans, integers or floats) as a tensor of the
+    signal's dtype; its shape and dtype are checked, and its values are 0 or 1 (one host sync, skipped in compiled and
+    exported graphs): NaN or a weight such as 0.5 would scale the loss and the pooled mean silently.
+    """
     if timepoint_mask is None:
         return None
     timepoint_mask = torch.as_tensor(timepoint_mask)  # bool, integer or float 0/1
     if timepoint_mask.is_complex():
         raise InvalidInputError(
-            "timepoint_mask must hold 0/1 (or booleans), got complex values.", argument="timepoint_mask"
+            f"timepoint_mask must hold 0/1 (booleans, integers or floats), got dtype {timepoint_mask.dtype}.",
+            argument="timepoint_mask",
         )
     batch_size, _, num_timepoints = signal_values.shape
     if tuple(timepoint_mask.shape) != (batch_size, num_timepoints):
         raise InvalidInputError(
             f"timepoint_mask must have shape (batch, timepoints) = ({batch_size}, {num_timepoints}) to match "
             f"signal_values {tuple(signal_values.shape)}, got {tuple(timepoint_mask.shape)}.",
+            argument="timepoint_mask",
+        )
+    if not torch.compiler.is_compiling() and bool(((timepoint_mask != 0) & (timepoint_mask != 1)).any()):
+        values = timepoint_mask[(timepoint_mask != 0) & (timepoint_mask != 1)].unique()[:5].tolist()
+        raise InvalidInputError(
+            f"timepoint_mask must hold only 0 (padding) and 1 (real timepoint), got {values}: give the mask of "
+            "BrainLMFeatureExtractor (return_timepoint_mask=True), or build it from the recordings' lengths.",
             argument="timepoint_mask",
         )
     return timepoint_mask.to(device=signal_values.device, dtype=signal_values.dtype)
@@ -748,8 +760,12 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         when `ignore_mismatched_sizes=True` is passed explicitly.
 
         With `output_loading_info=True` the caller asked for transformers' loading report: `(model, info)` is
-        returned and any problem is a warning instead of an error, except weights that share no key with the model
-        (a checkpoint of another architecture), which are always refused.
+        returned and any problem is a warning instead of an error, weights that share no key with the model (a
+        checkpoint of another architecture) included. `from_pretrained(None, config=config, state_dict={})` asks for
+        no weight: the model is built and every weight initialised by `_init_weights`, as transformers does.
+
+        Weights that hold NaN or Inf are an error that names the tensors, whatever else is asked (one pass over the
+        weights, see `check_finite_weights`).
 
         With brainlm_hf installed, `pretrained_model_name_or_path` may also be an original BrainLM checkpoint (a
         folder, or a Hub id with `subfolder`), converted on load and cached, or a released model's short name
@@ -762,15 +778,23 @@ class BrainLMPreTrainedModel(PreTrainedModel):
         if not kwargs.get("ignore_mismatched_sizes", False):  # report shape mismatches ourselves, listing them
             checked.append("mismatched_keys")
             kwargs["ignore_mismatched_sizes"] = True
+        no_weights_asked = pretrained_model_name_or_path is None and kwargs.get("state_dict") == {}
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        check_finite_weights(model, pretrained_model_name_or_path)
+        if no_weights_asked:
+            return (model, info) if report else model
         problems = {name: sorted(map(str, info[name])) for name in checked}
         model_keys = set(model.state_dict())
         if model_keys and set(problems["missing_keys"]) >= model_keys:
-            raise WeightsMismatchError(
+            message = (
                 f"The checkpoint holds no weight of {cls.__name__}: it is not a brainlm_hf checkpoint (its keys: "
                 f"{problems['unexpected_keys'][:8]}{' ...' if len(problems['unexpected_keys']) > 8 else ''}). "
                 "Convert an original BrainLM checkpoint with `brainlm convert` (brainlm_hf.convert) first."
             )
+            if not report:
+                raise WeightsMismatchError(message)
+            logger.warning(message + " Returned anyway, as output_loading_info=True asks; the keys are in `info`.")
+            return model, info
         problems["missing_keys"] = cls._new_parts(problems["missing_keys"], model_keys)
         problems = {name: keys for name, keys in problems.items() if keys}
         if problems:
@@ -1278,6 +1302,33 @@ def check_labels(labels: torch.Tensor, problem_type: str, scores_shape: torch.Si
             f"{problem_type} needs labels of shape {' or '.join(map(str, expected))} (batch, targets), got "
             f"{tuple(labels.shape)}" + (" (transposed?)" if labels.shape == (num_labels, batch_size) else "") + ".",
             argument="labels",
+        )
+
+
+def check_finite_weights(model: nn.Module, source) -> None:
+    """
+    Refuse a model whose loaded weights or buffers hold NaN or Inf (a damaged or diverged checkpoint: it gives
+    NaN outputs and losses), naming the tensors and `source`. One sum per tensor and one host sync in all; the
+    tensors are looked at one by one only when a sum is not finite (a sum can overflow where no value does).
+    Weights not in memory (meta device, offloaded) are skipped.
+    """
+    tensors = {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and tensor.device.type != "meta" and tensor.numel()
+    }
+    if not tensors:
+        return
+    sums = [tensor.detach().sum(dtype=torch.float32) for tensor in tensors.values()]
+    sums = torch.stack([value.to(sums[0].device) for value in sums])
+    if bool(sums.isfinite().all()):
+        return
+    bad = [name for name, tensor in tensors.items() if not bool(tensor.detach().isfinite().all())]
+    if bad:
+        raise InvalidFileError(
+            f"The weights loaded from {source} hold NaN or Inf values in {len(bad)} tensors ({bad[:8]}"
+            f"{' ...' if len(bad) > 8 else ''}): the checkpoint is damaged or its training diverged; load an earlier "
+            "checkpoint, or download or convert it again."
         )
 
 

@@ -409,8 +409,9 @@ def test_shards_store_each_recordings_zscore_statistics(zscored):
 
 
 def test_zscored_windows_from_stored_statistics_equal_whole_recording_normalisation(zscored, tmp_path, monkeypatch):
-    """With the stored statistics the stream never computes them (it reads only the windows), and its windows are
-    exactly those of a shard without them (prepared before they were stored) and crops of `normalize(recording)`."""
+    """With the stored statistics the stream computes them once per recording, to verify them, and never again
+    (later epochs read only the windows), and its windows are exactly those of a shard without them (prepared before
+    they were stored) and crops of `normalize(recording)`."""
     import shutil
 
     import brainlm_hf.feature_extraction_brainlm as module
@@ -420,11 +421,19 @@ def test_zscored_windows_from_stored_statistics_equal_whole_recording_normalisat
     _rewrite_shards(old, lambda table: table.drop_columns(["series_mean", "series_std"]))
     computed = [(w["id"], w["crop"], w["signal_values"]) for w in stream(old, crops_per_recording=3, seed=4)]
 
-    def not_called(recording):
-        raise AssertionError("the statistics were computed although the shard stores them")
+    calls = []
+    original = module.zscore_statistics
 
-    monkeypatch.setattr(module, "zscore_statistics", not_called)
-    stored = [(w["id"], w["crop"], w["signal_values"]) for w in stream(zscored, crops_per_recording=3, seed=4)]
+    def counted(recording):
+        calls.append(recording.shape)
+        return original(recording)
+
+    monkeypatch.setattr(module, "zscore_statistics", counted)
+    windows = stream(zscored, crops_per_recording=3, seed=4)
+    stored = [(w["id"], w["crop"], w["signal_values"]) for w in windows]
+    assert len(calls) == 12  # once per recording (verified), not per window
+    windows.set_epoch(1)
+    assert len(list(windows)) == 36 and len(calls) == 12  # verified recordings are trusted
     monkeypatch.undo()
     assert [x[:2] for x in stored] == [x[:2] for x in computed] and len(stored) == 36
     processor = BrainLMFeatureExtractor.from_pretrained(zscored)

@@ -350,6 +350,7 @@ def _prepare(args: PrepareArguments) -> dict:
             clip_warning_fraction=args.clip_warning_fraction,
             **(_ukb_fields(num_regions, args.ukb_statistics) if args.statistics == "uk_biobank" else {}),
         )
+        _check_known_repetition_times(rows, processor.repetition_time)
         rows, too_short, padded = _long_enough(rows, processor)
         if args.normalization == "zscore":
             _check_zscore(rows)
@@ -506,6 +507,22 @@ def common_repetition_time(rows: list[dict], tolerance: float = RESAMPLE_TOLERAN
             argument="target_repetition_time",
         )
     return known[0][0]
+
+
+def _check_known_repetition_times(rows: list[dict], repetition_time: float | None) -> None:
+    """Refuse recordings of unknown TR (parcel tables) when the windows have a TR (`repetition_time`): they would be
+    windowed as if sampled at it. Names them and the fix."""
+    unknown = [row["file"] for row in rows if row["repetition_time"] is None]
+    if repetition_time is None or not unknown:
+        return
+    shown = ", ".join(unknown[:3]) + (f" and {len(unknown) - 3} more" if len(unknown) > 3 else "")
+    raise InvalidInputError(
+        f"The TR of {len(unknown)} of {len(rows)} recordings is unknown ({shown}; parcel tables hold none), but the "
+        f"windows are cut at a TR of {repetition_time:g} s: give their TR with repetition_time= (every input), or "
+        "prepare them apart from the NIfTI images and without target_repetition_time= if they are sampled as they "
+        "should be windowed.",
+        argument="repetition_time",
+    )
 
 
 def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[list[dict], list[dict], list[dict]]:

@@ -216,6 +216,11 @@ def reading_shard(path: str):
         yield
     except UserError:
         raise
+    except FileNotFoundError as error:
+        raise MissingFileError(
+            f"The Parquet shard {path} is missing ({one_line(error)[:200]}): was it deleted or moved while in use? "
+            "Restore it (or prepare the dataset again); a run resumes from its latest checkpoint."
+        ) from error
     except Exception as error:  # noqa: BLE001 - any read failure means the shard cannot be used
         raise UnreadableShardError(
             f"Could not read the Parquet shard {path}: {one_line(error)[:300]}. Prepare the dataset again, or copy "
@@ -280,13 +285,14 @@ def read_recordings(
         )
         flat = series_values(data, parquet.metadata) if reader == "auto" else None
         if flat is None or [len(v) for v in flat] != [t * v for t, v in shapes]:
-            if reader == "auto":
+            table = table if "series" in table.column_names else parquet.read(columns=others + ["series"])
+            _check_series(path, table, shapes)
+            if reader == "auto" and flat is None:
                 warnings.warn(
-                    f"{path} stores `series` compressed, dictionary-encoded or with nulls: it is decoded by pyarrow, "
-                    "several times slower than a shard written by `brainlm prepare` (prepare it again to speed up).",
+                    f"{path} stores `series` compressed or dictionary-encoded: it is decoded by pyarrow, several "
+                    "times slower than a shard written by `brainlm prepare` (prepare it again to speed up).",
                     stacklevel=2,
                 )
-            table = table if "series" in table.column_names else parquet.read(columns=others + ["series"])
             flat = _list_rows(table.column("series"))
     extras = {name: table.column(name).to_pylist() for name in columns or []}
     if statistics:
@@ -297,6 +303,23 @@ def read_recordings(
             zip(table.column("id").to_pylist(), shapes, flat, strict=True)
         )
     ]
+
+
+def _check_series(path: str, table, shapes: list[tuple[int, int]]) -> None:
+    """Refuse a shard whose `series` row is null, or holds another number of values than its `num_timepoints` x
+    `num_regions` say, naming the shard and the recording."""
+    column = table.column("series")
+    lengths = column.combine_chunks().value_lengths().to_numpy(zero_copy_only=False)
+    for row, (record_id, valid, length, shape) in enumerate(
+        zip(table.column("id").to_pylist(), column.is_valid().to_numpy(), lengths, shapes, strict=True)
+    ):
+        if not valid or length != shape[0] * shape[1]:
+            found = "no series (null)" if not valid else f"{length} values in `series`"
+            raise InvalidFileError(
+                f"{path}: recording {record_id!r} (row {row}) has {found}, but its num_timepoints x num_regions = "
+                f"{shape[0]} x {shape[1]}: the shard was damaged or written by other code; prepare the dataset "
+                "again, or copy the shard again whole."
+            )
 
 
 def _list_rows(column) -> list[np.ndarray]:

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, MissingFileError, one_line
+from ..feature_extraction_brainlm import check_repetition_time
 from .atlas import Atlas
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
 from .prepared import read_recordings, tr_columns
@@ -127,8 +128,9 @@ def recording_names(paths: list[Path]) -> dict[Path, tuple[str, str, str]]:
 
 
 def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = None) -> tuple[np.ndarray, float | None]:
-    """`(T, V)` float32 series of a NIfTI image (parcellated with `atlas`) or a parcel table, and its TR. Any
-    file that cannot be read raises an error that names it."""
+    """`(T, V)` float32 series of a NIfTI image (parcellated with `atlas`) or a parcel table, and its TR (`tr`, else
+    the image's header, which must hold a TR of fMRI: see `check_repetition_time`). Any file that cannot be read
+    raises an error that names it."""
     path = Path(path)
     if not path.name.endswith(NIFTI_SUFFIXES):
         return load_parcel_series(path), tr
@@ -152,7 +154,17 @@ def load_recording(path: Path, atlas: Atlas | None = None, tr: float | None = No
             f"{path}: cannot read the image data ({one_line(error)}); is the file complete (an interrupted copy "
             "or download)?"
         ) from error
-    return series, tr if tr is not None else header_tr
+    return series, tr if tr is not None else _header_repetition_time(header_tr, path)
+
+
+def _header_repetition_time(value: float | None, path: Path) -> float | None:
+    """The TR read from the header of `path`, refused (naming the file and the fix) outside the range of fMRI."""
+    try:
+        return check_repetition_time(value, f"{path}: the repetition time in its header", error=InvalidFileError)
+    except InvalidFileError as error:
+        raise InvalidFileError(
+            f"{error} Correct the header (pixdim[4] and its xyzt_units), or give the TR in seconds (repetition_time=)."
+        ) from None
 
 
 class InputRecording(NamedTuple):

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError, InvalidInputError
+from .. import feature_extraction_brainlm as feature_extraction
+from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, UserError, one_line
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
-from .prepared import read_recordings, read_shapes, tr_columns
+from .prepared import read_recordings, read_shapes, shard_columns
 
 
 class WindowStream(torch.utils.data.IterableDataset):
@@ -74,7 +75,8 @@ class WindowStream(torch.utils.data.IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch, self._shard_position, self._window_position = 0, 0, 0
         self.skipped: list[str] = []
-        self._tr_columns: dict[str, list[str]] = {}  # shard -> `tr_columns(shard)`, read once
+        self._columns: dict[str, list[str]] = {}  # shard -> its extra columns read (`_extra_columns`), read once
+        self._verified: set[tuple[str, str]] = set()  # (shard, id) whose stored statistics match its series
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self._shard_position, self._window_position = epoch, 0, 0
@@ -128,7 +130,8 @@ class WindowStream(torch.utils.data.IterableDataset):
         """The windows of one shard in their shuffled order, from window `start`, with their index in the shard
         (see `windows` for `cut`)."""
         zscore = self.processor.normalization == "zscore"  # stored statistics: only the windows are read
-        records = read_recordings(shard, self._tr_column(shard), statistics=zscore)
+        records = read_recordings(shard, self._extra_columns(shard), statistics=zscore)
+        self._check_atlas(shard, records)
         length, crops = self.processor.num_timepoints, self.crops_per_recording
         for record in records:  # its length at the processor's TR
             record["length"] = self.processor.resampled_length(len(record["series"]), record.get("repetition_time"))
@@ -143,6 +146,7 @@ class WindowStream(torch.utils.data.IterableDataset):
             block = []
             for record in block_records:
                 name, tr = f"{shard}: {record['id']}", record.get("repetition_time")
+                self._verify_statistics(shard, record)
                 source = self.processor.recording_windows(record["series"], name, tr, record.get("statistics"))
                 starts = self._crop_starts(record["id"], epoch, source.num_timepoints)
                 windows = source.cut(starts) if cut else [(source, s) for s in starts]
@@ -153,13 +157,52 @@ class WindowStream(torch.utils.data.IterableDataset):
                 yield index + j, block[order[j]]
             index += count
 
-    def _tr_column(self, shard: str) -> list[str]:
-        """The shard's `repetition_time` column when the processor resamples (it has a TR) and the shard has it."""
-        if self.processor.repetition_time is None:
-            return []
-        if shard not in self._tr_columns:
-            self._tr_columns[shard] = tr_columns(shard)
-        return self._tr_columns[shard]
+    def _extra_columns(self, shard: str) -> list[str]:
+        """The shard's `repetition_time` column when the processor resamples (it has a TR), and its `atlas` column
+        when the processor names its atlas, where the shard has them."""
+        if shard not in self._columns:
+            wanted = ["repetition_time"] if self.processor.repetition_time is not None else []
+            wanted += ["atlas"] if self.processor.atlas else []
+            self._columns[shard] = [name for name in wanted if name in shard_columns(shard)] if wanted else []
+        return self._columns[shard]
+
+    def _verify_statistics(self, shard: str, record: dict) -> None:
+        """
+        Refuse stored `series_mean` / `series_std` that are not those of the recording's series (an edited or
+        mismatched shard would stream windows of the wrong spread), naming the shard, recording and regions. Checked
+        the first time this stream meets the recording (a pass over it, as a shard without statistics costs every
+        epoch), then trusted.
+        """
+        if record.get("statistics") is None or (shard, record["id"]) in self._verified:
+            return
+        series = record["series"]
+        stored = [np.asarray(value, np.float32) for value in record["statistics"]]
+        shapes = stored[0].shape == stored[1].shape == (series.shape[1],)
+        if not shapes or not (np.isfinite(stored).all() and (stored[1] >= 0).all()):
+            return  # refused by the processor (`statistics=`), which names the shapes or the values
+        mean, std = feature_extraction.zscore_statistics(series)
+        scale = np.maximum(std, np.finfo(np.float32).tiny)
+        wrong = (np.abs(stored[0] - mean) > 1e-4 * scale) | (np.abs(stored[1] - std) > 1e-4 * scale)
+        if wrong.any():
+            regions = np.flatnonzero(wrong)
+            raise InvalidFileError(
+                f"{shard}: the stored series_mean / series_std of recording {record['id']!r} are not those of its "
+                f"series (regions {regions[:10].tolist()}{' ...' if len(regions) > 10 else ''}; e.g. std "
+                f"{stored[1][regions[0]]:.4g} stored, {std[regions[0]]:.4g} computed): the shard was edited or "
+                "damaged; prepare the dataset again."
+            )
+        self._verified.add((shard, record["id"]))
+
+    def _check_atlas(self, shard: str, records: list[dict]) -> None:
+        """Refuse recordings that the shard records as parcellated with another atlas than the processor's: the
+        regions differ even where their count agrees."""
+        other = next((r for r in records if r.get("atlas") and r["atlas"] != self.processor.atlas), None)
+        if other is not None:
+            raise InvalidInputError(
+                f"{shard}: recording {other['id']!r} is parcellated with the atlas {other['atlas']!r}, but the "
+                f"processor is for {self.processor.atlas!r}: stream it with the processor of its dataset "
+                "(PreparedDataset(...).processor), or prepare the recordings with this processor's atlas."
+            )
 
     def _crop_starts(self, record_id: str, epoch: int, num_timepoints: int) -> np.ndarray:
         """Window starts of a recording's crops, a pure function of `(seed, epoch, recording id)`."""
@@ -278,7 +321,9 @@ class BatchStream(torch.utils.data.IterableDataset):
             collate_fn=_as_is,
             generator=torch.Generator(),  # creating an iterator must not draw from the global RNG
         )
-        return loader if buffers is None else _BufferedLoader(loader, buffers, self.coordinates, pin_memory)
+        return _LoaderErrors(
+            loader if buffers is None else _BufferedLoader(loader, buffers, self.coordinates, pin_memory)
+        )
 
     def check_workers(self, num_workers: int) -> None:
         if num_workers < 0:
@@ -406,7 +451,10 @@ class _BufferedLoader:
             self.coordinates = coordinates.pin_memory()
 
     def __iter__(self) -> Iterator[dict]:
-        for item in self.loader:
+        return self._items(iter(self.loader))  # the workers start here, in the caller's thread
+
+    def _items(self, items: Iterator[dict]) -> Iterator[dict]:
+        for item in items:
             worker, slot = item["slot"]
             for stream, batch in enumerate(item["batches"]):
                 signal, noise = self.buffers.views(worker, slot, stream)
@@ -421,6 +469,48 @@ class _BufferedLoader:
             else:
                 item["buffers"] = self.buffers
             yield item
+
+
+class LoaderWorkerError(UserError, RuntimeError):
+    """A DataLoader worker that died (killed by a signal, e.g. by the out-of-memory killer, or exited)."""
+
+
+class _LoaderErrors:
+    """
+    Iterates a loader (its iterator, and so its workers, made by `iter` in the caller's thread) and turns what
+    its workers' failures become in torch into errors that say what happened: a worker killed or gone is a
+    `LoaderWorkerError` that names the likely cause and the fix; a `UserError` raised in a worker (e.g. a shard
+    deleted while streaming), which torch re-raises with the worker's traceback in its message, is raised again
+    with its own message.
+    """
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict]:
+        return _translated(iter(self.loader))
+
+
+def _translated(items: Iterator[dict]) -> Iterator[dict]:
+    try:
+        yield from items
+    except UserError as error:
+        message = str(error)
+        if not message.startswith("Caught "):
+            raise
+        original = message.rstrip().splitlines()[-1].split(": ", 1)[-1]  # "module.Type: message" of the worker
+        raise type(error)(original, argument=error.argument) from None
+    except RuntimeError as error:
+        if "DataLoader worker" not in str(error):
+            raise
+        fix = (
+            "use fewer loader workers (dataloader_num_workers) or a smaller dataloader_prefetch_factor, or free "
+            "memory; a run resumes from its latest checkpoint (resume_from_checkpoint='latest')"
+        )
+        raise LoaderWorkerError(
+            f"{one_line(error).rstrip('.')}. A worker killed by signal 9 (SIGKILL) was most often stopped by the "
+            f"out-of-memory killer: {fix}."
+        ) from error
 
 
 def _shared_tensor(shape: tuple) -> torch.Tensor:

@@ -25,6 +25,7 @@ fingerprint of the training data, the stream layout, and the size of every file 
 import errno
 import hashlib
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -125,6 +126,10 @@ def load_checkpoint(accelerator, output: Path, checkpoint: str, expected: dict, 
 
     folder = checkpoint_path(output, checkpoint)
     state = _trainer_state(folder, output)
+    try:
+        check_trainer_state(state, _step(folder))
+    except ValueError as error:
+        raise _damaged(folder, output, f"its {TRAINER_STATE} has {error}") from None
     _check_files(folder, state, output, trust_pickles)
     _check_same_run(folder, state, expected)
     try:
@@ -207,6 +212,78 @@ def _trainer_state(folder: Path, output: Path) -> dict:
         found = state.get("format") if isinstance(state, dict) else None
         raise _damaged(folder, output, f"its {TRAINER_STATE} is not format {CHECKPOINT_FORMAT} (found {found!r})")
     return state
+
+
+def check_trainer_state(state: dict, step: int | None = None) -> None:
+    """
+    Check every field of a step checkpoint's trainer state (types, ranges, sizes, stream positions), and `step`
+    against the step its folder is named after (None or 2**62: not named so). A `ValueError` names the first field
+    that is wrong: `"step = -1 (expected an integer >= 0)"`.
+    """
+    _expect(state, "", dict)
+    _expect(state.get("brainlm_hf"), "brainlm_hf", str)
+    _expect(state.get("step"), "step", int, low=0)
+    if step is not None and step < 2**62 and state["step"] != step:
+        raise ValueError(f"step = {state['step']!r} (expected {step}, the step its folder is named after)")
+    scheduler = _expect(state.get("scheduler"), "scheduler", dict)
+    _expect(scheduler.get("last_epoch"), "scheduler.last_epoch", int, low=0)
+    for name in ("base_lrs", "_last_lr"):
+        for index, rate in enumerate(_expect(scheduler.get(name), f"scheduler.{name}", list)):
+            _expect(rate, f"scheduler.{name}[{index}]", float, low=0)
+    streams = _expect(state.get("streams"), "streams", list, low=1)
+    for index, entry in enumerate(streams):
+        _check_stream_entry(_expect(entry, f"streams[{index}]", dict), f"streams[{index}]")
+    data = _expect(state.get("data"), "data", dict)
+    _expect(data.get("fingerprint"), "data.fingerprint", str)
+    _expect(data.get("train_shards"), "data.train_shards", int, low=1)
+    layout = _expect(state.get("layout"), "layout", dict)
+    for key in ("streams", "processes", "gradient_accumulation_steps", "per_device_train_batch_size",
+                "crops_per_recording"):  # fmt: skip
+        _expect(layout.get(key), f"layout.{key}", int, low=1)
+    _expect(layout.get("seed"), "layout.seed", int)
+    total = sum(len(entry["batches"]["positions"]) for entry in streams)
+    if total != layout["streams"]:
+        raise ValueError(f"{total} stream positions in streams (expected layout.streams = {layout['streams']})")
+    for name, size in _expect(state.get("files"), "files", dict).items():
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"files naming {name!r} (expected a path inside the checkpoint)")
+        _expect(size, f"files[{name!r}]", int, low=0)
+
+
+def _check_stream_entry(entry: dict, where: str) -> None:
+    """One process's stream positions (`pretraining._stream_state`): `first_stream` and its `BatchStream` state."""
+    _expect(entry.get("first_stream"), f"{where}.first_stream", int, low=0)
+    batches = _expect(entry.get("batches"), f"{where}.batches", dict)
+    parts = _expect(batches.get("parts"), f"{where}.batches.parts", int, low=1)
+    _expect(batches.get("next"), f"{where}.batches.next", int, low=0, high=parts - 1)
+    for index, stream in enumerate(_expect(batches.get("positions"), f"{where}.batches.positions", list, low=1)):
+        name = f"{where}.batches.positions[{index}]"
+        if len(_expect(stream, name, list)) != parts:
+            raise ValueError(f"{len(stream)} parts in {name} (expected batches.parts = {parts})")
+        for part, position in enumerate(stream):
+            for key in ("epoch", "shard", "window"):
+                _expect(_expect(position, f"{name}[{part}]", dict).get(key), f"{name}[{part}].{key}", int, low=0)
+
+
+def _expect(value, name: str, kind: type, low: float | None = None, high: float | None = None):
+    """`value` when it is a `kind` (an int for float; never a bool) within `[low, high]` (for a list or dict: its
+    length), else a `ValueError` naming `name`."""
+    kinds = (int, float) if kind is float else kind
+    size = len(value) if isinstance(value, list | dict) else value
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not finite
+        or (low is not None and size < low)
+        or (high is not None and size > high)
+    ):
+        bounds = f"in [{low}, {high}]" if high is not None else f">= {low}" if low is not None else ""
+        noun = {int: "an integer", float: "a finite number", str: "a string", list: "a list", dict: "an object"}[kind]
+        sized = " of length" if kind in (list, dict) and bounds else ""
+        field = f"{name} = {value!r}"[:120] if name else f"{value!r}"[:120]
+        raise ValueError(f"{field} (expected {noun}{sized}{' ' + bounds if bounds else ''})")
+    return value
 
 
 def _check_files(folder: Path, state: dict, output: Path, trust_pickles: bool) -> None:

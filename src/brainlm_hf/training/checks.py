@@ -35,7 +35,7 @@ def check_processor_for_model(
     Refuse a processor (the dataset's) whose windows the model cannot read: a window length that is not a multiple of
     the patch size (`region_window`) or that does not fit the tile square (`tile_2d`), missing or malformed region
     coordinates (`region_window`), or regions / coordinates other than those of `model_processor` (the processor a
-    checkpoint was trained with, when it has one).
+    checkpoint was trained with, when it has one), or of another atlas by name.
     """
     length, regions, layout = processor.num_timepoints, processor.num_regions, layout_for(config)
     if isinstance(layout, TileLayout):
@@ -69,6 +69,12 @@ def check_processor_for_model(
             )
     if model_processor is None:
         return
+    if model_processor.atlas and processor.atlas and model_processor.atlas != processor.atlas:
+        raise InvalidInputError(
+            f"{model_name} was trained on recordings of the atlas {model_processor.atlas!r} (its "
+            f"preprocessor_config.json) but the dataset's are parcellated with {processor.atlas!r}: the regions "
+            "differ even where their count agrees; use a dataset of the same atlas, or start from a preset."
+        )
     if model_processor.num_regions is not None and regions is not None and model_processor.num_regions != regions:
         raise InvalidInputError(
             f"{model_name} was trained on {model_processor.num_regions} regions (its preprocessor_config.json) but "
