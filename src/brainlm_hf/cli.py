@@ -226,6 +226,9 @@ def _prepare():
                 stacklevel=2,
             )
         summary = prepare_dataset(args)
+        if args.part is not None:
+            print(f"part {summary['part']}: {summary['recordings']} recordings in {summary['file']}")
+            return
         for split, numbers in summary["splits"].items():
             counts = f"{numbers['recordings']} recordings, {numbers['subjects']} subjects"
             print(f"{split}: {counts}, {numbers['shards']} shards")
