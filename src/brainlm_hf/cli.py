@@ -356,12 +356,13 @@ def _embed_recordings(args) -> None:
     """`brainlm embed`: the processor (checked against the inputs' atlas, fitted when asked), then the embeddings."""
     import torch
 
-    from .analysis.recording_embeddings import AUTOCAST_DTYPES, embed_recordings, save_embeddings
+    from .analysis.recording_embeddings import AUTOCAST_DTYPES, count_windows, embed_recordings, save_embeddings
     from .data.atlas import atlas_by_name
     from .data.prepared import shard_atlas
     from .data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
     from .errors import InvalidArgumentError, InvalidInputError
     from .modeling_brainlm import BrainLMModel
+    from .progress import Progress
 
     fix = (
         f"the folder {args.processor} given with --processor must hold it."
@@ -393,6 +394,7 @@ def _embed_recordings(args) -> None:
         )
     model = BrainLMModel.from_pretrained(args.model, **location)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    progress = Progress("embed", len(recordings), quiet=args.quiet, bar=False)  # the windows' bar shows the ETA
     embeddings = embed_recordings(
         model, processor, named, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
         progress=not args.quiet, layer=args.layer, include_padding_tokens=args.include_padding_tokens,
@@ -401,6 +403,8 @@ def _embed_recordings(args) -> None:
     path = save_embeddings(args.output, [r.id for r in recordings], embeddings)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
     print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
+    progress.update(len(recordings))
+    progress.close(windows=count_windows(processor, list(named.values()), trs, args.window_policy))
 
 
 def _attention():

@@ -14,6 +14,7 @@ class Progress:
         command (`str`): the command's name, which starts the summary line (`"prepare"`).
         total (`int`): how many recordings the command will finish.
         quiet (`bool`): show nothing (no bar, no summary line).
+        bar (`bool`): show the bar (`False`: the summary line alone, for a command whose work shows its own bar).
 
     Example:
 
@@ -25,12 +26,13 @@ class Progress:
     ```
     """
 
-    def __init__(self, command: str, total: int, quiet: bool = False):
+    def __init__(self, command: str, total: int, quiet: bool = False, bar: bool = True):
         self.command, self.total, self.quiet = command, total, quiet
         self.recordings, self.windows = 0, 0
         self.start = time.perf_counter()
+        self.finished = False
         self.bar = None
-        if not quiet:
+        if not quiet and bar:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=command, unit="recording", file=sys.stderr, dynamic_ncols=True)
@@ -52,13 +54,18 @@ class Progress:
         )
 
     def close(self, windows: int | None = None) -> None:
-        """Close the bar and print the summary line; `windows` replaces the window count when known only now."""
+        """Close the bar and print the summary line (once); `windows` sets the window count when known only now."""
         if windows is not None:
             self.windows = windows
+        if not self.finished and not self.quiet:
+            self._close_bar()
+            print(self.summary(), file=sys.stderr)
+        self.finished = True
+
+    def _close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-            print(self.summary(), file=sys.stderr)
 
     def __enter__(self) -> "Progress":
         return self
@@ -66,6 +73,6 @@ class Progress:
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.close()
-        elif self.bar is not None:  # an error: no summary of unfinished work
-            self.bar.close()
-            self.bar = None
+        else:  # an error: no summary of unfinished work
+            self._close_bar()
+            self.finished = True

@@ -237,6 +237,23 @@ def embed_recordings(
     return average_by_recording(embedded, owners, len(recordings))
 
 
+def count_windows(
+    processor: BrainLMFeatureExtractor, recordings: Sequence[np.ndarray], repetition_times, window_policy: str
+) -> int:
+    """How many windows `embed_recordings` cuts from `recordings` (raw `(T_i, V)`, with their TRs, one per
+    recording): a recording shorter than one window gives one (padded, with `short_recordings="pad"`)."""
+    total = 0
+    for series, tr in zip(recordings, repetition_times, strict=True):
+        length = processor.resampled_length(len(series), tr)
+        starts = (
+            processor.window_starts(length, cover_end=window_policy == "covering")
+            if length >= processor.num_timepoints
+            else [0]
+        )
+        total += len(starts)
+    return total
+
+
 def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray]) -> Path:
     """
     Write embeddings with their recording ids, `.parquet` or `.npz`:
@@ -288,6 +305,7 @@ __all__ = [
     "POOLINGS",
     "WINDOW_POLICIES",
     "EmbedArguments",
+    "count_windows",
     "embed_recordings",
     "embed_windows",
     "save_embeddings",
