@@ -332,8 +332,21 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
         unit_conversion, clip_warning_fraction: fields of the processor (see `BrainLMFeatureExtractor`). With clip
             bounds, every recording whose clipped share passes `clip_warning_fraction` is warned about by name.
 
-    Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
-    to `prepare_summary.json`).
+        num_proc (`int`): processes that read and parcellate the recordings, each one recording at a time (started
+            by fork on Linux); the rows come back in input order, so every file written is the same, byte for byte,
+            for every `num_proc`.
+        part (`str`, *optional*): `"I/N"`: read only part I of N (one of N contiguous blocks of the sorted inputs,
+            ids against all of them) into `output_dir/part-0000I-of-0000N.parquet` (see `prepare_parts`), e.g. as
+            task I of a batch array; returns `{"part", "recordings", "file"}`. Phenotypes, the split, the
+            statistics and the shards are the combining run's.
+        combine (`str`, *optional*): the folder of the N parts: write `output_dir` from them, with the same inputs
+            and options as the parts. The rows are those one run would read, so the split, the statistics fitted
+            on the training split, the shards, the summary and the card are byte-identical to one run's.
+        quiet (`bool`): no progress bar (rate, time left) and no summary line on stderr.
+
+    Memory: the main process holds the parcel series of all recordings (T x V x 4 bytes each); a reading process
+    (`num_proc` > 1) holds one recording's image while it parcellates it (`parcellate`'s peak) and its series. Returns
+    the summary (also written to `prepare_summary.json`).
     """
     if not isinstance(args, PrepareArguments):
         args = PrepareArguments(args, output_dir, **kwargs)
@@ -351,10 +364,10 @@ def _prepare(args: PrepareArguments) -> dict:
         check = {"num_regions": atlas.num_regions, "labels": atlas.labels} if atlas is not None else {}
         coordinates_source, coordinates = coordinates, read_coordinate_table(coordinates, **check)[1]
     paths = find_recordings(args.inputs)
-    phenotype_table = _phenotype_table(args.phenotypes)
     settings = {"num_recordings": len(paths), "atlas": atlas_name, "repetition_time": args.repetition_time}
     if args.part is not None:
         return _prepare_part(args, paths, atlas, settings)
+    phenotype_table = _phenotype_table(args.phenotypes)
     given = [*paths, *(p for p in (args.phenotypes, coordinates_source, args.combine) if isinstance(p, str | Path))]
     progress = Progress("prepare", len(paths), quiet=args.quiet)
     with progress, output_folder(args.output_dir, args.overwrite, "the prepared dataset", inputs=given) as output:
