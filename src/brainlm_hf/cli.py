@@ -98,7 +98,9 @@ def package_warnings(command: str | None, flag=None):
 
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
-            print(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
+            from tqdm import tqdm  # its write keeps the line apart from a progress bar being drawn
+
+            tqdm.write(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 

@@ -58,11 +58,12 @@ class Progress:
         if windows is not None:
             self.windows = windows
         if not self.finished and not self.quiet:
-            self._close_bar()
+            self.close_bar()
             print(self.summary(), file=sys.stderr)
         self.finished = True
 
-    def _close_bar(self) -> None:
+    def close_bar(self) -> None:
+        """End the bar (its line stays) when the counted work is done, before what follows prints anything."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -74,5 +75,5 @@ class Progress:
         if exc[0] is None:
             self.close()
         else:  # an error: no summary of unfinished work
-            self._close_bar()
+            self.close_bar()
             self.finished = True

@@ -376,6 +376,7 @@ def _prepare(args: PrepareArguments) -> dict:
             progress.update(len(recording_rows))
         else:
             recording_rows = read_recording_rows(paths, atlas, args.repetition_time, args.num_proc, progress)
+        progress.close_bar()
         rows, without_phenotypes = complete_rows(recording_rows, phenotype_table, atlas_name)
         num_regions = rows[0]["series"].shape[1]
         coordinates = coordinates if coordinates is not None else getattr(atlas, "coordinates", None)
