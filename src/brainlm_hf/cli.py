@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import sys
 import traceback
 import warnings
@@ -358,7 +359,14 @@ def _embed_recordings(args) -> None:
     """`brainlm embed`: the processor (checked against the inputs' atlas, fitted when asked), then the embeddings."""
     import torch
 
-    from .analysis.recording_embeddings import AUTOCAST_DTYPES, count_windows, embed_recordings, save_embeddings
+    from .analysis.recording_embeddings import (
+        AUTOCAST_DTYPES,
+        count_windows,
+        embed_in_chunks,
+        embed_recordings,
+        gather_chunks,
+        save_embeddings,
+    )
     from .data.atlas import atlas_by_name
     from .data.prepared import shard_atlas
     from .data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
@@ -396,17 +404,53 @@ def _embed_recordings(args) -> None:
         )
     model = BrainLMModel.from_pretrained(args.model, **location)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    progress = Progress("embed", len(recordings), quiet=args.quiet, bar=False)  # the windows' bar shows the ETA
-    embeddings = embed_recordings(
-        model, processor, named, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
-        progress=not args.quiet, layer=args.layer, include_padding_tokens=args.include_padding_tokens,
-        window_policy=args.window_policy, repetition_times=trs,
-    )  # fmt: skip
-    path = save_embeddings(args.output, [r.id for r in recordings], embeddings)
+    sources = list(named)
+    index, count = _embed_process(args)
+    mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
+    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
+
+    def embed_chunk(indices: range):
+        chunk = {sources[i]: named[sources[i]] for i in indices}
+        return embed_recordings(
+            model, processor, chunk, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
+            layer=args.layer, include_padding_tokens=args.include_padding_tokens,
+            window_policy=args.window_policy, repetition_times=[trs[i] for i in indices],
+        )  # fmt: skip
+
+    with Progress("embed", len(mine), quiet=args.quiet) as progress:
+        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress)
+        series = [named[sources[i]] for i in mine]
+        progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
+    if args.process is None and count > 1:  # accelerate launch: the main process writes, once all are done
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+        done = PartialState().is_main_process
+    if not done:
+        print(
+            f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
+        )
+        return
+    embeddings = gather_chunks(folder, len(recordings), args.chunk_size)
+    partial = Path(args.output).with_name(f".{Path(args.output).stem}.{os.getpid()}.tmp{Path(args.output).suffix}")
+    os.replace(save_embeddings(partial, [r.id for r in recordings], embeddings), args.output)
+    shutil.rmtree(folder, ignore_errors=True)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
-    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
-    progress.update(len(recordings))
-    progress.close(windows=count_windows(processor, list(named.values()), trs, args.window_policy))
+    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
+
+
+def _embed_process(args) -> tuple[int, int]:
+    """This process's 0-based index and the process count: `--process I/N`, else accelerate's (0, 1 outside it)."""
+    if args.process is not None:
+        from .data.prepare_parts import parse_part
+
+        index, count = parse_part(args.process, argument="process")
+        return index - 1, count
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        return PartialState().process_index, PartialState().num_processes
+    return 0, 1
 
 
 def _attention():

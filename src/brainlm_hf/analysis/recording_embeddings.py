@@ -24,7 +24,8 @@ canonical token order (deterministic), and represented by:
   recording's length, so the result is a list (ragged per recording).
 """
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,10 +126,29 @@ class EmbedArguments:
     )
     device: str | None = field(default=None, metadata={"help": "default: cuda when available, else cpu"})
     dtype: str = field(default="fp32", metadata={"choices": tuple(AUTOCAST_DTYPES), "help": "autocast dtype"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary line"})
+    chunk_size: int = field(
+        default=64,
+        metadata={
+            "help": "recordings per chunk, the unit of work shared among processes and of resuming: finished chunks "
+            "wait in OUTPUT.chunks/ until the output is written, and a run started again skips them"
+        },
+    )
+    process: str | None = field(
+        default=None,
+        metadata={
+            "help": "I/N: this process embeds chunks I, I+N, ... (1-based) of N processes started apart (e.g. a batch "
+            "array); the one that finds every chunk done writes OUTPUT. Default: the processes of `accelerate "
+            "launch` (1/1 outside it)"
+        },
+    )
 
     def __post_init__(self):
-        check_positive(self, "batch_size", integer=True)
+        check_positive(self, "batch_size", "chunk_size", integer=True)
+        if self.process is not None:
+            from ..data.prepare_parts import parse_part
+
+            parse_part(self.process, argument="process")
         check_positive(self, "repetition_time", optional=True)
         check_choice(self, "pooling", POOLINGS)
         check_choice(self, "window_policy", WINDOW_POLICIES)
@@ -254,6 +274,59 @@ def count_windows(
     return total
 
 
+def embed_in_chunks(
+    embed_chunk: Callable[[range], np.ndarray | list[np.ndarray]],
+    num_recordings: int,
+    chunk_size: int,
+    folder,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress=None,
+) -> bool:
+    """
+    Embed the chunks of `chunk_size` recordings (in input order) that fall to process `process_index` (0-based) of
+    `num_processes` (chunk c to process c % num_processes) into `folder/chunk-XXXXX.npz`, skipping the chunks already
+    there: a run started again after a crash recomputes only unfinished chunks. `embed_chunk(indices)` returns
+    `embed_recordings`' result for the recordings `indices`; each chunk file appears whole or not at all. Every
+    process embeds the same chunks in the same batches as one process would, so the gathered embeddings equal one
+    process's. `progress` (a `Progress`) counts the recordings embedded. Returns whether every chunk is done.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    starts = range(0, num_recordings, chunk_size)
+    for chunk, start in enumerate(starts):
+        path = folder / _chunk_name(chunk)
+        if chunk % num_processes != process_index or path.exists():
+            continue
+        indices = range(start, min(start + chunk_size, num_recordings))
+        embedded = embed_chunk(indices)
+        arrays = {"embeddings": embedded} if isinstance(embedded, np.ndarray) else _token_arrays(embedded)
+        partial = folder / f".{path.stem}.{os.getpid()}.tmp.npz"
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+        if progress is not None:
+            progress.update(len(indices))
+    return all((folder / _chunk_name(chunk)).exists() for chunk in range(len(starts)))
+
+
+def gather_chunks(folder, num_recordings: int, chunk_size: int) -> np.ndarray | list[np.ndarray]:
+    """The embeddings of all the chunks `embed_in_chunks` wrote to `folder`, in recording order."""
+    parts = [np.load(Path(folder) / _chunk_name(c)) for c in range(-(-num_recordings // chunk_size))]
+    if "embeddings" in parts[0]:
+        return np.concatenate([part["embeddings"] for part in parts])
+    tokens = [np.split(part["tokens"], np.cumsum(part["windows"])[:-1]) for part in parts]
+    return [recording for chunk in tokens for recording in chunk]
+
+
+def _chunk_name(chunk: int) -> str:
+    return f"chunk-{chunk:05d}.npz"
+
+
+def _token_arrays(embedded: list[np.ndarray]) -> dict:
+    """A chunk's token embeddings `(W_r, 1 + K, H)` as one array and the window count of each recording."""
+    return {"tokens": np.concatenate(embedded), "windows": np.array([len(tokens) for tokens in embedded])}
+
+
 def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray]) -> Path:
     """
     Write embeddings with their recording ids, `.parquet` or `.npz`:
@@ -306,7 +379,9 @@ __all__ = [
     "WINDOW_POLICIES",
     "EmbedArguments",
     "count_windows",
+    "embed_in_chunks",
     "embed_recordings",
+    "gather_chunks",
     "embed_windows",
     "save_embeddings",
 ]

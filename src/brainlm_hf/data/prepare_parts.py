@@ -23,13 +23,13 @@ ID_COLUMNS = ("id", "subject", "session", "file")
 LIST_COLUMNS = ("series", "series_mean", "series_std")
 
 
-def parse_part(part: str) -> tuple[int, int]:
-    """`"I/N"` -> `(I, N)`, with `1 <= I <= N`."""
+def parse_part(part: str, argument: str = "part") -> tuple[int, int]:
+    """`"I/N"` -> `(I, N)`, with `1 <= I <= N`; an error names `argument`."""
     index, _, count = str(part).partition("/")
     if not (index.strip().isdigit() and count.strip().isdigit()) or not 1 <= int(index) <= int(count):
         raise InvalidArgumentError(
-            f"part must be I/N with 1 <= I <= N (part I of N, e.g. 2/8 or $SLURM_ARRAY_TASK_ID/8), got {part!r}.",
-            argument="part",
+            f"{argument} must be I/N with 1 <= I <= N (I of N, e.g. 2/8 or $SLURM_ARRAY_TASK_ID/8), got {part!r}.",
+            argument=argument,
         )
     return int(index), int(count)
 
