@@ -403,9 +403,9 @@ def _embed_recordings(args) -> None:
             "on INPUTS, or --processor a folder with a fitted processor (a converted release holds BrainLM's own)."
         )
     model = BrainLMModel.from_pretrained(args.model, **location)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    index, count, state = _embed_process(args)
+    device = args.device or (state.device if state else "cuda" if torch.cuda.is_available() else "cpu")
     sources = list(named)
-    index, count = _embed_process(args)
     mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
     folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
 
@@ -418,14 +418,14 @@ def _embed_recordings(args) -> None:
         )  # fmt: skip
 
     with Progress("embed", len(mine), quiet=args.quiet) as progress:
-        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress)
+        settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("quiet", "process", "output")}
+        settings["ids"] = [r.id for r in recordings]
+        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress, settings)
         series = [named[sources[i]] for i in mine]
         progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
-    if args.process is None and count > 1:  # accelerate launch: the main process writes, once all are done
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-        done = PartialState().is_main_process
+    if state is not None:  # accelerate launch: the main process writes, once all are done
+        state.wait_for_everyone()
+        done = state.is_main_process
     if not done:
         print(
             f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
@@ -439,18 +439,24 @@ def _embed_recordings(args) -> None:
     print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
 
 
-def _embed_process(args) -> tuple[int, int]:
-    """This process's 0-based index and the process count: `--process I/N`, else accelerate's (0, 1 outside it)."""
+def _embed_process(args) -> tuple:
+    """
+    This process's 0-based index, the process count and accelerate's `PartialState` when `accelerate launch` started
+    several processes (else None): from `--process I/N`, else from accelerate (on the CPU when `--device cpu` or
+    without CUDA), else `(0, 1, None)`.
+    """
     if args.process is not None:
         from .data.prepare_parts import parse_part
 
         index, count = parse_part(args.process, argument="process")
-        return index - 1, count
+        return index - 1, count, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
         from accelerate import PartialState
 
-        return PartialState().process_index, PartialState().num_processes
-    return 0, 1
+        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
 
 
 def _attention():

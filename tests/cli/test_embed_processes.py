@@ -2,6 +2,7 @@
 output equal to one process's, and a run started again after a crash skips the chunks already done."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -45,7 +46,9 @@ def test_two_processes_started_apart_write_the_one_process_output(workspace, cap
     assert main(embed_argv(workspace, workspace / "one.npz", "--quiet")) == 0
     out = workspace / "two.npz"
     assert main(embed_argv(workspace, out, "--process", "2/2", "--quiet")) == 0
-    assert not out.exists() and sorted(p.name for p in (workspace / "two.npz.chunks").iterdir()) == ["chunk-00001.npz"]
+    assert not out.exists() and sorted(p.name for p in (workspace / "two.npz.chunks").glob("chunk-*")) == [
+        "chunk-00001.npz"
+    ]
     assert main(embed_argv(workspace, out, "--process", "1/2")) == 0  # the last to finish writes the output
     ids, values = embeddings(out)
     one_ids, one = embeddings(workspace / "one.npz")
@@ -56,7 +59,7 @@ def test_two_processes_started_apart_write_the_one_process_output(workspace, cap
     assert "embed: 4 recordings, 9 windows in " in capsys.readouterr().err
 
 
-def test_a_run_started_again_after_a_crash_skips_the_finished_chunks(workspace, monkeypatch):
+def test_a_run_started_again_after_a_crash_skips_the_finished_chunks(workspace, monkeypatch, capsys):
     assert main(embed_argv(workspace, workspace / "one.npz", "--quiet")) == 0
     embed, calls = recording_embeddings.embed_recordings, []
 
@@ -70,7 +73,11 @@ def test_a_run_started_again_after_a_crash_skips_the_finished_chunks(workspace, 
     out = workspace / "resumed.npz"
     with pytest.raises(KeyboardInterrupt):
         main(embed_argv(workspace, out, "--quiet"))
-    assert not out.exists() and [p.name for p in (workspace / "resumed.npz.chunks").iterdir()] == ["chunk-00000.npz"]
+    assert not out.exists() and [p.name for p in (workspace / "resumed.npz.chunks").glob("chunk-*")] == [
+        "chunk-00000.npz"
+    ]
+    other = embed_argv(workspace, out, "--quiet", "--pooling", "cls")  # chunks of mean pooling are not reused
+    assert main(other) == 2 and "(pooling differ)" in capsys.readouterr().err
     assert main(embed_argv(workspace, out, "--quiet")) == 0
     names = [[str(workspace / "tables" / f"sub-{i:02d}_bold.npy") for i in pair] for pair in ((0, 1), (2, 3), (4, 5))]
     assert calls == [names[0], names[1], names[1], names[2]]  # chunk 0 once, the crashed chunk 1 again, chunk 2
@@ -86,8 +93,12 @@ def test_accelerate_launch_with_two_processes_and_a_killed_run(workspace):
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "brainlm_hf.cli"]
     single = [sys.executable, "-m", "brainlm_hf.cli"]
     one = subprocess.run([*single, *embed_argv(workspace, workspace / "one.npz", "--quiet")], env=env, timeout=300)
-    two = subprocess.run([*launch, *embed_argv(workspace, workspace / "two.npz", "--quiet")], env=env, timeout=300)
-    assert one.returncode == two.returncode == 0
+    two = subprocess.run(
+        [*launch, *embed_argv(workspace, workspace / "two.npz")], env=env, timeout=300, capture_output=True, text=True
+    )
+    assert one.returncode == two.returncode == 0, two.stderr[-3000:]
+    # each process embedded its own chunks: 0 and 2 (recordings 0, 1, 4, 5), and 1 (recordings 2, 3)
+    assert sorted(re.findall(r"embed: (\d) recordings", two.stderr)) == ["2", "4"]
     np.testing.assert_array_equal(embeddings(workspace / "two.npz")[1], embeddings(workspace / "one.npz")[1])
 
     argv = [*single, *embed_argv(workspace, workspace / "killed.npz", "--quiet", "--chunk-size", "1")]

@@ -24,6 +24,7 @@ canonical token order (deterministic), and represented by:
   recording's length, so the result is a list (ragged per recording).
 """
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -282,6 +283,7 @@ def embed_in_chunks(
     process_index: int = 0,
     num_processes: int = 1,
     progress=None,
+    settings: dict | None = None,
 ) -> bool:
     """
     Embed the chunks of `chunk_size` recordings (in input order) that fall to process `process_index` (0-based) of
@@ -289,10 +291,13 @@ def embed_in_chunks(
     there: a run started again after a crash recomputes only unfinished chunks. `embed_chunk(indices)` returns
     `embed_recordings`' result for the recordings `indices`; each chunk file appears whole or not at all. Every
     process embeds the same chunks in the same batches as one process would, so the gathered embeddings equal one
-    process's. `progress` (a `Progress`) counts the recordings embedded. Returns whether every chunk is done.
+    process's. `progress` (a `Progress`) counts the recordings embedded. `settings` (JSON-able: what the embeddings
+    depend on) are kept in `folder/settings.json`: chunks left by a run with other settings are refused, never mixed
+    in. Returns whether every chunk is done.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    _check_chunk_settings(folder, {"chunk_size": chunk_size, "num_recordings": num_recordings, **(settings or {})})
     starts = range(0, num_recordings, chunk_size)
     for chunk, start in enumerate(starts):
         path = folder / _chunk_name(chunk)
@@ -316,6 +321,23 @@ def gather_chunks(folder, num_recordings: int, chunk_size: int) -> np.ndarray | 
         return np.concatenate([part["embeddings"] for part in parts])
     tokens = [np.split(part["tokens"], np.cumsum(part["windows"])[:-1]) for part in parts]
     return [recording for chunk in tokens for recording in chunk]
+
+
+def _check_chunk_settings(folder: Path, settings: dict) -> None:
+    """Write `settings` to `folder/settings.json`, or refuse a folder whose chunks were made with other settings."""
+    path, text = folder / "settings.json", json.dumps(settings, indent=2, sort_keys=True, default=str)
+    if not path.exists():
+        partial = folder / f".settings.{os.getpid()}.tmp"
+        partial.write_text(text)
+        os.replace(partial, path)
+    stored = json.loads(path.read_text())
+    differing = sorted(key for key in {*stored, *json.loads(text)} if stored.get(key) != json.loads(text).get(key))
+    if differing:
+        raise InvalidArgumentError(
+            f"{folder} holds the chunks of an unfinished run with other settings ({', '.join(differing)} differ): "
+            "run again with that run's settings to finish it, or delete the folder to start over.",
+            argument="output",
+        )
 
 
 def _chunk_name(chunk: int) -> str:
