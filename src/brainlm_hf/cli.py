@@ -480,6 +480,7 @@ def _attention_report(args) -> None:
     from .data.recordings import read_inputs
     from .errors import InvalidArgumentError
     from .modeling_brainlm import BrainLMModel
+    from .progress import Progress
 
     processor = _processor(
         args.checkpoint,
@@ -497,10 +498,11 @@ def _attention_report(args) -> None:
         networks = aal2_lobes(processor.region_names)
     model = BrainLMModel.from_pretrained(args.checkpoint).eval()
     recordings = read_inputs(args.inputs, repetition_time=args.repetition_time)
-    report = analyze_attention(
-        model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers, args.stride,
-        repetition_times={r.id: r.repetition_time for r in recordings},
-    )  # fmt: skip
+    with Progress("attention", len(recordings), quiet=args.quiet) as progress:
+        report = analyze_attention(
+            model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers,
+            args.stride, repetition_times={r.id: r.repetition_time for r in recordings}, progress=progress,
+        )  # fmt: skip
     if networks is not None:
         ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
         print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
