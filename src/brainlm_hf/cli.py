@@ -19,6 +19,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 import sys
 import traceback
 import warnings
@@ -98,7 +99,9 @@ def package_warnings(command: str | None, flag=None):
 
     def show(message, category, filename, lineno, file=None, line=None):
         if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
-            print(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
+            from tqdm import tqdm  # its write keeps the line apart from a progress bar being drawn
+
+            tqdm.write(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
         else:
             default(message, category, filename, lineno, file, line)
 
@@ -226,6 +229,9 @@ def _prepare():
                 stacklevel=2,
             )
         summary = prepare_dataset(args)
+        if args.part is not None:
+            print(f"part {summary['part']}: {summary['recordings']} recordings in {summary['file']}")
+            return
         for split, numbers in summary["splits"].items():
             counts = f"{numbers['recordings']} recordings, {numbers['subjects']} subjects"
             print(f"{split}: {counts}, {numbers['shards']} shards")
@@ -353,12 +359,20 @@ def _embed_recordings(args) -> None:
     """`brainlm embed`: the processor (checked against the inputs' atlas, fitted when asked), then the embeddings."""
     import torch
 
-    from .analysis.recording_embeddings import AUTOCAST_DTYPES, embed_recordings, save_embeddings
+    from .analysis.recording_embeddings import (
+        AUTOCAST_DTYPES,
+        count_windows,
+        embed_in_chunks,
+        embed_recordings,
+        gather_chunks,
+        save_embeddings,
+    )
     from .data.atlas import atlas_by_name
     from .data.prepared import shard_atlas
     from .data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
     from .errors import InvalidArgumentError, InvalidInputError
     from .modeling_brainlm import BrainLMModel
+    from .progress import Progress
 
     fix = (
         f"the folder {args.processor} given with --processor must hold it."
@@ -389,15 +403,60 @@ def _embed_recordings(args) -> None:
             "on INPUTS, or --processor a folder with a fitted processor (a converted release holds BrainLM's own)."
         )
     model = BrainLMModel.from_pretrained(args.model, **location)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    embeddings = embed_recordings(
-        model, processor, named, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
-        progress=not args.quiet, layer=args.layer, include_padding_tokens=args.include_padding_tokens,
-        window_policy=args.window_policy, repetition_times=trs,
-    )  # fmt: skip
-    path = save_embeddings(args.output, [r.id for r in recordings], embeddings)
+    index, count, state = _embed_process(args)
+    device = args.device or (state.device if state else "cuda" if torch.cuda.is_available() else "cpu")
+    sources = list(named)
+    mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
+    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
+
+    def embed_chunk(indices: range):
+        chunk = {sources[i]: named[sources[i]] for i in indices}
+        return embed_recordings(
+            model, processor, chunk, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
+            layer=args.layer, include_padding_tokens=args.include_padding_tokens,
+            window_policy=args.window_policy, repetition_times=[trs[i] for i in indices],
+        )  # fmt: skip
+
+    with Progress("embed", len(mine), quiet=args.quiet) as progress:
+        settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("quiet", "process", "output")}
+        settings["ids"] = [r.id for r in recordings]
+        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress, settings)
+        series = [named[sources[i]] for i in mine]
+        progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
+    if state is not None:  # accelerate launch: the main process writes, once all are done
+        state.wait_for_everyone()
+        done = state.is_main_process
+    if not done:
+        print(
+            f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
+        )
+        return
+    embeddings = gather_chunks(folder, len(recordings), args.chunk_size)
+    partial = Path(args.output).with_name(f".{Path(args.output).stem}.{os.getpid()}.tmp{Path(args.output).suffix}")
+    os.replace(save_embeddings(partial, [r.id for r in recordings], embeddings), args.output)
+    shutil.rmtree(folder, ignore_errors=True)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
-    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
+    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
+
+
+def _embed_process(args) -> tuple:
+    """
+    This process's 0-based index, the process count and accelerate's `PartialState` when `accelerate launch` started
+    several processes (else None): from `--process I/N`, else from accelerate (on the CPU when `--device cpu` or
+    without CUDA), else `(0, 1, None)`.
+    """
+    if args.process is not None:
+        from .data.prepare_parts import parse_part
+
+        index, count = parse_part(args.process, argument="process")
+        return index - 1, count, None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+        from accelerate import PartialState
+
+        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
 
 
 def _attention():
@@ -421,6 +480,7 @@ def _attention_report(args) -> None:
     from .data.recordings import read_inputs
     from .errors import InvalidArgumentError
     from .modeling_brainlm import BrainLMModel
+    from .progress import Progress
 
     processor = _processor(
         args.checkpoint,
@@ -438,10 +498,11 @@ def _attention_report(args) -> None:
         networks = aal2_lobes(processor.region_names)
     model = BrainLMModel.from_pretrained(args.checkpoint).eval()
     recordings = read_inputs(args.inputs, repetition_time=args.repetition_time)
-    report = analyze_attention(
-        model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers, args.stride,
-        repetition_times={r.id: r.repetition_time for r in recordings},
-    )  # fmt: skip
+    with Progress("attention", len(recordings), quiet=args.quiet) as progress:
+        report = analyze_attention(
+            model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers,
+            args.stride, repetition_times={r.id: r.repetition_time for r in recordings}, progress=progress,
+        )  # fmt: skip
     if networks is not None:
         ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
         print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))

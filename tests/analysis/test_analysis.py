@@ -4,6 +4,7 @@ import csv
 import functools
 import http.server
 import json
+import re
 import threading
 
 import numpy as np
@@ -303,7 +304,10 @@ def test_attention_command(tmp_path, capsys, a424_folder):
     report = json.loads((tmp_path / "out" / "attention.json").read_text())
     assert report["recordings"] == ["sub-01"] and report["layers"] == [-1] and set(report["network_names"]) == AA7
     assert (tmp_path / "out" / "network_scores.csv").read_text().count("\n") == 8
-    assert "networks:" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "networks:" in captured.out
+    windows = len(processor.windows([recording], stride=19)[0])  # what the model ran on
+    assert re.search(rf"^attention: 1 recordings, {windows} windows in [\d.]+ s", captured.err, re.M)
     assert main(["attention", str(tmp_path / "model"), str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
 
 

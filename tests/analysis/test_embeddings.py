@@ -1,5 +1,7 @@
 """Per-recording embeddings: covering windows, determinism, batch-size invariance, files and `brainlm embed`."""
 
+import re
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -105,6 +107,17 @@ def test_cli_embed(tmp_path, config, processor, recordings):
     assert table.column("id").to_pylist() == [f"sub-{i:02d}_bold" for i in range(4)]
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), processor, recordings, "mean")
     np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected, atol=1e-6)
+
+
+def test_cli_embed_ends_with_a_summary_line(tmp_path, config, processor, recordings, capsys):
+    BrainLMForMaskedSignalModeling(config).save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    for index, recording in enumerate(recordings):
+        np.save(tmp_path / f"sub-{index:02d}_bold.npy", recording)
+    assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "e.npz")]) == 0
+    windows = len(processor.windows(recordings)[0])  # what the model ran on
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.fullmatch(rf"embed: 4 recordings, {windows} windows in [\d.]+ s \([\d.]+ recordings/s\)", summary)
 
 
 def encoder_states(model, processor, recording, cover_end=True):

@@ -127,17 +127,20 @@ def recording_attention(
     stride: int | None = None,
     batch_size: int = 8,
     repetition_times: dict[str, float | None] | None = None,
+    progress=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     Region scores per recording `(R, V)` (mean over its windows, see `window_attention`) and the region x time map
     `(V, Tw)` averaged over all windows of all recordings, both in atlas order. `repetition_times`: the TR of each
-    recording (by key; missing = unknown).
+    recording (by key; missing = unknown). `progress` (a `brainlm_hf.progress.Progress`) counts each recording done
+    and its windows.
     """
     trs = repetition_times or {}
-    maps = [
-        window_attention(model, processor, r, layers, stride, batch_size, trs.get(name))
-        for name, r in recordings.items()
-    ]
+    maps = []
+    for name, recording in recordings.items():
+        maps.append(window_attention(model, processor, recording, layers, stride, batch_size, trs.get(name)))
+        if progress is not None:
+            progress.update(windows=len(maps[-1]))
     scores = np.stack([region_scores(m).mean(0) for m in maps])
     return scores, np.concatenate(maps).mean(0)
 

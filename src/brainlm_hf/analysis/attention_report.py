@@ -51,6 +51,8 @@ class AttentionArguments:
         },
     )
 
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary line"})
+
     def __post_init__(self):
         check_positive(self, "stride", integer=True, optional=True)
         check_positive(self, "repetition_time", optional=True)
@@ -67,6 +69,7 @@ def analyze_attention(
     stride: int | None = None,
     batch_size: int = 8,
     repetition_times: dict[str, float | None] | None = None,
+    progress=None,
 ) -> dict:
     """
     CLS attention scores of the recordings per region and, given `networks` (the network of each region, in atlas
@@ -74,12 +77,12 @@ def analyze_attention(
     recording), `network_scores.csv`, `attention.json` (everything, plus the file names of the figures) and the
     figures `attention_networks.png`, `attention_glass_brain.png`, `attention_heatmap.png`. Returns the JSON dict.
     `repetition_times` (the TR of each recording, by key): recordings at another TR than the processor's are
-    resampled to it.
+    resampled to it. `progress` (a `brainlm_hf.progress.Progress`) counts the recordings done and their windows.
     """
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     per_recording, mean_map = recording_attention(
-        model, processor, recordings, layers, stride, batch_size, repetition_times
+        model, processor, recordings, layers, stride, batch_size, repetition_times, progress
     )
     names = processor.region_names or [f"region {i}" for i in range(per_recording.shape[1])]
     mean_scores = per_recording.mean(0)

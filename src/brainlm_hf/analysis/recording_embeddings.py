@@ -24,7 +24,9 @@ canonical token order (deterministic), and represented by:
   recording's length, so the result is a list (ragged per recording).
 """
 
-from collections.abc import Mapping, Sequence
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,10 +127,29 @@ class EmbedArguments:
     )
     device: str | None = field(default=None, metadata={"help": "default: cuda when available, else cpu"})
     dtype: str = field(default="fp32", metadata={"choices": tuple(AUTOCAST_DTYPES), "help": "autocast dtype"})
-    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary line"})
+    chunk_size: int = field(
+        default=64,
+        metadata={
+            "help": "recordings per chunk, the unit of work shared among processes and of resuming: finished chunks "
+            "wait in OUTPUT.chunks/ until the output is written, and a run started again skips them"
+        },
+    )
+    process: str | None = field(
+        default=None,
+        metadata={
+            "help": "I/N: this process embeds chunks I, I+N, ... (1-based) of N processes started apart (e.g. a batch "
+            "array); the one that finds every chunk done writes OUTPUT. Default: the processes of `accelerate "
+            "launch` (1/1 outside it)"
+        },
+    )
 
     def __post_init__(self):
-        check_positive(self, "batch_size", integer=True)
+        check_positive(self, "batch_size", "chunk_size", integer=True)
+        if self.process is not None:
+            from ..data.prepare_parts import parse_part
+
+            parse_part(self.process, argument="process")
         check_positive(self, "repetition_time", optional=True)
         check_choice(self, "pooling", POOLINGS)
         check_choice(self, "window_policy", WINDOW_POLICIES)
@@ -237,6 +258,97 @@ def embed_recordings(
     return average_by_recording(embedded, owners, len(recordings))
 
 
+def count_windows(
+    processor: BrainLMFeatureExtractor, recordings: Sequence[np.ndarray], repetition_times, window_policy: str
+) -> int:
+    """How many windows `embed_recordings` cuts from `recordings` (raw `(T_i, V)`, with their TRs, one per
+    recording): a recording shorter than one window gives one (padded, with `short_recordings="pad"`)."""
+    total = 0
+    for series, tr in zip(recordings, repetition_times, strict=True):
+        length = processor.resampled_length(len(series), tr)
+        starts = (
+            processor.window_starts(length, cover_end=window_policy == "covering")
+            if length >= processor.num_timepoints
+            else [0]
+        )
+        total += len(starts)
+    return total
+
+
+def embed_in_chunks(
+    embed_chunk: Callable[[range], np.ndarray | list[np.ndarray]],
+    num_recordings: int,
+    chunk_size: int,
+    folder,
+    process_index: int = 0,
+    num_processes: int = 1,
+    progress=None,
+    settings: dict | None = None,
+) -> bool:
+    """
+    Embed the chunks of `chunk_size` recordings (in input order) that fall to process `process_index` (0-based) of
+    `num_processes` (chunk c to process c % num_processes) into `folder/chunk-XXXXX.npz`, skipping the chunks already
+    there: a run started again after a crash recomputes only unfinished chunks. `embed_chunk(indices)` returns
+    `embed_recordings`' result for the recordings `indices`; each chunk file appears whole or not at all. Every
+    process embeds the same chunks in the same batches as one process would, so the gathered embeddings equal one
+    process's. `progress` (a `Progress`) counts the recordings embedded. `settings` (JSON-able: what the embeddings
+    depend on) are kept in `folder/settings.json`: chunks left by a run with other settings are refused, never mixed
+    in. Returns whether every chunk is done.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _check_chunk_settings(folder, {"chunk_size": chunk_size, "num_recordings": num_recordings, **(settings or {})})
+    starts = range(0, num_recordings, chunk_size)
+    for chunk, start in enumerate(starts):
+        path = folder / _chunk_name(chunk)
+        if chunk % num_processes != process_index or path.exists():
+            continue
+        indices = range(start, min(start + chunk_size, num_recordings))
+        embedded = embed_chunk(indices)
+        arrays = {"embeddings": embedded} if isinstance(embedded, np.ndarray) else _token_arrays(embedded)
+        partial = folder / f".{path.stem}.{os.getpid()}.tmp.npz"
+        np.savez(partial, **arrays)
+        os.replace(partial, path)
+        if progress is not None:
+            progress.update(len(indices))
+    return all((folder / _chunk_name(chunk)).exists() for chunk in range(len(starts)))
+
+
+def gather_chunks(folder, num_recordings: int, chunk_size: int) -> np.ndarray | list[np.ndarray]:
+    """The embeddings of all the chunks `embed_in_chunks` wrote to `folder`, in recording order."""
+    parts = [np.load(Path(folder) / _chunk_name(c)) for c in range(-(-num_recordings // chunk_size))]
+    if "embeddings" in parts[0]:
+        return np.concatenate([part["embeddings"] for part in parts])
+    tokens = [np.split(part["tokens"], np.cumsum(part["windows"])[:-1]) for part in parts]
+    return [recording for chunk in tokens for recording in chunk]
+
+
+def _check_chunk_settings(folder: Path, settings: dict) -> None:
+    """Write `settings` to `folder/settings.json`, or refuse a folder whose chunks were made with other settings."""
+    path, text = folder / "settings.json", json.dumps(settings, indent=2, sort_keys=True, default=str)
+    if not path.exists():
+        partial = folder / f".settings.{os.getpid()}.tmp"
+        partial.write_text(text)
+        os.replace(partial, path)
+    stored = json.loads(path.read_text())
+    differing = sorted(key for key in {*stored, *json.loads(text)} if stored.get(key) != json.loads(text).get(key))
+    if differing:
+        raise InvalidArgumentError(
+            f"{folder} holds the chunks of an unfinished run with other settings ({', '.join(differing)} differ): "
+            "run again with that run's settings to finish it, or delete the folder to start over.",
+            argument="output",
+        )
+
+
+def _chunk_name(chunk: int) -> str:
+    return f"chunk-{chunk:05d}.npz"
+
+
+def _token_arrays(embedded: list[np.ndarray]) -> dict:
+    """A chunk's token embeddings `(W_r, 1 + K, H)` as one array and the window count of each recording."""
+    return {"tokens": np.concatenate(embedded), "windows": np.array([len(tokens) for tokens in embedded])}
+
+
 def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray]) -> Path:
     """
     Write embeddings with their recording ids, `.parquet` or `.npz`:
@@ -288,7 +400,10 @@ __all__ = [
     "POOLINGS",
     "WINDOW_POLICIES",
     "EmbedArguments",
+    "count_windows",
+    "embed_in_chunks",
     "embed_recordings",
+    "gather_chunks",
     "embed_windows",
     "save_embeddings",
 ]

@@ -9,10 +9,14 @@ holding BrainLM's UK Biobank pretraining statistics and clip bounds) is saved be
 normalisation applies at pretraining, fine-tuning and inference time. Read it back with `PreparedDataset`.
 """
 
+import functools
 import json
 import math
+import multiprocessing
+import sys
 import warnings
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +34,9 @@ from ..feature_extraction_brainlm import (
     zscore_statistics,
 )
 from ..folders import output_folder
+from ..progress import Progress
 from .atlas import atlas_by_name, read_coordinate_table
+from .prepare_parts import parse_part, part_paths, read_parts, write_part
 from .recordings import find_recordings, load_recording, recording_names
 
 STATISTICS = ("fit", "uk_biobank")  # where the robust-scaling statistics come from
@@ -215,14 +221,44 @@ class PrepareArguments:
         default=None, metadata={"metavar": "REPO", "help": "upload the prepared dataset to this Hub dataset repo"}
     )
     token: str | None = field(default=None, metadata={"help": "Hub token for --push-to-hub (default: saved login)"})
+    num_proc: int = field(
+        default=1,
+        metadata={
+            "help": "processes that read and parcellate the recordings, one recording at a time each (the output is "
+            "the same for every count)"
+        },
+    )
+    part: str | None = field(
+        default=None,
+        metadata={
+            "help": "I/N: read only part I of N of the recordings (one of N contiguous blocks of the sorted inputs) "
+            "into OUT/part-I-of-N.parquet, e.g. on one machine of a batch array; then --combine OUT writes the dataset"
+        },
+    )
+    combine: str | None = field(
+        default=None,
+        metadata={
+            "help": "the folder of the N parts written with --part I/N: write OUT from them, as one run over INPUTS "
+            "(the same INPUTS and options) would, byte for byte"
+        },
+    )
+    quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary line on stderr"})
 
     def __post_init__(self):
-        check_positive(self, "num_timepoints", "shard_multiple", "target_shard_bytes", integer=True)
+        check_positive(self, "num_timepoints", "shard_multiple", "target_shard_bytes", "num_proc", integer=True)
         check_positive(self, "patch_size", integer=True, optional=True)
         check_positive(self, "repetition_time", "target_repetition_time", "iqr_epsilon", optional=True)
         check_choice(self, "normalization", NORMALIZATIONS)
         check_choice(self, "short_recordings", SHORT_RECORDINGS)
         self.split_fractions()
+        if self.part is not None:
+            parse_part(self.part)
+            if self.combine is not None:
+                raise InvalidArgumentError(
+                    "part and combine are two steps: prepare each part with part='I/N', then combine them in one "
+                    "more run with combine=<the parts' folder>.",
+                    argument="combine",
+                )
         check_window_length(self.num_timepoints, self.patch_size)
         check_choice(self, "statistics", STATISTICS)
         check_choice(self, "unit_conversion", UNIT_CONVERSIONS)
@@ -312,8 +348,21 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
         unit_conversion, clip_warning_fraction: fields of the processor (see `BrainLMFeatureExtractor`). With clip
             bounds, every recording whose clipped share passes `clip_warning_fraction` is warned about by name.
 
-    Holds the parcel series of all recordings in memory (T x V x 4 bytes each). Returns the summary (also written
-    to `prepare_summary.json`).
+        num_proc (`int`): processes that read and parcellate the recordings, each one recording at a time (started
+            by fork on Linux); the rows come back in input order, so every file written is the same, byte for byte,
+            for every `num_proc`.
+        part (`str`, *optional*): `"I/N"`: read only part I of N (one of N contiguous blocks of the sorted inputs,
+            ids against all of them) into `output_dir/part-0000I-of-0000N.parquet` (see `prepare_parts`), e.g. as
+            task I of a batch array; returns `{"part", "recordings", "file"}`. Phenotypes, the split, the
+            statistics and the shards are the combining run's.
+        combine (`str`, *optional*): the folder of the N parts: write `output_dir` from them, with the same inputs
+            and options as the parts. The rows are those one run would read, so the split, the statistics fitted
+            on the training split, the shards, the summary and the card are byte-identical to one run's.
+        quiet (`bool`): no progress bar (rate, time left) and no summary line on stderr.
+
+    Memory: the main process holds the parcel series of all recordings (T x V x 4 bytes each); a reading process
+    (`num_proc` > 1) holds one recording's image while it parcellates it (`parcellate`'s peak) and its series. Returns
+    the summary (also written to `prepare_summary.json`).
     """
     if not isinstance(args, PrepareArguments):
         args = PrepareArguments(args, output_dir, **kwargs)
@@ -331,10 +380,20 @@ def _prepare(args: PrepareArguments) -> dict:
         check = {"num_regions": atlas.num_regions, "labels": atlas.labels} if atlas is not None else {}
         coordinates_source, coordinates = coordinates, read_coordinate_table(coordinates, **check)[1]
     paths = find_recordings(args.inputs)
+    settings = {"num_recordings": len(paths), "atlas": atlas_name, "repetition_time": args.repetition_time}
+    if args.part is not None:
+        return _prepare_part(args, paths, atlas, settings)
     phenotype_table = _phenotype_table(args.phenotypes)
-    given = [*paths, *(p for p in (args.phenotypes, coordinates_source) if isinstance(p, str | Path))]
-    with output_folder(args.output_dir, args.overwrite, "the prepared dataset", inputs=given) as output:
-        rows, without_phenotypes = read_rows(paths, atlas, args.repetition_time, phenotype_table, atlas_name)
+    given = [*paths, *(p for p in (args.phenotypes, coordinates_source, args.combine) if isinstance(p, str | Path))]
+    progress = Progress("prepare", len(paths), quiet=args.quiet)
+    with progress, output_folder(args.output_dir, args.overwrite, "the prepared dataset", inputs=given) as output:
+        if args.combine is not None:
+            recording_rows = read_parts(args.combine, paths, settings)
+            progress.update(len(recording_rows))
+        else:
+            recording_rows = read_recording_rows(paths, atlas, args.repetition_time, args.num_proc, progress)
+        progress.close_bar()
+        rows, without_phenotypes = complete_rows(recording_rows, phenotype_table, atlas_name)
         num_regions = rows[0]["series"].shape[1]
         coordinates = coordinates if coordinates is not None else getattr(atlas, "coordinates", None)
         _check_regions(rows, num_regions, atlas, coordinates, coordinates_source, args.region_names)
@@ -391,9 +450,26 @@ def _prepare(args: PrepareArguments) -> dict:
         processor.save_pretrained(output)
         (output / "README.md").write_text(_dataset_card(summary, processor, args.num_timepoints, args.license))
         (output / "prepare_summary.json").write_text(json.dumps(summary, indent=2))
+        progress.close(windows=sum(_window_count(row, processor) for row in rows))
     if args.push_to_hub:
         push_prepared(args.output_dir, args.push_to_hub, args.token)
     return summary
+
+
+def _window_count(row: dict, processor: BrainLMFeatureExtractor) -> int:
+    """Non-overlapping windows of the processor's length in a recording (one, padded, for a short recording)."""
+    return max(1, processor.resampled_length(len(row["series"]), row["repetition_time"]) // processor.num_timepoints)
+
+
+def _prepare_part(args: PrepareArguments, paths: list[Path], atlas, settings: dict) -> dict:
+    """Read part `args.part` of the recordings into `args.output_dir` (see `prepare_parts`); returns its summary."""
+    index, count = parse_part(args.part)
+    chosen = part_paths(paths, index, count)
+    with Progress(f"prepare part {index}/{count}", len(chosen), quiet=args.quiet) as progress:
+        names = recording_names(paths)
+        rows = read_recording_rows(chosen, atlas, args.repetition_time, args.num_proc, progress, names)
+        path = write_part(args.output_dir, index, count, rows, settings, args.overwrite)
+    return {"part": args.part, "recordings": len(rows), "file": str(path)}
 
 
 def push_prepared(folder, repo_id: str, token: str | None = None) -> str:
@@ -551,29 +627,73 @@ def _long_enough(rows: list[dict], processor: BrainLMFeatureExtractor) -> tuple[
     return kept, too_short, padded
 
 
-def read_rows(inputs, atlas, repetition_time, phenotypes, atlas_name) -> tuple:
+def read_recording_rows(
+    paths: list[Path], atlas, repetition_time, num_proc: int = 1, progress: Progress | None = None, names=None
+) -> list[dict]:
     """
-    One row per recording (`id`, `subject`, `session`, `series` `(T, V)`, `series_mean` and `series_std` `(V,)`,
-    `repetition_time`, `atlas`, phenotype columns, and `file`, which is not written) and the ids without a phenotype
-    row (warned about). NaN/Inf values and recordings of different region counts are refused with the file named.
+    One row per recording of `paths` (in their order): `id`, `subject`, `session` (`names`, default
+    `recording_names(paths)`: ids against the common folder of `paths`),
+    `series` `(T, V)` float32, `series_mean` and `series_std` `(V,)`, `repetition_time` and `file`. Read by
+    `num_proc` processes, one recording at a time each (a process holds one image while it parcellates it); the
+    rows are the same for every `num_proc`. NaN/Inf values are refused with the file named.
+    """
+    names = names or recording_names(paths)
+    jobs = [(path, names[path]) for path in paths]
+    if num_proc == 1:
+        read = functools.partial(_read_recording, atlas=atlas, repetition_time=repetition_time)
+        return _collect(map(read, jobs), progress)
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
+    initargs = (atlas, repetition_time)
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_reader, initargs=initargs) as pool:
+        return _collect(pool.map(_read_in_worker, jobs), progress)
+
+
+def _collect(rows, progress: Progress | None) -> list[dict]:
+    collected = []
+    for row in rows:
+        collected.append(row)
+        if progress is not None:
+            progress.update()
+    return collected
+
+
+_READER = {}  # the atlas and repetition time of `_read_recording` in a reading process, set once when it starts
+
+
+def _start_reader(atlas, repetition_time) -> None:
+    _READER.update(atlas=atlas, repetition_time=repetition_time)
+
+
+def _read_in_worker(job: tuple[Path, tuple[str, str, str]]) -> dict:
+    return _read_recording(job, **_READER)
+
+
+def _read_recording(job: tuple[Path, tuple[str, str, str]], atlas, repetition_time) -> dict:
+    """The row of one recording: `job` is its path and its (id, subject, session)."""
+    path, (record_id, subject, session) = job
+    series, tr = load_recording(path, atlas, repetition_time)
+    bad = ~np.isfinite(series)
+    if bad.any():
+        raise InvalidInputError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
+    series = np.ascontiguousarray(series)  # as stored: its statistics are those of this layout
+    mean, std = zscore_statistics(series)
+    row = {"id": record_id, "subject": subject, "session": session, "series": series}
+    row.update(series_mean=mean, series_std=std, repetition_time=tr, file=str(path))
+    return row
+
+
+def complete_rows(recording_rows: list[dict], phenotypes, atlas_name) -> tuple[list[dict], list[str]]:
+    """
+    The rows of `read_recording_rows` with `atlas` and the phenotype columns, and the ids without a phenotype row
+    (warned about). Recordings of different region counts are refused with the files named.
     """
     rows, without_phenotypes = [], []
-    paths = find_recordings(inputs)
-    names = recording_names(paths)
-    for path in paths:
-        series, tr = load_recording(path, atlas, repetition_time)
-        record_id, subject, session = names[path]
-        bad = ~np.isfinite(series)
-        if bad.any():
-            raise InvalidInputError(f"{path}: NaN/Inf values in regions {np.flatnonzero(bad.any(0)).tolist()}.")
-        series = np.ascontiguousarray(series)  # as stored: its statistics are those of this layout
-        mean, std = zscore_statistics(series)
-        row = {"id": record_id, "subject": subject, "session": session, "series": series}
-        row.update(series_mean=mean, series_std=std)
-        row.update(repetition_time=tr, atlas=atlas_name, **_phenotype_row(phenotypes, record_id, subject))
+    for recording in recording_rows:
+        row = {key: value for key, value in recording.items() if key != "file"}
+        row.update(atlas=atlas_name, **_phenotype_row(phenotypes, row["id"], row["subject"]))
         if phenotypes is not None and all(row[column] is None for column in phenotypes.columns):
-            without_phenotypes.append(record_id)
-        rows.append({**row, "file": str(path)})
+            without_phenotypes.append(row["id"])
+        rows.append({**row, "file": recording["file"]})
     counts = Counter(row["series"].shape[1] for row in rows)
     if len(counts) > 1:
         usual = counts.most_common(1)[0][0]
