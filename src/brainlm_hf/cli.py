@@ -231,7 +231,9 @@ def _prepare():
             print(f"{split}: {counts}, {numbers['shards']} shards")
         print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
         if summary["padded"]:
-            print(f"kept to be padded (shorter than {args.num_timepoints} timepoints): {len(summary['padded'])}")
+            lengths = [entry.get("num_timepoints_resampled", entry["num_timepoints"]) for entry in summary["padded"]]
+            report = padding_report(lengths, args.num_timepoints)
+            print(f"kept to be padded (shorter than {args.num_timepoints} timepoints): {report}")
 
     return (PrepareArguments,), run
 
@@ -330,7 +332,22 @@ def _cohort(processor, args, recordings: list) -> list:
     resampled = sum(processor.needs_resampling(r.repetition_time) for r in recordings)
     if resampled:
         print(f"{resampled} recordings resampled to the model's TR of {processor.repetition_time} s (linear)")
+    if processor.short_recordings == "pad":
+        lengths = [processor.resampled_length(len(r.series), r.repetition_time) for r in recordings]
+        padded = [length for length in lengths if length < processor.num_timepoints]
+        if padded:
+            print(
+                f"padded (shorter than one window of {processor.num_timepoints} timepoints): "
+                f"{padding_report(padded, processor.num_timepoints)}"
+            )
     return recordings
+
+
+def padding_report(lengths: list[int], window: int) -> str:
+    """`"2 recordings, padding 45% of their windows' timepoints"`: recordings of `lengths` (< `window`) timepoints,
+    each one window padded to `window`."""
+    share = 1 - sum(lengths) / (len(lengths) * window)
+    return f"{len(lengths)} recordings, padding {share:.0%} of their windows' timepoints"
 
 
 def _embed():
