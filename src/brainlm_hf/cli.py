@@ -351,7 +351,7 @@ def padding_report(lengths: list[int], window: int) -> str:
 
 
 def _embed():
-    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments
+    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments, check_embeddings_file
 
     def run(args: EmbedArguments) -> None:
         from .folders import check_output_file
@@ -361,6 +361,7 @@ def _embed():
         if args.processor:
             check_model_path(args.processor, "--processor")
         check_output_file(args.output, "--output", EMBEDDING_SUFFIXES)
+        check_embeddings_file(args.output, args.overwrite)
         _embed_recordings(args)
 
     return (EmbedArguments,), run
@@ -412,7 +413,7 @@ def _embed_recordings(args) -> None:
         progress=not args.quiet, layer=args.layer, include_padding_tokens=args.include_padding_tokens,
         window_policy=args.window_policy, repetition_times=trs,
     )  # fmt: skip
-    path = save_embeddings(args.output, [r.id for r in recordings], embeddings)
+    path = save_embeddings(args.output, [r.id for r in recordings], embeddings, overwrite=args.overwrite)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
     print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {path}")
 
@@ -457,7 +458,7 @@ def _attention_report(args) -> None:
     recordings = read_inputs(args.inputs, repetition_time=args.repetition_time)
     report = analyze_attention(
         model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers, args.stride,
-        repetition_times={r.id: r.repetition_time for r in recordings},
+        repetition_times={r.id: r.repetition_time for r in recordings}, overwrite=args.overwrite,
     )  # fmt: skip
     if networks is not None:
         ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
