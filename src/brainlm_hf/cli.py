@@ -11,14 +11,16 @@ file given alone (`brainlm prepare prepare.yaml`, where the positional arguments
 ...` that names the file or flag at fault: a `brainlm_hf.errors.UserError`, an invalid command line, or an `OSError`
 about a path (missing, not a folder, permission denied, full disk, ...). Any other exception is a bug: it propagates
 with its traceback (exit code 1). `BRAINLM_DEBUG=1` prints the traceback of user errors too. Warnings of the package
-print as one line, `brainlm <command>: warning: ...`.
+(`warnings.warn` and its loggers' warnings) print as one line, `brainlm <command>: warning: ...`.
 """
 
 import argparse
 import dataclasses
 import errno
 import json
+import logging
 import os
+import re
 import sys
 import traceback
 import warnings
@@ -28,6 +30,7 @@ from pathlib import Path
 from .errors import InvalidFileError, MissingFileError, UserError, command_line_text, one_line
 
 _PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE_LOGGER = __name__.rpartition(".")[0]  # "brainlm_hf": the parent of every logger of the package
 ARGUMENT_FILES = (".json", ".yaml", ".yml")
 # operating-system errors about a path the user gave: user errors (any other OSError is a bug)
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -92,21 +95,48 @@ def describe_error(error: BaseException, flag=None) -> str:
 
 @contextmanager
 def package_warnings(command: str | None, flag=None):
-    """Print the warnings of the package raised inside as `brainlm <command>: warning: ...` (one line, naming the
-    command's flags where they name its Python arguments)."""
+    """
+    Print the warnings of the package raised inside, and the warnings logged by its loggers (`brainlm_hf.*`) and by
+    transformers' (e.g. its load report of a model's new weights), as `brainlm <command>: warning: ...` (one line,
+    naming the command's flags where they name its Python arguments).
+    """
     default = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
-            print(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
-        else:
-            default(message, category, filename, lineno, file, line)
+    def line(message) -> str:
+        return f"brainlm {command}: warning: {command_line_text(log_text(message), flag)}"
 
+    def show(message, category, filename, lineno, file=None, source=None):
+        if str(filename).startswith(_PACKAGE):
+            print(line(message), file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, source)
+
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(line(record.getMessage()), file=sys.stderr)
+
+    handler = OneLine(logging.WARNING)
+    package, transformers = logging.getLogger(_PACKAGE_LOGGER), logging.getLogger("transformers")
+    own_handlers = list(transformers.handlers)  # transformers' own "[transformers]" handler, replaced meanwhile
     warnings.showwarning = show
+    package.addHandler(handler)
+    for own in own_handlers:
+        transformers.removeHandler(own)
+    transformers.addHandler(handler)
     try:
         yield
     finally:
         warnings.showwarning = default
+        package.removeHandler(handler)
+        transformers.removeHandler(handler)
+        for own in own_handlers:
+            transformers.addHandler(own)
+
+
+def log_text(message) -> str:
+    """A logged message as text for one line: terminal colour codes and table rules (`---+---`) left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
+    return "\n".join(row for row in text.splitlines() if not re.fullmatch(r"[-+| ]*", row))
 
 
 def _top_level_parser() -> argparse.ArgumentParser:

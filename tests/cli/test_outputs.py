@@ -100,6 +100,8 @@ def test_finetune_into_a_folder_with_files_is_refused_and_overwrite_replaces_it_
     refused(capsys, cli(argv), "finetune")
     assert listing(output) == {"notes.txt": b"an earlier run"}
     assert cli([*argv, "--overwrite"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "newly initialised" in line]  # the new head
+    assert len(warned) == 1 and warned[0].startswith("brainlm finetune: warning: "), warned
     files = listing(output)
     assert "notes.txt" not in files and "config.json" in files and "preprocessor_config.json" in files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
