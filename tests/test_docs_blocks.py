@@ -102,3 +102,70 @@ def test_the_blocks_of_a_page_run_as_written(page, tmp_path):
         assert result.returncode == 0, (
             f"{where} exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
         )
+
+
+def quick_start() -> Block:
+    """The README's quick start: the first block under `## Quick start`."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Quick start")
+    return fenced_blocks(text[start:])[0]
+
+
+@pytest.mark.slow
+def test_the_sdist_builds_a_wheel_that_installs_and_runs_the_quick_start(tmp_path):
+    """
+    The sdist is built from the tracked files, the wheel from the unpacked sdist (so the sdist holds all the wheel
+    needs), and the wheel is installed into a fresh virtual environment where the quick start and `brainlm -h` run.
+    No network: the build calls setuptools' PEP 517 hooks in this environment (no isolated build environment to
+    download), and the wheel is installed with `--no-deps --no-index`; the fresh environment reads the dependencies
+    (torch, transformers, ...) from this environment's site-packages through a path file, as
+    `--system-site-packages` would from a base interpreter. Its own site-packages come first, so `brainlm_hf` is
+    the wheel's, never this checkout's.
+    """
+    import shutil
+    import sysconfig
+    import tarfile
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    source = tmp_path / "source"
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    dist = tmp_path / "dist"
+
+    def hook(call: str, folder: Path) -> str:
+        script = f"from setuptools import build_meta; print(build_meta.{call}({str(dist)!r}))"
+        result = subprocess.run([sys.executable, "-c", script], cwd=folder, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout.strip().splitlines()[-1]
+
+    sdist = hook("build_sdist", source)
+    assert re.fullmatch(r"brainlm_hf-[\w.]+\.tar\.gz", sdist), sdist
+    with tarfile.open(dist / sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    wheel = hook("build_wheel", next((tmp_path / "unpacked").iterdir()))
+    assert re.fullmatch(r"brainlm_hf-[\w.]+-py3-none-any\.whl", wheel), wheel
+
+    env = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", env], check=True)
+    python = env / "bin" / "python"
+    own = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True
+    ).stdout.strip()
+    Path(own, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    install = [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", dist / wheel]
+    result = subprocess.run(install, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    clean.update(HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    work = tmp_path / "work"
+    work.mkdir()
+    code = "import brainlm_hf; print(brainlm_hf.__file__)\n" + quick_start().body
+    result = subprocess.run([python, "-c", code], cwd=work, env=clean, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[0].startswith(own), result.stdout  # the installed wheel's package
+    assert (work / "my-brainlm" / "config.json").is_file()
+    result = subprocess.run([env / "bin" / "brainlm", "prepare", "-h"], env=clean, capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: brainlm prepare" in result.stdout, result.stderr[-2000:]
