@@ -1,6 +1,6 @@
 """No command replaces or mixes an earlier output without `--overwrite` (`brainlm attention`, `embed`, `finetune`),
 nor does the Python API (`analyze_attention`, `save_embeddings`, `finetune`); with it, the output is replaced
-whole: no file of the earlier run stays beside the new ones."""
+whole: no file of the earlier run stays beside the new ones. And `brainlm embed` reports the recordings it pads."""
 
 import numpy as np
 import pytest
@@ -105,3 +105,15 @@ def test_finetune_into_a_folder_with_files_is_refused_and_overwrite_replaces_it_
     files = listing(output)
     assert "notes.txt" not in files and "config.json" in files and "preprocessor_config.json" in files
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_embed_reports_the_recordings_it_pads(workspace, tmp_path, capsys):
+    # windows of 20: recordings of 15 and 5 timepoints are padded by 5 + 15 of their 40 window timepoints (50%)
+    rng = np.random.default_rng(0)
+    for name, length in (("long", 40), ("short", 15), ("shorter", 5)):
+        np.save(tmp_path / f"{name}.npy", rng.normal(size=(length, REGIONS)).astype(np.float32))
+    argv = ["embed", str(workspace / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "e.npz"),
+            "--short-recordings", "pad", "--pooling", "mean", "--quiet"]  # fmt: skip
+    assert cli(argv) == 0
+    out = capsys.readouterr().out
+    assert "padded (shorter than one window of 20 timepoints): 2 recordings, padding 50% of their windows'" in out
