@@ -11,14 +11,16 @@ file given alone (`brainlm prepare prepare.yaml`, where the positional arguments
 ...` that names the file or flag at fault: a `brainlm_hf.errors.UserError`, an invalid command line, or an `OSError`
 about a path (missing, not a folder, permission denied, full disk, ...). Any other exception is a bug: it propagates
 with its traceback (exit code 1). `BRAINLM_DEBUG=1` prints the traceback of user errors too. Warnings of the package
-print as one line, `brainlm <command>: warning: ...`.
+(`warnings.warn` and its loggers' warnings) print as one line, `brainlm <command>: warning: ...`.
 """
 
 import argparse
 import dataclasses
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -29,6 +31,7 @@ from pathlib import Path
 from .errors import InvalidFileError, MissingFileError, UserError, command_line_text, one_line
 
 _PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE_LOGGER = __name__.rpartition(".")[0]  # "brainlm_hf": the parent of every logger of the package
 ARGUMENT_FILES = (".json", ".yaml", ".yml")
 # operating-system errors about a path the user gave: user errors (any other OSError is a bug)
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -93,23 +96,50 @@ def describe_error(error: BaseException, flag=None) -> str:
 
 @contextmanager
 def package_warnings(command: str | None, flag=None):
-    """Print the warnings of the package raised inside as `brainlm <command>: warning: ...` (one line, naming the
-    command's flags where they name its Python arguments)."""
+    """
+    Print the warnings of the package raised inside, and the warnings logged by its loggers (`brainlm_hf.*`) and by
+    transformers' (e.g. its load report of a model's new weights), as `brainlm <command>: warning: ...` (one line,
+    naming the command's flags where they name its Python arguments).
+    """
     default = warnings.showwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
-        if str(filename).startswith(_PACKAGE) and issubclass(category, UserWarning):
-            from tqdm import tqdm  # its write keeps the line apart from a progress bar being drawn
+    def write(message) -> None:
+        from tqdm import tqdm  # its write keeps the line apart from a progress bar being drawn
 
-            tqdm.write(f"brainlm {command}: warning: {command_line_text(message, flag)}", file=sys.stderr)
+        tqdm.write(f"brainlm {command}: warning: {command_line_text(log_text(message), flag)}", file=sys.stderr)
+
+    def show(message, category, filename, lineno, file=None, source=None):
+        if str(filename).startswith(_PACKAGE):
+            write(message)
         else:
-            default(message, category, filename, lineno, file, line)
+            default(message, category, filename, lineno, file, source)
 
+    class OneLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            write(record.getMessage())
+
+    handler = OneLine(logging.WARNING)
+    package, transformers = logging.getLogger(_PACKAGE_LOGGER), logging.getLogger("transformers")
+    own_handlers = list(transformers.handlers)  # transformers' own "[transformers]" handler, replaced meanwhile
     warnings.showwarning = show
+    package.addHandler(handler)
+    for own in own_handlers:
+        transformers.removeHandler(own)
+    transformers.addHandler(handler)
     try:
         yield
     finally:
         warnings.showwarning = default
+        package.removeHandler(handler)
+        transformers.removeHandler(handler)
+        for own in own_handlers:
+            transformers.addHandler(own)
+
+
+def log_text(message) -> str:
+    """A logged message as text for one line: terminal colour codes and table rules (`---+---`) left out."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))
+    return "\n".join(row for row in text.splitlines() if not re.fullmatch(r"[-+| ]*", row))
 
 
 def _top_level_parser() -> argparse.ArgumentParser:
@@ -237,7 +267,9 @@ def _prepare():
             print(f"{split}: {counts}, {numbers['shards']} shards")
         print(f"left out (shorter than {args.num_timepoints} timepoints): {len(summary['too_short'])}")
         if summary["padded"]:
-            print(f"kept to be padded (shorter than {args.num_timepoints} timepoints): {len(summary['padded'])}")
+            lengths = [entry.get("num_timepoints_resampled", entry["num_timepoints"]) for entry in summary["padded"]]
+            report = padding_report(lengths, args.num_timepoints)
+            print(f"kept to be padded (shorter than {args.num_timepoints} timepoints): {report}")
 
     return (PrepareArguments,), run
 
@@ -336,11 +368,26 @@ def _cohort(processor, args, recordings: list) -> list:
     resampled = sum(processor.needs_resampling(r.repetition_time) for r in recordings)
     if resampled:
         print(f"{resampled} recordings resampled to the model's TR of {processor.repetition_time} s (linear)")
+    if processor.short_recordings == "pad":
+        lengths = [processor.resampled_length(len(r.series), r.repetition_time) for r in recordings]
+        padded = [length for length in lengths if length < processor.num_timepoints]
+        if padded:
+            print(
+                f"padded (shorter than one window of {processor.num_timepoints} timepoints): "
+                f"{padding_report(padded, processor.num_timepoints)}"
+            )
     return recordings
 
 
+def padding_report(lengths: list[int], window: int) -> str:
+    """`"2 recordings, padding 45% of their windows' timepoints"`: recordings of `lengths` (< `window`) timepoints,
+    each one window padded to `window`."""
+    share = 1 - sum(lengths) / (len(lengths) * window)
+    return f"{len(lengths)} recordings, padding {share:.0%} of their windows' timepoints"
+
+
 def _embed():
-    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments
+    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments, check_embeddings_file
 
     def run(args: EmbedArguments) -> None:
         from .folders import check_output_file
@@ -350,6 +397,7 @@ def _embed():
         if args.processor:
             check_model_path(args.processor, "--processor")
         check_output_file(args.output, "--output", EMBEDDING_SUFFIXES)
+        check_embeddings_file(args.output, args.overwrite)
         _embed_recordings(args)
 
     return (EmbedArguments,), run
@@ -502,6 +550,7 @@ def _attention_report(args) -> None:
         report = analyze_attention(
             model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers,
             args.stride, repetition_times={r.id: r.repetition_time for r in recordings}, progress=progress,
+            overwrite=args.overwrite,
         )  # fmt: skip
     if networks is not None:
         ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..arguments import check_choice, check_positive, positional
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import output_folder
 from ..modeling_brainlm import BrainLMPreTrainedModel
 from .attention_maps import network_scores, recording_attention
 from .figures import plot_attention_heatmap, plot_glass_brain, plot_network_bars
@@ -33,7 +34,11 @@ class AttentionArguments:
         "parcel tables (T, V) (.npy/.csv/.tsv/.dat) or prepared Parquet shards or split folders (e.g. prepared/test)",
         "INPUTS",
     )
-    output_dir: str = positional("the folder of region_scores.csv, attention.json and the figures", "OUT")
+    output_dir: str = positional(
+        "the folder of region_scores.csv, attention.json and the figures (new or empty, or replaced whole with "
+        "--overwrite)",
+        "OUT",
+    )
     layers: list[int] | None = field(default=None, metadata={"help": "encoder layers to average (default: all)"})
     stride: int | None = field(default=None, metadata={"help": "timepoints between windows (default: one window)"})
     networks: str = field(
@@ -50,7 +55,9 @@ class AttentionArguments:
             "the model's are resampled to it (linear)",
         },
     )
-
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace what OUT holds, whole (an earlier report is never mixed with it)"}
+    )
     quiet: bool = field(default=False, metadata={"help": "no progress bar and no summary line"})
 
     def __post_init__(self):
@@ -70,6 +77,7 @@ def analyze_attention(
     batch_size: int = 8,
     repetition_times: dict[str, float | None] | None = None,
     progress=None,
+    overwrite: bool = False,
 ) -> dict:
     """
     CLS attention scores of the recordings per region and, given `networks` (the network of each region, in atlas
@@ -78,9 +86,21 @@ def analyze_attention(
     figures `attention_networks.png`, `attention_glass_brain.png`, `attention_heatmap.png`. Returns the JSON dict.
     `repetition_times` (the TR of each recording, by key): recordings at another TR than the processor's are
     resampled to it. `progress` (a `brainlm_hf.progress.Progress`) counts the recordings done and their windows.
+
+    `output_dir` must be new or empty (`FolderNotEmptyError` before any work otherwise); `overwrite=True` replaces
+    it whole, so that no file of an earlier report (e.g. its `network_scores.csv`) stays beside the new one. The
+    report is written into a temporary folder that becomes `output_dir` once complete.
     """
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    with output_folder(output_dir, overwrite, "the attention report") as output:
+        return _write_report(
+            model, processor, recordings, output, networks, layers, stride, batch_size, repetition_times, progress
+        )
+
+
+def _write_report(
+    model, processor, recordings, output: Path, networks, layers, stride, batch_size, repetition_times, progress
+):
+    """`analyze_attention` into the folder `output`."""
     per_recording, mean_map = recording_attention(
         model, processor, recordings, layers, stride, batch_size, repetition_times, progress
     )

@@ -143,6 +143,7 @@ class EmbedArguments:
             "launch` (1/1 outside it)"
         },
     )
+    overwrite: bool = field(default=False, metadata={"help": "replace --output when it exists"})
 
     def __post_init__(self):
         check_positive(self, "batch_size", "chunk_size", integer=True)
@@ -349,9 +350,22 @@ def _token_arrays(embedded: list[np.ndarray]) -> dict:
     return {"tokens": np.concatenate(embedded), "windows": np.array([len(tokens) for tokens in embedded])}
 
 
-def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray]) -> Path:
+def check_embeddings_file(path, overwrite: bool = False) -> Path:
+    """`path` as a `Path`, refusing an existing file unless `overwrite` (`InvalidArgumentError`)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise InvalidArgumentError(
+            f"{path} exists: give a new file name, or pass overwrite=True to replace it.", argument="overwrite"
+        )
+    return path
+
+
+def save_embeddings(
+    path, ids: Sequence[str], embeddings: np.ndarray | Sequence[np.ndarray], overwrite: bool = False
+) -> Path:
     """
-    Write embeddings with their recording ids, `.parquet` or `.npz`:
+    Write embeddings with their recording ids, `.parquet` or `.npz` (an existing `path` is refused unless
+    `overwrite`, see `check_embeddings_file`):
 
     * `(R, H)` (pooled): Parquet columns `id`, `embedding`; npz arrays `ids`, `embeddings`.
     * a list of R token arrays `(W_r, 1 + K, H)` (`pooling="tokens"`): one Parquet row per window, columns `id`,
@@ -369,6 +383,7 @@ def save_embeddings(path, ids: Sequence[str], embeddings: np.ndarray | Sequence[
         raise InvalidArgumentError(
             f"Unknown embedding file type {path.suffix!r}: use .parquet or .npz.", argument="path"
         )
+    check_embeddings_file(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(embeddings, np.ndarray):
         embeddings = np.asarray(embeddings, dtype=np.float32)
@@ -402,6 +417,7 @@ __all__ = [
     "EmbedArguments",
     "count_windows",
     "embed_in_chunks",
+    "check_embeddings_file",
     "embed_recordings",
     "gather_chunks",
     "embed_windows",

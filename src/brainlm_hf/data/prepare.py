@@ -101,8 +101,9 @@ class PrepareArguments:
     phenotypes: str | None = field(
         default=None,
         metadata={
-            "help": "CSV/TSV with a 'subject' or 'id' column (the recording id); its other columns, which may not be "
-            "named like a dataset field (DATASET_FIELDS), are added to the rows of the matching recordings"
+            "help": "CSV/TSV with an 'id' (recording id), 'subject' or 'participant_id' column (a BIDS "
+            "participants.tsv; subjects with or without the sub- prefix); its other columns, which may not be named "
+            "like a dataset field (DATASET_FIELDS), are added to the rows of the matching recordings"
         },
     )
     repetition_time: float | None = field(
@@ -314,10 +315,11 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
             temporary folder beside it and moved into place once complete.
         atlas (`Atlas` or `str`, *optional*): needed for NIfTI inputs; its coordinates, region names and name are
             stored. A name: `"A424"` (from `atlas_dir`, or its verified download) or the path of a label NIfTI.
-        phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with a `subject` or an `id` column (the
-            recording id, see `brainlm_hf.data.recordings`); its other columns are added to every row of the
-            matching recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`,
-            `repetition_time`, ...) is refused: it would overwrite that field.
+        phenotypes (*optional*): CSV/TSV path or a `pandas.DataFrame` with an `id` column (the recording id, see
+            `brainlm_hf.data.recordings`), or a `subject` or `participant_id` column (BIDS `participants.tsv`;
+            `sub-01` and `01` both name subject `01`); its other columns are added to every row of the matching
+            recordings. A column named like a dataset field (`DATASET_FIELDS`: `session`, `repetition_time`, ...)
+            is refused: it would overwrite that field. A table that matches no recording is refused.
         repetition_time (`float`, *optional*): the TR in seconds of every input (default: each NIfTI header; tables
             have none). Stored per recording (`repetition_time` column); the series are stored as sampled.
         num_timepoints (`int`): the window length, at the processor's TR.
@@ -438,6 +440,7 @@ def _prepare(args: PrepareArguments) -> dict:
                 stacklevel=3,
             )
         shards = write_splits(rows, assignment, splits, output, args.shard_multiple, args.target_shard_bytes)
+        _report_splits(shards, splits, len(set(assignment)), args.shard_multiple)
         summary = {
             "splits": shards,
             "too_short": too_short,
@@ -704,12 +707,7 @@ def complete_rows(recording_rows: list[dict], phenotypes, atlas_name) -> tuple[l
             f"{counts[usual] - 1} other recordings have {usual}: use one atlas for all (is it transposed? tables are "
             "(timepoints, regions))."
         )
-    if without_phenotypes:
-        warnings.warn(
-            f"{len(without_phenotypes)} recordings have no row in the phenotype table (their phenotype columns are "
-            f"empty): {without_phenotypes[:10]}{' ...' if len(without_phenotypes) > 10 else ''}",
-            stacklevel=3,
-        )
+    _check_phenotypes_match(phenotypes, rows, without_phenotypes)
     return rows, without_phenotypes
 
 
@@ -746,6 +744,34 @@ def write_splits(
     return counts
 
 
+def _report_splits(counts: dict, fractions: dict, num_subjects: int, shard_multiple: int) -> None:
+    """
+    Warn about splits asked for (fraction > 0) that received no subject, with the numbers and the fix (without a
+    validation split, pretraining and fine-tuning evaluate nothing), and about a train split of fewer shards than
+    `shard_multiple` (a run of that many processes x accumulation steps x loader workers will be refused).
+    """
+    empty = [name for name, fraction in fractions.items() if fraction > 0 and name not in counts]
+    if empty:
+        given = ", ".join(f"{name} {counts[name]['subjects'] if name in counts else 0}" for name in fractions)
+        warnings.warn(
+            f"{num_subjects} subjects split as {given} subjects: the {' and '.join(empty)} split"
+            f"{'s are' if len(empty) > 1 else ' is'} empty (each split takes whole subjects), so nothing will be "
+            "evaluated there. Add subjects, or raise the split's fraction in splits= to at least "
+            f"{1 / num_subjects:.2g} of the total.",
+            stacklevel=4,
+        )
+    train = counts.get("train")
+    if train and train["shards"] < shard_multiple:
+        fewer = 2 ** int(math.log2(train["recordings"]))
+        warnings.warn(
+            f"The train split has {train['recordings']} recordings, too few for shard_multiple={shard_multiple}: it "
+            f"is {train['shards']} shard, so a pretraining run reading it with more than {train['shards']} stream "
+            f"part (processes x accumulation steps x loader workers) will be refused. Use at most {fewer} processes "
+            f"x steps x workers and prepare with shard_multiple={fewer}, or add recordings.",
+            stacklevel=4,
+        )
+
+
 def _as_list(coordinates) -> list | None:
     return None if coordinates is None else np.asarray(coordinates, dtype=np.float64).tolist()
 
@@ -764,7 +790,14 @@ def _to_record(row: dict) -> dict:
     return record
 
 
+PHENOTYPE_KEYS = ("id", "subject", "participant_id")  # the column that names the recording or subject of a row
+
+
 def _phenotype_table(phenotypes):
+    """
+    The phenotype table indexed by recording id (`id`) or by subject (`subject`, or BIDS' `participant_id`, the
+    `sub-` prefix dropped from each part: `sub-01` and `01` name subject `01`); `attrs` keep its name and first key.
+    """
     if phenotypes is None:
         return None
     import pandas as pd
@@ -779,15 +812,16 @@ def _phenotype_table(phenotypes):
             table = pd.read_csv(  # identifiers stay strings: "007" must not become 7
                 phenotypes,
                 sep="\t" if str(phenotypes).endswith((".tsv", ".txt")) else ",",
-                dtype={"id": str, "subject": str},
+                dtype=dict.fromkeys(PHENOTYPE_KEYS, str),
             )
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as error:
             message = " ".join(str(error).split())
             raise InvalidFileError(f"{phenotypes}: cannot read it as a CSV/TSV table ({message}).") from error
-    key = "id" if "id" in table.columns else "subject"
-    if key not in table.columns:
+    key = next((k for k in PHENOTYPE_KEYS if k in table.columns), None)
+    if key is None:
         raise InvalidFileError(
-            f"{name} needs a 'subject' or an 'id' (recording id) column; its columns are {list(table.columns)}."
+            f"{name} needs an 'id' (recording id), a 'subject' or a 'participant_id' column; its columns are "
+            f"{list(table.columns)}."
         )
     clashes = [c for c in table.columns if c != key and str(c).strip().lower() in DATASET_FIELDS]
     if clashes:
@@ -796,11 +830,21 @@ def _phenotype_table(phenotypes):
             "would overwrite them; rename them (e.g. 'phenotype_" + str(clashes[0]).strip() + "'), or give the "
             "repetition time with repetition_time=."
         )
-    table = table.astype({key: str}).set_index(key)
+    keys = table[key].astype(str)
+    first = keys.iloc[0] if len(keys) else None
+    if key != "id":
+        keys, key = keys.map(_subject_label), "subject"
+    table = table.drop(columns=keys.name).set_index(keys.rename(key))
     if not table.index.is_unique:
         repeated = table.index[table.index.duplicated()].unique().tolist()
         raise InvalidFileError(f"{name} has repeated {key} values: {repeated[:10]}.")
+    table.attrs.update(name=name, first=first)
     return table
+
+
+def _subject_label(value: str) -> str:
+    """A subject as `recording_ids` names it: `sub-01` -> `01`, `site1/sub-01` -> `site1/01`."""
+    return "/".join(part.removeprefix("sub-") for part in value.split("/"))
 
 
 def _phenotype_row(table, record_id: str, subject: str) -> dict:
@@ -810,6 +854,27 @@ def _phenotype_row(table, record_id: str, subject: str) -> dict:
     if key not in table.index:
         return {column: None for column in table.columns}
     return {column: (None if _is_missing(v) else v) for column, v in table.loc[key].items()}
+
+
+def _check_phenotypes_match(table, rows: list[dict], without_phenotypes: list[str]) -> None:
+    """Refuse a phenotype table that labels none of the recordings, naming both sides' first ids; warn about
+    recordings without a row."""
+    if table is None or not without_phenotypes:
+        return
+    if len(without_phenotypes) == len(rows):
+        key = table.index.name
+        raise InvalidInputError(
+            f"{table.attrs['name']} labels none of the {len(rows)} recordings: its first {key} is "
+            f"{table.attrs['first']!r}, the first recording's is {rows[0][key]!r} ({rows[0]['file']}). Match its "
+            "column to the recordings: 'id' holds recording ids, 'subject' or 'participant_id' subjects (with or "
+            "without sub-).",
+            argument="phenotypes",
+        )
+    warnings.warn(
+        f"{len(without_phenotypes)} recordings have no row in the phenotype table (their phenotype columns are "
+        f"empty): {without_phenotypes[:10]}{' ...' if len(without_phenotypes) > 10 else ''}",
+        stacklevel=4,
+    )
 
 
 def _is_missing(value) -> bool:

@@ -33,6 +33,7 @@ from ..configuration_brainlm import POOLINGS, PRESETS, BrainLMConfig
 from ..data import BrainLMCollator, PreparedDataset
 from ..errors import InvalidArgumentError, InvalidInputError, MissingFileError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import output_folder
 from ..hub_upload import push_folder
 from ..inference import average_by_recording, map_windows
 from ..metrics import classification_metrics, regression_metrics
@@ -72,6 +73,10 @@ class FinetuningArguments:
     train_split: str = "train"
     validation_split: str = "validation"
     test_split: str = "test"
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace what --output_dir holds, whole (an earlier run is never mixed with this one)"},
+    )
 
 
 class RecordingWindowDataset(torch.utils.data.Dataset):
@@ -310,10 +315,32 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
     """
     `brainlm finetune`: read the prepared splits with their label columns, fine-tune, keep the best epoch by the
     validation split, save model + processor to `training_args.output_dir`, evaluate the test split per recording
-    (`test_results.json`). With `--push_to_hub` (and `--hub_model_id`, `--hub_token`, `--hub_private_repo`),
-    Trainer pushes its checkpoints as it does by itself (`--hub_strategy`), and the final folder is uploaded in one
-    commit at the end (with LoRA, the merged model rather than the adapters).
+    (`test_results.json`). The output folder must be new or empty (`FolderNotEmptyError` before any work), or is
+    replaced whole with `args.overwrite`: the run writes into a temporary folder beside it (Trainer's checkpoints
+    included) that becomes the output once complete. With `--push_to_hub` (and `--hub_model_id`, `--hub_token`,
+    `--hub_private_repo`), Trainer pushes its checkpoints as it does by itself (`--hub_strategy`; the repository is
+    named after the output folder unless `--hub_model_id`), and the final folder is uploaded in one commit at the end
+    (with LoRA, the merged model rather than the adapters).
     """
+    final = Path(training_args.output_dir)
+    hub_model_id = training_args.hub_model_id or final.name
+    hub = {"hub_model_id": hub_model_id} if training_args.push_to_hub else {}
+    with output_folder(final, args.overwrite, "the fine-tuned model") as output:
+        results = _finetune_into(args, dataclasses.replace(training_args, output_dir=str(output), **hub))
+    if training_args.push_to_hub:
+        push_folder(
+            final,
+            hub_model_id,
+            "brainlm finetune: final model, processor and test results",
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+            exclude=("training_args.bin",),
+        )
+    return results
+
+
+def _finetune_into(args: FinetuningArguments, training_args: TrainingArguments) -> dict:
+    """`finetune` into the folder `training_args.output_dir`, without pushing; returns the test metrics."""
     dataset = PreparedDataset(args.dataset)
     processor = dataset.processor
     if args.short_recordings is not None:
@@ -353,15 +380,6 @@ def finetune(args: FinetuningArguments, training_args: TrainingArguments) -> dic
         metrics = score_recordings(predictions, labels["test"], args.problem_type)
         results = {f"test_{name}": value for name, value in metrics.items()}
         (output / "test_results.json").write_text(json.dumps(results, indent=2))
-    if training_args.push_to_hub:
-        push_folder(
-            output,
-            training_args.hub_model_id or output.name,
-            "brainlm finetune: final model, processor and test results",
-            token=training_args.hub_token,
-            private=training_args.hub_private_repo,
-            exclude=("training_args.bin",),
-        )
     return results
 
 
