@@ -271,7 +271,7 @@ class PrepareArguments:
             )
         if self.push_to_hub and not self.license:
             raise InvalidArgumentError(
-                "push_to_hub needs the licence of your recordings for the dataset card: pass --license (a Hub "
+                "push_to_hub needs the licence of your recordings for the dataset card: pass license= (a Hub "
                 "licence id such as cc-by-4.0, or other).",
                 argument="license",
             )
