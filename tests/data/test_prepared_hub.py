@@ -56,7 +56,7 @@ def test_prepare_pushes_the_whole_dataset_with_its_card(tmp_path):
 
 
 def test_pushing_needs_the_licence_of_the_recordings(tmp_path):
-    with pytest.raises(InvalidArgumentError, match="--license") as error:
+    with pytest.raises(InvalidArgumentError, match="license=") as error:
         PrepareArguments([tables(tmp_path)], str(tmp_path / "prepared"), push_to_hub="me/fmri")
     assert error.value.argument == "license"
 
