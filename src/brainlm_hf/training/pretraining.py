@@ -49,8 +49,9 @@ import torch
 from ..configuration_brainlm import PRESETS, BrainLMConfig
 from ..data import PreparedDataset, WindowStream
 from ..data.streaming import BatchStream
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UserError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import claim_run_folder, clear_run_folder
 from ..inference import map_windows
 from ..metrics import baseline_predictions, masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
@@ -108,6 +109,10 @@ class PretrainingArguments:
     logging_steps: int = 10
     seed: int = 0
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the earlier run in output_dir (without it, a folder that holds one is refused)"},
+    )
     trust_checkpoint_pickles: bool = field(
         default=False,
         metadata={
@@ -160,6 +165,7 @@ class PretrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: BatchStream
     state: TrainingState
+    lock: object = None  # the `folders.claim_run_folder` lock of output_dir (held by the main process)
 
     @classmethod
     def setup(cls, args: PretrainingArguments) -> "PretrainingRun":
@@ -182,6 +188,7 @@ class PretrainingRun:
                 argument="optim",
             )
         accelerator = _accelerator(args)
+        lock = _claim_output(accelerator, args)
         set_seed(args.seed)  # the same initial weights on every process
         dataset = PreparedDataset(args.dataset)
         model = build_model(args)
@@ -193,7 +200,7 @@ class PretrainingRun:
         streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
         batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
         state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
-        run = cls(args, accelerator, dataset, model, optimizer, scheduler, batches, state)
+        run = cls(args, accelerator, dataset, model, optimizer, scheduler, batches, state, lock)
         if args.resume_from_checkpoint:
             run.resume()
             batches.check_workers(args.dataloader_num_workers)
@@ -240,9 +247,11 @@ class PretrainingRun:
         )
 
     def start(self, counts: dict) -> None:
-        """Write `pretraining_args.json`, log the training data's `counts` and start the trackers."""
+        """Delete the earlier run (`overwrite`), write `pretraining_args.json`, log the training data's `counts` and
+        start the trackers."""
         if self.accelerator.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
+            if self.args.overwrite and not self.args.resume_from_checkpoint:
+                clear_run_folder(self.output)
             (self.output / "pretraining_args.json").write_text(json.dumps(asdict(self.args), indent=2))
             logger.info(f"Training data: {counts}")
         config = {k: v for k, v in asdict(self.args).items() if v is not None}
@@ -349,6 +358,8 @@ class PretrainingRun:
             self.dataset.processor.save_pretrained(self.output / "final")
             (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
         self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()
         return metrics
 
 
@@ -568,6 +579,26 @@ def reconstruct_held_out(
 
     prediction, mask = map_windows(model, windows, processor.model_coordinates(), reconstruct, batch_size)
     return WindowReconstructions(windows, prediction, mask)
+
+
+def _claim_output(accelerator, args: PretrainingArguments):
+    """`folders.claim_run_folder` of `output_dir` by the main process; a refusal is raised on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            inputs = [path for path in (args.dataset, args.model) if Path(path).exists()]
+            lock = claim_run_folder(args.output_dir, bool(args.resume_from_checkpoint), args.overwrite, inputs)
+        except UserError as error:
+            refusal = error
+    if accelerator.num_processes > 1:
+        shared = [refusal]
+        broadcast_object_list(shared)
+        refusal = shared[0]
+    if refusal is not None:
+        raise refusal
+    return lock
 
 
 def _accelerator(args: PretrainingArguments):
