@@ -70,8 +70,9 @@ def test_a_hub_answering_500_keeps_the_status(caches):  # noqa: F811
         server.commit(RELEASE_REPO, {"vitmae_111M/config.json": "{}"})
         server.fail_status = 500
         error, seconds = load_failure(BrainLMModel)
+        host = server.endpoint.removeprefix("http://")
     assert_names_the_release_and_offline_ways(error)
-    assert f"the Hub at {server.endpoint.removeprefix('http://')} answered HTTP 500" in str(error)
+    assert f"the Hub at {host} answered HTTP 500" in str(error)
     assert seconds < 15 * BOUND
 
 
