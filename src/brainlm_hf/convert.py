@@ -286,7 +286,7 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
 
         from .hub import hub_file, hub_source
 
-        what = hub_source(source, source, subfolder or "")
+        what = hub_source(source, subfolder)
 
         def fetch(name):
             try:

@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 from transformers.utils import logging
 
 from . import convert
-from .convert import RELEASES, release_location
+from .convert import RELEASE_REPO, RELEASES, release_location
 from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError, one_line
 
 logger = logging.get_logger(__name__)
@@ -79,7 +79,7 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
     repo_id, subfolder = release_location(name, subfolder)
     if subfolder:
         kwargs["subfolder"] = subfolder
-    return _resolve_hub(repo_id, subfolder, kwargs, hub_source(name, repo_id, subfolder))
+    return _resolve_hub(repo_id, subfolder, kwargs, hub_source(repo_id, subfolder))
 
 
 def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict, what: str) -> tuple:
@@ -109,11 +109,13 @@ def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict, what: str) -> tuple
     return str(target), _without(kwargs, "subfolder", "revision")
 
 
-def hub_source(name: str, repo_id: str, subfolder: str = "") -> str:
-    """How errors name a Hub source: `brainlm-111m (vandijklab/brainlm, subfolder vitmae_111M)`, or the repository."""
+def hub_source(repo_id: str, subfolder: str | None = None) -> str:
+    """How errors name a Hub source: a release as `brainlm-111m (vandijklab/brainlm, subfolder vitmae_111M)`, any
+    other as `the Hub repository owner/name (subfolder S)`."""
     inside = f"subfolder {subfolder}" if subfolder else ""
-    if str(name).lower() in RELEASES:
-        return f"{name} ({repo_id}, {inside})"
+    for short_name, release_subfolder in RELEASES.items():
+        if repo_id == RELEASE_REPO and subfolder == release_subfolder:
+            return f"{short_name} ({repo_id}, {inside})"
     return f"the Hub repository {repo_id}{' (' + inside + ')' if inside else ''}"
 
 

@@ -133,7 +133,7 @@ def test_a_damaged_conversion_cache_entry_is_named(hub, damage):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_a_cached_local_conversion_needs_no_lock(caches, tmp_path, monkeypatch):  # noqa: F811
+def test_a_cached_local_conversion_needs_no_lock(hub, tmp_path, monkeypatch):  # noqa: F811
     """A read-only cache holding the conversion: the hit takes no lock (writing one would fail)."""
     import filelock
 
