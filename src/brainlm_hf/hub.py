@@ -6,7 +6,8 @@ cached). Uploading a finished folder is `hub_upload.push_folder`.
 `BrainLMForSequenceClassification` and `BrainLMFeatureExtractor` by `brainlm_hf/__init__.py`. What
 `from_pretrained(X, subfolder=S, revision=R)` then loads:
 
-* a local folder `X` (with `S` inside it) or a Hub repository in brainlm_hf's format: as transformers does;
+* a local folder `X` (with `S` inside it) or a Hub repository in brainlm_hf's format: as transformers does; a
+  path-like `X` (see `folders.is_path_like`) that does not exist is "no such folder: X", never a Hub request;
 * a short name of the released weights, `"brainlm-13m"`, `"brainlm-111m"` or `"brainlm-650m"` (any letter case), when
   no local folder has that name: `vandijklab/brainlm` with subfolder `old_13M`, `vitmae_111M` or `vitmae_650M`;
 * an ORIGINAL BrainLM checkpoint (a `config.json` whose `model_type` is `brainlm_mae` or `vit_mae`, beside
@@ -48,6 +49,7 @@ from transformers.utils import logging
 from . import convert
 from .convert import RELEASE_REPO, RELEASES, release_location
 from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError, one_line
+from .folders import is_path_like
 
 logger = logging.get_logger(__name__)
 
@@ -69,6 +71,8 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
         return pretrained_model_name_or_path, kwargs
     name, kwargs = str(pretrained_model_name_or_path), dict(kwargs)
     subfolder = kwargs.get("subfolder") or ""
+    if not os.path.exists(os.path.expanduser(name)) and is_path_like(name):
+        raise MissingFileError(f"no such folder: {name}")
     if os.path.isdir(name):
         folder = Path(name, subfolder)
         if original_family(folder / "config.json") is None:

@@ -189,3 +189,10 @@ def test_convert_downloads_only_the_coordinate_table(hub, tmp_path):  # noqa: F8
     fetched = [entry.path for entry in hub.requests if "/static/a424/" in entry.path]
     assert fetched and all(path.endswith("A424_Coordinates.txt") for path in fetched)
     assert json.loads((tmp_path / "out" / "config.json").read_text())["model_type"] == "brainlm_hf"
+
+
+@pytest.mark.parametrize("name", ["/no/such/folder", "./no/such", "runs/a/final"])
+def test_a_path_that_does_not_exist_is_no_hub_request(name):
+    for loader in LOADERS:
+        with pytest.raises(MissingFileError, match=f"^no such folder: {name}$"):
+            loader.from_pretrained(name)
