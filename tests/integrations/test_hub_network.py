@@ -196,3 +196,21 @@ def test_a_path_that_does_not_exist_is_no_hub_request(name):
     for loader in LOADERS:
         with pytest.raises(MissingFileError, match=f"^no such folder: {name}$"):
             loader.from_pretrained(name)
+
+
+@pytest.mark.slow
+def test_convert_without_coordinates_or_network_names_its_own_option(hub, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """A local original folder, the A424 host silent and nothing cached: the error names `--atlas-coordinates` (an
+    option `convert` has) and the cache folder, within the bound."""
+    folder = tmp_path / "original"
+    folder.mkdir()
+    for name, data in original_files("brainlm_small", "model.safetensors").items():
+        (folder / name).write_bytes(data)
+    with silent_server() as endpoint:
+        monkeypatch.setattr(atlas, "_A424_BASE", endpoint + "/a424/")
+        start = time.monotonic()
+        assert main(["convert", str(folder), str(tmp_path / "out")]) == 2
+        assert time.monotonic() - start < 15 * BOUND
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("brainlm convert: error: could not download A424_Coordinates.dat from")
+    assert "--atlas-coordinates" in line and "--atlas-dir" not in line and "$BRAINLM_CACHE/atlases" in line

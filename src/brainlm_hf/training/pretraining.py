@@ -22,6 +22,9 @@ object) and runs it. Design choices, each forced by a measured trap (see the REA
   steps, and at every step only where that costs nothing (the CPU).
 * Checks: before the first step, `checks` refuses a run that cannot work (no windows, fewer windows per epoch than
   one batch for some stream part, window length vs patch size, regions and coordinates vs the model) with one line.
+* Output folder: one run per `output_dir` (`folders.claim_run_folder`: an OS lock, released when the process ends);
+  a folder that holds an earlier run is refused unless `--resume_from_checkpoint` continues it or `--overwrite`
+  replaces it (deleted once the run has passed its checks).
 * Resume (`checkpoints`): a step checkpoint holds model, optimizer and RNG (`save_state`) and a JSON trainer state
   (step, scheduler, every process's `BatchStream` positions, the data's fingerprint and the stream layout); nothing
   is unpickled beyond tensors. `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted
