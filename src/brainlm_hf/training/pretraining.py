@@ -147,8 +147,11 @@ def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) 
 def pretrain(args: PretrainingArguments) -> dict:
     """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
     run = PretrainingRun.setup(args)
-    run.train()
-    return run.finish()
+    try:
+        run.train()
+        return run.finish()
+    finally:
+        run.release()
 
 
 @dataclass
@@ -174,8 +177,6 @@ class PretrainingRun:
     def setup(cls, args: PretrainingArguments) -> "PretrainingRun":
         """Check the arguments and the data (one line naming the numbers otherwise), build every part of the run
         (the same initial weights on every process), resume it if asked, and write `pretraining_args.json`."""
-        from accelerate.utils import set_seed
-
         check_counts(
             crops_per_recording=(args.crops_per_recording, 1),
             per_device_train_batch_size=(args.per_device_train_batch_size, 1),
@@ -192,6 +193,18 @@ class PretrainingRun:
             )
         accelerator = _accelerator(args)
         lock = _claim_output(accelerator, args)
+        try:
+            return cls._build(args, accelerator, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _build(cls, args: PretrainingArguments, accelerator: "Accelerator", lock) -> "PretrainingRun":
+        """The rest of `setup`, once `output_dir` is claimed."""
+        from accelerate.utils import set_seed
+
         set_seed(args.seed)  # the same initial weights on every process
         dataset = PreparedDataset(args.dataset)
         model = build_model(args)
@@ -361,9 +374,14 @@ class PretrainingRun:
             self.dataset.processor.save_pretrained(self.output / "final")
             (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
         self.accelerator.end_training()
+        self.release()
+        return metrics
+
+    def release(self) -> None:
+        """Give `output_dir` back to other runs (the process's end does it too)."""
         if self.lock is not None:
             self.lock.release()
-        return metrics
+            self.lock = None
 
 
 def _check_data(args: PretrainingArguments, dataset: PreparedDataset, num_processes: int, parts: int) -> dict:
