@@ -24,12 +24,17 @@ process: the 404 keeps it from writing its registry cache into the real HF_HOME)
 second load was a cache hit and that a new commit is downloaded again. `HubServer.online()` points the already
 imported `huggingface_hub` at the server (its constants are read at import time, so setting `HF_ENDPOINT` afterwards
 is not enough) and lifts `HF_HUB_OFFLINE`, which tests/conftest.py sets.
+
+Failing Hubs: `HubServer.fail_status = 500` makes every request answer that status; `silent_server()` is an
+endpoint that accepts connections and never answers, and `online_at(endpoint)` points `huggingface_hub` at any
+endpoint as `online()` does.
 """
 
 import base64
 import hashlib
 import json
 import os
+import socket
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -164,6 +169,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._commit_count = 0
         self._servers: list[ThreadingHTTPServer] = []
+        self.fail_status: int | None = None  # when set, every request answers this status
 
     # -- life cycle ------------------------------------------------------------------------------------------------
 
@@ -202,23 +208,8 @@ class HubServer:
 
     @contextmanager
     def online(self) -> Iterator["HubServer"]:
-        """Point `huggingface_hub` (constants, the module-level `HfApi`) and subprocesses (env) at this server.
-
-        `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when it is imported, so the values are patched in
-        its `constants` module as well as in the environment; everything is restored on exit.
-        """
-        from huggingface_hub import constants, hf_api
-
-        environ = {"HF_ENDPOINT": self.endpoint, "HF_HUB_OFFLINE": "0"}
-        with (
-            mock.patch.dict(os.environ, environ),
-            mock.patch.object(constants, "ENDPOINT", self.endpoint),
-            mock.patch.object(
-                constants, "HUGGINGFACE_CO_URL_TEMPLATE", self.endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-            ),
-            mock.patch.object(constants, "HF_HUB_OFFLINE", False),
-            mock.patch.object(hf_api.api, "endpoint", self.endpoint),
-        ):
+        """Point `huggingface_hub` and subprocesses at this server (`online_at`)."""
+        with online_at(self.endpoint):
             yield self
 
     # -- repositories ----------------------------------------------------------------------------------------------
@@ -305,6 +296,50 @@ class HubServer:
             self.requests.append(entry)
 
 
+@contextmanager
+def online_at(endpoint: str) -> Iterator[str]:
+    """Point `huggingface_hub` (constants, the module-level `HfApi`) and subprocesses (env) at `endpoint`.
+
+    `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when it is imported, so the values are patched in its
+    `constants` module as well as in the environment; everything is restored on exit.
+    """
+    from huggingface_hub import constants, hf_api
+
+    environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    with (
+        mock.patch.dict(os.environ, environ),
+        mock.patch.object(constants, "ENDPOINT", endpoint),
+        mock.patch.object(
+            constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        ),
+        mock.patch.object(constants, "HF_HUB_OFFLINE", False),
+        mock.patch.object(hf_api.api, "endpoint", endpoint),
+    ):
+        yield endpoint
+
+
+@contextmanager
+def silent_server() -> Iterator[str]:
+    """The URL of a server on 127.0.0.1 that accepts every connection and never answers (a hung Hub or mirror)."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:  # closed on exit
+                return
+
+    threading.Thread(target=accept, name="test-silent-hub", daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+        for connection in accepted:
+            connection.close()
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Routes one request of `huggingface_hub` to the `HubServer` that owns the listening socket."""
 
@@ -335,6 +370,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self._sent_file: str | None = None
         try:
+            if self.hub.fail_status is not None:
+                raise HubError(self.hub.fail_status, None, "The test hub fails on purpose")
             status, headers, content = self._route(parts, query, body)
         except HubError as error:
             status, content = error.status, json.dumps({"error": error.message, **error.extra}).encode()

@@ -282,22 +282,22 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
             return folder / name if (folder / name).is_file() else None
 
     else:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError
+
+        from .hub import hub_file, hub_source
+
+        what = hub_source(source, subfolder)
 
         def fetch(name):
             try:
-                return Path(
-                    hf_hub_download(
-                        source, name, subfolder=subfolder, revision=revision, token=token, cache_dir=cache_dir
-                    )
-                )
-            except EntryNotFoundError as error:  # the repository has no such file (or, offline, none is cached)
-                if name != "config.json" and not isinstance(error, LocalEntryNotFoundError):
+                return hub_file(source, name, subfolder, revision, what=what, token=token, cache_dir=cache_dir)[0]
+            except NetworkError:  # bounded; names the file, the host and how to work offline
+                raise
+            except EntryNotFoundError as error:  # the repository has no such file
+                if name != "config.json":
                     return None
-                kind = NetworkError if isinstance(error, LocalEntryNotFoundError) else MissingFileError
-                raise kind(_hub_failure(name, source, subfolder, revision, error)) from error
-            except (OSError, ValueError) as error:  # no network, unknown or gated repository, invalid id
+                raise MissingFileError(_hub_failure(name, source, subfolder, revision, error)) from error
+            except (OSError, ValueError) as error:  # unknown or gated repository, invalid id
                 raise NetworkError(_hub_failure(name, source, subfolder, revision, error)) from error
 
     config_file = fetch("config.json")
@@ -506,10 +506,10 @@ def read_coordinates(path) -> np.ndarray:
 
 
 def _a424_coordinates() -> np.ndarray:
-    """The A424 coordinates, the atlas of the released weights (the verified download, `load_a424`)."""
-    from .data.atlas import load_a424
+    """The A424 coordinates, the atlas of the released weights (the verified download of the table alone)."""
+    from .data.atlas import a424_coordinates
 
-    return load_a424().coordinates
+    return a424_coordinates()
 
 
 def _convert_into(

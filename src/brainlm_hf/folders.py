@@ -87,18 +87,7 @@ def output_folder(output, overwrite: bool = False, what: str = "the output", inp
                 f"overwrite=True to replace it whole with {what}.",
                 argument="overwrite",
             )
-        if _inside(Path.cwd(), output) or _inside(Path.home(), output):
-            where = "the home folder" if _inside(Path.home(), output) else "the working folder"
-            raise InvalidArgumentError(
-                f"{output} holds {where}: overwrite=True would delete it; write {what} to a folder of its own.",
-                argument="overwrite",
-            )
-        held = [str(path) for path in inputs if _inside(path, output)]
-        if held:
-            raise InvalidArgumentError(
-                f"{output} holds the input {held[0]}: overwrite=True would delete it; write to another folder.",
-                argument="overwrite",
-            )
+        check_replaceable(output, what, inputs)
     parent = output.parent
     staging = parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
@@ -121,6 +110,87 @@ def output_folder(output, overwrite: bool = False, what: str = "the output", inp
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_replaceable(output: Path, what: str, inputs: Iterable = ()) -> None:
+    """
+    Refuse (`InvalidArgumentError`, `argument="overwrite"`) to replace `output` when it is the working folder, one
+    above it or the home folder, or holds one of `inputs`: replacing it would delete them.
+    """
+    if _inside(Path.cwd(), output) or _inside(Path.home(), output):
+        where = "the home folder" if _inside(Path.home(), output) else "the working folder"
+        raise InvalidArgumentError(
+            f"{output} holds {where}: overwrite=True would delete it; write {what} to a folder of its own.",
+            argument="overwrite",
+        )
+    held = [str(path) for path in inputs if _inside(path, output)]
+    if held:
+        raise InvalidArgumentError(
+            f"{output} holds the input {held[0]}: overwrite=True would delete it; write to another folder.",
+            argument="overwrite",
+        )
+
+
+RUN_LOCK = ".brainlm-run.lock"
+
+
+def claim_run_folder(output, resume: bool, overwrite: bool, inputs: Iterable = ()):
+    """
+    Claim the output folder of a run that writes into it as it goes (`brainlm pretrain`): one run per folder, and
+    never an earlier run's folder by accident. Returns the held `filelock.FileLock` on `output/.brainlm-run.lock`
+    (an OS lock: released by `release()`, and by the OS when the process ends, so the file a crashed run leaves
+    behind blocks nothing). Refused before anything is written:
+
+    * another live run holds the lock (`InvalidArgumentError`, `argument="output_dir"`);
+    * `output` holds an earlier run and neither `resume` nor `overwrite` is set (`FolderNotEmptyError`);
+    * with `overwrite`, `output` holds the working or home folder or one of `inputs` (see `check_replaceable`).
+
+    With `overwrite` (and not `resume`) the earlier run is deleted by `clear_run_folder`, once the run has passed its
+    own checks.
+    """
+    from filelock import FileLock, Timeout
+
+    output = Path(os.path.expanduser(os.fspath(output)))
+    if output.exists() and not output.is_dir():
+        raise NotAFolderError(f"{output} is a file, not a folder: give a new or empty output_dir.")
+    output.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(output / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InvalidArgumentError(
+            f"{output} is in use: another run is writing into it (it holds {output / RUN_LOCK}); wait for that run "
+            "to end, or give another output_dir.",
+            argument="output_dir",
+        ) from None
+    earlier = _earlier_run(output)
+    if earlier and not resume:
+        if not overwrite:
+            lock.release()
+            raise FolderNotEmptyError(
+                f"{output} holds an earlier run ({folder_listing(output)}): continue it with "
+                "resume_from_checkpoint='latest', replace it with overwrite=True, or give a new output_dir.",
+                argument="output_dir",
+            )
+        try:
+            check_replaceable(output, "the run", inputs)
+        except InvalidArgumentError:
+            lock.release()
+            raise
+    return lock
+
+
+def clear_run_folder(output) -> None:
+    """Delete what an earlier run left in `output` (not the lock of the current run): for `overwrite`."""
+    for path in _earlier_run(Path(os.path.expanduser(os.fspath(output)))):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _earlier_run(output: Path) -> list[Path]:
+    return [path for path in output.iterdir() if path.name != RUN_LOCK]
 
 
 def _like(error: OSError, message: str) -> OSError:

@@ -6,7 +6,8 @@ cached). Uploading a finished folder is `hub_upload.push_folder`.
 `BrainLMForSequenceClassification` and `BrainLMFeatureExtractor` by `brainlm_hf/__init__.py`. What
 `from_pretrained(X, subfolder=S, revision=R)` then loads:
 
-* a local folder `X` (with `S` inside it) or a Hub repository in brainlm_hf's format: as transformers does;
+* a local folder `X` (with `S` inside it) or a Hub repository in brainlm_hf's format: as transformers does; a
+  path-like `X` (see `folders.is_path_like`) that does not exist is "no such folder: X", never a Hub request;
 * a short name of the released weights, `"brainlm-13m"`, `"brainlm-111m"` or `"brainlm-650m"` (any letter case), when
   no local folder has that name: `vandijklab/brainlm` with subfolder `old_13M`, `vitmae_111M` or `vitmae_650M`;
 * an ORIGINAL BrainLM checkpoint (a `config.json` whose `model_type` is `brainlm_mae` or `vit_mae`, beside
@@ -25,23 +26,35 @@ cached). Uploading a finished folder is `hub_upload.push_folder`.
 
   `N` (`CONVERSION_VERSION`) changes when the converted output changes, so a new brainlm_hf never reads a stale
   conversion. Concurrent loads (e.g. one per GPU process) convert once: a file lock guards the conversion, written
-  to a temporary folder and renamed into place.
+  to a temporary folder and renamed into place; a cached conversion is read without the lock (a read-only cache
+  works) after a cheap check of its files (a damaged entry is an error that says how to convert again).
+
+Network bound: every Hub file is fetched by `hub_file`, which first asks the Hub for the file's metadata once,
+without retries, waiting at most `$BRAINLM_NETWORK_TIMEOUT` seconds (default 10). A Hub that is unreachable, silent
+or answering a server error (5xx) then gives the cached copy when there is one (and the rest of the load stays in
+the cache, `local_files_only=True`), else a `NetworkError` that names the release or repository, the file, the host
+and how to work offline; so does offline mode (`HF_HUB_OFFLINE=1`) without a cached copy.
 """
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from transformers.utils import logging
 
 from . import convert
-from .convert import release_location
+from .convert import RELEASE_REPO, RELEASES, release_location
+from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError, one_line
+from .folders import is_path_like
 
 logger = logging.get_logger(__name__)
 
 CONVERSION_VERSION = 2  # part of the cache paths: bump it when convert_checkpoint writes something else
+DEFAULT_NETWORK_TIMEOUT = 10.0  # seconds; $BRAINLM_NETWORK_TIMEOUT overrides it
 _WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 # from_pretrained options that the download of the source honours
 _DOWNLOAD_OPTIONS = ("cache_dir", "force_download", "local_files_only", "token")
@@ -58,53 +71,171 @@ def resolve_pretrained(pretrained_model_name_or_path, kwargs: dict) -> tuple:
         return pretrained_model_name_or_path, kwargs
     name, kwargs = str(pretrained_model_name_or_path), dict(kwargs)
     subfolder = kwargs.get("subfolder") or ""
+    if not os.path.exists(os.path.expanduser(name)) and is_path_like(name):
+        raise MissingFileError(f"no such folder: {name}")
     if os.path.isdir(name):
         folder = Path(name, subfolder)
         if original_family(folder / "config.json") is None:
             return pretrained_model_name_or_path, kwargs
         target = _local_cache_folder(folder)
-        _convert_once(str(folder), target, force=bool(kwargs.get("force_download")))
+        _cached_or_convert(str(folder), target, force=bool(kwargs.get("force_download")))
         return str(target), _without(kwargs, "subfolder", "revision")
-    name, subfolder = release_location(name, subfolder)
+    repo_id, subfolder = release_location(name, subfolder)
     if subfolder:
         kwargs["subfolder"] = subfolder
-    return _resolve_hub(name, subfolder, kwargs)
+    return _resolve_hub(repo_id, subfolder, kwargs, hub_source(repo_id, subfolder))
 
 
-def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict) -> tuple:
+def _resolve_hub(repo_id: str, subfolder: str, kwargs: dict, what: str) -> tuple:
     """A Hub repository: its converted folder when `config.json` at that revision is an original one."""
-    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
 
     options = {key: kwargs[key] for key in _DOWNLOAD_OPTIONS if kwargs.get(key) is not None}
+    revision = kwargs.get("revision")
     try:
-        config_path = Path(
-            hf_hub_download(
-                repo_id, "config.json", subfolder=subfolder or None, revision=kwargs.get("revision"), **options
-            )
-        )
-    except (EntryNotFoundError, HfHubHTTPError, HFValidationError):
+        config_path, reachable = hub_file(repo_id, "config.json", subfolder, revision, what=what, **options)
+    except EntryNotFoundError:
+        _check_subfolder(repo_id, subfolder, revision, what, options.get("token"))
+        return repo_id, kwargs  # no config.json (e.g. a processor alone): transformers reads what is there
+    except (HfHubHTTPError, HFValidationError):
         return repo_id, kwargs  # not a repository we can read: transformers says why
+    if not reachable:  # the Hub did not answer: the rest of the load reads the cache only
+        kwargs["local_files_only"] = options["local_files_only"] = True
     # the file is <repo cache>/snapshots/<commit>/<subfolder>/config.json
     snapshot = config_path.parents[len(PurePosixPath(subfolder).parts)]
     storage, commit = snapshot.parent.parent, snapshot.name
     target = storage / f"brainlm_hf-converted-v{CONVERSION_VERSION}" / commit / subfolder / "converted"
     force = bool(kwargs.get("force_download"))
-    if target.is_dir() and not force:
-        return str(target), _without(kwargs, "subfolder", "revision")
-    if original_family(config_path) is None:
+    if not (target.is_dir() and not force) and original_family(config_path) is None:
         return repo_id, kwargs
     convert_options = {key: options[key] for key in ("cache_dir", "token") if key in options}
-    _convert_once(repo_id, target, force, subfolder=subfolder or None, revision=commit, **convert_options)
+    _cached_or_convert(repo_id, target, force, subfolder=subfolder or None, revision=commit, **convert_options)
     return str(target), _without(kwargs, "subfolder", "revision")
 
 
+def hub_source(repo_id: str, subfolder: str | None = None) -> str:
+    """How errors name a Hub source: a release as `brainlm-111m (vandijklab/brainlm, subfolder vitmae_111M)`, any
+    other as `the Hub repository owner/name (subfolder S)`."""
+    inside = f"subfolder {subfolder}" if subfolder else ""
+    for short_name, release_subfolder in RELEASES.items():
+        if repo_id == RELEASE_REPO and subfolder == release_subfolder:
+            return f"{short_name} ({repo_id}, {inside})"
+    return f"the Hub repository {repo_id}{' (' + inside + ')' if inside else ''}"
+
+
+def network_timeout() -> float:
+    """Seconds a request to the Hub or a download host may wait for an answer: `$BRAINLM_NETWORK_TIMEOUT`, else 10."""
+    value = os.environ.get("BRAINLM_NETWORK_TIMEOUT", "")
+    if not value:
+        return DEFAULT_NETWORK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidArgumentError(f"BRAINLM_NETWORK_TIMEOUT={value!r}: give a number of seconds above 0 (e.g. 10).")
+    return seconds
+
+
+def hub_file(
+    repo_id: str, filename: str, subfolder: str | None = None, revision: str | None = None, *, what: str, **options
+) -> tuple[Path, bool]:
+    """
+    `(path, reachable)`: `filename` of `repo_id` (in `subfolder`, at `revision`) through the Hugging Face cache, and
+    whether the Hub answered. Bounded (see the module): one metadata request without retries first, waiting at most
+    `network_timeout()` s. A silent, unreachable or failing (5xx) Hub gives the cached copy (`reachable` False) or a
+    `NetworkError` naming `what`, the file, the host and how to work offline; offline mode (`HF_HUB_OFFLINE=1` or
+    `local_files_only`) too. The Hub's answers about the repository (no such file, repository or revision) are raised
+    as `huggingface_hub` raises them. `options`: `cache_dir`, `force_download`, `local_files_only`, `token`.
+    """
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalEntryNotFoundError
+
+    def cached(reason: str) -> Path:
+        try:
+            offline = {**options, "local_files_only": True, "force_download": False}
+            return Path(hf_hub_download(repo_id, filename, **where, **offline))
+        except LocalEntryNotFoundError:
+            raise NetworkError(_offline_message(what, filename, subfolder, reason)) from None
+
+    where = {"subfolder": subfolder or None, "revision": revision}
+    if constants.HF_HUB_OFFLINE or options.get("local_files_only"):
+        flag = "HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "local_files_only=True"
+        return cached(f"offline mode is on ({flag}) and it is not in the Hugging Face cache"), False
+    url = hf_hub_url(repo_id, filename, **where)
+    seconds = network_timeout()
+    try:
+        get_hf_file_metadata(url, token=options.get("token"), timeout=seconds)
+    except HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else None
+        if status is not None and status < 500:
+            raise
+        return cached(f"{_host()} answered HTTP {status} ({one_line(error)[:200]})"), False
+    except HFValidationError:
+        raise
+    except Exception as error:  # noqa: BLE001 - the HTTP client's timeouts and connection errors
+        silent = "Timeout" in type(error).__name__
+        reason = (
+            f"{_host()} did not answer within {seconds:g} s (BRAINLM_NETWORK_TIMEOUT)"
+            if silent
+            else f"{_host()} is unreachable ({one_line(error)[:200] or type(error).__name__})"
+        )
+        return cached(reason), False
+    options = {"etag_timeout": seconds, **options}
+    return Path(hf_hub_download(repo_id, filename, **where, **options)), True
+
+
+def _host() -> str:
+    from huggingface_hub import constants
+
+    return f"the Hub at {urlsplit(constants.ENDPOINT).netloc or constants.ENDPOINT}"
+
+
+def _offline_message(what: str, filename: str, subfolder: str | None, reason: str) -> str:
+    path = f"{subfolder}/{filename}" if subfolder else filename
+    return (
+        f"could not fetch {path} of {what}: {reason}. To work offline, load it once with the network (it is cached "
+        f"in $HF_HOME), or convert it where the Hub is reachable (brainlm convert NAME OUT) and load the folder OUT; "
+        f"the A424 atlas files are read from $BRAINLM_CACHE/atlases (see docs/hub.md)."
+    )
+
+
+def _check_subfolder(repo_id: str, subfolder: str, revision: str | None, what: str, token) -> None:
+    """Raise `MissingFileError` naming `subfolder` when the repository has no such folder at `revision`."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if not subfolder:
+        return
+    try:
+        next(iter(HfApi().list_repo_tree(repo_id, path_in_repo=subfolder, revision=revision, token=token)), None)
+    except EntryNotFoundError:
+        at = f" at revision {revision}" if revision else ""
+        raise MissingFileError(
+            f"{what}: the repository has no folder {subfolder}{at} (subfolder={subfolder!r}); it may have been "
+            f"moved or removed by a newer commit: pass the revision that holds it, or another subfolder.",
+            argument="subfolder",
+        ) from None
+
+
 def original_family(config_path: Path) -> str | None:
-    """The original family (`brainlm_mae` or `vit_mae`) that `config_path` declares, or None (also when missing)."""
+    """The original family (`brainlm_mae` or `vit_mae`) that `config_path` declares, or None (also when missing).
+    A `config.json` that is not a JSON object is an `InvalidFileError` naming it."""
     if not config_path.is_file():
         return None
-    model_type = json.loads(config_path.read_text()).get("model_type")
+    model_type = _json_object(config_path, "a model config").get("model_type")
     return model_type if model_type in convert.FAMILIES else None
+
+
+def _json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path`; `InvalidFileError` naming the file when it is cut, not JSON or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidFileError(f"{path} is not valid JSON ({one_line(error)}): it is damaged or cut.") from error
+    if not isinstance(value, dict):
+        raise InvalidFileError(f"{path} holds a JSON {type(value).__name__}, not {what} (a JSON object).")
+    return value
 
 
 def _local_cache_folder(folder: Path) -> Path:
@@ -119,6 +250,50 @@ def _local_cache_folder(folder: Path) -> Path:
             stamp.append(f"{name}:{status.st_size}:{status.st_mtime_ns}")
     key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:32]
     return Path(constants.HF_HOME) / "brainlm_hf" / f"converted-v{CONVERSION_VERSION}" / key / "converted"
+
+
+def _cached_or_convert(source: str, target: Path, force: bool = False, **options) -> None:
+    """The cached conversion `target` when it is there (checked, no lock: a read-only cache works), else convert."""
+    if target.is_dir() and not force:
+        _check_conversion(target)
+        return
+    _convert_once(source, target, force, **options)
+
+
+def _check_conversion(target: Path) -> None:
+    """
+    A cheap check of a cached conversion (no weights read): its JSON files parse, and `model.safetensors` is as long
+    as its header says. A damaged entry (cut, emptied) is an `InvalidFileError` that says how to convert again.
+    """
+    try:
+        for name in ("config.json", "preprocessor_config.json"):
+            if not (target / name).is_file():
+                raise InvalidFileError(f"{name} is missing")
+            _json_object(target / name, name)
+        _check_safetensors(target / "model.safetensors")
+    except InvalidFileError as error:
+        raise InvalidFileError(
+            f"the cached conversion {target} is damaged ({error}): load again with force_download=True to convert "
+            "it again (or delete that folder)."
+        ) from None
+
+
+def _check_safetensors(path: Path) -> None:
+    """`path` holds a safetensors header and as many bytes as its tensors' offsets say (`InvalidFileError`)."""
+    if not path.is_file():
+        raise InvalidFileError(f"{path.name} is missing")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        length = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        header = handle.read(length) if 0 < length <= size - 8 else b""
+    try:
+        tensors = json.loads(header)
+        end = max((entry["data_offsets"][1] for key, entry in tensors.items() if key != "__metadata__"), default=0)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise InvalidFileError(f"{path.name} has no readable safetensors header") from None
+    if 8 + length + end != size:
+        raise InvalidFileError(f"{path.name} holds {size} bytes where its header needs {8 + length + end}")
 
 
 def _convert_once(source: str, target: Path, force: bool = False, **options) -> None:

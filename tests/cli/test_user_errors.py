@@ -687,12 +687,14 @@ def original(tmp_path) -> Path:
 
 @pytest.fixture
 def local_a424(a424_folder, monkeypatch):
-    """`load_a424()` reads the A424 folder of the tests (no download): conversion takes its coordinates from it."""
+    """`load_a424()` and `a424_coordinates()` read the A424 folder of the tests (no download): conversion takes its
+    coordinates from it."""
     import functools
 
     from brainlm_hf.data import atlas
 
     monkeypatch.setattr(atlas, "load_a424", functools.partial(atlas.load_a424, a424_folder))
+    monkeypatch.setattr(atlas, "a424_coordinates", lambda: atlas.load_a424(a424_folder).coordinates)
 
 
 def test_convert_refuses_a_non_empty_output_and_overwrite_replaces_it_whole(tmp_path, local_a424):
@@ -778,7 +780,8 @@ def test_a_hub_source_that_cannot_be_reached_names_the_repository(tmp_path):
     from brainlm_hf.convert import convert_checkpoint
 
     with pytest.raises(
-        OSError, match="could not get old_13M/config.json of the Hub repository someone/brainlm"
+        OSError,
+        match=r"could not fetch old_13M/config.json of the Hub repository someone/brainlm \(subfolder old_13M\)",
     ) as error:
         convert_checkpoint("someone/brainlm", str(tmp_path / "out"), subfolder="old_13M")
     assert "/nonexistent" not in str(error.value)

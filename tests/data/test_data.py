@@ -713,3 +713,21 @@ def test_batch_stream_through_reused_shared_buffers(four_shards, pin_memory):
         if count == 19:
             break
     assert batches.state_dict() == json.loads(json.dumps(batches.state_dict()))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_shared_buffers_never_given_back_is_an_error_not_a_hang(four_shards, workers):
+    """Iterating `loader(shared_buffers=k)` without `advance`: the item that no buffer is left for is refused (the
+    workers would wait for a buffer forever); items up to the buffers' count are served."""
+    batches = batch_stream(four_shards, streams=1, parts=2)
+    loader = batches.loader(workers, prefetch_factor=1, shared_buffers=5)
+    served = []
+    with pytest.raises(ValueError, match=r"shared_buffers=5.*BatchStream.advance\(item\)"):
+        for item in loader:
+            served.append(item)
+    assert len(served) == 5 * workers
+    batches = batch_stream(four_shards, streams=1, parts=2)
+    for count, item in enumerate(batches.loader(workers, prefetch_factor=1, shared_buffers=5)):
+        batches.advance(item)
+        if count == 5 * workers + 3:
+            break

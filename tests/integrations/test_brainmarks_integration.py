@@ -4,6 +4,7 @@ Brainmarks runs them, where Brainmarks is installed (`make test` installs it; se
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -207,3 +208,12 @@ def test_brainmarks_logistic_probe_runs_on_a_synthetic_dataset(tmp_path, a424_fo
     assert result.returncode == 0
     assert "train features: (8, 64)" in result.stdout and "test features: (8, 64)" in result.stdout
     assert "done!" in result.stdout
+
+
+@pytest.mark.parametrize("value", ["/no/such/folder", "./runs/missing/final", "~/no-such-brainlm/final"])
+def test_a_checkpoint_variable_naming_no_folder_is_named(monkeypatch, value):
+    monkeypatch.setenv("BRAINLM_HF_CHECKPOINT", value)
+    with pytest.raises(FileNotFoundError, match=rf"^\$BRAINLM_HF_CHECKPOINT={re.escape(value)}: no such folder: "):
+        brainlm_hf()
+    with pytest.raises(FileNotFoundError, match=rf"^no such folder: {re.escape(value)}$"):
+        brainlm_hf(checkpoint=value)  # given as an argument: named as given

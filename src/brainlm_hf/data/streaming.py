@@ -10,6 +10,7 @@
 * `BrainLMCollator`: window items -> model inputs.
 """
 
+import itertools
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -410,7 +411,9 @@ class _SharedBuffers:
     For each loader worker, `size` item buffers in shared memory (signal `(streams, B, V, T)` and noise
     `(streams, B, L)`), allocated by the consuming process before the workers start, and a semaphore counting the
     free ones. A worker takes its buffers in turn (waiting while none is free, and giving up if the consuming process
-    is gone); the consumer gives them back in the same order (`BatchStream.advance`).
+    is gone); the consumer gives them back in the same order (`BatchStream.advance`). The consumer counts the items
+    it holds per worker (`held`), so that asking for an item that no buffer is left for is an error, not a wait that
+    never ends.
     """
 
     def __init__(self, batches: BatchStream, workers: int, size: int):
@@ -425,6 +428,7 @@ class _SharedBuffers:
         self.noise = _shared_tensor((*shape, width)) if width else None
         self.free = [multiprocessing.get_context().Semaphore(size) for _ in range(workers)]
         self.size, self.parent, self.made = size, os.getpid(), 0
+        self.held = [0] * workers  # consumer side: items handed out and not given back, per worker
 
     def acquire(self, worker: int) -> int:
         import os
@@ -439,7 +443,19 @@ class _SharedBuffers:
         return self.signal[worker, slot, stream], None if self.noise is None else self.noise[worker, slot, stream]
 
     def release(self, worker: int) -> None:
+        self.held[worker] -= 1
         self.free[worker].release()
+
+    def check_free(self, worker: int) -> None:
+        """Refuse to wait for an item of `worker` while the consumer holds all its buffers (it would wait forever)."""
+        if self.held[worker] >= self.size:
+            raise InvalidArgumentError(
+                f"BatchStream.loader(shared_buffers={self.size}): all {self.size} shared buffers of loader worker "
+                f"{worker} hold items that were not given back, so no further batch can be made: call "
+                "BatchStream.advance(item) once done with each item (its buffer is then reused), or pass "
+                "shared_buffers=0 for batches in memory of their own.",
+                argument="shared_buffers",
+            )
 
 
 class _BufferedLoader:
@@ -454,8 +470,14 @@ class _BufferedLoader:
         return self._items(iter(self.loader))  # the workers start here, in the caller's thread
 
     def _items(self, items: Iterator[dict]) -> Iterator[dict]:
-        for item in items:
+        workers = len(self.buffers.held)
+        for count in itertools.count():
+            self.buffers.check_free(count % workers)  # the DataLoader takes the workers' items in turn
+            item = next(items, None)
+            if item is None:
+                return
             worker, slot = item["slot"]
+            self.buffers.held[worker] += 1
             for stream, batch in enumerate(item["batches"]):
                 signal, noise = self.buffers.views(worker, slot, stream)
                 batch["signal_values"] = signal.pin_memory() if self.pin_memory else signal

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..analysis.recording_embeddings import WINDOW_POLICIES, embed_windows
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UserError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..modeling_brainlm import BrainLMModel
 
@@ -202,9 +202,15 @@ def brainlm_hf(
     default `$BRAINLM_HF_CHECKPOINT`, else `brainlm-111m`. The other arguments are those of `BrainmarksTransform` and
     `BrainmarksWrapper` (Brainmarks passes them as `model_kwargs`).
     """
+    from_environment = checkpoint is None and bool(os.environ.get(CHECKPOINT_ENV))
     checkpoint = checkpoint or os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT
     location = {key: value for key, value in (("subfolder", subfolder), ("revision", revision)) if value}
-    processor = BrainLMFeatureExtractor.from_pretrained(checkpoint, **location)
+    try:
+        processor = BrainLMFeatureExtractor.from_pretrained(checkpoint, **location)
+    except UserError as error:
+        if not from_environment:
+            raise
+        raise type(error)(f"${CHECKPOINT_ENV}={checkpoint}: {error}") from error
     if processor.num_regions not in (None, NUM_REGIONS):
         raise InvalidArgumentError(
             f"{checkpoint}'s processor has {processor.num_regions} regions; Brainmarks' {SPACE} space has "

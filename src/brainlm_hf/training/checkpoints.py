@@ -105,14 +105,22 @@ def save_checkpoint(accelerator, output: Path, trainer_state: dict, limit: int, 
             shutil.rmtree(partial, ignore_errors=True)
         raise _write_failure(folder, error, free, step_checkpoints(output)) from error
     if accelerator.is_main_process:
-        if folder.exists():
-            shutil.rmtree(folder)
+        if folder.exists() or folder.is_symlink():
+            _remove_checkpoint(folder)
         partial.rename(folder)
         if not name:
             for old in step_checkpoints(output)[:-limit]:
-                shutil.rmtree(old)
+                _remove_checkpoint(old)
     accelerator.wait_for_everyone()
     return folder
+
+
+def _remove_checkpoint(folder: Path) -> None:
+    """Delete a step checkpoint; one that is a symbolic link loses the link only (its target is not the run's)."""
+    if folder.is_symlink():
+        folder.unlink()
+    else:
+        shutil.rmtree(folder)
 
 
 def load_checkpoint(accelerator, output: Path, checkpoint: str, expected: dict, trust_pickles: bool = False) -> dict:

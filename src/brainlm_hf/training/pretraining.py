@@ -22,6 +22,9 @@ object) and runs it. Design choices, each forced by a measured trap (see the REA
   steps, and at every step only where that costs nothing (the CPU).
 * Checks: before the first step, `checks` refuses a run that cannot work (no windows, fewer windows per epoch than
   one batch for some stream part, window length vs patch size, regions and coordinates vs the model) with one line.
+* Output folder: one run per `output_dir` (`folders.claim_run_folder`: an OS lock, released when the process ends);
+  a folder that holds an earlier run is refused unless `--resume_from_checkpoint` continues it or `--overwrite`
+  replaces it (deleted once the run has passed its checks).
 * Resume (`checkpoints`): a step checkpoint holds model, optimizer and RNG (`save_state`) and a JSON trainer state
   (step, scheduler, every process's `BatchStream` positions, the data's fingerprint and the stream layout); nothing
   is unpickled beyond tensors. `--resume_from_checkpoint latest` continues with the same losses as an uninterrupted
@@ -49,8 +52,9 @@ import torch
 from ..configuration_brainlm import PRESETS, BrainLMConfig
 from ..data import PreparedDataset, WindowStream
 from ..data.streaming import BatchStream
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UserError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import claim_run_folder, clear_run_folder
 from ..inference import map_windows
 from ..metrics import baseline_predictions, masked_reconstruction_metrics
 from ..modeling_brainlm import BrainLMForMaskedSignalModeling
@@ -108,6 +112,10 @@ class PretrainingArguments:
     logging_steps: int = 10
     seed: int = 0
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "a checkpoint folder or 'latest'"})
+    overwrite: bool = field(
+        default=False,
+        metadata={"help": "replace the earlier run in output_dir (without it, a folder that holds one is refused)"},
+    )
     trust_checkpoint_pickles: bool = field(
         default=False,
         metadata={
@@ -139,8 +147,11 @@ def window_noise(seed: int, epoch: int, window_ids: list[str], num_tokens: int) 
 def pretrain(args: PretrainingArguments) -> dict:
     """Run pretraining; returns the final evaluation metrics (also written to `output_dir/metrics.json`)."""
     run = PretrainingRun.setup(args)
-    run.train()
-    return run.finish()
+    try:
+        run.train()
+        return run.finish()
+    finally:
+        run.release()
 
 
 @dataclass
@@ -160,13 +171,12 @@ class PretrainingRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     batches: BatchStream
     state: TrainingState
+    lock: object = None  # the `folders.claim_run_folder` lock of output_dir (held by the main process)
 
     @classmethod
     def setup(cls, args: PretrainingArguments) -> "PretrainingRun":
         """Check the arguments and the data (one line naming the numbers otherwise), build every part of the run
         (the same initial weights on every process), resume it if asked, and write `pretraining_args.json`."""
-        from accelerate.utils import set_seed
-
         check_counts(
             crops_per_recording=(args.crops_per_recording, 1),
             per_device_train_batch_size=(args.per_device_train_batch_size, 1),
@@ -182,6 +192,19 @@ class PretrainingRun:
                 argument="optim",
             )
         accelerator = _accelerator(args)
+        lock = _claim_output(accelerator, args)
+        try:
+            return cls._build(args, accelerator, lock)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+
+    @classmethod
+    def _build(cls, args: PretrainingArguments, accelerator: "Accelerator", lock) -> "PretrainingRun":
+        """The rest of `setup`, once `output_dir` is claimed."""
+        from accelerate.utils import set_seed
+
         set_seed(args.seed)  # the same initial weights on every process
         dataset = PreparedDataset(args.dataset)
         model = build_model(args)
@@ -193,7 +216,7 @@ class PretrainingRun:
         streams = training_streams(args, dataset, accelerator.process_index, accelerator.num_processes)
         batches = training_batches(args, streams, accelerator.unwrap_model(model), dataset.processor)
         state = TrainingState(data_fingerprint(dataset), stream_layout(accelerator.num_processes, args))
-        run = cls(args, accelerator, dataset, model, optimizer, scheduler, batches, state)
+        run = cls(args, accelerator, dataset, model, optimizer, scheduler, batches, state, lock)
         if args.resume_from_checkpoint:
             run.resume()
             batches.check_workers(args.dataloader_num_workers)
@@ -240,9 +263,11 @@ class PretrainingRun:
         )
 
     def start(self, counts: dict) -> None:
-        """Write `pretraining_args.json`, log the training data's `counts` and start the trackers."""
+        """Delete the earlier run (`overwrite`), write `pretraining_args.json`, log the training data's `counts` and
+        start the trackers."""
         if self.accelerator.is_main_process:
-            self.output.mkdir(parents=True, exist_ok=True)
+            if self.args.overwrite and not self.args.resume_from_checkpoint:
+                clear_run_folder(self.output)
             (self.output / "pretraining_args.json").write_text(json.dumps(asdict(self.args), indent=2))
             logger.info(f"Training data: {counts}")
         config = {k: v for k, v in asdict(self.args).items() if v is not None}
@@ -349,7 +374,14 @@ class PretrainingRun:
             self.dataset.processor.save_pretrained(self.output / "final")
             (self.output / "metrics.json").write_text(json.dumps(metrics, indent=2))
         self.accelerator.end_training()
+        self.release()
         return metrics
+
+    def release(self) -> None:
+        """Give `output_dir` back to other runs (the process's end does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 def _check_data(args: PretrainingArguments, dataset: PreparedDataset, num_processes: int, parts: int) -> dict:
@@ -568,6 +600,26 @@ def reconstruct_held_out(
 
     prediction, mask = map_windows(model, windows, processor.model_coordinates(), reconstruct, batch_size)
     return WindowReconstructions(windows, prediction, mask)
+
+
+def _claim_output(accelerator, args: PretrainingArguments):
+    """`folders.claim_run_folder` of `output_dir` by the main process; a refusal is raised on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    lock, refusal = None, None
+    if accelerator.is_main_process:
+        try:
+            inputs = [path for path in (args.dataset, args.model) if Path(path).exists()]
+            lock = claim_run_folder(args.output_dir, bool(args.resume_from_checkpoint), args.overwrite, inputs)
+        except UserError as error:
+            refusal = error
+    if accelerator.num_processes > 1:
+        shared = [refusal]
+        broadcast_object_list(shared)
+        refusal = shared[0]
+    if refusal is not None:
+        raise refusal
+    return lock
 
 
 def _accelerator(args: PretrainingArguments):
