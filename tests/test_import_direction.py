@@ -17,7 +17,7 @@ LAYERS = {
     # the exception classes: import nothing of the package
     "errors": ["errors"],
     # small modules that import nothing of the package but `errors`
-    "leaf": ["version", "folders", "metrics", "hub_upload", "arguments", "progress"],
+    "leaf": ["version", "folders", "metrics", "hub_upload", "arguments", "network", "progress"],
     # the evaluate module shipped for `evaluate.load(metrics.EVALUATE_MODULE)`: a script loaded by path
     "evaluate_module": ["evaluate_modules.*"],
     "model": ["configuration_brainlm", "modeling_brainlm", "feature_extraction_brainlm"],

@@ -34,6 +34,7 @@ from .errors import InvalidArgumentError, InvalidFileError, MissingFileError, Ne
 from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
+from .network import hub_file
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -255,6 +256,16 @@ RELEASE_REPETITION_TIME = 0.735  # seconds: UK Biobank, the pretraining data of 
 NUM_REGIONS = 424  # A424, the atlas of the released weights and of their statistics
 
 
+def hub_source(repo_id: str, subfolder: str | None = None) -> str:
+    """How errors name a Hub source: a release as `brainlm-111m (vandijklab/brainlm, subfolder vitmae_111M)`, any
+    other as `the Hub repository owner/name (subfolder S)`."""
+    inside = f"subfolder {subfolder}" if subfolder else ""
+    for short_name, release_subfolder in RELEASES.items():
+        if repo_id == RELEASE_REPO and subfolder == release_subfolder:
+            return f"{short_name} ({repo_id}, {inside})"
+    return f"the Hub repository {repo_id}{' (' + inside + ')' if inside else ''}"
+
+
 def load_original(source: str, subfolder: str | None = None, revision: str | None = None, token=None, cache_dir=None):
     """
     Read an original checkpoint: a local folder, or a Hub repository id (with `subfolder`, e.g. `vitmae_111M`;
@@ -283,8 +294,6 @@ def load_original(source: str, subfolder: str | None = None, revision: str | Non
 
     else:
         from huggingface_hub.errors import EntryNotFoundError
-
-        from .hub import hub_file, hub_source
 
         what = hub_source(source, subfolder)
 

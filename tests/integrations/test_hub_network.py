@@ -14,7 +14,7 @@ from brainlm_hf.cli import main
 from brainlm_hf.convert import RELEASE_REPO
 from brainlm_hf.data import atlas
 from brainlm_hf.errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError
-from brainlm_hf.hub import network_timeout
+from brainlm_hf.network import network_timeout
 
 from ..hub_server import HubServer, online_at, silent_server
 from .test_hub_loading import caches, hub, original_files  # noqa: F401 - fixtures

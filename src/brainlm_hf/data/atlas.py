@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InvalidArgumentError, InvalidFileError, MissingFileError, NetworkError, one_line
+from ..network import network_timeout
 
 _A424_COMMIT = "bbb460b7b476187072fd69de6a8a960f7d97ae89"
 _A424_BASE = f"https://raw.githubusercontent.com/emergelab/hierarchical-brain-networks/{_A424_COMMIT}/brainmaps/"
@@ -265,8 +266,6 @@ def _download_verified(
     SHA-256 is not downloaded again. `instead`: what the user can do when the download fails. A host that does not
     answer within `$BRAINLM_NETWORK_TIMEOUT` seconds (default 10) is a `NetworkError`, as is any failed download.
     """
-    from ..hub import network_timeout
-
     cache = Path(cache_dir or os.environ.get("BRAINLM_CACHE", Path.home() / ".cache" / "brainlm_hf")) / subfolder
     cache.mkdir(parents=True, exist_ok=True)
     for local_name, (remote_name, sha256) in files.items():
