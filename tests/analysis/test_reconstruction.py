@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 from brainlm_hf.analysis.forecasting import forecast_baselines, forecast_recording, horizon_metrics
-from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch
+from brainlm_hf.analysis.reconstruction import predict_windows, reconstruct_recording, region_metrics, stitch
 from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.metrics import masked_reconstruction_metrics
 
+from .expectations import ORDER, interpolated
 from .test_analysis import SMALL, tile_config
 
 
@@ -186,3 +187,101 @@ def test_forecast_fine_tuning_through_brainlm_pretrain(tmp_path):
     # (random masking would hide 12 - int(12 * 0.7) = 4 tokens per window: 160 timepoints)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"]["num_masked"] == 2 * 6 * 20
+
+
+def _processor(coordinates, **kwargs) -> BrainLMFeatureExtractor:
+    return BrainLMFeatureExtractor(normalization="zscore", coordinates=np.asarray(coordinates).tolist(), **kwargs)
+
+
+def test_reconstruction_with_a_region_order_is_the_atlas_order_model_permuted(config, inputs, recording):
+    """A region-ordered processor (111M/650M family): the model sees rows in model order, the results come back in
+    atlas order, equal to running a processor without order on the recording permuted into model order."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    coordinates = inputs["coordinates"].numpy()
+    ordered = reconstruct_recording(
+        model, _processor(coordinates, region_order=ORDER, num_timepoints=10), recording, mask_ratio=0.5, seed=1
+    )
+    plain = reconstruct_recording(
+        model, _processor(coordinates[ORDER], num_timepoints=10), recording[:, ORDER], mask_ratio=0.5, seed=1
+    )  # rows in model order
+    inverse = np.argsort(ORDER)
+    np.testing.assert_allclose(ordered.prediction, plain.prediction[inverse], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ordered.mask, plain.mask[inverse])
+    np.testing.assert_allclose(ordered.signal, plain.signal[inverse], rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(ordered.mask, plain.mask)  # the order is visible in the masks
+
+
+def test_forecast_with_a_region_order_is_in_atlas_order(config, inputs, recording):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    coordinates = inputs["coordinates"].numpy()
+    ordered = forecast_recording(
+        model, _processor(coordinates, region_order=ORDER, num_timepoints=20), recording, mask_ratio=0.3
+    )
+    plain = forecast_recording(model, _processor(coordinates[ORDER], num_timepoints=20), recording[:, ORDER], 0.3)
+    inverse = np.argsort(ORDER)
+    for name in ("past", "target", "prediction"):
+        np.testing.assert_allclose(getattr(ordered, name), getattr(plain, name)[:, inverse], rtol=1e-5, atol=1e-6)
+    normalised = (recording - recording.mean(0)) / recording.std(0)  # atlas order, as the recording is given
+    np.testing.assert_allclose(ordered.target[1], normalised[17:27].T, atol=1e-5)
+
+
+def test_reconstruction_and_forecast_resample_a_foreign_tr_to_the_model_tr(config, inputs, recording):
+    """A recording at TR 0.8 s for a model at 0.5 s: 27 samples span 20.8 s -> 42 timepoints on the model's grid."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    processor = _processor(inputs["coordinates"], region_order=ORDER, num_timepoints=10, repetition_time=0.5)
+    resampled = interpolated(recording, 0.8, 0.5)
+    assert resampled.shape == (42, 7)
+    foreign = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=2, repetition_time=0.8)
+    native = reconstruct_recording(model, processor, resampled, mask_ratio=0.5, seed=2, repetition_time=0.5)
+    assert foreign.prediction.shape == (7, 42) and foreign.starts == [0, 10, 20, 30, 32]
+    np.testing.assert_allclose(foreign.signal, ((resampled - resampled.mean(0)) / resampled.std(0)).T, atol=1e-5)
+    np.testing.assert_allclose(foreign.prediction, native.prediction, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(foreign.mask, native.mask)
+    processor = _processor(inputs["coordinates"], region_order=ORDER, num_timepoints=20, repetition_time=0.5)
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3, repetition_time=0.8)
+    expected = forecast_recording(model, processor, resampled, mask_ratio=0.3)
+    assert forecast.starts == [0, 20, 22]
+    np.testing.assert_allclose(forecast.prediction, expected.prediction, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forecast.target, expected.target, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])  # 3 windows: one at a time, a batch that does not divide, one batch
+def test_reconstruction_does_not_depend_on_the_batch_boundaries(config, processor, recording, batch_size):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    whole = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=4, batch_size=3)
+    batched = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=4, batch_size=batch_size)
+    np.testing.assert_array_equal(batched.mask, whole.mask)
+    np.testing.assert_allclose(batched.prediction, whole.prediction, rtol=1e-5, atol=1e-6)
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3, batch_size=batch_size)
+    np.testing.assert_allclose(
+        forecast.prediction, forecast_recording(model, processor, recording, 0.3, batch_size=3).prediction, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(("mask_ratio", "masked_tokens"), [(0.3, 5), (0.5, 7), (0.75, 11)])
+def test_each_window_masks_the_token_count_its_ratio_gives(config, processor, recording, mask_ratio, masked_tokens):
+    """14 tokens per window (7 regions x 2 patches of 5): 14 - int(14 * (1 - ratio)) are masked, whole patches."""
+    _, _, masks = predict_windows(
+        BrainLMForMaskedSignalModeling(config).eval(), processor, recording, [0, 10, 17], mask_ratio
+    )
+    assert masks.shape == (3, 7, 10)
+    np.testing.assert_array_equal(masks.sum((1, 2)), [5 * masked_tokens] * 3)
+    patches = masks.reshape(3, 7, 2, 5)
+    assert (patches.min(-1) == patches.max(-1)).all()
+
+
+@pytest.mark.parametrize(("mask_ratio", "horizon"), [(0.3, 10), (0.55, 15), (0.76, 20)])
+def test_forecast_horizon_rounds_the_window_count_up(config, inputs, recording, mask_ratio, horizon):
+    """4 windows of 5 per region: ceil(ratio * 4) windows are forecast (0.3 -> 2, 0.55 -> 3, 0.76 -> 4)."""
+    if horizon == 20:
+        with pytest.raises(ValueError, match="masks all 4 windows of each region"):
+            forecast_recording(
+                BrainLMForMaskedSignalModeling(config).eval(), _processor(inputs["coordinates"], num_timepoints=20),
+                recording, mask_ratio,
+            )  # fmt: skip
+        return
+    forecast = forecast_recording(
+        BrainLMForMaskedSignalModeling(config).eval(), _processor(inputs["coordinates"], num_timepoints=20),
+        recording, mask_ratio,
+    )  # fmt: skip
+    assert forecast.target.shape == (2, 7, horizon) and forecast.past.shape == (2, 7, 20 - horizon)
