@@ -9,6 +9,8 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.analysis.recording_embeddings import embed_recordings, save_embeddings
 from brainlm_hf.cli import main as cli
 
+from .expectations import ORDER, interpolated
+
 
 @pytest.fixture
 def processor(inputs):
@@ -247,3 +249,32 @@ def test_cli_embed_fits_an_unfitted_robust_processor_only_when_asked(tmp_path, c
     assert cli([*command, "--fit-processor"]) == 0
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), robust.fit(recordings), recordings)
     np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_embeddings_of_region_ordered_recordings_at_their_own_trs(config, inputs, recordings, pooling):
+    """A region-ordered processor at TR 0.5 s and recordings at 0.8 s, unknown, 0.5 s and 1.0 s: the same embeddings
+    as a processor without order given each recording resampled by np.interp and permuted into model order."""
+    coordinates = inputs["coordinates"].numpy()
+    processor = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates.tolist(), region_order=ORDER, num_timepoints=30,
+        repetition_time=0.5,
+    )  # fmt: skip
+    plain = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates[ORDER].tolist(), num_timepoints=30, repetition_time=0.5
+    )
+    trs = [0.8, None, 0.5, 1.0]
+    resampled = [r if tr is None else interpolated(r, tr, 0.5) for r, tr in zip(recordings, trs, strict=True)]
+    assert [len(r) for r in resampled] == [47, 47, 90, 121]  # floor((T - 1) * tr / 0.5) + 1
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    embedded = embed_recordings(model, processor, recordings, pooling=pooling, batch_size=3, repetition_times=trs)
+    expected = embed_recordings(model, plain, [r[:, ORDER] for r in resampled], pooling=pooling, batch_size=3)
+    np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-6)
+    named = dict(zip("abcd", recordings, strict=True))
+    by_name = embed_recordings(
+        model, processor, named, pooling=pooling, repetition_times=dict(zip("abcd", trs, strict=True))
+    )
+    np.testing.assert_allclose(by_name, expected, rtol=1e-5, atol=1e-6)
+    unordered = embed_recordings(model, plain, [r[:, ORDER] for r in recordings], pooling=pooling)
+    assert not np.allclose(embedded[0], unordered[0], atol=1e-3)  # the TR of recording 0 matters
