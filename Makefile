@@ -56,6 +56,7 @@ MUTATE_layouts := src/brainlm_hf/modeling_brainlm.py
 MUTANTS_layouts := *RegionWindowLayout* *TileLayout* *x_layout_for__*
 TESTS_layouts := tests/model/test_tiles.py tests/model/test_modeling.py
 MUTATION_DIR = .mutation/$(SCOPE)
+MUTATION_JOBS ?= 2
 MUTMUT_INSTALL ?= $(PY) -m pip install -q -e ".[mutation]"
 
 mutation: $(VENV)/.installed
@@ -63,9 +64,10 @@ mutation: $(VENV)/.installed
 	$(MUTMUT_INSTALL)
 	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
 	cp -r src tests pyproject.toml $(MUTATION_DIR)/
-	{ printf '[mutmut]\nsource_paths = src\nonly_mutate = %s\npytest_add_cli_args =\n  -m\n  not slow\n' "$(MUTATE_$(SCOPE))"; \
+	{ printf '[mutmut]\nsource_paths = src\nprocess_isolation = forkserver\nonly_mutate = %s\npytest_add_cli_args =\n  -m\n  not slow\n' "$(MUTATE_$(SCOPE))"; \
 		printf 'pytest_add_cli_args_test_selection =\n'; printf '  %s\n' $(TESTS_$(SCOPE)); } > $(MUTATION_DIR)/setup.cfg
-	cd $(MUTATION_DIR) && HF_HUB_OFFLINE=1 $(abspath $(PY)) -m mutmut run $(MUTANTS_$(SCOPE)) || true
+	cd $(MUTATION_DIR) && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(abspath $(PY)) -m mutmut run --max-children $(MUTATION_JOBS) \
+		$(MUTANTS_$(SCOPE)) || true
 	@echo "mutants by outcome:"; cd $(MUTATION_DIR) && $(abspath $(PY)) -m mutmut results --all true | awk -F': ' '{print $$NF}' | sort | uniq -c
 	@echo "survivors (mutmut show NAME in $(MUTATION_DIR) prints the diff):"; cd $(MUTATION_DIR) && $(abspath $(PY)) -m mutmut results
 
