@@ -107,6 +107,11 @@ def test_cli_embed(tmp_path, config, processor, recordings):
     assert table.column("id").to_pylist() == [f"sub-{i:02d}_bold" for i in range(4)]
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), processor, recordings, "mean")
     np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected, atol=1e-6)
+    assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "bf16.parquet"),
+         "--pooling", "mean", "--dtype", "bf16", "--quiet"]) == 0  # fmt: skip
+    bf16 = np.stack(pq.read_table(tmp_path / "bf16.parquet").column("embedding").to_numpy(zero_copy_only=False))
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, expected)  # computed under bf16 autocast
+    assert np.linalg.norm(bf16 - expected) / np.linalg.norm(expected) < 2e-2  # bf16 rounds to 2^-8 relative
 
 
 def encoder_states(model, processor, recording, cover_end=True):
