@@ -174,8 +174,8 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
     output = tmp_path / f"finetuned-{column}"
     assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", column,
          "--problem_type", problem_type, "--output_dir", str(output), "--num_train_epochs", "12",
-         "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
-         "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"]) == 0  # fmt: skip
+         "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm",
+         "true", "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"]) == 0  # fmt: skip
     results = json.loads((output / "test_results.json").read_text())
     train, test = (pq.read_table(phenotype_dataset / split).to_pandas() for split in ("train", "test"))
     if problem_type == "regression":  # chance: the training mean predicted for every test subject
