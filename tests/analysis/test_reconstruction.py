@@ -40,11 +40,11 @@ def test_window_starts_cover_every_timepoint(processor):
         processor.window_starts(20, stride=0)
 
 
-@pytest.mark.parametrize("stride", [None, 4])
-def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, processor, recording, stride):
+@pytest.mark.parametrize(("stride", "starts"), [(None, [0, 10, 17]), (4, [0, 4, 8, 12, 16, 17])])
+def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, processor, recording, stride, starts):
     model = BrainLMForMaskedSignalModeling(config).eval()
     result = reconstruct_recording(model, processor, recording, mask_ratio=0.0, stride=stride)
-    assert not result.mask.any()
+    assert result.starts == starts and not result.mask.any()
     np.testing.assert_array_equal(result.signal, recording.T)
     total, count = np.zeros((7, 27)), np.zeros((7, 27))
     with torch.no_grad():
@@ -65,8 +65,13 @@ def test_stitching_prefers_the_windows_that_masked_a_timepoint():
     # t=2: masked in window 0 only -> 3; t=3: masked in window 1 only -> 20; t=0,1: window 0; t=4,5: window 1
     np.testing.assert_allclose(prediction, [[1.0, 2.0, 3.0, 20.0, 30.0, 40.0]])
     assert mask.tolist() == [[False, False, True, True, False, False]]
-    with pytest.raises(ValueError, match="do not cover every timepoint"):
+    with pytest.raises(ValueError, match="^The windows do not cover every timepoint") as error:
         stitch(predictions, masks, [0, 2], 7)
+    assert error.value.argument == "starts"
+    both = np.array([[[0, 0, 1, 1]], [[1, 1, 0, 0]]])  # t=2, 3 masked in both windows: the mean of the two
+    prediction, mask = stitch(predictions, both, [0, 2], 6)
+    np.testing.assert_allclose(prediction, [[1.0, 2.0, 6.5, 12.0, 30.0, 40.0]])
+    assert mask.tolist() == [[False, False, True, True, False, False]]
 
 
 def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metrics(config, processor, recording):
@@ -74,6 +79,8 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
     first = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
     again = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
     np.testing.assert_array_equal(first.mask, again.mask)
+    by_default = reconstruct_recording(model, processor, recording, seed=3)  # mask_ratio 0.5 by default
+    np.testing.assert_array_equal(by_default.mask, first.mask)
     assert 0.3 < first.mask.mean() < 0.8  # half the tokens of each window; the overlap may add some
     metrics = first.metrics()
     assert metrics["overall"] == masked_reconstruction_metrics(first.prediction, first.signal, first.mask)
@@ -81,8 +88,9 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
         alone = masked_reconstruction_metrics(first.prediction[region], first.signal[region], first.mask[region])
         for key in ("mse", "r2", "pearson_r"):
             assert metrics["per_region"][key][region] == pytest.approx(alone[key], rel=1e-9)
-    with pytest.raises(ValueError, match="AutoModelForPreTraining"):
+    with pytest.raises(ValueError, match="^Reconstruction needs the decoder") as error:
         reconstruct_recording(BrainLMModel(config), processor, recording)
+    assert error.value.argument == "model"
     with pytest.raises(ValueError, match="fewer than one window"):
         reconstruct_recording(model, processor, recording[:9])
 
@@ -92,7 +100,9 @@ def test_region_metrics_mark_regions_without_masked_timepoints():
     mask = np.array([[1, 1, 1, 0], [0, 0, 0, 1]])
     values = region_metrics(target + 1, target, mask)
     assert values["mse"][0] == 1.0 and values["r2"][0] == pytest.approx(1 - 3 / 2) and values["pearson_r"][0] == 1
-    assert np.isnan(values["mse"][1])
+    assert all(np.isnan(values[key][1]) for key in ("mse", "r2", "pearson_r"))
+    two = region_metrics(target + [[1.0], [2.0]], target, [[1, 1, 0, 0], [0, 0, 1, 1]])  # 2 masked: enough
+    assert two["mse"].tolist() == [1.0, 4.0] and two["pearson_r"].tolist() == [1.0, 1.0]
 
 
 def test_forecast_baselines_by_hand():
@@ -285,3 +295,14 @@ def test_forecast_horizon_rounds_the_window_count_up(config, inputs, recording, 
         recording, mask_ratio,
     )  # fmt: skip
     assert forecast.target.shape == (2, 7, horizon) and forecast.past.shape == (2, 7, 20 - horizon)
+
+
+def test_reconstruction_with_the_forecast_strategy_masks_the_end_of_every_window(config, processor, recording):
+    """`mask_strategy` reaches the model: ceil(0.5 * 2) = 1 window of 5 at the end of each of the windows at 0, 10,
+    17 -> timepoints 5-9, 15-19 and 22-26 masked in every region."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    result = reconstruct_recording(model, processor, recording, mask_ratio=0.5, mask_strategy="forecast")
+    expected = np.zeros(27, bool)
+    for start in (5, 15, 22):
+        expected[start : start + 5] = True
+    np.testing.assert_array_equal(result.mask, np.broadcast_to(expected, (7, 27)))
