@@ -78,6 +78,7 @@ def test_prepare_writes_the_hand_computed_split_counts(prepared):
         expected_rows = [n] if n < 2 else [n // 2, n - n // 2]
         assert [table.num_rows for table in tables] == expected_rows
         assert summary["splits"][split]["shards"] == len(expected_rows)
+        assert summary["splits"][split]["files"] == sorted(path.name for path in (out / split).glob("*.parquet"))
         for row in rows:  # each row holds its own recording
             values = np.asarray(row["series"], dtype=np.float32).reshape(row["num_timepoints"], row["num_regions"])
             np.testing.assert_array_equal(values, series[row["id"]])
