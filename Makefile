@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench mutation clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,33 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_model.py
 
+# mutation testing with mutmut (docs/mutation.md), never in CI or `make test`: `make mutation SCOPE=reconstruction`.
+# A scope names the module to mutate (MUTATE_), the mutants to run in it (MUTANTS_, fnmatch patterns over mutmut's
+# names) and the tests that should kill them (TESTS_). Runs in .mutation/$(SCOPE), a copy of src and tests.
+MUTATE_reconstruction := src/brainlm_hf/analysis/reconstruction.py
+MUTANTS_reconstruction := brainlm_hf.analysis.reconstruction.*
+TESTS_reconstruction := tests/analysis/test_reconstruction.py
+MUTATE_splits := src/brainlm_hf/data/prepare.py
+MUTANTS_splits := *x_split_subjects__* *x_write_splits__* *x__shard_count__*
+TESTS_splits := tests/data/test_prepare_splits.py
+MUTATE_layouts := src/brainlm_hf/modeling_brainlm.py
+MUTANTS_layouts := *RegionWindowLayout* *TileLayout* *x_layout_for__*
+TESTS_layouts := tests/model/test_tiles.py tests/model/test_modeling.py
+MUTATION_DIR = .mutation/$(SCOPE)
+MUTATION_JOBS ?= 2
+MUTMUT_INSTALL ?= $(PY) -m pip install -q -e ".[mutation]"
+
+mutation: $(VENV)/.installed
+	@test -n "$(MUTATE_$(SCOPE))" || { echo "SCOPE= one of: reconstruction splits layouts"; exit 2; }
+	$(MUTMUT_INSTALL)
+	rm -rf $(MUTATION_DIR) && mkdir -p $(MUTATION_DIR)
+	cp -r src tests pyproject.toml $(MUTATION_DIR)/
+	{ printf '[mutmut]\nsource_paths = src\nprocess_isolation = forkserver\nonly_mutate = %s\npytest_add_cli_args =\n  -m\n  not slow\n' "$(MUTATE_$(SCOPE))"; \
+		printf 'pytest_add_cli_args_test_selection =\n'; printf '  %s\n' $(TESTS_$(SCOPE)); } > $(MUTATION_DIR)/setup.cfg
+	cd $(MUTATION_DIR) && HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(abspath $(PY)) -m mutmut run --max-children $(MUTATION_JOBS) \
+		$(MUTANTS_$(SCOPE)) || true
+	@echo "mutants by outcome:"; cd $(MUTATION_DIR) && $(abspath $(PY)) -m mutmut results --all true | awk -F': ' '{print $$NF}' | sort | uniq -c
+	@echo "survivors (mutmut show NAME in $(MUTATION_DIR) prints the diff):"; cd $(MUTATION_DIR) && $(abspath $(PY)) -m mutmut results
+
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) outputs .mutation

@@ -935,6 +935,13 @@ class BrainLMModel(BrainLMPreTrainedModel):
         return self.embeddings
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the input embeddings by `value`, called like them and carrying the token geometry `layout`."""
+        if not isinstance(getattr(value, "layout", None), TokenLayout):
+            raise InvalidArgumentError(
+                f"set_input_embeddings: {type(value).__name__} has no token `layout`, which the model reads from its "
+                "input embeddings: set `layout` on it (e.g. `value.layout = model.get_input_embeddings().layout`).",
+                argument="value",
+            )
         self.embeddings = value
 
     def pool(

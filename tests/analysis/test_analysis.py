@@ -18,8 +18,10 @@ from brainlm_hf.analysis.attention_maps import (
     cls_attention,
     compare_groups,
     network_scores,
+    recording_attention,
     region_scores,
     region_time_attention,
+    window_attention,
 )
 from brainlm_hf.analysis.attention_report import analyze_attention
 from brainlm_hf.analysis.figures import (
@@ -37,6 +39,7 @@ from brainlm_hf.data.demo import aal2_coordinates
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
 from ..conftest import pin_a424_downloads
+from .expectations import ORDER, interpolated
 
 SMALL = {
     "hidden_size": 16,
@@ -325,3 +328,31 @@ def test_aal2_lobes_of_the_demo_regions():
     assert lobes[0::2] == lobes[1::2] and [n[:-2] for n in names[0::2]] == [n[:-2] for n in names[1::2]]
     with pytest.raises(ValueError, match="not one of the 94 AAL2 regions"):
         aal2_lobes(["Cerebelum_3_L"])
+
+
+def test_recording_attention_with_a_region_order_and_a_foreign_tr(config, inputs):
+    """Scores and maps in atlas order of recordings at their own TR (0.8 s and unknown) for a processor at 0.5 s with
+    a region order: those of a processor without order given the recordings resampled by np.interp and permuted."""
+    model = BrainLMModel(config).eval()
+    coordinates = inputs["coordinates"].numpy()
+    rng = np.random.default_rng(2)
+    recordings = {"a": rng.normal(size=(27, 7)).astype(np.float32), "b": rng.normal(size=(23, 7)).astype(np.float32)}
+    ordered = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates.tolist(), region_order=ORDER, num_timepoints=20,
+        repetition_time=0.5,
+    )  # fmt: skip
+    plain = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates[ORDER].tolist(), num_timepoints=20, repetition_time=0.5
+    )
+    scores, mean_map = recording_attention(model, ordered, recordings, batch_size=2, repetition_times={"a": 0.8})
+    resampled = {"a": interpolated(recordings["a"], 0.8, 0.5)[:, ORDER], "b": recordings["b"][:, ORDER]}
+    assert len(resampled["a"]) == 42  # 3 windows of 20 (starts 0, 20, 22), and 2 for "b" (0, 3)
+    expected_scores, expected_map = recording_attention(model, plain, resampled, batch_size=5)
+    inverse = np.argsort(ORDER)
+    np.testing.assert_allclose(scores, expected_scores[:, inverse], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mean_map, expected_map[inverse], rtol=1e-5, atol=1e-7)
+    maps = window_attention(model, ordered, recordings["a"], repetition_time=0.8)
+    assert maps.shape == (3, 7, 20)
+    np.testing.assert_allclose(
+        maps.mean(0), np.asarray(window_attention(model, plain, resampled["a"])).mean(0)[inverse], rtol=1e-5, atol=1e-7
+    )

@@ -11,6 +11,8 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.analysis.recording_embeddings import embed_recordings, save_embeddings
 from brainlm_hf.cli import main as cli
 
+from .expectations import ORDER, interpolated
+
 
 @pytest.fixture
 def processor(inputs):
@@ -107,6 +109,11 @@ def test_cli_embed(tmp_path, config, processor, recordings):
     assert table.column("id").to_pylist() == [f"sub-{i:02d}_bold" for i in range(4)]
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), processor, recordings, "mean")
     np.testing.assert_allclose(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)), expected, atol=1e-6)
+    assert cli(["embed", str(tmp_path / "model"), str(tmp_path / "*.npy"), "--output", str(tmp_path / "bf16.parquet"),
+         "--pooling", "mean", "--dtype", "bf16", "--quiet"]) == 0  # fmt: skip
+    bf16 = np.stack(pq.read_table(tmp_path / "bf16.parquet").column("embedding").to_numpy(zero_copy_only=False))
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, expected)  # computed under bf16 autocast
+    assert np.linalg.norm(bf16 - expected) / np.linalg.norm(expected) < 2e-2  # bf16 rounds to 2^-8 relative
 
 
 def test_cli_embed_ends_with_a_summary_line(tmp_path, config, processor, recordings, capsys):
@@ -260,3 +267,32 @@ def test_cli_embed_fits_an_unfitted_robust_processor_only_when_asked(tmp_path, c
     assert cli([*command, "--fit-processor"]) == 0
     expected = embed_recordings(BrainLMModel.from_pretrained(tmp_path / "model"), robust.fit(recordings), recordings)
     np.testing.assert_allclose(np.load(tmp_path / "e.npz")["embeddings"], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_embeddings_of_region_ordered_recordings_at_their_own_trs(config, inputs, recordings, pooling):
+    """A region-ordered processor at TR 0.5 s and recordings at 0.8 s, unknown, 0.5 s and 1.0 s: the same embeddings
+    as a processor without order given each recording resampled by np.interp and permuted into model order."""
+    coordinates = inputs["coordinates"].numpy()
+    processor = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates.tolist(), region_order=ORDER, num_timepoints=30,
+        repetition_time=0.5,
+    )  # fmt: skip
+    plain = BrainLMFeatureExtractor(
+        normalization="zscore", coordinates=coordinates[ORDER].tolist(), num_timepoints=30, repetition_time=0.5
+    )
+    trs = [0.8, None, 0.5, 1.0]
+    resampled = [r if tr is None else interpolated(r, tr, 0.5) for r, tr in zip(recordings, trs, strict=True)]
+    assert [len(r) for r in resampled] == [47, 47, 90, 121]  # floor((T - 1) * tr / 0.5) + 1
+    torch.manual_seed(0)
+    model = BrainLMModel(config).eval()
+    embedded = embed_recordings(model, processor, recordings, pooling=pooling, batch_size=3, repetition_times=trs)
+    expected = embed_recordings(model, plain, [r[:, ORDER] for r in resampled], pooling=pooling, batch_size=3)
+    np.testing.assert_allclose(embedded, expected, rtol=1e-5, atol=1e-6)
+    named = dict(zip("abcd", recordings, strict=True))
+    by_name = embed_recordings(
+        model, processor, named, pooling=pooling, repetition_times=dict(zip("abcd", trs, strict=True))
+    )
+    np.testing.assert_allclose(by_name, expected, rtol=1e-5, atol=1e-6)
+    unordered = embed_recordings(model, plain, [r[:, ORDER] for r in recordings], pooling=pooling)
+    assert not np.allclose(embedded[0], unordered[0], atol=1e-3)  # the TR of recording 0 matters

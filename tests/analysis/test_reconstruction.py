@@ -10,11 +10,12 @@ from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMModel
 from brainlm_hf.analysis.forecasting import forecast_baselines, forecast_recording, horizon_metrics
-from brainlm_hf.analysis.reconstruction import reconstruct_recording, region_metrics, stitch
+from brainlm_hf.analysis.reconstruction import predict_windows, reconstruct_recording, region_metrics, stitch
 from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.metrics import masked_reconstruction_metrics
 
+from .expectations import ORDER, interpolated
 from .test_analysis import SMALL, tile_config
 
 
@@ -39,11 +40,11 @@ def test_window_starts_cover_every_timepoint(processor):
         processor.window_starts(20, stride=0)
 
 
-@pytest.mark.parametrize("stride", [None, 4])
-def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, processor, recording, stride):
+@pytest.mark.parametrize(("stride", "starts"), [(None, [0, 10, 17]), (4, [0, 4, 8, 12, 16, 17])])
+def test_stitching_at_mask_ratio_0_returns_the_identity_reconstruction(config, processor, recording, stride, starts):
     model = BrainLMForMaskedSignalModeling(config).eval()
     result = reconstruct_recording(model, processor, recording, mask_ratio=0.0, stride=stride)
-    assert not result.mask.any()
+    assert result.starts == starts and not result.mask.any()
     np.testing.assert_array_equal(result.signal, recording.T)
     total, count = np.zeros((7, 27)), np.zeros((7, 27))
     with torch.no_grad():
@@ -64,8 +65,13 @@ def test_stitching_prefers_the_windows_that_masked_a_timepoint():
     # t=2: masked in window 0 only -> 3; t=3: masked in window 1 only -> 20; t=0,1: window 0; t=4,5: window 1
     np.testing.assert_allclose(prediction, [[1.0, 2.0, 3.0, 20.0, 30.0, 40.0]])
     assert mask.tolist() == [[False, False, True, True, False, False]]
-    with pytest.raises(ValueError, match="do not cover every timepoint"):
+    with pytest.raises(ValueError, match="^The windows do not cover every timepoint") as error:
         stitch(predictions, masks, [0, 2], 7)
+    assert error.value.argument == "starts"
+    both = np.array([[[0, 0, 1, 1]], [[1, 1, 0, 0]]])  # t=2, 3 masked in both windows: the mean of the two
+    prediction, mask = stitch(predictions, both, [0, 2], 6)
+    np.testing.assert_allclose(prediction, [[1.0, 2.0, 6.5, 12.0, 30.0, 40.0]])
+    assert mask.tolist() == [[False, False, True, True, False, False]]
 
 
 def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metrics(config, processor, recording):
@@ -73,6 +79,8 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
     first = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
     again = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=3)
     np.testing.assert_array_equal(first.mask, again.mask)
+    by_default = reconstruct_recording(model, processor, recording, seed=3)  # mask_ratio 0.5 by default
+    np.testing.assert_array_equal(by_default.mask, first.mask)
     assert 0.3 < first.mask.mean() < 0.8  # half the tokens of each window; the overlap may add some
     metrics = first.metrics()
     assert metrics["overall"] == masked_reconstruction_metrics(first.prediction, first.signal, first.mask)
@@ -80,8 +88,9 @@ def test_masked_reconstruction_uses_the_seeded_masks_and_reports_per_region_metr
         alone = masked_reconstruction_metrics(first.prediction[region], first.signal[region], first.mask[region])
         for key in ("mse", "r2", "pearson_r"):
             assert metrics["per_region"][key][region] == pytest.approx(alone[key], rel=1e-9)
-    with pytest.raises(ValueError, match="AutoModelForPreTraining"):
+    with pytest.raises(ValueError, match="^Reconstruction needs the decoder") as error:
         reconstruct_recording(BrainLMModel(config), processor, recording)
+    assert error.value.argument == "model"
     with pytest.raises(ValueError, match="fewer than one window"):
         reconstruct_recording(model, processor, recording[:9])
 
@@ -91,7 +100,9 @@ def test_region_metrics_mark_regions_without_masked_timepoints():
     mask = np.array([[1, 1, 1, 0], [0, 0, 0, 1]])
     values = region_metrics(target + 1, target, mask)
     assert values["mse"][0] == 1.0 and values["r2"][0] == pytest.approx(1 - 3 / 2) and values["pearson_r"][0] == 1
-    assert np.isnan(values["mse"][1])
+    assert all(np.isnan(values[key][1]) for key in ("mse", "r2", "pearson_r"))
+    two = region_metrics(target + [[1.0], [2.0]], target, [[1, 1, 0, 0], [0, 0, 1, 1]])  # 2 masked: enough
+    assert two["mse"].tolist() == [1.0, 4.0] and two["pearson_r"].tolist() == [1.0, 1.0]
 
 
 def test_forecast_baselines_by_hand():
@@ -186,3 +197,112 @@ def test_forecast_fine_tuning_through_brainlm_pretrain(tmp_path):
     # (random masking would hide 12 - int(12 * 0.7) = 4 tokens per window: 160 timepoints)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["model"]["num_masked"] == 2 * 6 * 20
+
+
+def _processor(coordinates, **kwargs) -> BrainLMFeatureExtractor:
+    return BrainLMFeatureExtractor(normalization="zscore", coordinates=np.asarray(coordinates).tolist(), **kwargs)
+
+
+def test_reconstruction_with_a_region_order_is_the_atlas_order_model_permuted(config, inputs, recording):
+    """A region-ordered processor (111M/650M family): the model sees rows in model order, the results come back in
+    atlas order, equal to running a processor without order on the recording permuted into model order."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    coordinates = inputs["coordinates"].numpy()
+    ordered = reconstruct_recording(
+        model, _processor(coordinates, region_order=ORDER, num_timepoints=10), recording, mask_ratio=0.5, seed=1
+    )
+    plain = reconstruct_recording(
+        model, _processor(coordinates[ORDER], num_timepoints=10), recording[:, ORDER], mask_ratio=0.5, seed=1
+    )  # rows in model order
+    inverse = np.argsort(ORDER)
+    np.testing.assert_allclose(ordered.prediction, plain.prediction[inverse], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(ordered.mask, plain.mask[inverse])
+    np.testing.assert_allclose(ordered.signal, plain.signal[inverse], rtol=1e-6, atol=1e-6)
+    assert not np.array_equal(ordered.mask, plain.mask)  # the order is visible in the masks
+
+
+def test_forecast_with_a_region_order_is_in_atlas_order(config, inputs, recording):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    coordinates = inputs["coordinates"].numpy()
+    ordered = forecast_recording(
+        model, _processor(coordinates, region_order=ORDER, num_timepoints=20), recording, mask_ratio=0.3
+    )
+    plain = forecast_recording(model, _processor(coordinates[ORDER], num_timepoints=20), recording[:, ORDER], 0.3)
+    inverse = np.argsort(ORDER)
+    for name in ("past", "target", "prediction"):
+        np.testing.assert_allclose(getattr(ordered, name), getattr(plain, name)[:, inverse], rtol=1e-5, atol=1e-6)
+    normalised = (recording - recording.mean(0)) / recording.std(0)  # atlas order, as the recording is given
+    np.testing.assert_allclose(ordered.target[1], normalised[17:27].T, atol=1e-5)
+
+
+def test_reconstruction_and_forecast_resample_a_foreign_tr_to_the_model_tr(config, inputs, recording):
+    """A recording at TR 0.8 s for a model at 0.5 s: 27 samples span 20.8 s -> 42 timepoints on the model's grid."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    processor = _processor(inputs["coordinates"], region_order=ORDER, num_timepoints=10, repetition_time=0.5)
+    resampled = interpolated(recording, 0.8, 0.5)
+    assert resampled.shape == (42, 7)
+    foreign = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=2, repetition_time=0.8)
+    native = reconstruct_recording(model, processor, resampled, mask_ratio=0.5, seed=2, repetition_time=0.5)
+    assert foreign.prediction.shape == (7, 42) and foreign.starts == [0, 10, 20, 30, 32]
+    np.testing.assert_allclose(foreign.signal, ((resampled - resampled.mean(0)) / resampled.std(0)).T, atol=1e-5)
+    np.testing.assert_allclose(foreign.prediction, native.prediction, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(foreign.mask, native.mask)
+    processor = _processor(inputs["coordinates"], region_order=ORDER, num_timepoints=20, repetition_time=0.5)
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3, repetition_time=0.8)
+    expected = forecast_recording(model, processor, resampled, mask_ratio=0.3)
+    assert forecast.starts == [0, 20, 22]
+    np.testing.assert_allclose(forecast.prediction, expected.prediction, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forecast.target, expected.target, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])  # 3 windows: one at a time, a batch that does not divide, one batch
+def test_reconstruction_does_not_depend_on_the_batch_boundaries(config, processor, recording, batch_size):
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    whole = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=4, batch_size=3)
+    batched = reconstruct_recording(model, processor, recording, mask_ratio=0.5, seed=4, batch_size=batch_size)
+    np.testing.assert_array_equal(batched.mask, whole.mask)
+    np.testing.assert_allclose(batched.prediction, whole.prediction, rtol=1e-5, atol=1e-6)
+    forecast = forecast_recording(model, processor, recording, mask_ratio=0.3, batch_size=batch_size)
+    np.testing.assert_allclose(
+        forecast.prediction, forecast_recording(model, processor, recording, 0.3, batch_size=3).prediction, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(("mask_ratio", "masked_tokens"), [(0.3, 5), (0.5, 7), (0.75, 11)])
+def test_each_window_masks_the_token_count_its_ratio_gives(config, processor, recording, mask_ratio, masked_tokens):
+    """14 tokens per window (7 regions x 2 patches of 5): 14 - int(14 * (1 - ratio)) are masked, whole patches."""
+    _, _, masks = predict_windows(
+        BrainLMForMaskedSignalModeling(config).eval(), processor, recording, [0, 10, 17], mask_ratio
+    )
+    assert masks.shape == (3, 7, 10)
+    np.testing.assert_array_equal(masks.sum((1, 2)), [5 * masked_tokens] * 3)
+    patches = masks.reshape(3, 7, 2, 5)
+    assert (patches.min(-1) == patches.max(-1)).all()
+
+
+@pytest.mark.parametrize(("mask_ratio", "horizon"), [(0.3, 10), (0.55, 15), (0.76, 20)])
+def test_forecast_horizon_rounds_the_window_count_up(config, inputs, recording, mask_ratio, horizon):
+    """4 windows of 5 per region: ceil(ratio * 4) windows are forecast (0.3 -> 2, 0.55 -> 3, 0.76 -> 4)."""
+    if horizon == 20:
+        with pytest.raises(ValueError, match="masks all 4 windows of each region"):
+            forecast_recording(
+                BrainLMForMaskedSignalModeling(config).eval(), _processor(inputs["coordinates"], num_timepoints=20),
+                recording, mask_ratio,
+            )  # fmt: skip
+        return
+    forecast = forecast_recording(
+        BrainLMForMaskedSignalModeling(config).eval(), _processor(inputs["coordinates"], num_timepoints=20),
+        recording, mask_ratio,
+    )  # fmt: skip
+    assert forecast.target.shape == (2, 7, horizon) and forecast.past.shape == (2, 7, 20 - horizon)
+
+
+def test_reconstruction_with_the_forecast_strategy_masks_the_end_of_every_window(config, processor, recording):
+    """`mask_strategy` reaches the model: ceil(0.5 * 2) = 1 window of 5 at the end of each of the windows at 0, 10,
+    17 -> timepoints 5-9, 15-19 and 22-26 masked in every region."""
+    model = BrainLMForMaskedSignalModeling(config).eval()
+    result = reconstruct_recording(model, processor, recording, mask_ratio=0.5, mask_strategy="forecast")
+    expected = np.zeros(27, bool)
+    for start in (5, 15, 22):
+        expected[start : start + 5] = True
+    np.testing.assert_array_equal(result.mask, np.broadcast_to(expected, (7, 27)))

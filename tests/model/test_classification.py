@@ -7,6 +7,7 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling, BrainLMForSequenceClassification, BrainLMModel
+from brainlm_hf.analysis.recording_embeddings import embed_windows
 from brainlm_hf.modeling_brainlm import TileLayout
 
 
@@ -188,5 +189,12 @@ def test_converted_checkpoints_of_both_families_get_a_head(case, tmp_path):
     config = head.config
     regions = 6 if config.token_layout == "tile_2d" else 7
     signal = torch.randn(2, regions, config.patch_size * 2 if config.token_layout == "region_window" else 10)
-    out = head.eval()(signal, torch.randn(regions, 3) * 50, labels=torch.tensor([0, 1]))
-    assert out.logits.shape == (2, 2) and torch.isfinite(out.loss)
+    coordinates, labels = torch.randn(regions, 3) * 50, torch.tensor([0, 1])
+    out = head.eval()(signal, coordinates, labels=labels)
+    # the head reads the converted encoder's mean-pooled output, as embeddings of the converted model give it
+    pooled = embed_windows(converted, signal.numpy(), coordinates.numpy(), pooling="mean")
+    with torch.no_grad():
+        expected = head.classifier(torch.from_numpy(pooled))
+    assert out.logits.shape == (2, 2)
+    torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, labels), rtol=1e-5, atol=1e-6)

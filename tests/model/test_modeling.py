@@ -235,11 +235,21 @@ def test_batched_coordinates_equal_shared_coordinates(config, inputs):
     torch.testing.assert_close(shared.logits, batched.logits)
 
 
-def test_bf16_autocast_runs(config, inputs):
+def test_bf16_autocast_matches_fp32(config, inputs):
+    """Under bf16 autocast (8 mantissa bits: relative rounding 2^-8 per operation) the outputs are computed in bf16
+    and stay within 2% (relative norm) of the fp32 outputs for the same mask; the loss within 1%."""
     model = make(BrainLMForMaskedSignalModeling, config)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(**inputs)
-    assert torch.isfinite(out.loss)
+    noise = torch.rand(3, 42, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fp32 = model(**inputs, noise=noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(**inputs, noise=noise)
+    assert bf16.logits.dtype == bf16.last_hidden_state.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16.mask, fp32.mask)
+    for name in ("logits", "last_hidden_state"):
+        error = (getattr(bf16, name).float() - getattr(fp32, name)).norm() / getattr(fp32, name).norm()
+        assert error < 2e-2, name
+    assert bf16.loss.item() == pytest.approx(fp32.loss.item(), rel=1e-2)
 
 
 def test_dropout_is_active_in_training_only(inputs):
@@ -274,3 +284,33 @@ def test_post_norm_blocks_are_their_own_layer_class_with_the_same_parameter_name
     hidden = torch.randn(2, 5, config.hidden_size)
     out, _ = post.brainlm.layers[0](hidden)
     torch.testing.assert_close(out.mean(-1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+
+
+class _Shifted(torch.nn.Module):
+    """Input embeddings that add `shift` `(H,)` to those of `embeddings` (a vector: LayerNorm removes a constant)."""
+
+    def __init__(self, embeddings: torch.nn.Module, shift: torch.Tensor):
+        super().__init__()
+        self.embeddings, self.shift, self.layout = embeddings, shift, getattr(embeddings, "layout", None)
+
+    def forward(self, *args, **kwargs):
+        embedded = self.embeddings(*args, **kwargs)
+        return (embedded[0] + self.shift, *embedded[1:]) if isinstance(embedded, tuple) else embedded + self.shift
+
+
+def test_set_input_embeddings_replaces_the_module_the_encoder_reads(config, inputs):
+    model = make(BrainLMModel, config)
+    original, shift = model.get_input_embeddings(), torch.linspace(-1, 1, config.hidden_size)
+    with torch.no_grad():
+        handle = original.register_forward_hook(
+            lambda module, args, output: _Shifted(torch.nn.Identity(), shift)(output)
+        )
+        expected = model(**inputs).last_hidden_state  # the original embeddings, shifted by a hook
+        handle.remove()
+        plain = model(**inputs).last_hidden_state
+        model.set_input_embeddings(_Shifted(original, shift))
+        assert isinstance(model.get_input_embeddings(), _Shifted)
+        torch.testing.assert_close(model(**inputs).last_hidden_state, expected)
+    assert not torch.allclose(plain, expected, atol=1e-3)
+    with pytest.raises(ValueError, match="has no token `layout`"):
+        model.set_input_embeddings(torch.nn.Identity())

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
@@ -172,11 +173,15 @@ def test_cli_finetune(phenotype_dataset, pretrained, tmp_path, column, problem_t
     path, _ = pretrained
     output = tmp_path / f"finetuned-{column}"
     assert cli(["finetune", "--dataset", str(phenotype_dataset), "--model", str(path), "--label_columns", column,
-         "--problem_type", problem_type, "--output_dir", str(output), "--num_train_epochs", "2",
-         "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm", "true",
-         "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"]) == 0  # fmt: skip
+         "--problem_type", problem_type, "--output_dir", str(output), "--num_train_epochs", "12",
+         "--learning_rate", "3e-3", "--per_device_train_batch_size", "8", "--report_to", "none", "--disable_tqdm",
+         "true", "--early_stopping_patience", "3", "--pooling", "mean", "--classifier_head", "mlp"]) == 0  # fmt: skip
     results = json.loads((output / "test_results.json").read_text())
-    assert np.isfinite(results[metric])
+    train, test = (pq.read_table(phenotype_dataset / split).to_pandas() for split in ("train", "test"))
+    if problem_type == "regression":  # chance: the training mean predicted for every test subject
+        assert results[metric] < ((test["level"] - train["level"].mean()) ** 2).mean() / 2
+    else:  # chance balanced accuracy is 0.5; the groups are separated by the recordings' mean level
+        assert set(test["group"]) == {"high", "low"} and results[metric] > 0.5
     model = AutoModelForSequenceClassification.from_pretrained(output)
     assert model.config.problem_type == problem_type and model.config.classifier_head == "mlp"
     if problem_type == "single_label_classification":

@@ -84,8 +84,10 @@ def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
 
 
 def losses(output_dir) -> dict[int, float]:
-    lines = (Path(output_dir) / "log.jsonl").read_text().splitlines()
-    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+    """The training loss logged at each step of `log.jsonl`; every record carries the same keys."""
+    records = [json.loads(line) for line in (Path(output_dir) / "log.jsonl").read_text().splitlines()]
+    assert records and all(record.keys() == records[0].keys() for record in records)
+    return {record["step"]: record["loss"] for record in records}
 
 
 @pytest.mark.slow
@@ -114,6 +116,7 @@ def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
     run(arguments(dataset, tmp_path / "fsdp"), processes=2, launcher=fsdp)
     run(arguments(dataset, tmp_path / "ddp"), processes=2)
     a, b = losses(tmp_path / "fsdp"), losses(tmp_path / "ddp")
+    assert a.keys() == b.keys() == {1, 2, 3}  # max_steps 3, logging every step
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-4)
     _, info = BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "fsdp" / "final", output_loading_info=True)
@@ -395,6 +398,7 @@ def test_torch_compile(dataset, tmp_path):
     run(arguments(dataset, tmp_path / "eager"))
     run(arguments(dataset, tmp_path / "compiled", torch_compile=True))
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert a.keys() == b.keys() == {1, 2, 3}  # max_steps 3, logging every step
     for step in a:
         assert b[step] == pytest.approx(a[step], rel=1e-4)
     _, info = BrainLMForMaskedSignalModeling.from_pretrained(tmp_path / "compiled" / "final", output_loading_info=True)
