@@ -301,9 +301,11 @@ def online_at(endpoint: str) -> Iterator[str]:
     """Point `huggingface_hub` (constants, the module-level `HfApi`) and subprocesses (env) at `endpoint`.
 
     `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when it is imported, so the values are patched in its
-    `constants` module as well as in the environment; everything is restored on exit.
+    `constants` module as well as in the environment; transformers' shared `HfApi` (which keeps the endpoint of its
+    first use, e.g. an earlier test's server) is made anew inside. Everything is restored on exit.
     """
     from huggingface_hub import constants, hf_api
+    from transformers.utils import hub as transformers_hub
 
     environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
     with (
@@ -314,6 +316,7 @@ def online_at(endpoint: str) -> Iterator[str]:
         ),
         mock.patch.object(constants, "HF_HUB_OFFLINE", False),
         mock.patch.object(hf_api.api, "endpoint", endpoint),
+        mock.patch.object(transformers_hub, "_hf_api", None),
     ):
         yield endpoint
 

@@ -86,8 +86,8 @@ def test_a_run_started_again_after_a_crash_skips_the_finished_chunks(workspace, 
 
 @pytest.mark.slow
 def test_accelerate_launch_with_two_processes_and_a_killed_run(workspace):
-    """Two CPU processes of `accelerate launch`; then one process killed (SIGKILL) after its first chunk and started
-    again: both outputs equal the one-process output."""
+    """Two CPU processes of `accelerate launch`; then a run left with half of its chunks, started again and killed
+    (SIGKILL) once it adds one, then started again: both outputs equal the one-process output."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "brainlm_hf.cli"]
@@ -102,13 +102,15 @@ def test_accelerate_launch_with_two_processes_and_a_killed_run(workspace):
     np.testing.assert_array_equal(embeddings(workspace / "two.npz")[1], embeddings(workspace / "one.npz")[1])
 
     argv = [*single, *embed_argv(workspace, workspace / "killed.npz", "--quiet", "--chunk-size", "1")]
-    process = subprocess.Popen(argv, env=env)
+    # a run that stops after half of its chunks, deterministically: process 1 of 2 started alone (chunks 0, 2, 4)
+    assert subprocess.run([*argv, "--process", "1/2"], env=env, timeout=300).returncode == 0
     chunks = workspace / "killed.npz.chunks"
-    while not list(chunks.glob("chunk-*.npz")) and process.poll() is None:
-        time.sleep(0.05)
+    assert sorted(p.name for p in chunks.glob("chunk-*.npz")) == [f"chunk-{c:05d}.npz" for c in (0, 2, 4)]
+    assert not (workspace / "killed.npz").exists()
+    process = subprocess.Popen(argv, env=env)  # the whole run again, killed as soon as it wrote a chunk of its own
+    while len(list(chunks.glob("chunk-*.npz"))) == 3 and process.poll() is None:
+        time.sleep(0.01)
     process.kill()
     process.wait()
-    done = list(chunks.glob("chunk-*.npz"))
-    assert done and len(done) < len(LENGTHS) and not (workspace / "killed.npz").exists()
     assert subprocess.run(argv, env=env, timeout=300).returncode == 0
     np.testing.assert_array_equal(embeddings(workspace / "killed.npz")[1], embeddings(workspace / "one.npz")[1])
