@@ -27,14 +27,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile
 demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) examples/pretrain_hcp.py --output-dir outputs/hcp
 
-# every test, after the lint (CI runs this)
+# every test, after the lint (CI runs this); TEST_WORKERS pytest-xdist processes (one per core of this project's
+# 2-core machines; `make test TEST_WORKERS=0` runs them in this process, one after another)
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # the loop to run after every change: everything but the tests marked slow (subprocesses, accelerate launch,
 # torch.compile, Brainmarks, the local Hub server, long runs); at least one test for every module
 test-fast: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks
