@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import traceback
 import warnings
@@ -248,7 +247,7 @@ def _convert():
 
 
 def _prepare():
-    from .data.prepare import PRESET_PATCH_SIZE, PrepareArguments, prepare_dataset
+    from .data.prepare import PRESET_PATCH_SIZE, PrepareArguments, padding_report, prepare_dataset
 
     def run(args: PrepareArguments) -> None:
         if args.patch_size is None and args.num_timepoints % PRESET_PATCH_SIZE:
@@ -333,61 +332,8 @@ def _check_pretraining(args) -> None:
     check_output_folder(args.output_dir, "--output_dir")
 
 
-def _processor(folder: str, option: str, fix: str, **location):
-    """
-    The processor saved in `folder` (a folder, Hub id or short name; `location`: `subfolder`, `revision`), refusing
-    a local folder without one with the missing file named.
-    """
-    from .feature_extraction_brainlm import CONFIG_NAME, BrainLMFeatureExtractor
-    from .folders import check_model_folder
-    from .hub import original_family
-
-    path = Path(os.path.expanduser(folder))
-    inner = path / (location.get("subfolder") or "")
-    if path.is_dir() and not (inner / CONFIG_NAME).is_file() and original_family(inner / "config.json") is None:
-        raise MissingFileError(
-            f"{folder} has no {CONFIG_NAME} (the processor: normalisation statistics, region coordinates and order): "
-            f"{fix}"
-        )
-    if not path.exists():
-        check_model_folder(folder, option)
-    return BrainLMFeatureExtractor.from_pretrained(folder, **location)
-
-
-def _cohort(processor, args, recordings: list) -> list:
-    """Apply `--short-recordings` to the processor; warn about recordings of unknown TR when the model has one."""
-    if args.short_recordings:
-        processor.short_recordings = args.short_recordings
-    unknown = [r.source for r in recordings if r.repetition_time is None]
-    if processor.repetition_time is not None and unknown:
-        warnings.warn(
-            f"{len(unknown)} of {len(recordings)} inputs have no known TR ({unknown[0]}, ...): they are used as "
-            f"sampled at the model's TR, {processor.repetition_time} s; pass --tr to resample them.",
-            stacklevel=2,
-        )
-    resampled = sum(processor.needs_resampling(r.repetition_time) for r in recordings)
-    if resampled:
-        print(f"{resampled} recordings resampled to the model's TR of {processor.repetition_time} s (linear)")
-    if processor.short_recordings == "pad":
-        lengths = [processor.resampled_length(len(r.series), r.repetition_time) for r in recordings]
-        padded = [length for length in lengths if length < processor.num_timepoints]
-        if padded:
-            print(
-                f"padded (shorter than one window of {processor.num_timepoints} timepoints): "
-                f"{padding_report(padded, processor.num_timepoints)}"
-            )
-    return recordings
-
-
-def padding_report(lengths: list[int], window: int) -> str:
-    """`"2 recordings, padding 45% of their windows' timepoints"`: recordings of `lengths` (< `window`) timepoints,
-    each one window padded to `window`."""
-    share = 1 - sum(lengths) / (len(lengths) * window)
-    return f"{len(lengths)} recordings, padding {share:.0%} of their windows' timepoints"
-
-
 def _embed():
-    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments, check_embeddings_file
+    from .analysis.recording_embeddings import EMBEDDING_SUFFIXES, EmbedArguments, embed_cohort
 
     def run(args: EmbedArguments) -> None:
         from .folders import check_output_file
@@ -397,118 +343,13 @@ def _embed():
         if args.processor:
             check_model_path(args.processor, "--processor")
         check_output_file(args.output, "--output", EMBEDDING_SUFFIXES)
-        check_embeddings_file(args.output, args.overwrite)
-        _embed_recordings(args)
+        embed_cohort(args)
 
     return (EmbedArguments,), run
 
 
-def _embed_recordings(args) -> None:
-    """`brainlm embed`: the processor (checked against the inputs' atlas, fitted when asked), then the embeddings."""
-    import torch
-
-    from .analysis.recording_embeddings import (
-        AUTOCAST_DTYPES,
-        count_windows,
-        embed_in_chunks,
-        embed_recordings,
-        gather_chunks,
-        save_embeddings,
-    )
-    from .data.atlas import atlas_by_name
-    from .data.prepared import shard_atlas
-    from .data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
-    from .errors import InvalidArgumentError, InvalidInputError
-    from .modeling_brainlm import BrainLMModel
-    from .progress import Progress
-
-    fix = (
-        f"the folder {args.processor} given with --processor must hold it."
-        if args.processor
-        else "pass the folder that holds it with --processor (e.g. the prepared dataset the model was trained on)."
-    )
-    location = {key: value for key, value in (("subfolder", args.subfolder), ("revision", args.revision)) if value}
-    if args.processor:
-        processor = _processor(args.processor, "--processor", fix)
-    else:
-        processor = _processor(args.model, "MODEL", fix, **location)
-    for shard in find_recordings(args.inputs, RAW_SUFFIXES + SHARD_SUFFIXES):
-        atlas = shard_atlas(str(shard)) if shard.name.endswith(SHARD_SUFFIXES) else None
-        if processor.atlas and atlas and atlas != processor.atlas:
-            raise InvalidInputError(
-                f"the processor of {args.processor or args.model} is for the atlas {processor.atlas!r}, but {shard} "
-                f"holds recordings parcellated with {atlas!r}: embed them with a model and processor of that atlas."
-            )
-    atlas = atlas_by_name(args.atlas, args.atlas_dir)
-    recordings = _cohort(processor, args, read_inputs(args.inputs, atlas, args.repetition_time))
-    named = {r.source: r.series for r in recordings}  # errors name the file
-    trs = [r.repetition_time for r in recordings]
-    if args.fit_processor:
-        processor.fit(list(named.values()), repetition_times=trs)
-    elif processor.normalization == "robust" and processor.median is None:
-        raise InvalidArgumentError(
-            "The processor uses BrainLM's robust scaling but holds no statistics: pass --fit-processor to fit them "
-            "on INPUTS, or --processor a folder with a fitted processor (a converted release holds BrainLM's own)."
-        )
-    model = BrainLMModel.from_pretrained(args.model, **location)
-    index, count, state = _embed_process(args)
-    device = args.device or (state.device if state else "cuda" if torch.cuda.is_available() else "cpu")
-    sources = list(named)
-    mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
-    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
-
-    def embed_chunk(indices: range):
-        chunk = {sources[i]: named[sources[i]] for i in indices}
-        return embed_recordings(
-            model, processor, chunk, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
-            layer=args.layer, include_padding_tokens=args.include_padding_tokens,
-            window_policy=args.window_policy, repetition_times=[trs[i] for i in indices],
-        )  # fmt: skip
-
-    with Progress("embed", len(mine), quiet=args.quiet) as progress:
-        settings = {k: v for k, v in dataclasses.asdict(args).items() if k not in ("quiet", "process", "output")}
-        settings["ids"] = [r.id for r in recordings]
-        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress, settings)
-        series = [named[sources[i]] for i in mine]
-        progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
-    if state is not None:  # accelerate launch: the main process writes, once all are done
-        state.wait_for_everyone()
-        done = state.is_main_process
-    if not done:
-        print(
-            f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
-        )
-        return
-    embeddings = gather_chunks(folder, len(recordings), args.chunk_size)
-    partial = Path(args.output).with_name(f".{Path(args.output).stem}.{os.getpid()}.tmp{Path(args.output).suffix}")
-    os.replace(save_embeddings(partial, [r.id for r in recordings], embeddings), args.output)
-    shutil.rmtree(folder, ignore_errors=True)
-    what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
-    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
-
-
-def _embed_process(args) -> tuple:
-    """
-    This process's 0-based index, the process count and accelerate's `PartialState` when `accelerate launch` started
-    several processes (else None): from `--process I/N`, else from accelerate (on the CPU when `--device cpu` or
-    without CUDA), else `(0, 1, None)`.
-    """
-    if args.process is not None:
-        from .data.prepare_parts import parse_part
-
-        index, count = parse_part(args.process, argument="process")
-        return index - 1, count, None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch
-        from accelerate import PartialState
-
-        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-        return state.process_index, state.num_processes, state
-    return 0, 1, None
-
-
 def _attention():
-    from .analysis.attention_report import AttentionArguments
+    from .analysis.attention_report import AttentionArguments, report_attention
 
     def run(args: AttentionArguments) -> None:
         from .folders import check_output_folder
@@ -516,49 +357,15 @@ def _attention():
 
         check_model_path(args.checkpoint, "CHECKPOINT")
         check_output_folder(args.output_dir, "OUT")
-        _attention_report(args)
+        report = report_attention(args)
+        if "network_scores" in report:
+            ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
+            print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
+        print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
 
     return (AttentionArguments,), run
 
 
-def _attention_report(args) -> None:
-    """`brainlm attention`: the processor saved with the checkpoint, the network grouping, then the report."""
-    from .analysis.attention_report import analyze_attention
-    from .data import aal2_lobes, load_a424_networks
-    from .data.recordings import read_inputs
-    from .errors import InvalidArgumentError
-    from .modeling_brainlm import BrainLMModel
-    from .progress import Progress
-
-    processor = _processor(
-        args.checkpoint,
-        "CHECKPOINT",
-        "save the processor of the model there (BrainLMFeatureExtractor.save_pretrained).",
-    )
-    networks = None
-    if args.networks == "a424":
-        networks = load_a424_networks(args.atlas_dir)
-    elif args.networks == "aal2-lobes":
-        if not processor.region_names:
-            raise InvalidArgumentError(
-                "--networks aal2-lobes needs the AAL2 region names in the checkpoint's processor."
-            )
-        networks = aal2_lobes(processor.region_names)
-    model = BrainLMModel.from_pretrained(args.checkpoint).eval()
-    recordings = read_inputs(args.inputs, repetition_time=args.repetition_time)
-    with Progress("attention", len(recordings), quiet=args.quiet) as progress:
-        report = analyze_attention(
-            model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers,
-            args.stride, repetition_times={r.id: r.repetition_time for r in recordings}, progress=progress,
-            overwrite=args.overwrite,
-        )  # fmt: skip
-    if networks is not None:
-        ranked = sorted(zip(report["network_names"], report["network_scores"], strict=True), key=lambda x: -x[1])
-        print("networks: " + ", ".join(f"{name} {score:.4f}" for name, score in ranked))
-    print(f"Wrote region_scores.csv, attention.json and {len(report['figures'])} figures to {args.output_dir}")
-
-
-# command -> (one line of help, a function returning its argument dataclasses and the function that runs it)
 def _publish():
     from .publish import PublishArguments, publish
 
@@ -569,6 +376,7 @@ def _publish():
     return (PublishArguments,), run
 
 
+# command -> (one line of help, a function returning its argument dataclasses and the function that runs it)
 COMMANDS = {
     "convert": (
         "convert an original BrainLM checkpoint (13M, 111M, 650M families) into a brainlm_hf folder",

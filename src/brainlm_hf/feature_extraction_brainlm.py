@@ -130,125 +130,6 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if normalization not in NORMALIZATIONS:
-            raise InvalidArgumentError(
-                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.", argument="normalization"
-            )
-        input_scale = _positive_number(input_scale, "input_scale")
-        num_timepoints = _positive_integer(num_timepoints, "num_timepoints")
-        if repetition_time is not None:
-            repetition_time = _positive_number(repetition_time, "repetition_time")
-            repetition_time = check_repetition_time(repetition_time, "repetition_time", argument="repetition_time")
-        if iqr_epsilon is not None:
-            iqr_epsilon = _positive_number(iqr_epsilon, "iqr_epsilon")
-        resample_tolerance = _positive_number(resample_tolerance, "resample_tolerance")
-        if short_recordings not in SHORT_RECORDINGS:
-            raise InvalidArgumentError(
-                f"short_recordings must be one of {SHORT_RECORDINGS}, got {short_recordings!r}.",
-                argument="short_recordings",
-            )
-        if atlas is not None and not isinstance(atlas, str):
-            raise InvalidArgumentError(
-                f"atlas must be the name of the parcellation (a string), got {atlas!r}.", argument="atlas"
-            )
-        if unit_conversion not in UNIT_CONVERSIONS:
-            raise InvalidArgumentError(
-                f"unit_conversion must be one of {UNIT_CONVERSIONS}, got {unit_conversion!r}.",
-                argument="unit_conversion",
-            )
-        if unit_conversion != "none" and normalization == "zscore":
-            raise InvalidArgumentError(
-                f"unit_conversion={unit_conversion!r} with z-scoring: z-scoring removes each region's mean and scale, "
-                "so units do not matter; use unit_conversion='none' (or robust scaling with the statistics).",
-                argument="unit_conversion",
-            )
-        clip_warning_fraction = _positive_number(clip_warning_fraction, "clip_warning_fraction")
-        if clip_warning_fraction > 1:
-            raise InvalidArgumentError(
-                f"clip_warning_fraction is a fraction of values, in (0, 1], got {clip_warning_fraction}.",
-                argument="clip_warning_fraction",
-            )
-        if statistics_source is not None and not isinstance(statistics_source, str):
-            raise InvalidArgumentError(
-                f"statistics_source must be a string, got {statistics_source!r}.", argument="statistics_source"
-            )
-        per_region = {
-            "coordinates": coordinates,
-            "region_order": region_order,
-            "region_names": region_names,
-            "median": median,
-            "iqr": iqr,
-            "clip_low": clip_low,
-            "clip_high": clip_high,
-        }
-        for name, values in per_region.items():
-            if values is not None and (isinstance(values, str | bytes) or not hasattr(values, "__len__")):
-                raise InvalidArgumentError(
-                    f"{name} must be a list with one entry per region, got {values!r}.", argument=name
-                )
-            if values is not None and len(values) == 0:
-                raise InvalidArgumentError(f"{name} is empty: give one entry per region, or None.", argument=name)
-        sizes = {name: len(v) for name, v in per_region.items() if v is not None}
-        if len(set(sizes.values())) > 1:
-            raise InvalidArgumentError(f"Per-region fields disagree on the number of regions: {sizes}.")
-        if coordinates is not None:
-            coordinates = _finite_array(coordinates, "coordinates", (len(coordinates), 3)).tolist()
-        if region_order is not None:
-            order = _finite_array(region_order, "region_order", (len(region_order),))
-            if not np.array_equal(np.sort(order), np.arange(len(order))):
-                raise InvalidArgumentError(
-                    "region_order must be a permutation of 0 .. V - 1.", argument="region_order"
-                )
-            region_order = [int(i) for i in order]
-        if region_names is not None and not all(isinstance(name, str) for name in region_names):
-            raise InvalidArgumentError("region_names must be strings, one per region.", argument="region_names")
-        if (median is None) != (iqr is None):
-            raise InvalidArgumentError(
-                f"median and iqr go together (both set by fit), got only {'iqr' if median is None else 'median'}."
-            )
-        if median is not None:
-            median = _finite_array(median, "median", (len(median),)).tolist()
-            iqr = _finite_array(iqr, "iqr", (len(iqr),))
-            bad = np.flatnonzero(~(iqr.astype(np.float32) > 0))
-            if len(bad):
-                raise InvalidArgumentError(
-                    f"iqr: regions {_region_list(bad, region_names)} have an inter-quartile range <= 0 ("
-                    f"{iqr[bad][:5].tolist()}); robust scaling would divide by it. The statistics are damaged: fit "
-                    "the processor again (with iqr_epsilon for empty parcels).",
-                    argument="iqr",
-                )
-            iqr = iqr.tolist()
-        if (clip_low is None) != (clip_high is None):
-            given = "clip_high" if clip_low is None else "clip_low"
-            raise InvalidArgumentError(f"clip_low and clip_high go together, got only {given}.", argument=given)
-        if clip_low is not None:
-            clip_low = _finite_array(clip_low, "clip_low", (len(clip_low),))
-            clip_high = _finite_array(clip_high, "clip_high", (len(clip_high),))
-            bad = np.flatnonzero(~(clip_low.astype(np.float32) < clip_high.astype(np.float32)))
-            if len(bad):
-                raise InvalidArgumentError(
-                    f"clip_low must be below clip_high in every region; regions {_region_list(bad, region_names)} "
-                    f"have {clip_low[bad][:5].tolist()} >= {clip_high[bad][:5].tolist()}."
-                )
-            clip_low, clip_high = clip_low.tolist(), clip_high.tolist()
-        if iqr_epsilon_regions is not None:
-            if iqr_epsilon is None or iqr is None:
-                raise InvalidArgumentError(
-                    "iqr_epsilon_regions is set by fit with iqr_epsilon: it needs iqr_epsilon and iqr.",
-                    argument="iqr_epsilon_regions",
-                )
-            regions = _finite_array(iqr_epsilon_regions, "iqr_epsilon_regions", (len(iqr_epsilon_regions),))
-            if not np.isin(regions, np.arange(len(iqr))).all():
-                raise InvalidArgumentError(
-                    f"iqr_epsilon_regions must be region indices in 0 .. {len(iqr) - 1}.",
-                    argument="iqr_epsilon_regions",
-                )
-            iqr_epsilon_regions = [int(i) for i in regions]
-            if not np.allclose(np.asarray(iqr)[iqr_epsilon_regions], iqr_epsilon):
-                raise InvalidArgumentError(
-                    "iqr_epsilon_regions: the iqr of those regions is not iqr_epsilon (damaged statistics).",
-                    argument="iqr_epsilon_regions",
-                )
         self.normalization = normalization
         self.median = median
         self.iqr = iqr
@@ -268,6 +149,157 @@ class BrainLMFeatureExtractor(FeatureExtractionMixin):
         self.clip_warning_fraction = clip_warning_fraction
         self.unit_conversion = unit_conversion
         self.statistics_source = statistics_source
+        self._check_settings()
+        self._check_per_region_fields()
+        self._check_robust_statistics()
+        self._check_clip_bounds()
+        self._check_iqr_epsilon_regions()
+
+    def _check_settings(self) -> None:
+        """The settings that are one value: a known choice, a positive number (as a float or int), a string."""
+        if self.normalization not in NORMALIZATIONS:
+            raise InvalidArgumentError(
+                f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}.", argument="normalization"
+            )
+        self.input_scale = _positive_number(self.input_scale, "input_scale")
+        self.num_timepoints = _positive_integer(self.num_timepoints, "num_timepoints")
+        if self.repetition_time is not None:
+            repetition_time = _positive_number(self.repetition_time, "repetition_time")
+            self.repetition_time = check_repetition_time(
+                repetition_time, "repetition_time", argument="repetition_time"
+            )
+        if self.iqr_epsilon is not None:
+            self.iqr_epsilon = _positive_number(self.iqr_epsilon, "iqr_epsilon")
+        self.resample_tolerance = _positive_number(self.resample_tolerance, "resample_tolerance")
+        if self.short_recordings not in SHORT_RECORDINGS:
+            raise InvalidArgumentError(
+                f"short_recordings must be one of {SHORT_RECORDINGS}, got {self.short_recordings!r}.",
+                argument="short_recordings",
+            )
+        if self.atlas is not None and not isinstance(self.atlas, str):
+            raise InvalidArgumentError(
+                f"atlas must be the name of the parcellation (a string), got {self.atlas!r}.", argument="atlas"
+            )
+        self._check_unit_conversion()
+        self.clip_warning_fraction = _positive_number(self.clip_warning_fraction, "clip_warning_fraction")
+        if self.clip_warning_fraction > 1:
+            raise InvalidArgumentError(
+                f"clip_warning_fraction is a fraction of values, in (0, 1], got {self.clip_warning_fraction}.",
+                argument="clip_warning_fraction",
+            )
+        if self.statistics_source is not None and not isinstance(self.statistics_source, str):
+            raise InvalidArgumentError(
+                f"statistics_source must be a string, got {self.statistics_source!r}.", argument="statistics_source"
+            )
+
+    def _check_unit_conversion(self) -> None:
+        """A known conversion, and none with z-scoring (which makes units irrelevant)."""
+        if self.unit_conversion not in UNIT_CONVERSIONS:
+            raise InvalidArgumentError(
+                f"unit_conversion must be one of {UNIT_CONVERSIONS}, got {self.unit_conversion!r}.",
+                argument="unit_conversion",
+            )
+        if self.unit_conversion != "none" and self.normalization == "zscore":
+            raise InvalidArgumentError(
+                f"unit_conversion={self.unit_conversion!r} with z-scoring: z-scoring removes each region's mean and "
+                "scale, so units do not matter; use unit_conversion='none' (or robust scaling with the statistics).",
+                argument="unit_conversion",
+            )
+
+    def _check_per_region_fields(self) -> None:
+        """
+        The fields with one entry per region: non-empty lists of one length V; `coordinates` finite `(V, 3)`,
+        `region_order` a permutation of `0 .. V - 1` (as ints), `region_names` strings.
+        """
+        per_region = {
+            "coordinates": self.coordinates,
+            "region_order": self.region_order,
+            "region_names": self.region_names,
+            "median": self.median,
+            "iqr": self.iqr,
+            "clip_low": self.clip_low,
+            "clip_high": self.clip_high,
+        }
+        for name, values in per_region.items():
+            if values is not None and (isinstance(values, str | bytes) or not hasattr(values, "__len__")):
+                raise InvalidArgumentError(
+                    f"{name} must be a list with one entry per region, got {values!r}.", argument=name
+                )
+            if values is not None and len(values) == 0:
+                raise InvalidArgumentError(f"{name} is empty: give one entry per region, or None.", argument=name)
+        sizes = {name: len(v) for name, v in per_region.items() if v is not None}
+        if len(set(sizes.values())) > 1:
+            raise InvalidArgumentError(f"Per-region fields disagree on the number of regions: {sizes}.")
+        if self.coordinates is not None:
+            self.coordinates = _finite_array(self.coordinates, "coordinates", (len(self.coordinates), 3)).tolist()
+        if self.region_order is not None:
+            order = _finite_array(self.region_order, "region_order", (len(self.region_order),))
+            if not np.array_equal(np.sort(order), np.arange(len(order))):
+                raise InvalidArgumentError(
+                    "region_order must be a permutation of 0 .. V - 1.", argument="region_order"
+                )
+            self.region_order = [int(i) for i in order]
+        if self.region_names is not None and not all(isinstance(name, str) for name in self.region_names):
+            raise InvalidArgumentError("region_names must be strings, one per region.", argument="region_names")
+
+    def _check_robust_statistics(self) -> None:
+        """`median` and `iqr`: both or neither, finite, and every IQR > 0 (in float32, as robust scaling divides)."""
+        if (self.median is None) != (self.iqr is None):
+            raise InvalidArgumentError(
+                f"median and iqr go together (both set by fit), got only {'iqr' if self.median is None else 'median'}."
+            )
+        if self.median is None:
+            return
+        self.median = _finite_array(self.median, "median", (len(self.median),)).tolist()
+        iqr = _finite_array(self.iqr, "iqr", (len(self.iqr),))
+        bad = np.flatnonzero(~(iqr.astype(np.float32) > 0))
+        if len(bad):
+            raise InvalidArgumentError(
+                f"iqr: regions {_region_list(bad, self.region_names)} have an inter-quartile range <= 0 ("
+                f"{iqr[bad][:5].tolist()}); robust scaling would divide by it. The statistics are damaged: fit "
+                "the processor again (with iqr_epsilon for empty parcels).",
+                argument="iqr",
+            )
+        self.iqr = iqr.tolist()
+
+    def _check_clip_bounds(self) -> None:
+        """`clip_low` and `clip_high`: both or neither, finite, and `clip_low < clip_high` in every region."""
+        if (self.clip_low is None) != (self.clip_high is None):
+            given = "clip_high" if self.clip_low is None else "clip_low"
+            raise InvalidArgumentError(f"clip_low and clip_high go together, got only {given}.", argument=given)
+        if self.clip_low is None:
+            return
+        clip_low = _finite_array(self.clip_low, "clip_low", (len(self.clip_low),))
+        clip_high = _finite_array(self.clip_high, "clip_high", (len(self.clip_high),))
+        bad = np.flatnonzero(~(clip_low.astype(np.float32) < clip_high.astype(np.float32)))
+        if len(bad):
+            raise InvalidArgumentError(
+                f"clip_low must be below clip_high in every region; regions {_region_list(bad, self.region_names)} "
+                f"have {clip_low[bad][:5].tolist()} >= {clip_high[bad][:5].tolist()}."
+            )
+        self.clip_low, self.clip_high = clip_low.tolist(), clip_high.tolist()
+
+    def _check_iqr_epsilon_regions(self) -> None:
+        """`iqr_epsilon_regions` (set by `fit`): region indices whose `iqr` is `iqr_epsilon`."""
+        if self.iqr_epsilon_regions is None:
+            return
+        if self.iqr_epsilon is None or self.iqr is None:
+            raise InvalidArgumentError(
+                "iqr_epsilon_regions is set by fit with iqr_epsilon: it needs iqr_epsilon and iqr.",
+                argument="iqr_epsilon_regions",
+            )
+        regions = _finite_array(self.iqr_epsilon_regions, "iqr_epsilon_regions", (len(self.iqr_epsilon_regions),))
+        if not np.isin(regions, np.arange(len(self.iqr))).all():
+            raise InvalidArgumentError(
+                f"iqr_epsilon_regions must be region indices in 0 .. {len(self.iqr) - 1}.",
+                argument="iqr_epsilon_regions",
+            )
+        self.iqr_epsilon_regions = [int(i) for i in regions]
+        if not np.allclose(np.asarray(self.iqr)[self.iqr_epsilon_regions], self.iqr_epsilon):
+            raise InvalidArgumentError(
+                "iqr_epsilon_regions: the iqr of those regions is not iqr_epsilon (damaged statistics).",
+                argument="iqr_epsilon_regions",
+            )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "BrainLMFeatureExtractor":

@@ -19,6 +19,7 @@ from brainlm_hf import (
     BrainLMModel,
     convert,
 )
+from brainlm_hf.analysis.recording_embeddings import load_processor
 from brainlm_hf.cli import main
 from brainlm_hf.convert import RELEASE_REPO, RELEASES
 from brainlm_hf.data import atlas
@@ -306,6 +307,24 @@ def test_convert_refuses_a424_coordinates_that_fail_the_pinned_hash(hub, tmp_pat
     shutil.rmtree(tmp_path / "brainlm-cache", ignore_errors=True)
     with pytest.raises(ValueError, match="does not have the pinned SHA-256"):
         BrainLMModel.from_pretrained("brainlm-111m")
+
+
+def test_the_processor_of_an_original_local_folder_is_its_conversion(hub, tmp_path):
+    """`load_processor` (`brainlm embed`, `brainlm attention`): an original folder has no preprocessor_config.json
+    but is converted with one; a brainlm_hf folder without one is refused with the fix given."""
+    clone = tmp_path / "brainlm-clone"
+    folder = clone / "release"
+    folder.mkdir(parents=True)
+    for name, data in original_files("brainlm_small", "model.safetensors").items():
+        (folder / name).write_bytes(data)
+    converted = tmp_path / "converted"
+    convert.convert_checkpoint(str(folder), str(converted))
+    expected = BrainLMFeatureExtractor.from_pretrained(converted).to_dict()
+    assert load_processor(str(folder), "model", "FIX").to_dict() == expected
+    assert load_processor(str(clone), "model", "FIX", subfolder="release").to_dict() == expected
+    (converted / "preprocessor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"converted has no preprocessor_config.json .*: FIX$"):
+        load_processor(str(converted), "model", "FIX")
 
 
 def test_brainlm_embed_reads_a_short_name(hub, tmp_path):

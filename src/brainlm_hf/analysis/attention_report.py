@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..arguments import check_choice, check_positive, positional
+from ..errors import InvalidArgumentError
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
 from ..folders import output_folder
 from ..modeling_brainlm import BrainLMPreTrainedModel
@@ -95,6 +96,44 @@ def analyze_attention(
         return _write_report(
             model, processor, recordings, output, networks, layers, stride, batch_size, repetition_times, progress
         )
+
+
+def report_attention(args: AttentionArguments) -> dict:
+    """
+    What `brainlm attention` runs: the processor saved with `args.checkpoint`, the network grouping `args.networks`,
+    then `analyze_attention` of the recordings `args.inputs` into `args.output_dir`; returns its report (the
+    `attention.json` dict). `networks="aal2-lobes"` needs the AAL2 region names in the processor
+    (`InvalidArgumentError` otherwise).
+    """
+    from ..data import aal2_lobes, load_a424_networks
+    from ..data.recordings import read_inputs
+    from ..modeling_brainlm import BrainLMModel
+    from ..progress import Progress
+    from .recording_embeddings import load_processor
+
+    processor = load_processor(
+        args.checkpoint,
+        "checkpoint",
+        "save the processor of the model there (BrainLMFeatureExtractor.save_pretrained).",
+    )
+    networks = None
+    if args.networks == "a424":
+        networks = load_a424_networks(args.atlas_dir)
+    elif args.networks == "aal2-lobes":
+        if not processor.region_names:
+            raise InvalidArgumentError(
+                "networks='aal2-lobes' needs the AAL2 region names in the checkpoint's processor.",
+                argument="networks",
+            )
+        networks = aal2_lobes(processor.region_names)
+    model = BrainLMModel.from_pretrained(args.checkpoint).eval()
+    recordings = read_inputs(args.inputs, repetition_time=args.repetition_time)
+    with Progress("attention", len(recordings), quiet=args.quiet) as progress:
+        return analyze_attention(
+            model, processor, {r.id: r.series for r in recordings}, args.output_dir, networks, args.layers,
+            args.stride, repetition_times={r.id: r.repetition_time for r in recordings}, progress=progress,
+            overwrite=args.overwrite,
+        )  # fmt: skip
 
 
 def _write_report(

@@ -26,8 +26,10 @@ canonical token order (deterministic), and represented by:
 
 import json
 import os
+import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +37,8 @@ import torch
 
 from ..arguments import check_choice, check_positive, positional
 from ..configuration_brainlm import POOLINGS as MODEL_POOLINGS
-from ..errors import InvalidArgumentError, InvalidInputError
-from ..feature_extraction_brainlm import SHORT_RECORDINGS, BrainLMFeatureExtractor
+from ..errors import InvalidArgumentError, InvalidInputError, MissingFileError
+from ..feature_extraction_brainlm import CONFIG_NAME, SHORT_RECORDINGS, BrainLMFeatureExtractor
 from ..inference import average_by_recording, map_windows
 from ..modeling_brainlm import BrainLMPreTrainedModel
 
@@ -409,6 +411,159 @@ def save_embeddings(
     return path
 
 
+def embed_cohort(args: EmbedArguments) -> Path | None:
+    """
+    What `brainlm embed` runs: the embeddings of the recordings `args.inputs` by the model `args.model`, written to
+    `args.output` (`.parquet` or `.npz`, see `save_embeddings`); returns its path, or None in a process that leaves
+    the writing to another (see `embed_in_chunks`). First the processor (saved with the model, or `args.processor`;
+    checked against the inputs' atlas, fitted on them with `fit_processor=True`). An existing `output` is refused
+    unless `overwrite=True`, a processor without statistics for robust scaling unless `fit_processor=True`, and
+    shards of another atlas than the processor's (errors name the argument as `name=`).
+    """
+    from ..data.atlas import atlas_by_name
+    from ..data.prepared import shard_atlas
+    from ..data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
+    from ..modeling_brainlm import BrainLMModel
+    from ..progress import Progress
+
+    check_embeddings_file(args.output, args.overwrite)
+    fix = (
+        "pass processor=FOLDER with a folder that holds one."
+        if args.processor
+        else "pass the folder that holds it as processor=FOLDER (e.g. the prepared dataset the model was trained on)."
+    )
+    location = {key: value for key, value in (("subfolder", args.subfolder), ("revision", args.revision)) if value}
+    if args.processor:
+        processor = load_processor(args.processor, "processor", fix)
+    else:
+        processor = load_processor(args.model, "model", fix, **location)
+    for shard in find_recordings(args.inputs, RAW_SUFFIXES + SHARD_SUFFIXES):
+        atlas = shard_atlas(str(shard)) if shard.name.endswith(SHARD_SUFFIXES) else None
+        if processor.atlas and atlas and atlas != processor.atlas:
+            raise InvalidInputError(
+                f"the processor of {args.processor or args.model} is for the atlas {processor.atlas!r}, but {shard} "
+                f"holds recordings parcellated with {atlas!r}: embed them with a model and processor of that atlas."
+            )
+    atlas = atlas_by_name(args.atlas, args.atlas_dir)
+    recordings = _cohort(processor, args, read_inputs(args.inputs, atlas, args.repetition_time))
+    named = {r.source: r.series for r in recordings}  # errors name the file
+    trs = [r.repetition_time for r in recordings]
+    if args.fit_processor:
+        processor.fit(list(named.values()), repetition_times=trs)
+    elif processor.normalization == "robust" and processor.median is None:
+        raise InvalidArgumentError(
+            "The processor uses BrainLM's robust scaling but holds no statistics: pass fit_processor=True to fit "
+            "them on the inputs, or processor=FOLDER with a fitted processor (a converted release holds BrainLM's "
+            "own).",
+            argument="fit_processor",
+        )
+    model = BrainLMModel.from_pretrained(args.model, **location)
+    index, count, state = _embed_process(args)
+    device = args.device or (state.device if state else "cuda" if torch.cuda.is_available() else "cpu")
+    sources = list(named)
+    mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
+    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
+
+    def embed_chunk(indices: range):
+        chunk = {sources[i]: named[sources[i]] for i in indices}
+        return embed_recordings(
+            model, processor, chunk, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
+            layer=args.layer, include_padding_tokens=args.include_padding_tokens,
+            window_policy=args.window_policy, repetition_times=[trs[i] for i in indices],
+        )  # fmt: skip
+
+    with Progress("embed", len(mine), quiet=args.quiet) as progress:
+        settings = {k: v for k, v in asdict(args).items() if k not in ("quiet", "process", "output")}
+        settings["ids"] = [r.id for r in recordings]
+        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress, settings)
+        series = [named[sources[i]] for i in mine]
+        progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
+    if state is not None:  # accelerate launch: the main process writes, once all are done
+        state.wait_for_everyone()
+        done = state.is_main_process
+    if not done:
+        print(
+            f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
+        )
+        return None
+    embeddings = gather_chunks(folder, len(recordings), args.chunk_size)
+    partial = Path(args.output).with_name(f".{Path(args.output).stem}.{os.getpid()}.tmp{Path(args.output).suffix}")
+    os.replace(save_embeddings(partial, [r.id for r in recordings], embeddings), args.output)
+    shutil.rmtree(folder, ignore_errors=True)
+    what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
+    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
+    return Path(args.output)
+
+
+def load_processor(name: str, argument: str, fix: str, **location) -> BrainLMFeatureExtractor:
+    """
+    The processor saved in `name` (a folder, Hub id or short name; `location`: `subfolder`, `revision`). A local
+    folder without one (nor an original checkpoint, converted with one) is a `MissingFileError` that names the
+    missing file and ends with `fix`; a path that does not exist names `argument`.
+    """
+    from ..folders import check_model_folder
+
+    path = Path(os.path.expanduser(name))
+    if path.is_dir():
+        resolve = BrainLMFeatureExtractor._resolve_pretrained  # an original checkpoint: its converted folder
+        folder, options = resolve(name, dict(location)) if resolve else (name, location)
+        if Path(folder).is_dir() and not Path(folder, options.get("subfolder") or "", CONFIG_NAME).is_file():
+            raise MissingFileError(
+                f"{name} has no {CONFIG_NAME} (the processor: normalisation statistics, region coordinates and "
+                f"order): {fix}"
+            )
+    if not path.exists():
+        check_model_folder(name, argument)
+    return BrainLMFeatureExtractor.from_pretrained(name, **location)
+
+
+def _cohort(processor, args, recordings: list) -> list:
+    """Apply `short_recordings` to the processor; warn about recordings of unknown TR when the model has one."""
+    from ..data.prepare import padding_report
+
+    if args.short_recordings:
+        processor.short_recordings = args.short_recordings
+    unknown = [r.source for r in recordings if r.repetition_time is None]
+    if processor.repetition_time is not None and unknown:
+        warnings.warn(
+            f"{len(unknown)} of {len(recordings)} inputs have no known TR ({unknown[0]}, ...): they are used as "
+            f"sampled at the model's TR, {processor.repetition_time} s; pass repetition_time=SECONDS to resample "
+            "them.",
+            stacklevel=2,
+        )
+    resampled = sum(processor.needs_resampling(r.repetition_time) for r in recordings)
+    if resampled:
+        print(f"{resampled} recordings resampled to the model's TR of {processor.repetition_time} s (linear)")
+    if processor.short_recordings == "pad":
+        lengths = [processor.resampled_length(len(r.series), r.repetition_time) for r in recordings]
+        padded = [length for length in lengths if length < processor.num_timepoints]
+        if padded:
+            print(
+                f"padded (shorter than one window of {processor.num_timepoints} timepoints): "
+                f"{padding_report(padded, processor.num_timepoints)}"
+            )
+    return recordings
+
+
+def _embed_process(args) -> tuple:
+    """
+    This process's 0-based index, the process count and accelerate's `PartialState` when `accelerate launch` started
+    several processes (else None): from `process` (`"I/N"`), else from accelerate (on the CPU when `device="cpu"` or
+    without CUDA), else `(0, 1, None)`.
+    """
+    if args.process is not None:
+        from ..data.prepare_parts import parse_part
+
+        index, count = parse_part(args.process, argument="process")
+        return index - 1, count, None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
+        return state.process_index, state.num_processes, state
+    return 0, 1, None
+
+
 __all__ = [
     "AUTOCAST_DTYPES",
     "EMBEDDING_SUFFIXES",
@@ -418,8 +573,10 @@ __all__ = [
     "count_windows",
     "embed_in_chunks",
     "check_embeddings_file",
+    "embed_cohort",
     "embed_recordings",
     "gather_chunks",
+    "load_processor",
     "embed_windows",
     "save_embeddings",
 ]

@@ -511,6 +511,13 @@ def _statistics_statement(processor: BrainLMFeatureExtractor) -> str:
 PRESET_PATCH_SIZE = 20  # the patch size of every region_window preset
 
 
+def padding_report(lengths: list[int], window: int) -> str:
+    """`"2 recordings, padding 45% of their windows' timepoints"`: recordings of `lengths` (< `window`) timepoints,
+    each one window padded to `window`."""
+    share = 1 - sum(lengths) / (len(lengths) * window)
+    return f"{len(lengths)} recordings, padding {share:.0%} of their windows' timepoints"
+
+
 def check_window_length(num_timepoints: int, patch_size: int | None) -> None:
     """Refuse a window length that a region_window model of `patch_size` cannot cut into patches."""
     if num_timepoints < 1:
