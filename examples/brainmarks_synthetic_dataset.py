@@ -54,14 +54,14 @@ def rows(split: str, size: int, seed: int):
         }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, required=True, help="the dataset root ($ADHD200_ROOT)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--sizes", type=int, nargs=3, default=list(SPLIT_SIZES.values()), metavar=("TRAIN", "VALIDATION", "TEST")
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     features = datasets.Features(
         {
             "sub": datasets.Value("string"),
