@@ -285,7 +285,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    """The tests marked slow run first (otherwise in collection order), so that with pytest-xdist the long ones
+    start early and the short ones even out the workers' ends."""
     config.stash[_STAND_IN_USERS] = {item.nodeid for item in items if "a424_folder" in item.fixturenames}
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_runtest_setup(item):

@@ -731,3 +731,22 @@ def test_shared_buffers_never_given_back_is_an_error_not_a_hang(four_shards, wor
         batches.advance(item)
         if count == 5 * workers + 3:
             break
+
+
+def test_workers_waiting_for_a_shared_buffer_stop_when_the_consumer_stops(four_shards):
+    """The consumer stops (here: on the error for an item no buffer is left for) while both workers wait for a free
+    buffer: they are woken to stop, so the DataLoader's shutdown does not wait out its join timeout for each of them
+    (5 s per worker in torch)."""
+    import gc
+    import time
+
+    from torch.utils.data import _utils
+
+    batches = batch_stream(four_shards, streams=1, parts=2)
+    with pytest.raises(ValueError, match="shared_buffers=5") as raised:
+        for _ in batches.loader(2, prefetch_factor=1, shared_buffers=5):
+            pass  # never given back
+    start = time.monotonic()
+    del raised  # its traceback held the loader: the loader and its workers shut down here
+    gc.collect()
+    assert time.monotonic() - start < _utils.MP_STATUS_CHECK_INTERVAL

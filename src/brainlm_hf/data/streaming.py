@@ -427,6 +427,7 @@ class _SharedBuffers:
         width = batches.noise(0, ["probe/0"]).shape[-1] if batches.noise is not None else 0
         self.noise = _shared_tensor((*shape, width)) if width else None
         self.free = [multiprocessing.get_context().Semaphore(size) for _ in range(workers)]
+        self.closed = multiprocessing.get_context().Event()
         self.size, self.parent, self.made = size, os.getpid(), 0
         self.held = [0] * workers  # consumer side: items handed out and not given back, per worker
 
@@ -436,6 +437,8 @@ class _SharedBuffers:
         while not self.free[worker].acquire(timeout=1.0):
             if os.getppid() != self.parent:
                 raise RuntimeError("The process that reads these batches is gone.")
+        if self.closed.is_set():
+            raise RuntimeError("The loader that reads these batches is closed.")
         self.made += 1
         return (self.made - 1) % self.size
 
@@ -445,6 +448,14 @@ class _SharedBuffers:
     def release(self, worker: int) -> None:
         self.held[worker] -= 1
         self.free[worker].release()
+
+    def close(self) -> None:
+        """Wake every worker that waits for a buffer, to stop (the consumer is done): without it, a worker would
+        wait until the DataLoader's shutdown gives up on it (seconds per worker)."""
+        self.closed.set()
+        for free in self.free:
+            for _ in range(self.size):
+                free.release()
 
     def check_free(self, worker: int) -> None:
         """Refuse to wait for an item of `worker` while the consumer holds all its buffers (it would wait forever)."""
@@ -470,6 +481,12 @@ class _BufferedLoader:
         return self._items(iter(self.loader))  # the workers start here, in the caller's thread
 
     def _items(self, items: Iterator[dict]) -> Iterator[dict]:
+        try:
+            yield from self._attached(items)
+        finally:
+            self.buffers.close()
+
+    def _attached(self, items: Iterator[dict]) -> Iterator[dict]:
         workers = len(self.buffers.held)
         for count in itertools.count():
             self.buffers.check_free(count % workers)  # the DataLoader takes the workers' items in turn
