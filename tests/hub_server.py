@@ -71,6 +71,9 @@ LFS_SUFFIXES = (
     ".zip",
 )
 CREATED_AT = "2026-01-01T00:00:00.000Z"
+# A repository is named by its path on the Hub: `ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset.
+REPO_PREFIXES = {"model": "", "dataset": "datasets/"}
+API_FOLDERS = {f"{repo_type}s": prefix for repo_type, prefix in REPO_PREFIXES.items()}  # `/api/models/...`, ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,7 @@ class Commit:
 
 @dataclass
 class Repo:
-    """A model repository: every commit ever made (by hash) and the branches (name -> commit hash)."""
+    """A repository (model or dataset): every commit ever made (by hash) and the branches (name -> commit hash)."""
 
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
@@ -179,7 +182,7 @@ class HubServer:
             server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
             server.daemon_threads = True
             server.hub, server.role = self, role
-            threading.Thread(target=server.serve_forever, name=f"test-{role}", daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(0.05,), name=f"test-{role}", daemon=True).start()
             self._servers.append(server)
         return self
 
@@ -223,7 +226,8 @@ class HubServer:
         message: str = "commit",
         delete: tuple[str, ...] = (),
     ) -> str:
-        """Commit `files` on `branch` of `repo_id` (both created when missing) and return the commit's hash.
+        """Commit `files` on `branch` of `repo_id` (both created when missing) and return the commit's hash;
+        `repo_id` is the repository's path (`ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset).
 
         `files` is a folder (all its files, at their relative paths) or a mapping from repo path to content (bytes,
         text, or a local file). The new tree is the branch's current tree with `delete` removed (a path or a folder)
@@ -265,7 +269,8 @@ class HubServer:
         return oid
 
     def resolve(self, repo_id: str, revision: str) -> Commit:
-        """The commit a branch name or commit hash names; a `HubError` for a missing repository or revision."""
+        """The commit a branch name or commit hash names in the repository at path `repo_id`; a `HubError` for a
+        missing repository or revision."""
         repo = self.repos.get(repo_id)
         if repo is None:
             raise HubError(404, "RepoNotFound", "Repository not found")
@@ -298,16 +303,20 @@ class HubServer:
 
 @contextmanager
 def online_at(endpoint: str) -> Iterator[str]:
-    """Point `huggingface_hub` (constants, the module-level `HfApi`) and subprocesses (env) at `endpoint`.
+    """Point `huggingface_hub` (constants, the module-level `HfApi`), `datasets` and subprocesses (env) at `endpoint`.
 
-    `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when it is imported, so the values are patched in its
-    `constants` module as well as in the environment; transformers' shared `HfApi` (which keeps the endpoint of its
-    first use, e.g. an earlier test's server) is made anew inside. Everything is restored on exit.
+    `huggingface_hub` and `datasets` read `HF_ENDPOINT` and `HF_HUB_OFFLINE` when they are imported, so the values
+    are patched in their `constants` and `config` modules as well as in the environment; transformers' shared
+    `HfApi` (which keeps the endpoint of its first use, e.g. an earlier test's server) is made anew inside, and the
+    cached `HfFileSystem` instances (`hf://` URLs, which keep their endpoint and listings) are dropped on entry and
+    exit. Everything is restored on exit.
     """
-    from huggingface_hub import constants, hf_api
+    from datasets import config as datasets_config
+    from huggingface_hub import HfFileSystem, constants, hf_api
     from transformers.utils import hub as transformers_hub
 
-    environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+    HfFileSystem.clear_instance_cache()
     with (
         mock.patch.dict(os.environ, environ),
         mock.patch.object(constants, "ENDPOINT", endpoint),
@@ -317,8 +326,16 @@ def online_at(endpoint: str) -> Iterator[str]:
         mock.patch.object(constants, "HF_HUB_OFFLINE", False),
         mock.patch.object(hf_api.api, "endpoint", endpoint),
         mock.patch.object(transformers_hub, "_hf_api", None),
+        mock.patch.object(datasets_config, "HF_ENDPOINT", endpoint),
+        mock.patch.object(
+            datasets_config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        ),
+        mock.patch.object(datasets_config, "HF_HUB_OFFLINE", False),
     ):
-        yield endpoint
+        try:
+            yield endpoint
+        finally:
+            HfFileSystem.clear_instance_cache()
 
 
 @contextmanager
@@ -398,19 +415,21 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         if self.server.role == "cdn":
             if method == "GET" and len(parts) >= 2 and parts[0] == "lfs" and parts[1] in self.hub._lfs_blobs:
-                return self._send_file("/".join(parts[4:]), self.hub._lfs_blobs[parts[1]].data)
+                return self._send_file("/".join(parts[3:]), self.hub._lfs_blobs[parts[1]].data)
             raise HubError(404, None, "Not found on the CDN")
         if method == "GET" and parts[:1] == ["static"] and "/".join(parts[1:]) in self.hub._static:
             return self._send_file("/".join(parts[1:]), self.hub._static["/".join(parts[1:])])
-        if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
-            return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
         if parts[:1] == ["api"]:
             if method == "POST" and parts[1:] == ["repos", "create"]:
                 return self._create_repo(json.loads(body))
             if method == "POST" and parts[1:] == ["validate-yaml"]:
                 return _json({"errors": [], "warnings": []})
-            if len(parts) >= 4 and parts[1] == "models":
-                return self._repo_api(method, f"{parts[2]}/{parts[3]}", parts[4:], query, body)
+            if len(parts) >= 4 and parts[1] in API_FOLDERS:
+                key = API_FOLDERS[parts[1]] + f"{parts[2]}/{parts[3]}"
+                return self._repo_api(method, key, parts[4:], query, body)
+        skip = 1 if parts[:1] == ["datasets"] else 0  # `/datasets/{repo}/resolve/...`, or `/{repo}/resolve/...`
+        if method in ("GET", "HEAD") and len(parts) >= 5 + skip and parts[2 + skip] == "resolve":
+            return self._resolve("/".join(parts[: 2 + skip]), parts[3 + skip], "/".join(parts[4 + skip :]))
         raise HubError(404, None, f"{method} {self.path} is not implemented by the test hub")
 
     # -- downloads -------------------------------------------------------------------------------------------------
@@ -422,7 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
         if blob is None:
             raise HubError(404, "EntryNotFound", "Entry not found", commit=commit.oid)
         if blob.lfs:
-            location = f"{self.hub.cdn_endpoint}/lfs/{blob.sha256}/{quote(repo_id)}/{quote(path)}"
+            location = f"{self.hub.cdn_endpoint}/lfs/{blob.sha256}/{quote(repo_id, safe='')}/{quote(path)}"
             headers = {
                 "Location": location,
                 "ETag": f'"{blob.sha256}"',
@@ -452,13 +471,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _repo_api(
         self, method: str, repo_id: str, rest: list[str], query: dict[str, str], body: bytes
     ) -> tuple[int, dict, bytes]:
-        """`/api/models/{repo_id}/...`: info, tree, refs, preupload and commit."""
+        """`/api/models/{repo_id}/...` and `/api/datasets/{repo_id}/...` (`repo_id`: the repository's path): info,
+        tree, paths-info, refs, preupload and commit."""
         if method == "GET" and (not rest or rest[0] == "revision"):
             commit = self.hub.resolve(repo_id, rest[1] if len(rest) > 1 else "main")
-            return _json(self._model_info(repo_id, commit, blobs=query.get("blobs", "").lower() == "true"))
+            return _json(self._repo_info(repo_id, commit, blobs=query.get("blobs", "").lower() == "true"))
         if method == "GET" and rest[:1] == ["tree"] and len(rest) >= 2:
             commit = self.hub.resolve(repo_id, rest[1])
             return _json(_tree(commit, "/".join(rest[2:]), recursive=query.get("recursive", "").lower() == "true"))
+        if method == "POST" and rest[:1] == ["paths-info"] and len(rest) == 2:
+            commit = self.hub.resolve(repo_id, rest[1])
+            return _json(_paths_info(commit, parse_qs(body.decode()).get("paths", [])))
         if method == "GET" and rest == ["refs"]:
             self.hub.resolve(repo_id, "main")
             branches = [
@@ -474,8 +497,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_commit(repo_id, rest[1], body)
         raise HubError(404, None, f"{method} {self.path} is not implemented by the test hub")
 
-    def _model_info(self, repo_id: str, commit: Commit, blobs: bool) -> dict:
-        """The JSON of `GET /api/models/{repo_id}[/revision/{revision}]` that `ModelInfo` parses."""
+    def _repo_info(self, repo_id: str, commit: Commit, blobs: bool) -> dict:
+        """The JSON of `GET /api/{models|datasets}/{repo_id}[/revision/{revision}]` that `ModelInfo` or
+        `DatasetInfo` parses (`repo_id`: the repository's path)."""
         siblings = []
         for path, blob in sorted(commit.tree.items()):
             sibling = {"rfilename": path}
@@ -485,10 +509,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     sibling["lfs"] = {"size": len(blob.data), "sha256": blob.sha256, "pointerSize": len(blob.pointer)}
             siblings.append(sibling)
+        name = repo_id.removeprefix(REPO_PREFIXES["dataset"])
         return {
-            "id": repo_id,
-            "modelId": repo_id,
-            "author": repo_id.split("/")[0],
+            "id": name,
+            **({} if name != repo_id else {"modelId": name}),
+            "author": name.split("/")[0],
             "sha": commit.oid,
             "lastModified": CREATED_AT,
             "createdAt": CREATED_AT,
@@ -502,19 +527,21 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _create_repo(self, payload: dict) -> tuple[int, dict, bytes]:
-        """`POST /api/repos/create`: a new model repository whose `main` is an empty first commit."""
-        if payload.get("type") not in (None, "model"):
-            raise HubError(400, None, "The test hub only serves model repositories")
+        """`POST /api/repos/create`: a new model or dataset repository whose `main` is an empty first commit."""
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_PREFIXES:
+            raise HubError(400, None, f"The test hub serves model and dataset repositories, not {repo_type}s")
         if not payload.get("organization"):
             raise HubError(400, None, "The test hub has no user: give the repository a namespace")
-        repo_id = f"{payload['organization']}/{payload['name']}"
+        name = f"{payload['organization']}/{payload['name']}"
+        repo_id = REPO_PREFIXES[repo_type] + name
         url = f"{self.hub.endpoint}/{repo_id}"
         with self.hub._lock:
             if repo_id in self.hub.repos:
                 # The Hub's conflict answer carries the url, which `create_repo(exist_ok=True)` returns.
-                raise HubError(409, None, "You already created this model repo", extra={"url": url})
+                raise HubError(409, None, f"You already created this {repo_type} repo", extra={"url": url})
             self.hub._commit(repo_id, "main", {}, (), "initial commit")
-        return _json({"url": url, "name": repo_id, "id": repo_id})
+        return _json({"url": url, "name": name, "id": name})
 
     def _preupload(self, repo_id: str, revision: str, payload: dict) -> tuple[int, dict, bytes]:
         """`POST .../preupload/{revision}`: every file goes inline ("regular"); `oid` is the current content's hash."""
@@ -574,13 +601,33 @@ def _tree(commit: Commit, folder: str, recursive: bool) -> list[dict]:
         parents = list(PurePosixPath(path[len(prefix) :]).parents)[-2::-1]  # the folders between, outermost first
         for parent in parents if recursive else parents[:1]:
             name = prefix + parent.as_posix()
-            oid = hashlib.sha1(f"{commit.oid}\0{name}".encode()).hexdigest()
-            entries.setdefault(name, {"type": "directory", "oid": oid, "size": 0, "path": name})
+            entries.setdefault(name, _folder_entry(commit, name))
         if recursive or not parents:
             entries[path] = blob.tree_entry(path)
     if folder and not entries:
         raise HubError(404, "EntryNotFound", f"{folder} does not exist", commit=commit.oid)
     return list(entries.values())
+
+
+def _paths_info(commit: Commit, paths: list[str]) -> list[dict]:
+    """Entries of `POST .../paths-info/{revision}`: each of `paths` that is a file or a folder (others left out)."""
+    entries = []
+    for path in paths:
+        if path in commit.tree:
+            entries.append(commit.tree[path].tree_entry(path))
+        elif any(name.startswith(path.rstrip("/") + "/") for name in commit.tree):
+            entries.append(_folder_entry(commit, path.rstrip("/")))
+    return entries
+
+
+def _folder_entry(commit: Commit, path: str) -> dict:
+    """The entry of a folder (its oid made from the commit and its path)."""
+    return {
+        "type": "directory",
+        "oid": hashlib.sha1(f"{commit.oid}\0{path}".encode()).hexdigest(),
+        "size": 0,
+        "path": path,
+    }
 
 
 def _json(payload: dict | list) -> tuple[int, dict, bytes]:

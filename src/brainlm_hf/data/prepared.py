@@ -4,7 +4,10 @@
 Layout: `<root>/<split>/shard-XXXXX-of-YYYYY.parquet` (one row per recording: `id`, `series` (the `(T, V)` float32
 series flattened), `num_timepoints`, `num_regions`, ids, TR, atlas, phenotype columns), `preprocessor_config.json`
 (the processor fitted on the training split), `prepare_summary.json` and `README.md`. The root is a local folder or
-any fsspec URL (e.g. `https://host/dataset`, whose server lists folders).
+any fsspec URL (e.g. `https://host/dataset`, whose server lists folders), among them a dataset pushed to the Hub,
+`hf://datasets/ORG/NAME[@REVISION]`, or its bare repository id `ORG/NAME` when no local path has that name. A Hub
+root is pinned on opening: its revision (default `main`) is resolved once to the commit it names, so every later
+read, and a run resumed from a checkpoint, reads the same files (`PreparedDataset.commit`).
 
 `PreparedDataset` checks what it hands out: the shards of a split against the list in `prepare_summary.json` (a
 missing shard, or one left by another run, is an error that names both), and the processor against the shards'
@@ -25,17 +28,20 @@ from ..errors import (
     InvalidArgumentError,
     InvalidFileError,
     MissingFileError,
+    NetworkError,
     NotAFolderError,
     UserError,
     one_line,
 )
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import is_path_like
+from ..network import network_timeout
 
 
 class PreparedDataset:
     """
     Args:
-        path (`str` or `Path`): the dataset's root folder or URL.
+        path (`str` or `Path`): the dataset's root folder or URL, or the id `ORG/NAME` of a Hub dataset repository.
 
     Example:
 
@@ -48,6 +54,11 @@ class PreparedDataset:
 
     def __init__(self, path):
         self.path = str(path).rstrip("/")
+        self.commit = None  # the Hub commit a Hub dataset is pinned to
+        if _is_hub_id(self.path):
+            self.path, self.commit = pin_hub_revision(f"{HUB_PROTOCOL}datasets/{self.path}", bare=self.path)
+        elif self.path.startswith(HUB_PROTOCOL):
+            self.path, self.commit = pin_hub_revision(self.path)
         self.is_remote = "://" in self.path
         if self.is_remote:
             return
@@ -189,6 +200,62 @@ class PreparedDataset:
 
         with fsspec.open(f"{self.path}/{name}", "rt") as handle:
             return handle.read()
+
+
+HUB_PROTOCOL = "hf://"
+
+
+def _is_hub_id(path: str) -> bool:
+    """Whether `path` is read as a Hub dataset id: `ORG/NAME` (see `folders.is_path_like`) with no such local path."""
+    return "/" in path and not is_path_like(path) and not os.path.exists(path)
+
+
+def pin_hub_revision(url: str, bare: str | None = None) -> tuple[str, str]:
+    """
+    `(pinned, commit)`: the Hub URL `url` (`hf://datasets/ORG/NAME[@REVISION][/FOLDER]`) at the commit its revision
+    (default `main`) names now, `hf://datasets/ORG/NAME@COMMIT[/FOLDER]`, asked once within `network_timeout()`. A
+    malformed URL raises `InvalidArgumentError`, a repository or revision the Hub does not have `MissingFileError`,
+    an unreachable Hub or offline mode `NetworkError`; `bare`, the id the user gave when it was read as a Hub id, is
+    also named as the folder it is not.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import parse_hf_uri
+
+    try:
+        parsed = parse_hf_uri(url)
+    except ValueError as failure:
+        raise InvalidArgumentError(
+            f"{url} is no Hub URL ({one_line(failure)[:200]}): write hf://datasets/ORG/NAME[@REVISION][/FOLDER]."
+        ) from None
+    repo = f"{parsed.type} repository {parsed.id}"
+    error, problem = NetworkError, None
+    if constants.HF_HUB_OFFLINE:
+        problem = f"the Hub cannot be asked for the {repo}: offline mode is on (HF_HUB_OFFLINE=1)"
+    else:
+        try:
+            info = HfApi().repo_info(
+                parsed.id, repo_type=parsed.type, revision=parsed.revision, timeout=network_timeout()
+            )
+        except RepositoryNotFoundError:
+            error, problem = MissingFileError, f"the Hub ({constants.ENDPOINT}) has no {repo} (or it is private)"
+        except RevisionNotFoundError:
+            error, problem = MissingFileError, f"the {repo} has no revision {parsed.revision!r}"
+        except HFValidationError as failure:
+            error, problem = MissingFileError, f"{parsed.id!r} is no Hub repository id ({one_line(failure)[:200]})"
+        except Exception as failure:  # noqa: BLE001 - the HTTP client's timeouts, connection and server errors
+            reason = one_line(failure)[:200] or type(failure).__name__
+            problem = f"the Hub ({constants.ENDPOINT}) could not be asked for the {repo}: {reason}"
+    if problem is not None:
+        if bare is None:
+            raise error(f"{url}: {problem}. Check the name, or push the dataset (brainlm prepare --push-to-hub).")
+        raise error(
+            f"no such folder: {bare}, and {problem}. Give the folder made by `brainlm prepare`, or the id of a "
+            "dataset pushed to the Hub."
+        )
+    prefix = constants.REPO_TYPES_URL_PREFIXES.get(parsed.type, "")
+    folder = f"/{parsed.path_in_repo}" if parsed.path_in_repo else ""
+    return f"{HUB_PROTOCOL}{prefix}{parsed.id}@{info.sha}{folder}", info.sha
 
 
 def shard_atlas(path: str) -> str | None:
