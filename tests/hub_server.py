@@ -1,14 +1,18 @@
 """A local Hugging Face Hub for tests: real HTTP downloads and uploads through `huggingface_hub`, no mocks.
 
-`HubServer` keeps model repositories in memory as git-like histories (every commit stays addressable by its 40-hex
-hash, branches point to commits) and answers, on 127.0.0.1, the requests that `huggingface_hub` 2.x makes for
-`hf_hub_download`, `snapshot_download`, `HfApi.model_info` / `repo_info` / `list_repo_tree` / `list_repo_refs` /
-`file_exists`, `HfApi.create_repo`, `HfApi.create_commit` and `HfApi.upload_folder`:
+`HubServer` keeps model and dataset repositories in memory as git-like histories (every commit stays addressable by
+its 40-hex hash, branches point to commits) and answers, on 127.0.0.1, the requests that `huggingface_hub` 2.x makes
+for `hf_hub_download`, `snapshot_download`, `HfApi.model_info` / `dataset_info` / `repo_info` / `list_repo_tree` /
+`list_repo_refs` / `file_exists`, `HfApi.create_repo`, `HfApi.create_commit` and `HfApi.upload_folder`, and so for
+`HfFileSystem` (`hf://datasets/ORG/NAME/...`) and `datasets.load_dataset("ORG/NAME", streaming=True)`. A repository
+is named by its path on the Hub: `ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset (`HubServer.repos`,
+`commit`, `resolve`); the API answers both `/api/models/ORG/NAME/...` and `/api/datasets/ORG/NAME/...`.
 
-- `HEAD|GET /{namespace}/{name}/resolve/{revision}/{path}`: a regular file answers 200 with `ETag` (its git blob
-  hash), `X-Repo-Commit` and `Content-Length`; a file that the Hub's default `.gitattributes` would put in LFS
-  (`*.safetensors`, `*.bin`, ...) answers 302 with `X-Linked-Etag` (its sha256), `X-Linked-Size` and a `Location` on a
-  second port, the "CDN", which the client reaches without following the redirect (another origin), as on the Hub.
+- `HEAD|GET /[datasets/]{namespace}/{name}/resolve/{revision}/{path}`: a regular file answers 200 with `ETag` (its
+  git blob hash), `X-Repo-Commit` and `Content-Length`; a file that the Hub's default `.gitattributes` would put in
+  LFS (`*.safetensors`, `*.parquet`, ...) answers 302 with `X-Linked-Etag` (its sha256), `X-Linked-Size` and a
+  `Location` on a second port, the "CDN", which the client reaches without following the redirect (another origin),
+  as on the Hub; the CDN answers `Range` requests (206).
 - Errors carry the `X-Error-Code` header that `hf_raise_for_status` maps to `RepositoryNotFoundError`,
   `RevisionNotFoundError` and `EntryNotFoundError` (a missing file also carries `X-Repo-Commit`, so the client caches
   its absence in `.no_exist/`).
@@ -472,16 +476,13 @@ class _Handler(BaseHTTPRequestHandler):
         self, method: str, repo_id: str, rest: list[str], query: dict[str, str], body: bytes
     ) -> tuple[int, dict, bytes]:
         """`/api/models/{repo_id}/...` and `/api/datasets/{repo_id}/...` (`repo_id`: the repository's path): info,
-        tree, paths-info, refs, preupload and commit."""
+        tree, refs, preupload and commit."""
         if method == "GET" and (not rest or rest[0] == "revision"):
             commit = self.hub.resolve(repo_id, rest[1] if len(rest) > 1 else "main")
             return _json(self._repo_info(repo_id, commit, blobs=query.get("blobs", "").lower() == "true"))
         if method == "GET" and rest[:1] == ["tree"] and len(rest) >= 2:
             commit = self.hub.resolve(repo_id, rest[1])
             return _json(_tree(commit, "/".join(rest[2:]), recursive=query.get("recursive", "").lower() == "true"))
-        if method == "POST" and rest[:1] == ["paths-info"] and len(rest) == 2:
-            commit = self.hub.resolve(repo_id, rest[1])
-            return _json(_paths_info(commit, parse_qs(body.decode()).get("paths", [])))
         if method == "GET" and rest == ["refs"]:
             self.hub.resolve(repo_id, "main")
             branches = [
@@ -601,33 +602,13 @@ def _tree(commit: Commit, folder: str, recursive: bool) -> list[dict]:
         parents = list(PurePosixPath(path[len(prefix) :]).parents)[-2::-1]  # the folders between, outermost first
         for parent in parents if recursive else parents[:1]:
             name = prefix + parent.as_posix()
-            entries.setdefault(name, _folder_entry(commit, name))
+            oid = hashlib.sha1(f"{commit.oid}\0{name}".encode()).hexdigest()
+            entries.setdefault(name, {"type": "directory", "oid": oid, "size": 0, "path": name})
         if recursive or not parents:
             entries[path] = blob.tree_entry(path)
     if folder and not entries:
         raise HubError(404, "EntryNotFound", f"{folder} does not exist", commit=commit.oid)
     return list(entries.values())
-
-
-def _paths_info(commit: Commit, paths: list[str]) -> list[dict]:
-    """Entries of `POST .../paths-info/{revision}`: each of `paths` that is a file or a folder (others left out)."""
-    entries = []
-    for path in paths:
-        if path in commit.tree:
-            entries.append(commit.tree[path].tree_entry(path))
-        elif any(name.startswith(path.rstrip("/") + "/") for name in commit.tree):
-            entries.append(_folder_entry(commit, path.rstrip("/")))
-    return entries
-
-
-def _folder_entry(commit: Commit, path: str) -> dict:
-    """The entry of a folder (its oid made from the commit and its path)."""
-    return {
-        "type": "directory",
-        "oid": hashlib.sha1(f"{commit.oid}\0{path}".encode()).hexdigest(),
-        "size": 0,
-        "path": path,
-    }
 
 
 def _json(payload: dict | list) -> tuple[int, dict, bytes]:
