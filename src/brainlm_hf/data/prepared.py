@@ -213,13 +213,11 @@ def _is_hub_id(path: str) -> bool:
 def pin_hub_revision(url: str, bare: str | None = None) -> tuple[str, str]:
     """
     `(pinned, commit)`: the Hub URL `url` (`hf://datasets/ORG/NAME[@REVISION][/FOLDER]`) at the commit its revision
-    (default `main`) names now, `hf://datasets/ORG/NAME@COMMIT[/FOLDER]`, asked once within `network_timeout()`. A
-    malformed URL raises `InvalidArgumentError`, a repository or revision the Hub does not have `MissingFileError`,
-    an unreachable Hub or offline mode `NetworkError`; `bare`, the id the user gave when it was read as a Hub id, is
-    also named as the folder it is not.
+    (default `main`) names now, `hf://datasets/ORG/NAME@COMMIT[/FOLDER]`. A malformed URL raises
+    `InvalidArgumentError`; the errors of `_hub_commit` name `url`, or `bare` (the id the user gave, read as a Hub
+    id) also as the folder it is not.
     """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub import constants
     from huggingface_hub.utils import parse_hf_uri
 
     try:
@@ -228,34 +226,45 @@ def pin_hub_revision(url: str, bare: str | None = None) -> tuple[str, str]:
         raise InvalidArgumentError(
             f"{url} is no Hub URL ({one_line(failure)[:200]}): write hf://datasets/ORG/NAME[@REVISION][/FOLDER]."
         ) from None
-    repo = f"{parsed.type} repository {parsed.id}"
-    error, problem = NetworkError, None
-    if constants.HF_HUB_OFFLINE:
-        problem = f"the Hub cannot be asked for the {repo}: offline mode is on (HF_HUB_OFFLINE=1)"
-    else:
-        try:
-            info = HfApi().repo_info(
-                parsed.id, repo_type=parsed.type, revision=parsed.revision, timeout=network_timeout()
-            )
-        except RepositoryNotFoundError:
-            error, problem = MissingFileError, f"the Hub ({constants.ENDPOINT}) has no {repo} (or it is private)"
-        except RevisionNotFoundError:
-            error, problem = MissingFileError, f"the {repo} has no revision {parsed.revision!r}"
-        except HFValidationError as failure:
-            error, problem = MissingFileError, f"{parsed.id!r} is no Hub repository id ({one_line(failure)[:200]})"
-        except Exception as failure:  # noqa: BLE001 - the HTTP client's timeouts, connection and server errors
-            reason = one_line(failure)[:200] or type(failure).__name__
-            problem = f"the Hub ({constants.ENDPOINT}) could not be asked for the {repo}: {reason}"
-    if problem is not None:
-        if bare is None:
-            raise error(f"{url}: {problem}. Check the name, or push the dataset (brainlm prepare --push-to-hub).")
-        raise error(
-            f"no such folder: {bare}, and {problem}. Give the folder made by `brainlm prepare`, or the id of a "
+    try:
+        commit = _hub_commit(parsed)
+    except (MissingFileError, NetworkError) as problem:
+        message = (
+            f"{url}: {problem}. Check the name, or push the dataset (brainlm prepare --push-to-hub)."
+            if bare is None
+            else f"no such folder: {bare}, and {problem}. Give the folder made by `brainlm prepare`, or the id of a "
             "dataset pushed to the Hub."
         )
+        raise type(problem)(message) from None
     prefix = constants.REPO_TYPES_URL_PREFIXES.get(parsed.type, "")
     folder = f"/{parsed.path_in_repo}" if parsed.path_in_repo else ""
-    return f"{HUB_PROTOCOL}{prefix}{parsed.id}@{info.sha}{folder}", info.sha
+    return f"{HUB_PROTOCOL}{prefix}{parsed.id}@{commit}{folder}", commit
+
+
+def _hub_commit(parsed) -> str:
+    """
+    The commit that the revision of `parsed` (a `huggingface_hub` `HfUri`) names, asked once within
+    `network_timeout()`. A repository or revision the Hub does not have raises `MissingFileError`, an unreachable
+    Hub or offline mode `NetworkError`.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo = f"{parsed.type} repository {parsed.id}"
+    if constants.HF_HUB_OFFLINE:
+        raise NetworkError(f"the Hub cannot be asked for the {repo}: offline mode is on (HF_HUB_OFFLINE=1)")
+    try:
+        info = HfApi().repo_info(parsed.id, repo_type=parsed.type, revision=parsed.revision, timeout=network_timeout())
+    except RepositoryNotFoundError:
+        raise MissingFileError(f"the Hub ({constants.ENDPOINT}) has no {repo} (or it is private)") from None
+    except RevisionNotFoundError:
+        raise MissingFileError(f"the {repo} has no revision {parsed.revision!r}") from None
+    except HFValidationError as failure:
+        raise MissingFileError(f"{parsed.id!r} is no Hub repository id ({one_line(failure)[:200]})") from None
+    except Exception as failure:  # noqa: BLE001 - the HTTP client's timeouts, connection and server errors
+        reason = one_line(failure)[:200] or type(failure).__name__
+        raise NetworkError(f"the Hub ({constants.ENDPOINT}) could not be asked for the {repo}: {reason}") from None
+    return info.sha
 
 
 def shard_atlas(path: str) -> str | None:
