@@ -84,6 +84,13 @@ def test_a_hub_dataset_is_pinned_to_the_commit_it_was_opened_at(hub, tmp_path):
     # a resumed run compares fingerprints: the pinned URL is the same data, the moved branch is not
     assert data_fingerprint(PreparedDataset(remote.path)) == data_fingerprint(remote) != data_fingerprint(newer)
 
+    # the checks of a local folder: a shard that prepare_summary.json lists is missing from the newest commit
+    (shard,) = newer.summary["splits"]["train"]["files"]
+    hub.commit(f"datasets/{REPO}", delete=(f"train/{shard}",))
+    with pytest.raises(MissingFileError, match=rf"/train/ does not hold the 1 shards .* missing \['{shard}'\]"):
+        PreparedDataset(f"hf://datasets/{REPO}").shards("train")
+    assert len(PreparedDataset(newer.path).shards("train")) == 1  # its pinned commit still has it
+
 
 def test_names_that_are_no_dataset_on_the_hub(hub, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
