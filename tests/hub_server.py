@@ -1,14 +1,18 @@
 """A local Hugging Face Hub for tests: real HTTP downloads and uploads through `huggingface_hub`, no mocks.
 
-`HubServer` keeps model repositories in memory as git-like histories (every commit stays addressable by its 40-hex
-hash, branches point to commits) and answers, on 127.0.0.1, the requests that `huggingface_hub` 2.x makes for
-`hf_hub_download`, `snapshot_download`, `HfApi.model_info` / `repo_info` / `list_repo_tree` / `list_repo_refs` /
-`file_exists`, `HfApi.create_repo`, `HfApi.create_commit` and `HfApi.upload_folder`:
+`HubServer` keeps model and dataset repositories in memory as git-like histories (every commit stays addressable by
+its 40-hex hash, branches point to commits) and answers, on 127.0.0.1, the requests that `huggingface_hub` 2.x makes
+for `hf_hub_download`, `snapshot_download`, `HfApi.model_info` / `dataset_info` / `repo_info` / `list_repo_tree` /
+`list_repo_refs` / `file_exists`, `HfApi.create_repo`, `HfApi.create_commit` and `HfApi.upload_folder`, and so for
+`HfFileSystem` (`hf://datasets/ORG/NAME/...`) and `datasets.load_dataset("ORG/NAME", streaming=True)`. A repository
+is named by its path on the Hub: `ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset (`HubServer.repos`,
+`commit`, `resolve`); the API answers both `/api/models/ORG/NAME/...` and `/api/datasets/ORG/NAME/...`.
 
-- `HEAD|GET /{namespace}/{name}/resolve/{revision}/{path}`: a regular file answers 200 with `ETag` (its git blob
-  hash), `X-Repo-Commit` and `Content-Length`; a file that the Hub's default `.gitattributes` would put in LFS
-  (`*.safetensors`, `*.bin`, ...) answers 302 with `X-Linked-Etag` (its sha256), `X-Linked-Size` and a `Location` on a
-  second port, the "CDN", which the client reaches without following the redirect (another origin), as on the Hub.
+- `HEAD|GET /[datasets/]{namespace}/{name}/resolve/{revision}/{path}`: a regular file answers 200 with `ETag` (its
+  git blob hash), `X-Repo-Commit` and `Content-Length`; a file that the Hub's default `.gitattributes` would put in
+  LFS (`*.safetensors`, `*.parquet`, ...) answers 302 with `X-Linked-Etag` (its sha256), `X-Linked-Size` and a
+  `Location` on a second port, the "CDN", which the client reaches without following the redirect (another origin),
+  as on the Hub; the CDN answers `Range` requests (206).
 - Errors carry the `X-Error-Code` header that `hf_raise_for_status` maps to `RepositoryNotFoundError`,
   `RevisionNotFoundError` and `EntryNotFoundError` (a missing file also carries `X-Repo-Commit`, so the client caches
   its absence in `.no_exist/`).
@@ -71,6 +75,9 @@ LFS_SUFFIXES = (
     ".zip",
 )
 CREATED_AT = "2026-01-01T00:00:00.000Z"
+# A repository is named by its path on the Hub: `ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset.
+REPO_PREFIXES = {"model": "", "dataset": "datasets/"}
+API_FOLDERS = {f"{repo_type}s": prefix for repo_type, prefix in REPO_PREFIXES.items()}  # `/api/models/...`, ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +134,7 @@ class Commit:
 
 @dataclass
 class Repo:
-    """A model repository: every commit ever made (by hash) and the branches (name -> commit hash)."""
+    """A repository (model or dataset): every commit ever made (by hash) and the branches (name -> commit hash)."""
 
     commits: dict[str, Commit] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
@@ -179,7 +186,7 @@ class HubServer:
             server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
             server.daemon_threads = True
             server.hub, server.role = self, role
-            threading.Thread(target=server.serve_forever, name=f"test-{role}", daemon=True).start()
+            threading.Thread(target=server.serve_forever, args=(0.05,), name=f"test-{role}", daemon=True).start()
             self._servers.append(server)
         return self
 
@@ -223,7 +230,8 @@ class HubServer:
         message: str = "commit",
         delete: tuple[str, ...] = (),
     ) -> str:
-        """Commit `files` on `branch` of `repo_id` (both created when missing) and return the commit's hash.
+        """Commit `files` on `branch` of `repo_id` (both created when missing) and return the commit's hash;
+        `repo_id` is the repository's path (`ORG/NAME` for a model, `datasets/ORG/NAME` for a dataset).
 
         `files` is a folder (all its files, at their relative paths) or a mapping from repo path to content (bytes,
         text, or a local file). The new tree is the branch's current tree with `delete` removed (a path or a folder)
@@ -265,7 +273,8 @@ class HubServer:
         return oid
 
     def resolve(self, repo_id: str, revision: str) -> Commit:
-        """The commit a branch name or commit hash names; a `HubError` for a missing repository or revision."""
+        """The commit a branch name or commit hash names in the repository at path `repo_id`; a `HubError` for a
+        missing repository or revision."""
         repo = self.repos.get(repo_id)
         if repo is None:
             raise HubError(404, "RepoNotFound", "Repository not found")
@@ -298,16 +307,20 @@ class HubServer:
 
 @contextmanager
 def online_at(endpoint: str) -> Iterator[str]:
-    """Point `huggingface_hub` (constants, the module-level `HfApi`) and subprocesses (env) at `endpoint`.
+    """Point `huggingface_hub` (constants, the module-level `HfApi`), `datasets` and subprocesses (env) at `endpoint`.
 
-    `huggingface_hub` reads `HF_ENDPOINT` and `HF_HUB_OFFLINE` when it is imported, so the values are patched in its
-    `constants` module as well as in the environment; transformers' shared `HfApi` (which keeps the endpoint of its
-    first use, e.g. an earlier test's server) is made anew inside. Everything is restored on exit.
+    `huggingface_hub` and `datasets` read `HF_ENDPOINT` and `HF_HUB_OFFLINE` when they are imported, so the values
+    are patched in their `constants` and `config` modules as well as in the environment; transformers' shared
+    `HfApi` (which keeps the endpoint of its first use, e.g. an earlier test's server) is made anew inside, and the
+    cached `HfFileSystem` instances (`hf://` URLs, which keep their endpoint and listings) are dropped on entry and
+    exit. Everything is restored on exit.
     """
-    from huggingface_hub import constants, hf_api
+    from datasets import config as datasets_config
+    from huggingface_hub import HfFileSystem, constants, hf_api
     from transformers.utils import hub as transformers_hub
 
-    environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    environ = {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0"}
+    HfFileSystem.clear_instance_cache()
     with (
         mock.patch.dict(os.environ, environ),
         mock.patch.object(constants, "ENDPOINT", endpoint),
@@ -317,8 +330,16 @@ def online_at(endpoint: str) -> Iterator[str]:
         mock.patch.object(constants, "HF_HUB_OFFLINE", False),
         mock.patch.object(hf_api.api, "endpoint", endpoint),
         mock.patch.object(transformers_hub, "_hf_api", None),
+        mock.patch.object(datasets_config, "HF_ENDPOINT", endpoint),
+        mock.patch.object(
+            datasets_config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+        ),
+        mock.patch.object(datasets_config, "HF_HUB_OFFLINE", False),
     ):
-        yield endpoint
+        try:
+            yield endpoint
+        finally:
+            HfFileSystem.clear_instance_cache()
 
 
 @contextmanager
@@ -398,19 +419,21 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         if self.server.role == "cdn":
             if method == "GET" and len(parts) >= 2 and parts[0] == "lfs" and parts[1] in self.hub._lfs_blobs:
-                return self._send_file("/".join(parts[4:]), self.hub._lfs_blobs[parts[1]].data)
+                return self._send_file("/".join(parts[3:]), self.hub._lfs_blobs[parts[1]].data)
             raise HubError(404, None, "Not found on the CDN")
         if method == "GET" and parts[:1] == ["static"] and "/".join(parts[1:]) in self.hub._static:
             return self._send_file("/".join(parts[1:]), self.hub._static["/".join(parts[1:])])
-        if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
-            return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]))
         if parts[:1] == ["api"]:
             if method == "POST" and parts[1:] == ["repos", "create"]:
                 return self._create_repo(json.loads(body))
             if method == "POST" and parts[1:] == ["validate-yaml"]:
                 return _json({"errors": [], "warnings": []})
-            if len(parts) >= 4 and parts[1] == "models":
-                return self._repo_api(method, f"{parts[2]}/{parts[3]}", parts[4:], query, body)
+            if len(parts) >= 4 and parts[1] in API_FOLDERS:
+                key = API_FOLDERS[parts[1]] + f"{parts[2]}/{parts[3]}"
+                return self._repo_api(method, key, parts[4:], query, body)
+        skip = 1 if parts[:1] == ["datasets"] else 0  # `/datasets/{repo}/resolve/...`, or `/{repo}/resolve/...`
+        if method in ("GET", "HEAD") and len(parts) >= 5 + skip and parts[2 + skip] == "resolve":
+            return self._resolve("/".join(parts[: 2 + skip]), parts[3 + skip], "/".join(parts[4 + skip :]))
         raise HubError(404, None, f"{method} {self.path} is not implemented by the test hub")
 
     # -- downloads -------------------------------------------------------------------------------------------------
@@ -422,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
         if blob is None:
             raise HubError(404, "EntryNotFound", "Entry not found", commit=commit.oid)
         if blob.lfs:
-            location = f"{self.hub.cdn_endpoint}/lfs/{blob.sha256}/{quote(repo_id)}/{quote(path)}"
+            location = f"{self.hub.cdn_endpoint}/lfs/{blob.sha256}/{quote(repo_id, safe='')}/{quote(path)}"
             headers = {
                 "Location": location,
                 "ETag": f'"{blob.sha256}"',
@@ -452,10 +475,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _repo_api(
         self, method: str, repo_id: str, rest: list[str], query: dict[str, str], body: bytes
     ) -> tuple[int, dict, bytes]:
-        """`/api/models/{repo_id}/...`: info, tree, refs, preupload and commit."""
+        """`/api/models/{repo_id}/...` and `/api/datasets/{repo_id}/...` (`repo_id`: the repository's path): info,
+        tree, refs, preupload and commit."""
         if method == "GET" and (not rest or rest[0] == "revision"):
             commit = self.hub.resolve(repo_id, rest[1] if len(rest) > 1 else "main")
-            return _json(self._model_info(repo_id, commit, blobs=query.get("blobs", "").lower() == "true"))
+            return _json(self._repo_info(repo_id, commit, blobs=query.get("blobs", "").lower() == "true"))
         if method == "GET" and rest[:1] == ["tree"] and len(rest) >= 2:
             commit = self.hub.resolve(repo_id, rest[1])
             return _json(_tree(commit, "/".join(rest[2:]), recursive=query.get("recursive", "").lower() == "true"))
@@ -474,8 +498,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._create_commit(repo_id, rest[1], body)
         raise HubError(404, None, f"{method} {self.path} is not implemented by the test hub")
 
-    def _model_info(self, repo_id: str, commit: Commit, blobs: bool) -> dict:
-        """The JSON of `GET /api/models/{repo_id}[/revision/{revision}]` that `ModelInfo` parses."""
+    def _repo_info(self, repo_id: str, commit: Commit, blobs: bool) -> dict:
+        """The JSON of `GET /api/{models|datasets}/{repo_id}[/revision/{revision}]` that `ModelInfo` or
+        `DatasetInfo` parses (`repo_id`: the repository's path)."""
         siblings = []
         for path, blob in sorted(commit.tree.items()):
             sibling = {"rfilename": path}
@@ -485,10 +510,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if blob.lfs:
                     sibling["lfs"] = {"size": len(blob.data), "sha256": blob.sha256, "pointerSize": len(blob.pointer)}
             siblings.append(sibling)
+        name = repo_id.removeprefix(REPO_PREFIXES["dataset"])
         return {
-            "id": repo_id,
-            "modelId": repo_id,
-            "author": repo_id.split("/")[0],
+            "id": name,
+            **({} if name != repo_id else {"modelId": name}),
+            "author": name.split("/")[0],
             "sha": commit.oid,
             "lastModified": CREATED_AT,
             "createdAt": CREATED_AT,
@@ -502,19 +528,21 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _create_repo(self, payload: dict) -> tuple[int, dict, bytes]:
-        """`POST /api/repos/create`: a new model repository whose `main` is an empty first commit."""
-        if payload.get("type") not in (None, "model"):
-            raise HubError(400, None, "The test hub only serves model repositories")
+        """`POST /api/repos/create`: a new model or dataset repository whose `main` is an empty first commit."""
+        repo_type = payload.get("type") or "model"
+        if repo_type not in REPO_PREFIXES:
+            raise HubError(400, None, f"The test hub serves model and dataset repositories, not {repo_type}s")
         if not payload.get("organization"):
             raise HubError(400, None, "The test hub has no user: give the repository a namespace")
-        repo_id = f"{payload['organization']}/{payload['name']}"
+        name = f"{payload['organization']}/{payload['name']}"
+        repo_id = REPO_PREFIXES[repo_type] + name
         url = f"{self.hub.endpoint}/{repo_id}"
         with self.hub._lock:
             if repo_id in self.hub.repos:
                 # The Hub's conflict answer carries the url, which `create_repo(exist_ok=True)` returns.
-                raise HubError(409, None, "You already created this model repo", extra={"url": url})
+                raise HubError(409, None, f"You already created this {repo_type} repo", extra={"url": url})
             self.hub._commit(repo_id, "main", {}, (), "initial commit")
-        return _json({"url": url, "name": repo_id, "id": repo_id})
+        return _json({"url": url, "name": name, "id": name})
 
     def _preupload(self, repo_id: str, revision: str, payload: dict) -> tuple[int, dict, bytes]:
         """`POST .../preupload/{revision}`: every file goes inline ("regular"); `oid` is the current content's hash."""

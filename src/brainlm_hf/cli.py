@@ -315,6 +315,8 @@ def _check_pretraining(args) -> None:
 
     check_model_path(args.model, "--model", presets=PRESETS, config_file=True)
     dataset = PreparedDataset(args.dataset)
+    if dataset.commit:  # a Hub dataset, pinned to the commit its revision names now: the run reads that commit
+        args.dataset = dataset.path
     if not dataset.shards("train"):
         raise MissingFileError(f"{args.dataset} has no train/ split to pretrain on (--dataset).")
     if dataset.processor.coordinates is None:

@@ -264,6 +264,11 @@ CASES = [
         ["no such folder: /nonexistent/data"],
     ),  # fmt: skip
     Case(
+        "pretrain-dataset-neither-folder-nor-hub-dataset",
+        ["pretrain", "--dataset", "me/no-such-data", "--output_dir", "{w}/runs/t1"],
+        ["no such folder: me/no-such-data, and the Hub cannot be asked for the dataset repository me/no-such-data"],
+    ),  # fmt: skip
+    Case(
         "pretrain-dataset-is-a-file",
         ["pretrain", "--dataset", "{w}/a_file", "--output_dir", "{w}/runs/t2"],
         ["{w}/a_file"],

@@ -52,7 +52,7 @@ def arguments(dataset, output_dir, **overrides) -> list[str]:
 
 
 def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {"HF_HUB_OFFLINE": "1", **os.environ, "OMP_NUM_THREADS": "1"}  # offline unless the caller is online
     if processes == 1:
         command = [sys.executable, "-m", "brainlm_hf.cli", "pretrain", *argv]
     else:
@@ -81,6 +81,18 @@ def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
+
+
+def killed_after_checkpoint(argv, output_dir: Path, step: int) -> int:
+    """Run `argv`, SIGKILL it once `output_dir` holds `checkpoint_{step}`; returns the latest checkpoint's step."""
+    process = run(argv, wait=False)
+    deadline = time.time() + 300
+    while not (output_dir / "checkpoints" / f"checkpoint_{step}").is_dir() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (output_dir / "final").exists(), "the run finished before it could be killed"
+    return max(int(p.name.split("_")[1]) for p in (output_dir / "checkpoints").glob("checkpoint_*"))
 
 
 def losses(output_dir) -> dict[int, float]:
@@ -130,14 +142,7 @@ def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
     expected = losses(tmp_path / "uninterrupted")
 
     crashed = tmp_path / "crashed"
-    process = run(argv(crashed), wait=False)
-    deadline = time.time() + 300
-    while not (crashed / "checkpoints" / "checkpoint_4").is_dir() and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (crashed / "final").exists(), "the run finished before it could be killed"
-    resumed_from = max(int(p.name.split("_")[1]) for p in (crashed / "checkpoints").glob("checkpoint_*"))
+    resumed_from = killed_after_checkpoint(argv(crashed), crashed, 4)
     # a kill during a save leaves only a `.partial` folder, which resuming must ignore
     (crashed / "checkpoints" / "checkpoint_99.partial").mkdir()
     (crashed / "checkpoints" / "checkpoint_99.partial" / "model.safetensors").write_bytes(b"half-written")
@@ -336,14 +341,7 @@ def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
     argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
     expected = losses(uninterrupted_with_workers)
     crashed = tmp_path / "crashed"
-    process = run(argv(crashed, dataloader_num_workers=2), wait=False)
-    deadline = time.time() + 300
-    while not (crashed / "checkpoints" / "checkpoint_8").is_dir() and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (crashed / "final").exists(), "the run finished before it could be killed"
-    resumed_from = max(int(p.name.split("_")[1]) for p in (crashed / "checkpoints").glob("checkpoint_*"))
+    resumed_from = killed_after_checkpoint(argv(crashed, dataloader_num_workers=2), crashed, 8)
     (crashed / "log.jsonl").unlink()
     run(argv(crashed, dataloader_num_workers=workers_after, resume_from_checkpoint="latest"))
     after = losses(crashed)

@@ -4,7 +4,10 @@
 Layout: `<root>/<split>/shard-XXXXX-of-YYYYY.parquet` (one row per recording: `id`, `series` (the `(T, V)` float32
 series flattened), `num_timepoints`, `num_regions`, ids, TR, atlas, phenotype columns), `preprocessor_config.json`
 (the processor fitted on the training split), `prepare_summary.json` and `README.md`. The root is a local folder or
-any fsspec URL (e.g. `https://host/dataset`, whose server lists folders).
+any fsspec URL (e.g. `https://host/dataset`, whose server lists folders), among them a dataset pushed to the Hub,
+`hf://datasets/ORG/NAME[@REVISION]`, or its bare repository id `ORG/NAME` when no local path has that name. A Hub
+root is pinned on opening: its revision (default `main`) is resolved once to the commit it names, so every later
+read, and a run resumed from a checkpoint, reads the same files (`PreparedDataset.commit`).
 
 `PreparedDataset` checks what it hands out: the shards of a split against the list in `prepare_summary.json` (a
 missing shard, or one left by another run, is an error that names both), and the processor against the shards'
@@ -25,17 +28,20 @@ from ..errors import (
     InvalidArgumentError,
     InvalidFileError,
     MissingFileError,
+    NetworkError,
     NotAFolderError,
     UserError,
     one_line,
 )
 from ..feature_extraction_brainlm import BrainLMFeatureExtractor
+from ..folders import is_path_like
+from ..network import network_timeout
 
 
 class PreparedDataset:
     """
     Args:
-        path (`str` or `Path`): the dataset's root folder or URL.
+        path (`str` or `Path`): the dataset's root folder or URL, or the id `ORG/NAME` of a Hub dataset repository.
 
     Example:
 
@@ -48,6 +54,11 @@ class PreparedDataset:
 
     def __init__(self, path):
         self.path = str(path).rstrip("/")
+        self.commit = None  # the Hub commit a Hub dataset is pinned to
+        if _is_hub_id(self.path):
+            self.path, self.commit = pin_hub_revision(f"{HUB_PROTOCOL}datasets/{self.path}", bare=self.path)
+        elif self.path.startswith(HUB_PROTOCOL):
+            self.path, self.commit = pin_hub_revision(self.path)
         self.is_remote = "://" in self.path
         if self.is_remote:
             return
@@ -189,6 +200,71 @@ class PreparedDataset:
 
         with fsspec.open(f"{self.path}/{name}", "rt") as handle:
             return handle.read()
+
+
+HUB_PROTOCOL = "hf://"
+
+
+def _is_hub_id(path: str) -> bool:
+    """Whether `path` is read as a Hub dataset id: `ORG/NAME` (see `folders.is_path_like`) with no such local path."""
+    return "/" in path and not is_path_like(path) and not os.path.exists(path)
+
+
+def pin_hub_revision(url: str, bare: str | None = None) -> tuple[str, str]:
+    """
+    `(pinned, commit)`: the Hub URL `url` (`hf://datasets/ORG/NAME[@REVISION][/FOLDER]`) at the commit its revision
+    (default `main`) names now, `hf://datasets/ORG/NAME@COMMIT[/FOLDER]`. A malformed URL raises
+    `InvalidArgumentError`; the errors of `_hub_commit` name `url`, or `bare` (the id the user gave, read as a Hub
+    id) also as the folder it is not.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import parse_hf_uri
+
+    try:
+        parsed = parse_hf_uri(url)
+    except ValueError as failure:
+        raise InvalidArgumentError(
+            f"{url} is no Hub URL ({one_line(failure)[:200]}): write hf://datasets/ORG/NAME[@REVISION][/FOLDER]."
+        ) from None
+    try:
+        commit = _hub_commit(parsed)
+    except (MissingFileError, NetworkError) as problem:
+        message = (
+            f"{url}: {problem}. Check the name, or push the dataset (brainlm prepare --push-to-hub)."
+            if bare is None
+            else f"no such folder: {bare}, and {problem}. Give the folder made by `brainlm prepare`, or the id of a "
+            "dataset pushed to the Hub."
+        )
+        raise type(problem)(message) from None
+    prefix = constants.REPO_TYPES_URL_PREFIXES.get(parsed.type, "")
+    folder = f"/{parsed.path_in_repo}" if parsed.path_in_repo else ""
+    return f"{HUB_PROTOCOL}{prefix}{parsed.id}@{commit}{folder}", commit
+
+
+def _hub_commit(parsed) -> str:
+    """
+    The commit that the revision of `parsed` (a `huggingface_hub` `HfUri`) names, asked once within
+    `network_timeout()`. A repository or revision the Hub does not have raises `MissingFileError`, an unreachable
+    Hub or offline mode `NetworkError`.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo = f"{parsed.type} repository {parsed.id}"
+    if constants.HF_HUB_OFFLINE:
+        raise NetworkError(f"the Hub cannot be asked for the {repo}: offline mode is on (HF_HUB_OFFLINE=1)")
+    try:
+        info = HfApi().repo_info(parsed.id, repo_type=parsed.type, revision=parsed.revision, timeout=network_timeout())
+    except RepositoryNotFoundError:
+        raise MissingFileError(f"the Hub ({constants.ENDPOINT}) has no {repo} (or it is private)") from None
+    except RevisionNotFoundError:
+        raise MissingFileError(f"the {repo} has no revision {parsed.revision!r}") from None
+    except HFValidationError as failure:
+        raise MissingFileError(f"{parsed.id!r} is no Hub repository id ({one_line(failure)[:200]})") from None
+    except Exception as failure:  # noqa: BLE001 - the HTTP client's timeouts, connection and server errors
+        reason = one_line(failure)[:200] or type(failure).__name__
+        raise NetworkError(f"the Hub ({constants.ENDPOINT}) could not be asked for the {repo}: {reason}") from None
+    return info.sha
 
 
 def shard_atlas(path: str) -> str | None:

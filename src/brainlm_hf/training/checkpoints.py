@@ -54,13 +54,16 @@ def data_fingerprint(dataset: PreparedDataset) -> dict:
     """
     The training data a run reads, for a checkpoint: its dataset, shard count and a fingerprint of the processor, the
     training split's summary and, for a local dataset, every training shard's name, size and recordings (`id` and
-    `num_timepoints` columns; a remote dataset is fingerprinted by its summary and shard names, without a download).
+    `num_timepoints` columns; a remote dataset is fingerprinted by its summary and shard names, without a download,
+    and a Hub dataset also by the commit it is pinned to, which names its content).
     """
     from ..data.prepared import read_shard
 
     shards = dataset.shards("train")
     digest = hashlib.sha256(json.dumps(dataset.summary["splits"].get("train"), sort_keys=True).encode())
     digest.update(dataset.processor.to_json_string().encode())
+    if dataset.commit:
+        digest.update(dataset.commit.encode())
     for shard in shards:
         digest.update(Path(shard).name.encode())
         if not dataset.is_remote:
