@@ -17,6 +17,8 @@ positional-encoding module); brainlm_hf has no embedding dropout.
 
 import json
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -35,6 +37,7 @@ from .feature_extraction_brainlm import BrainLMFeatureExtractor
 from .hub_upload import push_folder
 from .modeling_brainlm import BrainLMForMaskedSignalModeling, sincos_2d_encoding, sinusoidal_encoding
 from .network import hub_file
+from .progress import Progress
 from .version import __version__
 
 logger = logging.get_logger(__name__)
@@ -170,8 +173,11 @@ def original_config_to_brainlm(original: dict, **overrides) -> BrainLMConfig:
     return BrainLMConfig(**common, **specific, **overrides)
 
 
-def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dict) -> dict[str, torch.Tensor]:
-    """Rename (and for `vit_mae`, fold channels of) an original state dict into `BrainLMForMaskedSignalModeling`."""
+def convert_state_dict(
+    state_dict: dict[str, torch.Tensor], original_config: dict, progress: Progress | None = None
+) -> dict[str, torch.Tensor]:
+    """Rename (and for `vit_mae`, fold channels of) an original state dict into `BrainLMForMaskedSignalModeling`;
+    `progress` counts the original tensors as they are converted."""
     family = detect_family(original_config)
     other = next(name for name in FAMILIES if name != family)
     if _FAMILY_MARKERS[other] in state_dict and _FAMILY_MARKERS[family] not in state_dict:
@@ -180,7 +186,11 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], original_config: dic
             "weights file come from different checkpoints."
         )
     converted, unknown = {}, []
+    if progress is not None:
+        progress.set_total(len(state_dict))
     for key, tensor in state_dict.items():
+        if progress is not None:
+            progress.update()
         new_key = rename_key(key, family)
         if new_key is None:
             if re.search(_FIXED_TABLES[family], key):
@@ -228,13 +238,16 @@ def _fold_channels(state_dict: dict[str, torch.Tensor]) -> None:
         state_dict[f"decoder.decoder_pred.{name}"] = head.view(-1, channels, *head.shape[1:]).mean(1)
 
 
-def model_from_original(state_dict: dict[str, torch.Tensor], original_config: dict, **overrides):
+def model_from_original(
+    state_dict: dict[str, torch.Tensor], original_config: dict, progress: Progress | None = None, **overrides
+):
     """
     Build `BrainLMForMaskedSignalModeling` from an original state dict and `config.json`, loading strictly: a key of
-    the checkpoint that maps to no weight, or a weight that no key fills, raises with the key listed.
+    the checkpoint that maps to no weight, or a weight that no key fills, raises with the key listed. `progress`
+    counts the original tensors as they are converted.
     """
     config = original_config_to_brainlm(original_config, **overrides)
-    converted = convert_state_dict(state_dict, original_config)
+    converted = convert_state_dict(state_dict, original_config, progress)
     model = BrainLMForMaskedSignalModeling(config)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(converted)), sorted(set(converted) - expected)
@@ -404,6 +417,9 @@ class ConvertArguments:
         },
     )
     overwrite: bool = field(default=False, metadata={"help": "replace what OUT holds, whole"})
+    quiet: bool = field(
+        default=False, metadata={"help": "no progress bars (conversion, download) and no summary line on stderr"}
+    )
 
     def __post_init__(self):
         if self.expected_preset is not None:
@@ -439,6 +455,9 @@ def convert_checkpoint(
     `output_dir` must be new or empty (`overwrite=True` replaces it whole, but never a folder that holds `source`),
     and may not be `source` or inside it. Everything is written into a temporary folder beside it and moved into
     place once complete.
+
+    On stderr, a bar counts the original tensors as they are converted, then one line sums up what was written
+    (`ConversionProgress`); `quiet=True` shows neither, nor the Hub's download and upload bars.
     """
     if not isinstance(args, ConvertArguments):
         args = ConvertArguments(args, output_dir, **kwargs)
@@ -491,20 +510,63 @@ def _convert(args: ConvertArguments) -> BrainLMForMaskedSignalModeling:
             argument="ukb_statistics",
         )
     statistics = None if args.ukb_statistics is None else load_ukb_statistics(args.ukb_statistics)
-    with output_folder(
-        output_dir,
-        args.overwrite,
-        "the converted checkpoint",
-        inputs=[p for p in (source_folder, table) if p is not None and Path(p).exists()],
-    ) as staging:
-        model = _convert_into(
-            staging, source, subfolder or None, args.revision, args.token, args.cache_dir, coordinates,
-            args.expected_preset, statistics,
-        )  # fmt: skip
-    if args.push_to_hub:
-        message = f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}"
-        push_folder(output, args.push_to_hub, message, args.token)
+    inputs = [p for p in (source_folder, table) if p is not None and Path(p).exists()]
+    with hub_progress_bars(not args.quiet):
+        with (
+            ConversionProgress(args.quiet) as progress,
+            output_folder(output_dir, args.overwrite, "the converted checkpoint", inputs=inputs) as staging,
+        ):
+            model = _convert_into(
+                staging, source, subfolder or None, args.revision, args.token, args.cache_dir, coordinates,
+                args.expected_preset, statistics, progress,
+            )  # fmt: skip
+            progress.written(model.state_dict())
+        if args.push_to_hub:
+            message = f"Convert {source} {subfolder or ''} with brainlm_hf {__version__}"
+            push_folder(output, args.push_to_hub, message, args.token)
     return model
+
+
+class ConversionProgress(Progress):
+    """
+    The progress of a conversion on stderr: a bar over the original checkpoint's tensors as they are converted,
+    then one summary line from the start (reading the checkpoint) to the written folder:
+    `convert: 212 tensors read, 196 written (13.02M parameters, 52.1 MB) in 2.3 s (22.6 MB/s)`, the bytes being
+    those of the written weights. `quiet=True` prints neither.
+    """
+
+    def __init__(self, quiet: bool = False):
+        super().__init__("convert", total=0, quiet=quiet, unit="tensor")
+        self.tensors_written = self.parameters = self.bytes = 0
+
+    def written(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Count the converted weights as written (the model's state dict)."""
+        self.tensors_written = len(state_dict)
+        self.parameters = sum(tensor.numel() for tensor in state_dict.values())
+        self.bytes = sum(tensor.numel() * tensor.element_size() for tensor in state_dict.values())
+
+    def summary(self) -> str:
+        seconds = time.perf_counter() - self.start
+        rate = self.bytes / 1e6 / seconds if seconds > 0 else float("inf")
+        return (
+            f"convert: {self.recordings} tensors read, {self.tensors_written} written ({self.parameters / 1e6:.2f}M "
+            f"parameters, {self.bytes / 1e6:.1f} MB) in {seconds:.1f} s ({rate:.1f} MB/s)"
+        )  # the bar's count, `recordings`, counts tensors here
+
+
+@contextmanager
+def hub_progress_bars(shown: bool):
+    """Inside, huggingface_hub shows its download and upload bars only if `shown` (and they were on)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    hidden_before = are_progress_bars_disabled()
+    if not shown:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not shown and not hidden_before:
+            enable_progress_bars()
 
 
 def read_coordinates(path) -> np.ndarray:
@@ -522,11 +584,11 @@ def _a424_coordinates() -> np.ndarray:
 
 
 def _convert_into(
-    output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset, statistics
+    output: Path, source, subfolder, revision, token, cache_dir, coordinates, expected_preset, statistics, progress
 ):
     state_dict, original_config = load_original(source, subfolder, revision, token, cache_dir)
     family = detect_family(original_config)
-    model = model_from_original(state_dict, original_config)
+    model = model_from_original(state_dict, original_config, progress)
     preset = matching_preset(model.config)
     if expected_preset is not None:
         differences = preset_differences(model.config, expected_preset)

@@ -15,6 +15,7 @@ class Progress:
         total (`int`): how many recordings the command will finish.
         quiet (`bool`): show nothing (no bar, no summary line).
         bar (`bool`): show the bar (`False`: the summary line alone, for a command whose work shows its own bar).
+        unit (`str`): what the bar counts (`"recording"`; `"tensor"` for convert, whose summary a subclass writes).
 
     Example:
 
@@ -26,7 +27,7 @@ class Progress:
     ```
     """
 
-    def __init__(self, command: str, total: int, quiet: bool = False, bar: bool = True):
+    def __init__(self, command: str, total: int, quiet: bool = False, bar: bool = True, unit: str = "recording"):
         self.command, self.total, self.quiet = command, total, quiet
         self.recordings, self.windows = 0, 0
         self.start = time.perf_counter()
@@ -35,7 +36,14 @@ class Progress:
         if not quiet and bar:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=command, unit="recording", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=command, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def set_total(self, total: int) -> None:
+        """Count out of `total` from now on, for work whose size is known only once it has started; the summary's
+        time still runs from the start."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.reset(total=total)
 
     def update(self, recordings: int = 1, windows: int = 0) -> None:
         """Count `recordings` more finished recordings, holding `windows` windows."""

@@ -2,6 +2,7 @@
 A424 download and real uploads: tests/integrations/test_hub_loading.py."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
+from safetensors.torch import load_file
 from transformers import AutoFeatureExtractor, AutoModel, AutoModelForPreTraining
 
 from brainlm_hf.cli import main
@@ -157,6 +159,31 @@ def test_cli(tmp_path, capsys, a424_folder):
     )
     assert result.returncode == 2
     assert "brainlm convert: error" in result.stderr
+
+
+def test_cli_shows_progress_and_one_summary_line_unless_quiet(tmp_path, capsys, a424_folder):
+    source = original_folder(tmp_path, "vitmae_pad_small")
+    argv = ["convert", str(source), str(tmp_path / "out"), "--atlas-coordinates", coordinates_file(a424_folder)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    summary = captured.err.strip().splitlines()[-1]
+    read = reference_tensors("vitmae_pad_small", "model.safetensors")
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    parameters = sum(tensor.numel() for tensor in written.values())
+    megabytes = sum(tensor.numel() * tensor.element_size() for tensor in written.values()) / 1e6
+    expected = (
+        f"convert: {len(read)} tensors read, {len(written)} written ({parameters / 1e6:.2f}M parameters, "
+        f"{megabytes:.1f} MB) in "
+    )
+    assert summary.startswith(expected), summary
+    assert re.fullmatch(r".* in [0-9]+\.[0-9] s \([0-9]+\.[0-9] MB/s\)", summary), summary
+    assert f"{len(read)}/{len(read)}" in captured.err  # the bar, finished, on stderr
+    assert "convert:" not in captured.out and "Converted" in captured.out
+
+    assert main([*argv[:2], str(tmp_path / "quiet"), *argv[3:], "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert [line for line in captured.err.splitlines() if not line.startswith("brainlm convert: warning:")] == []
+    assert "Converted" in captured.out  # the warning (a custom architecture) stays; the bar and the summary go
 
 
 @pytest.mark.parametrize("preset", ["brainlm-13m", "brainlm-111m", "brainlm-650m", "brainlm-custom"])
