@@ -301,12 +301,8 @@ def embed_in_chunks(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _check_chunk_settings(folder, {"chunk_size": chunk_size, "num_recordings": num_recordings, **(settings or {})})
-    starts = range(0, num_recordings, chunk_size)
-    for chunk, start in enumerate(starts):
+    for chunk, indices in unfinished_chunks(num_recordings, chunk_size, folder, process_index, num_processes):
         path = folder / _chunk_name(chunk)
-        if chunk % num_processes != process_index or path.exists():
-            continue
-        indices = range(start, min(start + chunk_size, num_recordings))
         embedded = embed_chunk(indices)
         arrays = {"embeddings": embedded} if isinstance(embedded, np.ndarray) else _token_arrays(embedded)
         partial = folder / f".{path.stem}.{os.getpid()}.tmp.npz"
@@ -314,7 +310,24 @@ def embed_in_chunks(
         os.replace(partial, path)
         if progress is not None:
             progress.update(len(indices))
-    return all((folder / _chunk_name(chunk)).exists() for chunk in range(len(starts)))
+    return not unfinished_chunks(num_recordings, chunk_size, folder)
+
+
+def unfinished_chunks(
+    num_recordings: int, chunk_size: int, folder, process_index: int = 0, num_processes: int = 1
+) -> list[tuple[int, range]]:
+    """
+    `(chunk, indices)` of the chunks of `chunk_size` recordings (in input order) that fall to process
+    `process_index` (0-based) of `num_processes` (chunk c to process c % num_processes) and are not yet in `folder`
+    (see `embed_in_chunks`). They depend on the number of recordings alone, so a process can read just the
+    recordings of its chunks (`brainlm_hf.data.recordings.list_inputs`, then `load_inputs`).
+    """
+    starts = range(0, num_recordings, chunk_size)
+    return [
+        (chunk, range(start, min(start + chunk_size, num_recordings)))
+        for chunk, start in enumerate(starts)
+        if chunk % num_processes == process_index and not (Path(folder) / _chunk_name(chunk)).exists()
+    ]
 
 
 def gather_chunks(folder, num_recordings: int, chunk_size: int) -> np.ndarray | list[np.ndarray]:
@@ -422,7 +435,7 @@ def embed_cohort(args: EmbedArguments) -> Path | None:
     """
     from ..data.atlas import atlas_by_name
     from ..data.prepared import shard_atlas
-    from ..data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, read_inputs
+    from ..data.recordings import RAW_SUFFIXES, SHARD_SUFFIXES, find_recordings, list_inputs, load_inputs
     from ..modeling_brainlm import BrainLMModel
     from ..progress import Progress
 
@@ -445,11 +458,15 @@ def embed_cohort(args: EmbedArguments) -> Path | None:
                 f"holds recordings parcellated with {atlas!r}: embed them with a model and processor of that atlas."
             )
     atlas = atlas_by_name(args.atlas, args.atlas_dir)
-    recordings = _cohort(processor, args, read_inputs(args.inputs, atlas, args.repetition_time))
-    named = {r.source: r.series for r in recordings}  # errors name the file
-    trs = [r.repetition_time for r in recordings]
+    listed = list_inputs(args.inputs)  # ids and files, no data
+    index, count, state = _embed_process(args)
+    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
+    mine = [i for _, chunk in unfinished_chunks(len(listed), args.chunk_size, folder, index, count) for i in chunk]
+    read = range(len(listed)) if args.fit_processor else mine  # this process's share, unless fitting on all
+    share = load_inputs([listed[i] for i in read], atlas, args.repetition_time)
+    recordings = dict(zip(read, _cohort(processor, args, share), strict=True))  # index in listed -> recording
     if args.fit_processor:
-        processor.fit(list(named.values()), repetition_times=trs)
+        processor.fit([r.series for r in share], repetition_times=[r.repetition_time for r in share])
     elif processor.normalization == "robust" and processor.median is None:
         raise InvalidArgumentError(
             "The processor uses BrainLM's robust scaling but holds no statistics: pass fit_processor=True to fit "
@@ -458,26 +475,22 @@ def embed_cohort(args: EmbedArguments) -> Path | None:
             argument="fit_processor",
         )
     model = BrainLMModel.from_pretrained(args.model, **location)
-    index, count, state = _embed_process(args)
     device = args.device or (state.device if state else "cuda" if torch.cuda.is_available() else "cpu")
-    sources = list(named)
-    mine = [i for i in range(len(recordings)) if i // args.chunk_size % count == index]  # this process's share
-    folder = Path(args.output).with_name(Path(args.output).name + ".chunks")
 
     def embed_chunk(indices: range):
-        chunk = {sources[i]: named[sources[i]] for i in indices}
+        chunk = {recordings[i].source: recordings[i].series for i in indices}  # errors name the file
         return embed_recordings(
             model, processor, chunk, args.pooling, args.batch_size, device, AUTOCAST_DTYPES[args.dtype],
-            layer=args.layer, include_padding_tokens=args.include_padding_tokens,
-            window_policy=args.window_policy, repetition_times=[trs[i] for i in indices],
+            layer=args.layer, include_padding_tokens=args.include_padding_tokens, window_policy=args.window_policy,
+            repetition_times=[recordings[i].repetition_time for i in indices],
         )  # fmt: skip
 
     with Progress("embed", len(mine), quiet=args.quiet) as progress:
         settings = {k: v for k, v in asdict(args).items() if k not in ("quiet", "process", "output")}
-        settings["ids"] = [r.id for r in recordings]
-        done = embed_in_chunks(embed_chunk, len(recordings), args.chunk_size, folder, index, count, progress, settings)
-        series = [named[sources[i]] for i in mine]
-        progress.close(windows=count_windows(processor, series, [trs[i] for i in mine], args.window_policy))
+        settings["ids"] = [r.id for r in listed]
+        done = embed_in_chunks(embed_chunk, len(listed), args.chunk_size, folder, index, count, progress, settings)
+        series, trs = [recordings[i].series for i in mine], [recordings[i].repetition_time for i in mine]
+        progress.close(windows=count_windows(processor, series, trs, args.window_policy))
     if state is not None:  # accelerate launch: the main process writes, once all are done
         state.wait_for_everyone()
         done = state.is_main_process
@@ -486,12 +499,12 @@ def embed_cohort(args: EmbedArguments) -> Path | None:
             f"process {index + 1}/{count}: its chunks are in {folder}; the last process to finish writes {args.output}"
         )
         return None
-    embeddings = gather_chunks(folder, len(recordings), args.chunk_size)
+    embeddings = gather_chunks(folder, len(listed), args.chunk_size)
     partial = Path(args.output).with_name(f".{Path(args.output).stem}.{os.getpid()}.tmp{Path(args.output).suffix}")
-    os.replace(save_embeddings(partial, [r.id for r in recordings], embeddings), args.output)
+    os.replace(save_embeddings(partial, [r.id for r in listed], embeddings), args.output)
     shutil.rmtree(folder, ignore_errors=True)
     what = f"{embeddings[0].shape[-1]}-d {args.pooling}"
-    print(f"{len(recordings)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
+    print(f"{len(listed)} recordings -> {what} embeddings ({args.window_policy} windows) in {args.output}")
     return Path(args.output)
 
 
@@ -572,6 +585,7 @@ __all__ = [
     "EmbedArguments",
     "count_windows",
     "embed_in_chunks",
+    "unfinished_chunks",
     "check_embeddings_file",
     "embed_cohort",
     "embed_recordings",

@@ -5,7 +5,7 @@
   and regions grouped into networks (`load_a424_networks`, `aal2_lobes`).
 * `parcellation`: 4-D NIfTI -> `(T, V)` region series (`parcellate`), ready parcel tables (`load_parcel_series`).
 * `recordings`: finding and reading input recordings of every kind, with their TRs (`find_recordings`, `read_inputs`,
-  `load_recordings`).
+  `load_recordings`), or listing them first and reading some (`list_inputs`, `load_inputs`).
 * `prepare`: recordings -> a prepared dataset of Parquet shards with a fitted processor (`prepare_dataset`).
 * `prepared`: that dataset as one handle (`PreparedDataset`: splits, shards, processor, recordings).
 * `streaming`: exactly resumable training windows from the shards (`WindowStream`) and their collator.
@@ -16,7 +16,15 @@ from .atlas import AAL2_LOBES, Atlas, aal2_lobes, load_a424, load_a424_networks,
 from .parcellation import load_parcel_series, parcellate
 from .prepare import PrepareArguments, prepare_dataset
 from .prepared import PreparedDataset, read_recordings
-from .recordings import InputRecording, find_recordings, load_recordings, read_inputs
+from .recordings import (
+    InputRecording,
+    ListedInput,
+    find_recordings,
+    list_inputs,
+    load_inputs,
+    load_recordings,
+    read_inputs,
+)
 from .streaming import BrainLMCollator, WindowStream
 
 __all__ = [
@@ -24,14 +32,17 @@ __all__ = [
     "Atlas",
     "BrainLMCollator",
     "InputRecording",
+    "ListedInput",
     "PrepareArguments",
     "PreparedDataset",
     "WindowStream",
     "aal2_lobes",
     "find_recordings",
+    "list_inputs",
     "load_a424",
     "load_a424_networks",
     "load_atlas",
+    "load_inputs",
     "load_parcel_series",
     "load_recordings",
     "parcellate",

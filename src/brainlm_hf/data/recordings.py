@@ -24,7 +24,7 @@ from ..errors import InvalidArgumentError, InvalidFileError, InvalidInputError, 
 from ..feature_extraction_brainlm import check_repetition_time
 from .atlas import Atlas
 from .parcellation import PARCEL_SERIES_SUFFIXES, load_parcel_series, parcellate, repetition_time
-from .prepared import read_recordings, tr_columns
+from .prepared import read_recordings, read_shard, tr_columns
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 RAW_SUFFIXES = NIFTI_SUFFIXES + PARCEL_SERIES_SUFFIXES
@@ -176,31 +176,69 @@ class InputRecording(NamedTuple):
     repetition_time: float | None
 
 
+class ListedInput(NamedTuple):
+    """One recording of `list_inputs`, not read yet: its id, where it comes from, its file and its row in that file
+    (a prepared shard's; None for an image or a table, which holds one recording)."""
+
+    id: str
+    source: str
+    path: Path
+    row: int | None
+
+
 def read_inputs(inputs, atlas: Atlas | None = None, repetition_time: float | None = None) -> list[InputRecording]:
     """
     Every input, in order: NIfTI images (parcellated with `atlas`; TR from the header) and parcel tables (ids as in
     the module docstring; `source` is the file; TR unknown), and the recordings of prepared Parquet shards or of the
     split folders that hold them (ids and TRs from the shards; `source` is `shard: id`). `repetition_time` gives
     the TR of the images and tables (it wins over a header). Two inputs with the same id are an error that names
-    both.
+    both. `load_inputs(list_inputs(inputs)[i:j], ...)` reads some of them only, identically.
+    """
+    return load_inputs(list_inputs(inputs), atlas, repetition_time)
+
+
+def list_inputs(inputs) -> list[ListedInput]:
+    """
+    The recordings of `read_inputs(inputs)`, in its order, without reading their data: the ids of images and tables
+    come from their paths, those of shards from their `id` column alone. Two inputs with the same id are an error
+    that names both.
     """
     paths = find_recordings(inputs, RAW_SUFFIXES + SHARD_SUFFIXES)
     names = recording_names([p for p in paths if not p.name.endswith(SHARD_SUFFIXES)])
-    found, sources = [], {}
+    listed, sources = [], {}
     for path in paths:
         if path.name.endswith(SHARD_SUFFIXES):
-            rows = read_recordings(str(path), tr_columns(str(path)))
-            items = [(r["id"], f"{path}: {r['id']}", r["series"], r.get("repetition_time")) for r in rows]
+            ids = read_shard(str(path), ["id"]).column("id").to_pylist()
+            items = [ListedInput(record_id, f"{path}: {record_id}", path, row) for row, record_id in enumerate(ids)]
         else:
-            items = [(names[path][0], str(path), *load_recording(path, atlas, repetition_time))]
-        for record_id, source, series, tr in items:
-            if record_id in sources:
+            items = [ListedInput(names[path][0], str(path), path, None)]
+        for item in items:
+            if item.id in sources:
                 raise InvalidInputError(
-                    f"Two inputs give the recording id {record_id!r}: {sources[record_id]} and {source}; keep one of "
-                    "them, or rename one."
+                    f"Two inputs give the recording id {item.id!r}: {sources[item.id]} and {item.source}; keep one "
+                    "of them, or rename one."
                 )
-            sources[record_id] = source
-            found.append(InputRecording(record_id, source, series, tr))
+            sources[item.id] = item.source
+        listed += items
+    return listed
+
+
+def load_inputs(
+    listed: list[ListedInput], atlas: Atlas | None = None, repetition_time: float | None = None
+) -> list[InputRecording]:
+    """The recordings `listed` (by `list_inputs`, any of them), read as `read_inputs` reads them, in that order;
+    each shard is read once (memory-mapped: only the rows used are touched)."""
+    shards = {}
+    found = []
+    for item in listed:
+        if item.row is None:
+            series, tr = load_recording(item.path, atlas, repetition_time)
+        else:
+            if item.path not in shards:
+                shards[item.path] = read_recordings(str(item.path), tr_columns(str(item.path)))
+            record = shards[item.path][item.row]
+            series, tr = record["series"], record.get("repetition_time")
+        found.append(InputRecording(item.id, item.source, series, tr))
     return found
 
 
