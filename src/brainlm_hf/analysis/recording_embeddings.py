@@ -140,9 +140,9 @@ class EmbedArguments:
     process: str | None = field(
         default=None,
         metadata={
-            "help": "I/N: this process embeds chunks I, I+N, ... (1-based) of N processes started apart (e.g. a batch "
-            "array); the one that finds every chunk done writes OUTPUT. Default: the processes of `accelerate "
-            "launch` (1/1 outside it)"
+            "help": "I/N: this process reads and embeds chunks I, I+N, ... (1-based) of N processes started apart "
+            "(e.g. a batch array); the one that finds every chunk done writes OUTPUT. Default: the processes of "
+            "`accelerate launch` (1/1 outside it)"
         },
     )
     overwrite: bool = field(default=False, metadata={"help": "replace --output when it exists"})
