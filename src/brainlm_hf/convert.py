@@ -536,7 +536,7 @@ class ConversionProgress(Progress):
     """
 
     def __init__(self, quiet: bool = False):
-        super().__init__("convert", total=0, quiet=quiet, unit="tensor")
+        super().__init__("convert", total=None, quiet=quiet, unit="tensor")
         self.tensors_written = self.parameters = self.bytes = 0
 
     def written(self, state_dict: dict[str, torch.Tensor]) -> None:

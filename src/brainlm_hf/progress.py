@@ -12,7 +12,7 @@ class Progress:
 
     Args:
         command (`str`): the command's name, which starts the summary line (`"prepare"`).
-        total (`int`): how many recordings the command will finish.
+        total (`int`): how many recordings the command will finish (None: not known yet, see `set_total`).
         quiet (`bool`): show nothing (no bar, no summary line).
         bar (`bool`): show the bar (`False`: the summary line alone, for a command whose work shows its own bar).
         unit (`str`): what the bar counts (`"recording"`; `"tensor"` for convert, whose summary a subclass writes).
@@ -27,23 +27,25 @@ class Progress:
     ```
     """
 
-    def __init__(self, command: str, total: int, quiet: bool = False, bar: bool = True, unit: str = "recording"):
+    def __init__(
+        self, command: str, total: int | None, quiet: bool = False, bar: bool = True, unit: str = "recording"
+    ):
         self.command, self.total, self.quiet = command, total, quiet
         self.recordings, self.windows = 0, 0
         self.start = time.perf_counter()
         self.finished = False
-        self.bar = None
-        if not quiet and bar:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=command, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.bar, self.unit, self.shows_bar = None, unit, not quiet and bar
+        if total is not None:
+            self.set_total(total)
 
     def set_total(self, total: int) -> None:
-        """Count out of `total` from now on, for work whose size is known only once it has started; the summary's
-        time still runs from the start."""
+        """Count out of `total`, once, when the command was started with `total=None` (its work's size known only
+        once it runs): the bar appears now; the summary's time still runs from the start."""
         self.total = total
-        if self.bar is not None:
-            self.bar.reset(total=total)
+        if self.shows_bar and self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.command, unit=self.unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, recordings: int = 1, windows: int = 0) -> None:
         """Count `recordings` more finished recordings, holding `windows` windows."""
