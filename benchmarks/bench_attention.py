@@ -20,14 +20,17 @@ Last, `--interleaved N` times the sdpa forward and `cls_attention` alternately N
 model, the ratio least disturbed by other load on a shared machine (best / median of each).
 
 Configuration: the original repository's (hidden 256, 4 layers, 4 heads, MLP 1024, 424 x 200 input, patch 20:
-4,241 tokens), by default with the 13M family's blocks (post-LN, value convolution 65; `--blocks native` for pre-LN
-blocks without it), fp32. GFLOP/s counts the encoder's matrix products (per layer `2 S (4 h^2 + 2 h m) + 4 S^2 h`
-per sample; the value convolution and the O(S) CLS rows are left out). Peak memory: CPU peak resident set size
-above the process's size once the model and inputs are built (CUDA: peak allocated).
+4,240 tokens + CLS), by default with the 13M family's blocks (post-LN, value convolution 65; `--blocks native` for
+pre-LN blocks without it), fp32. GFLOP/s counts the encoder's matrix products (per layer `2 S (4 h^2 + 2 h m) +
+4 S^2 h` per sample; the value convolution and the O(S) CLS rows are left out), by wall-clock and by the process's
+CPU time (`of matmul, CPU time`: the share of the matmul's rate by CPU time, which the other load of a shared machine
+disturbs less; with several threads it also counts their waits). Peak memory: CPU peak resident set size above the
+process's size once the model and inputs are built (CUDA: peak allocated).
 
     python benchmarks/bench_attention.py                     # batch 8, as the targets are stated
     python benchmarks/bench_attention.py --batch-size 2      # shorter, while others share the machine
     python benchmarks/bench_attention.py --original-python /work/orig_env/bin/python --original-source /work/orig_src
+    python benchmarks/bench_attention.py --rounds 0 --interleaved 0 --kernels 3 --batch-size 1 --threads 1
 """
 
 import argparse
@@ -114,6 +117,7 @@ def peak_gib() -> float:
 def worker(spec: dict) -> dict:
     """Seconds per batch (median of `steps` after `warmup`), peak memory and encoder GFLOP/s of one row."""
     torch.manual_seed(0)
+    torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     signal = torch.randn(spec["batch_size"], REGIONS, TIMEPOINTS, device=device)
     coordinates = torch.randn(REGIONS, 3, device=device) * 50
@@ -121,32 +125,33 @@ def worker(spec: dict) -> dict:
     before = peak_gib()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
     with torch.no_grad():
-        for step in range(spec["warmup"] + spec["steps"]):
-            start = time.perf_counter()
-            run()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if step >= spec["warmup"]:
-                times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+        times = [timed(run, device.type) for _ in range(spec["warmup"] + spec["steps"])][spec["warmup"] :]
+    seconds, cpu_seconds = (statistics.median(column) for column in zip(*times, strict=True))
     flops = encoder_flops(model.config, tokens, spec["batch_size"])
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else peak_gib() - before
-    return {"seconds": seconds, "peak_gib": peak, "gflops": flops / seconds / 1e9}
+    return {
+        "seconds": seconds,
+        "peak_gib": peak,
+        "gflops": flops / seconds / 1e9,
+        "cpu_gflops": flops / cpu_seconds / 1e9,
+    }
 
 
-def matmul_gflops(size: int, repeats: int, device: str) -> float:
-    """GFLOP/s of a `size x size` fp32 matrix product, median of `repeats` after one warm-up."""
+def timed(call, device_type: str) -> tuple[float, float]:
+    """Wall-clock and process CPU seconds of `call()` (CPU time: what a shared machine's other load does not add)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    call()
+    if device_type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def matmul_gflops(size: int, repeats: int, device: str) -> tuple[float, float]:
+    """GFLOP/s of a `size x size` fp32 matrix product (wall-clock, CPU time), medians of `repeats` after a warm-up."""
     a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times[1:]) / 1e9
+    times = [timed(lambda: torch.mm(a, b), torch.device(device).type) for _ in range(repeats + 1)][1:]
+    return tuple(2 * size**3 / statistics.median(column) / 1e9 for column in zip(*times, strict=True))
 
 
 def interleaved_ratio(spec: dict, repeats: int) -> tuple[float, float]:
@@ -244,7 +249,7 @@ def kernel_rates(spec: dict, matmul_size: int, repeats: int) -> str:
     reference = kernels["sdpa (flash, CPU)"]()
     with torch.no_grad():
         for _ in range(repeats):
-            matmul.append(matmul_gflops(matmul_size, 1, "cpu"))
+            matmul.append(matmul_gflops(matmul_size, 1, "cpu")[0])
             for name, kernel in kernels.items():
                 start = time.perf_counter()
                 kernel()
@@ -259,6 +264,41 @@ def kernel_rates(spec: dict, matmul_size: int, repeats: int) -> str:
             f"| {name} | {flops / best[name] / 1e9:.1f} | {flops / best[name] / 1e9 / rate:.0%} | {difference:.1e} |"
         )
     lines.append(f"| matmul {matmul_size}^3 (reference, best) | {rate:.1f} | 100% | - |")
+    return "\n".join(lines)
+
+
+def timed_rows(rows: list[str], spec: dict, rounds: int, matmul_size: int) -> str:
+    """Table of the rows, each in its own process, alternating over `rounds`, with the matmul rate of each round."""
+    results = {row: [] for row in rows}
+    matmul = []
+    for _ in range(rounds):
+        matmul.append(matmul_gflops(matmul_size, 5, spec["device"]))
+        for row in rows:
+            results[row].append(run_row({**spec, "row": row}))
+    reference, cpu_reference = (statistics.median(column) for column in zip(*matmul, strict=True))
+    lines = [
+        "| path | s per batch (per round) | peak memory (GiB) | encoder GFLOP/s | of matmul | of matmul, CPU time "
+        "| time / sdpa forward |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = [r["seconds"] for r in results["sdpa"]] if "sdpa" in results else None
+    for row, runs in results.items():
+        seconds = " / ".join(f"{r['seconds']:.2f}" for r in runs)
+        peak = max(r["peak_gib"] for r in runs)
+        gflops = statistics.median(r["gflops"] for r in runs)
+        cpu_share = statistics.median(r["cpu_gflops"] for r in runs) / cpu_reference
+        ratio = "-"
+        if base:
+            ratio = " / ".join(f"{r['seconds'] / b:.2f}x" for r, b in zip(runs, base, strict=True))
+        lines.append(
+            f"| {ROWS[row]} | {seconds} | {peak:.2f} | {gflops:.1f} | {gflops / reference:.0%} | {cpu_share:.0%} "
+            f"| {ratio} |"
+        )
+    rates = " / ".join(f"{wall:.1f}" for wall, _ in matmul)
+    cpu_rates = " / ".join(f"{cpu:.1f}" for _, cpu in matmul)
+    lines.append(
+        f"| matmul {matmul_size}^3 fp32 (reference) | - | - | {rates} (CPU time: {cpu_rates}) | 100% | 100% | - |"
+    )
     return "\n".join(lines)
 
 
@@ -280,7 +320,7 @@ def main():
     parser.add_argument("--rows", default="sdpa,eager,cls", help=f"comma list of {list(ROWS)}")
     parser.add_argument("--blocks", default="13m", choices=["13m", "native", "111m"])
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the rows")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the rows (0: no rows)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--matmul-size", type=int, default=2048)
@@ -289,6 +329,7 @@ def main():
     parser.add_argument("--original-source", help="folder holding the original's `brainlm_mae` package")
     parser.add_argument("--profile", type=int, default=0, help="print the top N operators of one sdpa forward")
     parser.add_argument("--kernels", type=int, default=0, help="time the attention kernels alone, N alternations")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads of every row")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -298,30 +339,13 @@ def main():
     if bool(args.original_python) != bool(args.original_source) or (args.original_python and args.blocks != "13m"):
         parser.error("--original-python and --original-source go together, with --blocks 13m")
 
+    torch.set_num_threads(args.threads)
     rows = (["original"] if args.original_python else []) + args.rows.split(",")
-    spec = {"blocks": args.blocks, "batch_size": args.batch_size, "device": args.device}
+    spec = {"blocks": args.blocks, "batch_size": args.batch_size, "device": args.device, "threads": args.threads}
     spec.update(warmup=args.warmup, steps=args.steps, python=args.original_python, source=args.original_source)
-    results = {row: [] for row in rows}
-    matmul = []
-    for _ in range(args.rounds):
-        matmul.append(matmul_gflops(args.matmul_size, 5, args.device))
-        for row in rows:
-            results[row].append(run_row({**spec, "row": row}))
-    reference = statistics.median(matmul)
     print(configuration_line(args) + "\n")
-    print("| path | s per batch (per round) | peak memory (GiB) | encoder GFLOP/s | of matmul | time / sdpa forward |")
-    print("|---|---|---|---|---|---|")
-    base = [r["seconds"] for r in results["sdpa"]] if "sdpa" in results else None
-    for row, runs in results.items():
-        seconds = " / ".join(f"{r['seconds']:.2f}" for r in runs)
-        peak = max(r["peak_gib"] for r in runs)
-        gflops = statistics.median(r["gflops"] for r in runs)
-        ratio = "-"
-        if base:
-            ratio = " / ".join(f"{r['seconds'] / b:.2f}x" for r, b in zip(runs, base, strict=True))
-        print(f"| {ROWS[row]} | {seconds} | {peak:.2f} | {gflops:.1f} | {gflops / reference:.0%} | {ratio} |")
-    rates = " / ".join(f"{r:.1f}" for r in matmul)
-    print(f"| matmul {args.matmul_size}^3 fp32 (reference) | - | - | {rates} | 100% | - |")
+    if args.rounds:
+        print(timed_rows(rows, spec, args.rounds, args.matmul_size))
     if args.interleaved:
         best, median = interleaved_ratio(spec, args.interleaved)
         print(
