@@ -455,6 +455,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation_with_worker
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
 def test_torch_compile(dataset, tmp_path):
     """`--torch_compile`: the compiled forward trains like the eager one; the saved model is the plain one."""
     run_here(arguments(dataset, tmp_path / "eager"))
