@@ -1,10 +1,20 @@
-"""Pretraining with Accelerate: 2 processes = 1 process with twice the accumulation, exact resume, refusals."""
+"""Pretraining with Accelerate: 2 processes = 1 process with twice the accumulation, exact resume, refusals.
 
+A run of one process goes through `brainlm_hf.cli.main` in this process (`run_here`), on one thread like the
+subprocesses of `run` (`OMP_NUM_THREADS=1`), so that both give the same floats: a new interpreter's imports cost more
+than these runs' training. A run to kill is a fork of this process (`start_here`), the runs of two processes are
+`accelerate launch` subprocesses (`run`). A run that several tests compare with is made once for all pytest-xdist
+workers (`shared_run`).
+"""
+
+import contextlib
+import io
 import json
 import logging
+import multiprocessing
 import os
+import runpy
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate.utils import set_seed
+from filelock import FileLock
 from safetensors.torch import load_file
 
 from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
@@ -52,6 +63,7 @@ def arguments(dataset, output_dir, **overrides) -> list[str]:
 
 
 def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
+    """`brainlm pretrain ARGV` in a subprocess, or `accelerate launch` of `processes` CPU processes."""
     env = {"HF_HUB_OFFLINE": "1", **os.environ, "OMP_NUM_THREADS": "1"}  # offline unless the caller is online
     if processes == 1:
         command = [sys.executable, "-m", "brainlm_hf.cli", "pretrain", *argv]
@@ -83,16 +95,81 @@ def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
     return result
 
 
-def killed_after_checkpoint(argv, output_dir: Path, step: int) -> int:
-    """Run `argv`, SIGKILL it once `output_dir` holds `checkpoint_{step}`; returns the latest checkpoint's step."""
-    process = run(argv, wait=False)
+@contextlib.contextmanager
+def one_thread():
+    """Torch's operators on one thread inside, as in the subprocesses of `run`; the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_here(argv, check=True) -> subprocess.CompletedProcess:
+    """`brainlm pretrain ARGV` in this process on one thread: what `run` gives for one process (exit code, stdout,
+    stderr), without a new interpreter. A bug's exception propagates."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with one_thread(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = cli(["pretrain", *argv])
+    result = subprocess.CompletedProcess(["brainlm", "pretrain", *argv], code, stdout.getvalue(), stderr.getvalue())
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def start_here(argv) -> multiprocessing.Process:
+    """`brainlm pretrain ARGV` in a fork of this process, on one thread (a run to kill, with nothing to import)."""
+    process = multiprocessing.get_context("fork").Process(target=_pretrain_quietly, args=(argv,))
+    with one_thread():
+        process.start()
+    return process
+
+
+def _pretrain_quietly(argv) -> None:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), contextlib.redirect_stderr(devnull):
+        sys.exit(cli(["pretrain", *argv]))
+
+
+def killed_after_checkpoint(argv, output_dir: Path, step: int, fork: bool = False) -> int:
+    """Run `argv` (a subprocess of `run`, or with `fork` a fork of this process: nothing to import), SIGKILL it once
+    `output_dir` holds `checkpoint_{step}`; returns the latest checkpoint's step."""
+    process = start_here(argv) if fork else run(argv, wait=False)
     deadline = time.time() + 300
     while not (output_dir / "checkpoints" / f"checkpoint_{step}").is_dir() and time.time() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.kill()  # SIGKILL
+    if fork:
+        process.join()
+    else:
+        process.wait()
     assert not (output_dir / "final").exists(), "the run finished before it could be killed"
     return max(int(p.name.split("_")[1]) for p in (output_dir / "checkpoints").glob("checkpoint_*"))
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """`shared_run(name, make)`: the run folder that `make(folder)` fills, made once for all pytest-xdist workers of
+    the session (the first worker to ask makes it while the others wait, then all read it)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above the workers' own
+
+    def made(name: str, make) -> Path:
+        folder = root / name
+        with FileLock(f"{folder}.lock"):
+            if not (folder / "final").is_dir():
+                shutil.rmtree(folder, ignore_errors=True)  # what a failed attempt left
+                make(folder)
+        return folder
+
+    return made
+
+
+@pytest.fixture(scope="module")
+def ddp(dataset, shared_run):
+    """The run of `arguments`' defaults on 2 DDP processes (3 steps)."""
+    return shared_run("ddp", lambda out: run(arguments(dataset, out), processes=2))
 
 
 def losses(output_dir) -> dict[int, float]:
@@ -103,11 +180,10 @@ def losses(output_dir) -> dict[int, float]:
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tmp_path):
-    run(arguments(dataset, tmp_path / "one", gradient_accumulation_steps=2))
-    run(arguments(dataset, tmp_path / "two", gradient_accumulation_steps=1), processes=2)
+def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, ddp, tmp_path):
+    run_here(arguments(dataset, tmp_path / "one", gradient_accumulation_steps=2))
     one = load_file(tmp_path / "one" / "final" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    two = load_file(ddp / "final" / "model.safetensors")
     assert one.keys() == two.keys()
     set_seed(0)  # the initial weights of both runs
     initial = BrainLMForMaskedSignalModeling(BrainLMConfig.from_preset("brainlm-tiny")).state_dict()
@@ -115,19 +191,18 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, tm
         torch.testing.assert_close(one[name], two[name], atol=1e-5, rtol=1e-4, msg=name)
     moved = [name for name in one if (one[name] - initial[name]).abs().max() > 1e-4]
     assert len(moved) > len(one) // 2  # the runs trained, and trained alike
-    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    a, b = losses(tmp_path / "one"), losses(ddp)
     assert a.keys() == b.keys() == {1, 2, 3}
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-5)
 
 
 @pytest.mark.slow
-def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
+def test_fsdp2_on_two_cpu_processes(dataset, ddp, tmp_path):
     """FSDP v2 with transformer-layer wrapping from `_no_split_modules`: same losses as DDP, strict reload."""
     fsdp = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
     run(arguments(dataset, tmp_path / "fsdp"), processes=2, launcher=fsdp)
-    run(arguments(dataset, tmp_path / "ddp"), processes=2)
-    a, b = losses(tmp_path / "fsdp"), losses(tmp_path / "ddp")
+    a, b = losses(tmp_path / "fsdp"), losses(ddp)
     assert a.keys() == b.keys() == {1, 2, 3}  # max_steps 3, logging every step
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-4)
@@ -137,19 +212,20 @@ def test_fsdp2_on_two_cpu_processes(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
-    argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
-    run(argv(tmp_path / "uninterrupted"))
+    """Killed after its first checkpoint (step 2 of 8; an epoch is 7 steps), resumed from its latest one."""
+    argv = lambda out, **kw: arguments(dataset, out, max_steps=8, save_steps=2, **kw)  # noqa: E731
+    run_here(argv(tmp_path / "uninterrupted"))
     expected = losses(tmp_path / "uninterrupted")
 
     crashed = tmp_path / "crashed"
-    resumed_from = killed_after_checkpoint(argv(crashed), crashed, 4)
+    resumed_from = killed_after_checkpoint(argv(crashed), crashed, 2, fork=True)
     # a kill during a save leaves only a `.partial` folder, which resuming must ignore
     (crashed / "checkpoints" / "checkpoint_99.partial").mkdir()
     (crashed / "checkpoints" / "checkpoint_99.partial" / "model.safetensors").write_bytes(b"half-written")
     (crashed / "log.jsonl").unlink()  # keep only what the resumed run logs
-    run(argv(crashed, resume_from_checkpoint="latest"))
+    run_here(argv(crashed, resume_from_checkpoint="latest"))
     after = losses(crashed)
-    assert min(after) == resumed_from + 1 and max(after) == 16
+    assert min(after) == resumed_from + 1 and max(after) == 8
     for step, loss in after.items():
         assert loss == expected[step], f"step {step}: {loss} != {expected[step]}"
     final, reference = (load_file(p / "final" / "model.safetensors") for p in (crashed, tmp_path / "uninterrupted"))
@@ -159,7 +235,7 @@ def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_retention_and_outputs(dataset, tmp_path):
-    run(arguments(dataset, tmp_path / "run", max_steps=6, save_steps=1, save_total_limit=2, eval_windows=8))
+    run_here(arguments(dataset, tmp_path / "run", max_steps=6, save_steps=1, save_total_limit=2, eval_windows=8))
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["checkpoint_5", "checkpoint_6"]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert set(metrics) == {"model", "region_mean", "linear_interpolation", "num_windows"}
@@ -287,27 +363,16 @@ def test_accelerate_configs_parse(config):
 
 
 @pytest.mark.slow
-def test_the_main_job_runs_in_fast_mode(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "pretrain_hcp.py"),
-            "--output-dir",
-            str(tmp_path),
-            "--max-steps",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+def test_the_main_job_runs_in_fast_mode(tmp_path, monkeypatch, capsys):
+    """`python examples/pretrain_hcp.py` as a script, in this process (a failure raises here), for 2 steps: every
+    stage of the job (prepare, pretrain with a checkpoint, score, draw, reload) without the R^2 requirement."""
+    monkeypatch.setattr(sys, "argv", ["pretrain_hcp.py", "--output-dir", str(tmp_path), "--max-steps", "2"])
+    runpy.run_path(str(REPO / "examples" / "pretrain_hcp.py"), run_name="__main__")
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert {"model", "region_mean", "linear_interpolation"} <= set(metrics)
     assert (tmp_path / "reconstruction.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "final" / "preprocessor_config.json").is_file()
-    assert "reloaded with AutoModel" in result.stdout
+    assert "reloaded with AutoModel" in capsys.readouterr().out
 
 
 def test_demo_coordinates_follow_the_region_order():
@@ -324,11 +389,10 @@ def test_demo_coordinates_follow_the_region_order():
 
 
 @pytest.fixture(scope="module")
-def uninterrupted_with_workers(dataset, tmp_path_factory):
-    """16 steps with 2 loader workers (the stream split into 2 parts), saving every 4."""
-    out = tmp_path_factory.mktemp("workers") / "uninterrupted"
-    run(arguments(dataset, out, max_steps=16, save_steps=4, dataloader_num_workers=2))
-    return out
+def uninterrupted_with_workers(dataset, shared_run):
+    """8 steps with 2 loader workers (the stream split into 2 parts of 3 and 4 batches an epoch), saving every 2."""
+    argv = lambda out: arguments(dataset, out, max_steps=8, save_steps=2, dataloader_num_workers=2)  # noqa: E731
+    return shared_run("uninterrupted_with_workers", lambda out: run_here(argv(out)))
 
 
 @pytest.mark.slow
@@ -338,14 +402,14 @@ def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
 ):
     """Killed after a checkpoint while the workers had batches made ahead; resumed with the same workers, or with
     none (the process then makes both parts' batches itself, in their order): same losses, same weights."""
-    argv = lambda out, **kw: arguments(dataset, out, max_steps=16, save_steps=4, **kw)  # noqa: E731
+    argv = lambda out, **kw: arguments(dataset, out, max_steps=8, save_steps=2, **kw)  # noqa: E731
     expected = losses(uninterrupted_with_workers)
     crashed = tmp_path / "crashed"
-    resumed_from = killed_after_checkpoint(argv(crashed, dataloader_num_workers=2), crashed, 8)
+    resumed_from = killed_after_checkpoint(argv(crashed, dataloader_num_workers=2), crashed, 4, fork=True)
     (crashed / "log.jsonl").unlink()
-    run(argv(crashed, dataloader_num_workers=workers_after, resume_from_checkpoint="latest"))
+    run_here(argv(crashed, dataloader_num_workers=workers_after, resume_from_checkpoint="latest"))
     after = losses(crashed)
-    assert min(after) == resumed_from + 1 and max(after) == 16
+    assert min(after) == resumed_from + 1 and max(after) == 8
     for step, loss in after.items():
         assert loss == expected[step], f"step {step}: {loss} != {expected[step]}"
     final = load_file(crashed / "final" / "model.safetensors")
@@ -356,11 +420,11 @@ def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
 
 @pytest.mark.slow
 def test_resuming_with_a_worker_count_that_cannot_continue_exactly_is_refused(dataset, tmp_path):
-    run(arguments(dataset, tmp_path / "run", max_steps=2, save_steps=2, dataloader_num_workers=2))
+    run_here(arguments(dataset, tmp_path / "run", max_steps=2, save_steps=2, dataloader_num_workers=2))
     resumed = arguments(
         dataset, tmp_path / "run", max_steps=4, dataloader_num_workers=3, resume_from_checkpoint="latest"
     )
-    result = run(resumed, check=False)
+    result = run_here(resumed, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("brainlm pretrain: error: The data is split into 2 parts (the worker count it started")
@@ -378,7 +442,7 @@ def dataset_in_four_shards(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_equal_one_process_with_twice_the_accumulation_with_workers(dataset_in_four_shards, tmp_path):
     data = dataset_in_four_shards
-    run(arguments(data, tmp_path / "one", gradient_accumulation_steps=2, max_steps=4, dataloader_num_workers=2))
+    run_here(arguments(data, tmp_path / "one", gradient_accumulation_steps=2, max_steps=4, dataloader_num_workers=2))
     run(arguments(data, tmp_path / "two", max_steps=4, dataloader_num_workers=2), processes=2)
     one = load_file(tmp_path / "one" / "final" / "model.safetensors")
     two = load_file(tmp_path / "two" / "final" / "model.safetensors")
@@ -391,10 +455,11 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation_with_worker
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's own import
 def test_torch_compile(dataset, tmp_path):
     """`--torch_compile`: the compiled forward trains like the eager one; the saved model is the plain one."""
-    run(arguments(dataset, tmp_path / "eager"))
-    run(arguments(dataset, tmp_path / "compiled", torch_compile=True))
+    run_here(arguments(dataset, tmp_path / "eager"))
+    run_here(arguments(dataset, tmp_path / "compiled", torch_compile=True))
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert a.keys() == b.keys() == {1, 2, 3}  # max_steps 3, logging every step
     for step in a:
