@@ -28,15 +28,16 @@ demo: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) examples/pretrain_hcp.py --output-dir outputs/hcp
 
 # every test, after the lint (CI runs this); TEST_WORKERS pytest-xdist processes (one per core of this project's
-# 2-core machines; `make test TEST_WORKERS=0` runs them in this process, one after another)
+# 2-core machines; `make test TEST_WORKERS=0` runs them in this process, one after another). The slow tests are
+# handed out first (tests/conftest.py) and an idle process takes work queued for the other (--dist worksteal).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # the loop to run after every change: everything but the tests marked slow (subprocesses, accelerate launch,
 # torch.compile, Brainmarks, the local Hub server, long runs); at least one test for every module
 test-fast: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow"
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks
