@@ -20,6 +20,7 @@ the local Hub server, or that trains for seconds; `make test-fast` runs the rest
 everything. The folders mirror the package: model, data, training, analysis, integrations, cli.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -323,3 +324,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                 write(f"    {nodeid}")
     elif has_real("atlas") and has_real("reference"):
         write("the real A424 atlas and the shared reference data were used; no test was skipped for lack of data")
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Torch's operators on one thread inside, as in the tests' subprocesses (OMP_NUM_THREADS=1), so that in-process
+    and subprocess runs give bitwise equal numbers; the thread count is restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

