@@ -39,7 +39,7 @@ from brainlm_hf.data.demo import aal2_coordinates
 from brainlm_hf.modeling_brainlm import TileLayout, layout_for
 
 from ..conftest import pin_a424_downloads
-from .expectations import ORDER, interpolated
+from .expectations import ORDER, interpolated, ordered_and_plain
 
 SMALL = {
     "hidden_size": 16,
@@ -337,13 +337,7 @@ def test_recording_attention_with_a_region_order_and_a_foreign_tr(config, inputs
     coordinates = inputs["coordinates"].numpy()
     rng = np.random.default_rng(2)
     recordings = {"a": rng.normal(size=(27, 7)).astype(np.float32), "b": rng.normal(size=(23, 7)).astype(np.float32)}
-    ordered = BrainLMFeatureExtractor(
-        normalization="zscore", coordinates=coordinates.tolist(), region_order=ORDER, num_timepoints=20,
-        repetition_time=0.5,
-    )  # fmt: skip
-    plain = BrainLMFeatureExtractor(
-        normalization="zscore", coordinates=coordinates[ORDER].tolist(), num_timepoints=20, repetition_time=0.5
-    )
+    ordered, plain = ordered_and_plain(coordinates, num_timepoints=20, repetition_time=0.5)
     scores, mean_map = recording_attention(model, ordered, recordings, batch_size=2, repetition_times={"a": 0.8})
     resampled = {"a": interpolated(recordings["a"], 0.8, 0.5)[:, ORDER], "b": recordings["b"][:, ORDER]}
     assert len(resampled["a"]) == 42  # 3 windows of 20 (starts 0, 20, 22), and 2 for "b" (0, 3)

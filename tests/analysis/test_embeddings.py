@@ -11,7 +11,7 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.analysis.recording_embeddings import embed_recordings, save_embeddings
 from brainlm_hf.cli import main as cli
 
-from .expectations import ORDER, interpolated
+from .expectations import ORDER, interpolated, ordered_and_plain
 
 
 @pytest.fixture
@@ -274,13 +274,7 @@ def test_embeddings_of_region_ordered_recordings_at_their_own_trs(config, inputs
     """A region-ordered processor at TR 0.5 s and recordings at 0.8 s, unknown, 0.5 s and 1.0 s: the same embeddings
     as a processor without order given each recording resampled by np.interp and permuted into model order."""
     coordinates = inputs["coordinates"].numpy()
-    processor = BrainLMFeatureExtractor(
-        normalization="zscore", coordinates=coordinates.tolist(), region_order=ORDER, num_timepoints=30,
-        repetition_time=0.5,
-    )  # fmt: skip
-    plain = BrainLMFeatureExtractor(
-        normalization="zscore", coordinates=coordinates[ORDER].tolist(), num_timepoints=30, repetition_time=0.5
-    )
+    processor, plain = ordered_and_plain(coordinates, num_timepoints=30, repetition_time=0.5)
     trs = [0.8, None, 0.5, 1.0]
     resampled = [r if tr is None else interpolated(r, tr, 0.5) for r, tr in zip(recordings, trs, strict=True)]
     assert [len(r) for r in resampled] == [47, 47, 90, 121]  # floor((T - 1) * tr / 0.5) + 1

@@ -15,7 +15,7 @@ from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.metrics import masked_reconstruction_metrics
 
-from .expectations import ORDER, interpolated
+from .expectations import ORDER, interpolated, ordered_and_plain
 from .test_analysis import SMALL, tile_config
 
 
@@ -208,12 +208,9 @@ def test_reconstruction_with_a_region_order_is_the_atlas_order_model_permuted(co
     atlas order, equal to running a processor without order on the recording permuted into model order."""
     model = BrainLMForMaskedSignalModeling(config).eval()
     coordinates = inputs["coordinates"].numpy()
-    ordered = reconstruct_recording(
-        model, _processor(coordinates, region_order=ORDER, num_timepoints=10), recording, mask_ratio=0.5, seed=1
-    )
-    plain = reconstruct_recording(
-        model, _processor(coordinates[ORDER], num_timepoints=10), recording[:, ORDER], mask_ratio=0.5, seed=1
-    )  # rows in model order
+    ordered_processor, plain_processor = ordered_and_plain(coordinates, num_timepoints=10)
+    ordered = reconstruct_recording(model, ordered_processor, recording, mask_ratio=0.5, seed=1)
+    plain = reconstruct_recording(model, plain_processor, recording[:, ORDER], mask_ratio=0.5, seed=1)  # model order
     inverse = np.argsort(ORDER)
     np.testing.assert_allclose(ordered.prediction, plain.prediction[inverse], rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(ordered.mask, plain.mask[inverse])
@@ -224,10 +221,9 @@ def test_reconstruction_with_a_region_order_is_the_atlas_order_model_permuted(co
 def test_forecast_with_a_region_order_is_in_atlas_order(config, inputs, recording):
     model = BrainLMForMaskedSignalModeling(config).eval()
     coordinates = inputs["coordinates"].numpy()
-    ordered = forecast_recording(
-        model, _processor(coordinates, region_order=ORDER, num_timepoints=20), recording, mask_ratio=0.3
-    )
-    plain = forecast_recording(model, _processor(coordinates[ORDER], num_timepoints=20), recording[:, ORDER], 0.3)
+    ordered_processor, plain_processor = ordered_and_plain(coordinates, num_timepoints=20)
+    ordered = forecast_recording(model, ordered_processor, recording, mask_ratio=0.3)
+    plain = forecast_recording(model, plain_processor, recording[:, ORDER], 0.3)
     inverse = np.argsort(ORDER)
     for name in ("past", "target", "prediction"):
         np.testing.assert_allclose(getattr(ordered, name), getattr(plain, name)[:, inverse], rtol=1e-5, atol=1e-6)
