@@ -8,6 +8,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from transformers import AutoModelForSequenceClassification
 
 from brainlm_hf import BrainLMFeatureExtractor, BrainLMForMaskedSignalModeling, BrainLMForSequenceClassification
@@ -221,14 +222,20 @@ def test_cli_finetune_refuses_data_the_model_cannot_read(
 
 @pytest.mark.slow
 def test_trainer_torch_compile_trains_our_model(pretrained, tmp_path):
-    """Trainer's own `torch_compile=True` (inductor on the CPU) with a tiny config."""
+    """Trainer's own `torch_compile=True` with a tiny config: Trainer compiles our model, trains it, and returns the
+    plain model. The backend is AOTAutograd without code generation (`aot_eager`: the graph capture, forward and
+    backward, where a model's code can break compilation); inductor's code of a compiled training step is tested
+    by tests/training/test_pretraining.py::test_torch_compile."""
     path, processor = pretrained
     recordings, levels = cohort(8)
     before = BrainLMForMaskedSignalModeling.from_pretrained(path).state_dict()
+    torch._dynamo.reset()
+    counters.clear()
     model = finetune_recordings(
         str(path), processor, recordings, levels, "regression", str(tmp_path / "compiled"), windows_per_recording=2,
-        max_steps=3, per_device_train_batch_size=4, torch_compile=True, **QUIET,
+        max_steps=3, per_device_train_batch_size=4, torch_compile=True, torch_compile_backend="aot_eager", **QUIET,
     )  # fmt: skip
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]  # compiled, as one graph
     assert type(model) is BrainLMForSequenceClassification
     name = "brainlm.layers.0.attention.q_proj.weight"
     assert not torch.equal(model.state_dict()[name], before[name])
