@@ -8,7 +8,8 @@ atlas region `i`.
 Reading. A `.nii` file is memory-mapped one chunk at a time. A `.nii.gz` file is decompressed once, front to back,
 one volume at a time into a single reused buffer, keeping only the atlas voxels; decompression is most of the time
 of a `.nii.gz`, so it goes through ISA-L's gzip decoder (`isal.igzip_threaded`, from the `nifti` extra), which
-inflates in a thread of its own, a few 1 MiB blocks ahead of the reader. Measured on 91 x 109 x 91 x 60 images
+inflates in a thread of its own, a few 1 MiB blocks ahead of the reader (or in the reading thread, in processes
+that already share the cores with other readers: `set_gzip_read_ahead`). Measured on 91 x 109 x 91 x 60 images
 (`benchmarks/bench_parcellation.py --decoders`), ISA-L and zlib-ng (`zlib_ng.gzip_ng`) decompress at about the same
 speed, about twice the standard library's `gzip` and three times nibabel's `indexed_gzip` path; ISA-L's threaded
 reader is the one used. It is optional: ISA-L has wheels for x86-64 and ARM64 (Linux, macOS, Windows) but not for
@@ -185,11 +186,24 @@ def _gzip_chunks_at(
         raise OSError(f"{name}: damaged gzip data ({error}).") from error
 
 
+_READ_AHEAD = {"threads": 1}  # ISA-L's inflating threads of this process (`set_gzip_read_ahead`)
+
+
+def set_gzip_read_ahead(enabled: bool) -> None:
+    """
+    Whether this process inflates a `.nii.gz` in a thread of its own, ahead of the reader (the default), or in the
+    reading thread. The thread makes one process faster where a core is free; a process that is one of several
+    reading processes, one per core (`prepare_dataset(num_proc=...)`), is faster without it. Same bytes either way.
+    """
+    _READ_AHEAD["threads"] = 1 if enabled else 0
+
+
 def _open_gzip(filename: str):
-    """The decompressed file as a binary stream: ISA-L's decoder in a thread of its own when installed, else gzip."""
+    """The decompressed file as a binary stream: ISA-L's decoder (read ahead in a thread of its own unless
+    `set_gzip_read_ahead(False)`) when installed, else the standard library's gzip."""
     if igzip_threaded is None:
         return gzip.open(filename, "rb")
-    return igzip_threaded.open(filename, "rb", threads=1)
+    return igzip_threaded.open(filename, "rb", threads=_READ_AHEAD["threads"])
 
 
 def _read_exactly(stream, buffer) -> None:

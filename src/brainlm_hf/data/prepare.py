@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import multiprocessing
+import os
 import sys
 import warnings
 from collections import Counter
@@ -36,6 +37,7 @@ from ..feature_extraction_brainlm import (
 from ..folders import output_folder
 from ..progress import Progress
 from .atlas import atlas_by_name, read_coordinate_table
+from .parcellation import set_gzip_read_ahead
 from .prepare_parts import parse_part, part_paths, read_parts, write_part
 from .recordings import find_recordings, load_recording, recording_names
 
@@ -653,7 +655,7 @@ def read_recording_rows(
         read = functools.partial(_read_recording, atlas=atlas, repetition_time=repetition_time)
         return _collect(map(read, jobs), progress)
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    initargs = (atlas, repetition_time)
+    initargs = (atlas, repetition_time, 2 * num_proc <= _available_cores())  # a read-ahead thread where cores are free
     with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_reader, initargs=initargs) as pool:
         return _collect(pool.map(_read_in_worker, jobs), progress)
 
@@ -670,8 +672,13 @@ def _collect(rows, progress: Progress | None) -> list[dict]:
 _READER = {}  # the atlas and repetition time of `_read_recording` in a reading process, set once when it starts
 
 
-def _start_reader(atlas, repetition_time) -> None:
+def _start_reader(atlas, repetition_time, read_ahead: bool) -> None:
     _READER.update(atlas=atlas, repetition_time=repetition_time)
+    set_gzip_read_ahead(read_ahead)
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _read_in_worker(job: tuple[Path, tuple[str, str, str]]) -> dict:
