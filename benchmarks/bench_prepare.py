@@ -30,9 +30,9 @@ from bench_parcellation import load_atlas, peak_rss_gib, write_image  # noqa: E4
 
 def run_prepare(folder: str, atlas_dir: str, num_proc: int, output: str) -> dict:
     """One row, in this (fresh) process."""
-    from brainlm_hf.data import prepare_dataset
-
     import datasets  # noqa: F401  (imported by the writing step; a process pays it once, not per call)
+
+    from brainlm_hf.data import prepare_dataset
 
     atlas = load_atlas(atlas_dir)
     start = time.perf_counter()
