@@ -30,14 +30,17 @@ demo: $(VENV)/.installed
 # every test, after the lint (CI runs this); TEST_WORKERS pytest-xdist processes (one per core of this project's
 # 2-core machines; `make test TEST_WORKERS=0` runs them in this process, one after another). The slow tests are
 # handed out first (tests/conftest.py) and an idle process takes work queued for the other (--dist worksteal).
+# The tests start many Python processes (CLI commands, documentation blocks, accelerate launch): the package's
+# bytecode is written once (`env -u PYTHONDONTWRITEBYTECODE`, in __pycache__, ignored by git), not compiled in each.
 TEST_WORKERS ?= 2
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE HF_HUB_OFFLINE=1
 test: $(VENV)/.installed lint
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 # the loop to run after every change: everything but the tests marked slow (subprocesses, accelerate launch,
 # torch.compile, Brainmarks, the local Hub server, long runs); at least one test for every module
 test-fast: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests examples benchmarks
