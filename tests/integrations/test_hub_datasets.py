@@ -122,7 +122,7 @@ def test_pretraining_from_the_hub_is_killed_and_resumes_as_from_the_folder(hub, 
 
     crashed = tmp_path / "from-hub"
     hub.reset_log()
-    resumed_from = killed_after_checkpoint(argv("hf://datasets/me/neurolib", crashed), crashed, 2, fork=True)
+    resumed_from = killed_after_checkpoint(argv("hf://datasets/me/neurolib", crashed), crashed, 2)
     assert resumed_from == 2, "the run went on past step 2 before it could be killed"
     assert losses(crashed).items() <= expected.items()
     train = [f"train/{name}" for name in PreparedDataset(neurolib_dataset).summary["splits"]["train"]["files"]]

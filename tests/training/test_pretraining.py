@@ -62,42 +62,36 @@ def arguments(dataset, output_dir, **overrides) -> list[str]:
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
 
 
-def run(argv, processes=1, check=True, wait=True, launcher=("--multi_gpu",)):
-    """`brainlm pretrain ARGV` in a subprocess, or `accelerate launch` of `processes` CPU processes."""
+def run(argv, processes=2, launcher=("--multi_gpu",)):
+    """`brainlm pretrain ARGV` as `accelerate launch` of `processes` CPU processes, each on one thread."""
     env = {"HF_HUB_OFFLINE": "1", **os.environ, "OMP_NUM_THREADS": "1"}  # offline unless the caller is online
-    if processes == 1:
-        command = [sys.executable, "-m", "brainlm_hf.cli", "pretrain", *argv]
-    else:
-        env["ACCELERATE_USE_CPU"] = "1"  # without it, two CPU processes would each think they are alone
-        command = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            *launcher,
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "-m",
-            "brainlm_hf.cli",
-            "pretrain",
-            *argv,
-        ]
-    if not wait:
-        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env["ACCELERATE_USE_CPU"] = "1"  # without it, two CPU processes would each think they are alone
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *launcher,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "brainlm_hf.cli",
+        "pretrain",
+        *argv,
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
 
 
 def run_here(argv, check=True) -> subprocess.CompletedProcess:
-    """`brainlm pretrain ARGV` in this process on one thread: what `run` gives for one process (exit code, stdout,
-    stderr), without a new interpreter. A bug's exception propagates."""
+    """`brainlm pretrain ARGV` in this process on one thread (as `run`'s processes are): the exit code, stdout and
+    stderr that a `brainlm pretrain` process gives, without a new interpreter. A bug's exception propagates."""
     stdout, stderr = io.StringIO(), io.StringIO()
     with one_thread(), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli(["pretrain", *argv])
@@ -120,18 +114,15 @@ def _pretrain_quietly(argv) -> None:
         sys.exit(cli(["pretrain", *argv]))
 
 
-def killed_after_checkpoint(argv, output_dir: Path, step: int, fork: bool = False) -> int:
-    """Run `argv` (a subprocess of `run`, or with `fork` a fork of this process: nothing to import), SIGKILL it once
-    `output_dir` holds `checkpoint_{step}`; returns the latest checkpoint's step."""
-    process = start_here(argv) if fork else run(argv, wait=False)
+def killed_after_checkpoint(argv, output_dir: Path, step: int) -> int:
+    """Run `argv` in a fork of this process (`start_here`: nothing to import), SIGKILL it once `output_dir` holds
+    `checkpoint_{step}`; returns the latest checkpoint's step."""
+    process = start_here(argv)
     deadline = time.time() + 300
     while not (output_dir / "checkpoints" / f"checkpoint_{step}").is_dir() and time.time() < deadline:
         time.sleep(0.05)
     process.kill()  # SIGKILL
-    if fork:
-        process.join()
-    else:
-        process.wait()
+    process.join()
     assert not (output_dir / "final").exists(), "the run finished before it could be killed"
     return max(int(p.name.split("_")[1]) for p in (output_dir / "checkpoints").glob("checkpoint_*"))
 
@@ -158,7 +149,7 @@ def shared_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ddp(dataset, shared_run):
     """The run of `arguments`' defaults on 2 DDP processes (3 steps)."""
-    return shared_run("ddp", lambda out: run(arguments(dataset, out), processes=2))
+    return shared_run("ddp", lambda out: run(arguments(dataset, out)))
 
 
 def losses(output_dir) -> dict[int, float]:
@@ -190,7 +181,7 @@ def test_two_processes_equal_one_process_with_twice_the_accumulation(dataset, dd
 def test_fsdp2_on_two_cpu_processes(dataset, ddp, tmp_path):
     """FSDP v2 with transformer-layer wrapping from `_no_split_modules`: same losses as DDP, strict reload."""
     fsdp = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP")
-    run(arguments(dataset, tmp_path / "fsdp"), processes=2, launcher=fsdp)
+    run(arguments(dataset, tmp_path / "fsdp"), launcher=fsdp)
     a, b = losses(tmp_path / "fsdp"), losses(ddp)
     assert a.keys() == b.keys() == {1, 2, 3}  # max_steps 3, logging every step
     for step in a:
@@ -207,7 +198,7 @@ def test_a_killed_run_resumes_with_the_same_losses(dataset, tmp_path):
     expected = losses(tmp_path / "uninterrupted")
 
     crashed = tmp_path / "crashed"
-    resumed_from = killed_after_checkpoint(argv(crashed), crashed, 2, fork=True)
+    resumed_from = killed_after_checkpoint(argv(crashed), crashed, 2)
     # a kill during a save leaves only a `.partial` folder, which resuming must ignore
     (crashed / "checkpoints" / "checkpoint_99.partial").mkdir()
     (crashed / "checkpoints" / "checkpoint_99.partial" / "model.safetensors").write_bytes(b"half-written")
@@ -394,7 +385,7 @@ def test_a_killed_run_with_loader_workers_resumes_with_the_same_losses(
     argv = lambda out, **kw: arguments(dataset, out, max_steps=8, save_steps=2, **kw)  # noqa: E731
     expected = losses(uninterrupted_with_workers)
     crashed = tmp_path / "crashed"
-    resumed_from = killed_after_checkpoint(argv(crashed, dataloader_num_workers=2), crashed, 4, fork=True)
+    resumed_from = killed_after_checkpoint(argv(crashed, dataloader_num_workers=2), crashed, 4)
     (crashed / "log.jsonl").unlink()
     run_here(argv(crashed, dataloader_num_workers=workers_after, resume_from_checkpoint="latest"))
     after = losses(crashed)
@@ -432,7 +423,7 @@ def dataset_in_four_shards(tmp_path_factory):
 def test_two_processes_equal_one_process_with_twice_the_accumulation_with_workers(dataset_in_four_shards, tmp_path):
     data = dataset_in_four_shards
     run_here(arguments(data, tmp_path / "one", gradient_accumulation_steps=2, max_steps=4, dataloader_num_workers=2))
-    run(arguments(data, tmp_path / "two", max_steps=4, dataloader_num_workers=2), processes=2)
+    run(arguments(data, tmp_path / "two", max_steps=4, dataloader_num_workers=2))
     one = load_file(tmp_path / "one" / "final" / "model.safetensors")
     two = load_file(tmp_path / "two" / "final" / "model.safetensors")
     for name in one:
