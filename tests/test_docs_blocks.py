@@ -1,7 +1,9 @@
 """Every fenced code block of the README and of docs/ runs as written, under the convention of docs/README.md: a
-block not marked `<!-- illustrative: REASON -->` runs (python blocks with `python`, bash blocks with `bash -e`) on a
+block not marked `<!-- illustrative: REASON -->` runs (python blocks as `python -c`, bash blocks as `bash -e`) on a
 CPU, offline, with the blocks of one page in order in one fresh, empty folder. The README's first block (`make demo`,
-`make test`) is the set-up itself and is not run. The block parser is checked on a page of known blocks."""
+`make test`) is the set-up itself and is not run. Python blocks and the `brainlm` commands of bash blocks run in
+forks of the test process (`tests/forked.py`: no new interpreter importing torch for each); the block parser and
+both runners are checked on known blocks."""
 
 import os
 import re
@@ -12,11 +14,13 @@ from typing import NamedTuple
 
 import pytest
 
+from .forked import run_bash, run_python
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 ILLUSTRATIVE = re.compile(r"<!--\s*illustrative:\s*(.+?)\s*-->")
 OPENING, CLOSING = re.compile(r"^(\s*)```(\w*)\s*$"), re.compile(r"^\s*```\s*$")
-RUNNERS = {"python": ["python", "-c"], "bash": ["bash", "-e", "-o", "pipefail", "-c"]}
+RUNNERS = {"python": run_python, "bash": run_bash}  # as `python -c` and `bash -e -o pipefail -c` (tests/forked.py)
 BLOCK_TIMEOUT = 600  # seconds; the runnable blocks use small inputs
 
 
@@ -74,6 +78,44 @@ def test_the_parser_finds_blocks_markers_and_indented_fences():
         fenced_blocks("```bash\necho")
 
 
+@pytest.mark.slow  # the fork server (tests/forked.py)
+def test_a_python_block_runs_as_python_c_would(tmp_path):
+    """In its own folder, environment, `__main__` and `sys.argv`; its exit status and streams come back; a file it
+    leaves open is flushed at its exit; what it does stays out of this process."""
+    body = (
+        "import os, sys, warnings\nprint(sys.argv, __name__, os.getcwd(), os.environ['ONLY_HERE'])\n"
+        "print('to stderr', file=sys.stderr)\nwarnings.warn('shown', DeprecationWarning)\n"
+        "left_open = open('written.txt', 'w')\nleft_open.write('flushed at exit')\nos.environ['LEAK'] = '1'\n"
+    )
+    result = run_python(body, tmp_path, {**os.environ, "ONLY_HERE": "yes"}, timeout=60)
+    assert result == (0, f"['-c'] __main__ {tmp_path} yes\n", result.stderr)
+    assert result.stderr.startswith("to stderr\n") and "DeprecationWarning: shown" in result.stderr
+    assert (tmp_path / "written.txt").read_text() == "flushed at exit"
+    assert "LEAK" not in os.environ and "ONLY_HERE" not in os.environ and Path.cwd() != tmp_path
+    assert run_python("raise SystemExit(3)", tmp_path, dict(os.environ), 60).returncode == 3
+    failed = run_python("import math\nmath.sqrt(-1)", tmp_path, dict(os.environ), 60)
+    assert failed.returncode == 1 and failed.stderr.rstrip().endswith("ValueError: math domain error")
+    with pytest.raises(TimeoutError, match="the script ran longer than 1 s"):
+        run_python("import time\ntime.sleep(30)", tmp_path, dict(os.environ), 1)
+
+
+@pytest.mark.slow  # the fork server (tests/forked.py)
+def test_a_bash_block_runs_brainlm_commands_with_their_own_streams_and_status(tmp_path):
+    """`brainlm` in a bash block is the CLI's `main` with the command line's arguments, folder and streams; its exit
+    status is the command's, so `bash -e` stops at a failing one."""
+    body = (
+        "brainlm prepare -h | head -n 1 > usage.txt\nstatus=0\n"
+        'brainlm convert "$PWD/missing" out 2> error.txt || status=$?\necho "convert exited $status"\n'
+        "brainlm embed\necho never reached\n"
+    )
+    result = run_bash(body, tmp_path, dict(os.environ), timeout=120)
+    assert (tmp_path / "usage.txt").read_text().startswith("usage: brainlm prepare")
+    error = (tmp_path / "error.txt").read_text()
+    assert error.startswith("brainlm convert: error: ") and str(tmp_path / "missing") in error
+    assert result.stdout == "convert exited 2\n" and result.returncode == 2
+    assert result.stderr.startswith("brainlm embed: error: the following arguments are required: MODEL, INPUTS")
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda page: page.relative_to(ROOT).as_posix())
 def test_every_block_is_a_known_language_or_marked_illustrative_with_a_reason(page):
     for block in fenced_blocks(page.read_text()):
@@ -88,16 +130,13 @@ def test_the_blocks_of_a_page_run_as_written(page, tmp_path):
     environment = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # python, brainlm
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # python
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
         "CUDA_VISIBLE_DEVICES": "",  # on a CPU, as the blocks promise
         "MPLBACKEND": "Agg",
     }
     for block in runnable(page):
-        result = subprocess.run(
-            [*RUNNERS[block.language], block.body], cwd=tmp_path, env=environment, capture_output=True, text=True,
-            timeout=BLOCK_TIMEOUT,
-        )  # fmt: skip
+        result = RUNNERS[block.language](block.body, tmp_path, environment, BLOCK_TIMEOUT)
         where = f"{page.relative_to(ROOT)}:{block.line} ({block.language})"
         assert result.returncode == 0, (
             f"{where} exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-4000:]}"

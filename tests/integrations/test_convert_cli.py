@@ -2,10 +2,9 @@
 A424 download and real uploads: tests/integrations/test_hub_loading.py."""
 
 import json
+import os
 import re
 import shutil
-import subprocess
-import sys
 from importlib.metadata import entry_points
 from unittest import mock
 
@@ -21,6 +20,7 @@ from brainlm_hf.cli import main
 from brainlm_hf.convert import convert_checkpoint, model_from_original, render_model_card
 
 from ..conftest import reference_bytes, reference_file, reference_marks, reference_tensors
+from ..forked import run_brainlm
 
 RUNS = {"brainlm_small": "mask_ratio_0.20", "vitmae_pad_small": "auto_encode_mask_ratio_0.75"}
 CONVERTED_FILES = {
@@ -145,18 +145,14 @@ def test_push_needs_the_license_and_uploads_the_exact_files(tmp_path, a424_folde
     assert commit["commit_message"].startswith(f"Convert {source}")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the fork server (tests/forked.py)
 def test_cli(tmp_path, capsys, a424_folder):
     assert "brainlm = brainlm_hf.cli:main" in {f"{e.name} = {e.value}" for e in entry_points(group="console_scripts")}
     out = tmp_path / "cli_out"
     source = original_folder(tmp_path, "brainlm_small")
     assert main(["convert", str(source), str(out), "--atlas-coordinates", coordinates_file(a424_folder)]) == 0
     assert "Converted" in capsys.readouterr().out and (out / "model.safetensors").is_file()
-    result = subprocess.run(
-        [sys.executable, "-m", "brainlm_hf.cli", "convert", str(tmp_path / "missing"), str(tmp_path / "x")],
-        capture_output=True,
-        text=True,
-    )
+    result = run_brainlm(["convert", str(tmp_path / "missing"), str(tmp_path / "x")], tmp_path, dict(os.environ), 120)
     assert result.returncode == 2
     assert "brainlm convert: error" in result.stderr
 

@@ -7,8 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,9 @@ from brainlm_hf import BrainLMConfig, BrainLMFeatureExtractor, BrainLMForMaskedS
 from brainlm_hf.cli import main
 from brainlm_hf.data import prepare_dataset
 from brainlm_hf.training.checks import check_pretraining_data
+
+from ..conftest import one_thread
+from ..forked import run_brainlm
 
 REGIONS = 10
 
@@ -233,14 +234,14 @@ def test_recordings_shorter_than_a_window_are_counted_and_skipped(data, tmp_path
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # the fork server (tests/forked.py)
 def test_the_runs_that_used_to_spin_forever_exit_within_seconds(data, tmp_path):
     """The mistake that made `brainlm pretrain` spin at 100 % CPU with no log line (issue 16) that gets furthest
-    into a run (fewer windows than a batch: past the model and the accelerator), as the real process; it and the
-    other one (`crops_zero`) are among the cases above, in this process with a time limit."""
-    command = [sys.executable, "-m", "brainlm_hf.cli", *pretrain_cli(data["one"], tmp_path / "out")]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    into a run (fewer windows than a batch: past the model and the accelerator), as a process of its own (a fork
+    of this one, killed after 120 s) with its exit status and streams; it and the other one (`crops_zero`) are
+    among the cases above, in this process with a time limit."""
+    with one_thread():
+        result = run_brainlm(pretrain_cli(data["one"], tmp_path / "out"), tmp_path, dict(os.environ), timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("brainlm pretrain: error: ") and "4 training windows" in lines[-1]
