@@ -4,14 +4,14 @@
     python benchmarks/bench_prepare.py --recordings 8 --volumes 200 --num-proc 1 2 --repeats 5
 
 The cohort is `--recordings` copies of one synthetic `.nii.gz` in the A424 grid (`bench_parcellation.write_image`;
-the tests' stand-in atlas when --atlas-dir lacks the real one), each under its own subject id. The rows run in
-turns (`--repeats`: 1, 2, 1, 2, ...), each run in a fresh process, and the table gives medians, with the speed-up as
-the median of each turn's ratio, so that the drift of a shared machine's speed hits every row alike. A run: the wall time of the whole `prepare_dataset` call (reading, parcellating, fitting, writing; the
-modules it imports are imported before the clock starts, as in any process that prepares more than once), its rate,
-the speed-up over the first row, the peak resident memory of the main process (VmHWM) and the largest of its reading
-processes (`ru_maxrss` of its children: a child started by fork counts the pages it shares with its parent, so this
-includes the parent's memory at the time of the fork). Every row's shards are compared byte for byte with the
-first's.
+the tests' stand-in atlas when --atlas-dir lacks the real one), each under its own subject id. The rows run in turns
+(`--repeats`: 1, 2, 1, 2, ...), each run in a fresh process, and the table gives medians, the speed-up being the
+median of each turn's ratio, so that a drift of the shared machine's speed hits every row alike. A run gives the
+wall time of the whole `prepare_dataset` call (reading, parcellating, fitting, writing; the modules it imports are
+imported before the clock starts, as in any process that prepares more than once), the peak resident memory of the
+main process (VmHWM) and the largest of its reading processes (`ru_maxrss` of its children: a child started by fork
+counts the pages it shares with its parent, so this includes the parent's memory at the time of the fork), and the
+digest of its shards, compared byte for byte with the first row's.
 """
 
 import argparse
