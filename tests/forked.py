@@ -22,6 +22,7 @@ import gc
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,7 +107,8 @@ def _server_address() -> str:
         process = subprocess.Popen(
             [sys.executable, __file__, address], stdin=subprocess.DEVNULL, stdout=output, stderr=output
         )
-    atexit.register(process.kill)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    atexit.register(process.kill)  # first (exit functions run last registered first)
     deadline = time.monotonic() + 300
     while not os.path.exists(address):
         if process.poll() is not None or time.monotonic() > deadline:
