@@ -11,9 +11,9 @@ after its imports (no thread pool inherited from a test). A request whose caller
 process killed.
 
 `run_python(body, ...)`, `run_brainlm(argv, ...)` and `run_bash(body, ...)` are the callers' side; in `run_bash`,
-`brainlm` on the `PATH` is `STAND_IN`, a few lines of the standard library that send their own command line, streams,
-folder and environment to the server. The console script itself, as a real process, is checked by `tests/cli` and
-by the sdist test of `test_docs_blocks.py`. Linux and macOS (fork and file-descriptor passing).
+`brainlm` on the `PATH` is `STAND_IN`, a script that sends its own command line, streams, folder and environment to
+the server (`stand_in`, with the standard library only). The console script itself, as a real process, is checked
+by `tests/cli` and by the sdist test of `test_docs_blocks.py`. Linux and macOS (fork and file-descriptor passing).
 """
 
 import atexit
@@ -36,14 +36,10 @@ from typing import NamedTuple
 
 PRELOADED = ("brainlm_hf.cli", "transformers.modeling_utils", "transformers.trainer", "datasets")
 STAND_IN = """#!{python} -S
-import json, os, socket, sys
-with socket.socket(socket.AF_UNIX) as server:
-    server.connect({address!r})
-    request = json.dumps({{"brainlm": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}}).encode()
-    socket.send_fds(server, [len(request).to_bytes(8, "big")], [0, 1, 2])
-    server.sendall(request)
-    code = int(server.makefile().read() or 1)
-sys.exit(code if code >= 0 else 128 - code)
+import sys
+sys.path.insert(0, {folder!r})
+from forked import stand_in
+stand_in({address!r})
 """
 _SERVER = {}  # this test process's server: its process and address
 
@@ -68,9 +64,10 @@ def run_bash(body: str, cwd: Path, env: dict, timeout: float) -> Result:
     """`bash -e -o pipefail -c body` in `cwd` with environment `env`; its `brainlm` commands run in forks of the
     server, each with the streams, folder and environment of its own command line."""
     with tempfile.TemporaryDirectory() as bin_folder, _output_files() as (stdout, stderr):
-        stand_in = Path(bin_folder) / "brainlm"
-        stand_in.write_text(STAND_IN.format(python=sys.executable, address=_server_address()))
-        stand_in.chmod(0o755)
+        script = Path(bin_folder) / "brainlm"
+        folder = str(Path(__file__).parent)
+        script.write_text(STAND_IN.format(python=sys.executable, folder=folder, address=_server_address()))
+        script.chmod(0o755)
         env = {**env, "PATH": f"{bin_folder}{os.pathsep}{env.get('PATH', '')}"}
         bash = ["bash", "-e", "-o", "pipefail", "-c", body]
         code = subprocess.run(bash, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
@@ -78,23 +75,39 @@ def run_bash(body: str, cwd: Path, env: dict, timeout: float) -> Result:
         return Result(code, _read(stdout), _read(stderr))
 
 
+def stand_in(address: str) -> None:
+    """`brainlm` in `run_bash`'s blocks: this process's command line, folder, environment and streams, run by the
+    server at `address`; exits with the command's status (128 + N for a command killed by signal N, as a shell)."""
+    request = {"brainlm": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ)}
+    code = _call(address, request, [0, 1, 2])
+    sys.exit(code if code >= 0 else 128 - code)
+
+
 def _request(request: dict, cwd: Path, env: dict, timeout: float) -> Result:
     request = {**request, "cwd": str(cwd), "env": dict(env)}
     with _output_files() as (stdout, stderr), open(os.devnull) as stdin:
-        with socket.socket(socket.AF_UNIX) as server:
-            server.connect(_server_address())
-            message = json.dumps(request).encode()
-            socket.send_fds(
-                server, [len(message).to_bytes(8, "big")], [stdin.fileno(), stdout.fileno(), stderr.fileno()]
-            )
-            server.sendall(message)
-            server.settimeout(timeout)
-            try:
-                code = int(server.makefile().read())
-            except TimeoutError as error:
-                what = "script" if "python" in request else "brainlm command"
-                raise TimeoutError(f"the {what} ran longer than {timeout} s (its process is killed)") from error
+        try:
+            code = _call(_server_address(), request, [stdin.fileno(), stdout.fileno(), stderr.fileno()], timeout)
+        except TimeoutError as error:
+            what = "script" if "python" in request else "brainlm command"
+            raise TimeoutError(f"the {what} ran longer than {timeout} s (its process is killed)") from error
         return Result(code, _read(stdout), _read(stderr))
+
+
+def _call(address: str, request: dict, streams: list[int], timeout: float | None = None) -> int:
+    """Send `request` and its `streams` (stdin, stdout, stderr file descriptors) to the server at `address`: its
+    size (8 bytes) with the streams, then the request as JSON; the exit status comes back as text. Leaving (a
+    timeout) closes the connection, which has the server kill the request's process."""
+    with socket.socket(socket.AF_UNIX) as server:
+        server.connect(address)
+        message = json.dumps(request).encode()
+        socket.send_fds(server, [len(message).to_bytes(8, "big")], streams)
+        server.sendall(message)
+        server.settimeout(timeout)
+        status = server.makefile().read()
+    if not status:
+        raise RuntimeError("the fork server closed the connection without an exit status")
+    return int(status)
 
 
 def _server_address() -> str:

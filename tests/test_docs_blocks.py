@@ -2,8 +2,8 @@
 block not marked `<!-- illustrative: REASON -->` runs (python blocks as `python -c`, bash blocks as `bash -e`) on a
 CPU, offline, with the blocks of one page in order in one fresh, empty folder. The README's first block (`make demo`,
 `make test`) is the set-up itself and is not run. Python blocks and the `brainlm` commands of bash blocks run in
-forks of the test process (`tests/forked.py`: no new interpreter importing torch for each); the block parser and
-both runners are checked on known blocks."""
+forks of a fork server that has imported torch and transformers once (`tests/forked.py`: no new interpreter importing
+them for each); the block parser and both runners are checked on known blocks."""
 
 import os
 import re
