@@ -16,8 +16,13 @@ decoder. Every row's series is compared with `parcellate`'s on the `.nii`.
 
 `--decoders` times instead the decompression alone of the same `.nii.gz`, front to back into one reused 4 MiB
 buffer, by each candidate that is installed: the standard library's gzip, python-isal (`isal.igzip`, and
-`isal.igzip_threaded` with one thread), python-zlib-ng (`zlib_ng.gzip_ng`, `zlib_ng.gzip_ng_threaded`) and
-`indexed_gzip` (nibabel's choice when installed); best of --rounds, in this process.
+`isal.igzip_threaded` with one thread), `parcellate`'s own reader (ISA-L's C reader, inflating into the buffer in
+place), python-zlib-ng (`zlib_ng.gzip_ng`, `zlib_ng.gzip_ng_threaded`) and `indexed_gzip` (nibabel's choice when
+installed); wall and CPU seconds of this process, medians of --rounds taken in turns. Then `parcellate` of the same
+file with each of ISA-L's readers in its place: its own, `isal.igzip.open` and `isal.igzip_threaded.open`.
+
+`--chunk-sizes 64 8 ...` times instead `parcellate` of the same `.nii.gz` with each `chunk_size`, in turns for
+--rounds, in this process (medians of wall and CPU seconds), and checks that every chunk size gives the same bits.
 """
 
 import argparse
@@ -30,6 +35,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 
@@ -39,6 +45,7 @@ DECODERS = {
     "gzip": ("gzip", lambda module, path: module.open(path, "rb")),
     "isal.igzip": ("isal.igzip", lambda module, path: module.open(path, "rb")),
     "isal.igzip_threaded": ("isal.igzip_threaded", lambda module, path: module.open(path, "rb", threads=1)),
+    "parcellate: isal_zlib._GzipReader": ("brainlm_hf.data.parcellation", lambda mod, path: mod._open_gzip(path)),
     "zlib_ng.gzip_ng": ("zlib_ng.gzip_ng", lambda module, path: module.open(path, "rb")),
     "zlib_ng.gzip_ng_threaded": ("zlib_ng.gzip_ng_threaded", lambda module, path: module.open(path, "rb", threads=1)),
     "indexed_gzip": ("indexed_gzip", lambda module, path: module.IndexedGzipFile(path)),
@@ -74,7 +81,7 @@ def run_method(method: str, image_path: str, atlas_dir: str, output: str) -> dic
     start = time.perf_counter()
     if method.startswith("brainlm_hf"):
         if "fallback" in method:
-            parcellation.igzip_threaded = None
+            parcellation.isal_zlib = None
         series = parcellation.parcellate(image_path, atlas)
     elif method == "original loop":
         data = nib.load(image_path).get_fdata()
@@ -93,23 +100,77 @@ def run_method(method: str, image_path: str, atlas_dir: str, output: str) -> dic
 
 def bench_decoders(path: Path, rounds: int) -> None:
     buffer = bytearray(4 * 2**20)
-    print(f"\nDecompressing {path.name} ({path.stat().st_size / 2**20:.0f} MiB), best of {rounds}:\n")
-    print("| decoder | seconds | decompressed MiB/s |")
-    print("|---|---|---|")
+    print(f"\nDecompressing {path.name} ({path.stat().st_size / 2**20:.0f} MiB), medians of {rounds} in turns:\n")
+    print("| decoder | seconds | CPU seconds | decompressed MiB/s |")
+    print("|---|---|---|---|")
+    installed = {}
     for name, (module_name, open_file) in DECODERS.items():
         try:
-            module = importlib.import_module(module_name)
+            installed[name] = (importlib.import_module(module_name), open_file)
         except ImportError:
-            print(f"| {name} | not installed | |")
-            continue
-        times = []
-        for _ in range(rounds):
-            start, size = time.perf_counter(), 0
+            print(f"| {name} | not installed | | |")
+    times = {name: [] for name in installed}
+    for _ in range(rounds):
+        for name, (module, open_file) in installed.items():
+            start, cpu, size = time.perf_counter(), time.process_time(), 0
             with open_file(module, str(path)) as stream:
                 while count := stream.readinto(buffer):
                     size += count
-            times.append(time.perf_counter() - start)
-        print(f"| {name} | {min(times):.2f} | {size / 2**20 / min(times):.0f} |")
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    for name, runs in times.items():
+        seconds, cpu = (median(run[index] for run in runs) for index in (0, 1))
+        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {size / 2**20 / seconds:.0f} |")
+
+
+def bench_readers(path: Path, atlas, rounds: int) -> None:
+    """`parcellate` of `path` with each of ISA-L's readers in its place, in turns: wall and CPU seconds."""
+    from isal import igzip, igzip_threaded
+
+    from brainlm_hf.data import parcellation
+
+    used = parcellation._open_gzip
+    readers = {
+        "isal_zlib._GzipReader, inflating into the volume buffer (used)": used,
+        "isal.igzip.open: inflating into a new bytes object, then copied": lambda name: igzip.open(name, "rb"),
+        "isal.igzip_threaded.open(threads=1): the same, in a read-ahead thread": (
+            lambda name: igzip_threaded.open(name, "rb", threads=1)
+        ),
+    }
+    times = {name: [] for name in readers}
+    try:
+        for _ in range(rounds):
+            for name, reader in readers.items():
+                parcellation._open_gzip = reader
+                start, cpu = time.perf_counter(), time.process_time()
+                parcellation.parcellate(path, atlas)
+                times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    finally:
+        parcellation._open_gzip = used
+    print(f"\nparcellate({path.name}) with each ISA-L reader, medians of {rounds} in turns, in one process:\n")
+    print("| reader | seconds | CPU seconds |")
+    print("|---|---|---|")
+    for name, runs in times.items():
+        print(f"| {name} | {median(run[0] for run in runs):.3f} | {median(run[1] for run in runs):.3f} |")
+
+
+def bench_chunk_sizes(path: Path, atlas, chunk_sizes: list[int], rounds: int) -> None:
+    from brainlm_hf.data.parcellation import parcellate
+
+    times, series = {size: [] for size in chunk_sizes}, {}
+    for _ in range(rounds):
+        for size in chunk_sizes:
+            start, cpu = time.perf_counter(), time.process_time()
+            series[size] = parcellate(path, atlas, chunk_size=size)
+            times[size].append((time.perf_counter() - start, time.process_time() - cpu))
+    first = chunk_sizes[0]
+    print(f"\nparcellate({path.name}, chunk_size=...), medians of {rounds} in turns, in one process:\n")
+    print(f"| chunk_size | seconds | CPU seconds | vs chunk_size={first} (CPU) | same bits |")
+    print("|---|---|---|---|---|")
+    for size, runs in times.items():
+        seconds, cpu = (median(run[index] for run in runs) for index in (0, 1))
+        ratio = median(a[1] / b[1] for a, b in zip(times[first], runs, strict=True))
+        same = np.array_equal(series[size].view(np.uint32), series[first].view(np.uint32))
+        print(f"| {size} | {seconds:.3f} | {cpu:.3f} | {ratio:.2f}x | {same} |")
 
 
 def write_image(folder: Path, atlas, num_volumes: int, dtype: str, fill: str) -> list[Path]:
@@ -140,6 +201,7 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "int16"], default="float32")
     parser.add_argument("--fill", choices=["brain", "all"], default="brain", help="voxels that hold a signal")
     parser.add_argument("--decoders", action="store_true", help="time the gzip decoders alone instead")
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", help="time parcellate's chunk sizes instead")
     parser.add_argument("--run-method", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_method:
@@ -147,9 +209,14 @@ def main():
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = write_image(folder, load_atlas(args.atlas_dir), args.volumes, args.dtype, args.fill)
+        atlas = load_atlas(args.atlas_dir)
+        paths = write_image(folder, atlas, args.volumes, args.dtype, args.fill)
         if args.decoders:
             bench_decoders(paths[1], args.rounds)
+            bench_readers(paths[1], atlas, args.rounds)
+            return
+        if args.chunk_sizes:
+            bench_chunk_sizes(paths[1], atlas, args.chunk_sizes, args.rounds)
             return
         rows = []
         for path in paths:

@@ -7,19 +7,28 @@ atlas region `i`.
 
 Reading. A `.nii` file is memory-mapped one chunk at a time. A `.nii.gz` file is decompressed once, front to back,
 one volume at a time into a single reused buffer, keeping only the atlas voxels; decompression is most of the time
-of a `.nii.gz`, so it goes through ISA-L's gzip decoder (`isal.igzip_threaded`, from the `nifti` extra), which
-inflates in a thread of its own, a few 1 MiB blocks ahead of the reader (or in the reading thread, in processes
-that already share the cores with other readers: `set_gzip_read_ahead`). Measured on 91 x 109 x 91 x 60 images
-(`benchmarks/bench_parcellation.py --decoders`), ISA-L and zlib-ng (`zlib_ng.gzip_ng`) decompress at about the same
-speed, about twice the standard library's `gzip` and three times nibabel's `indexed_gzip` path; ISA-L's threaded
-reader is the one used. It is optional: ISA-L has wheels for x86-64 and ARM64 (Linux, macOS, Windows) but not for
-every platform Python runs on, and the standard library's `gzip` is the fallback, through the same code, to the
-same bytes. Either way the values are nibabel's, bit for bit: the raw numbers are scaled by `scl_slope`/`scl_inter`
-with nibabel's own `apply_read_scaling`, then cast to float32, as `np.asarray(image.dataobj[..., start:stop],
-dtype=np.float32)` does. Any other image (in memory, or a format without a plain file behind it) is read through
-nibabel's proxy.
+of a `.nii.gz`, so it goes through ISA-L's gzip decoder (python-isal, from the `nifti` extra), and through its C
+reader (`isal_zlib._GzipReader`, the reader behind `isal.igzip.open`), whose `readinto` inflates straight into the
+volume buffer; `igzip.open(...).readinto` inflates into a new bytes object and copies it (7% more CPU time for a
+float32 200-volume A424 image). One thread reads: parallel reading is a matter of processes
+(`prepare_dataset(num_proc=...)`). ISA-L's read-ahead thread (`isal.igzip_threaded`) made one process 6% faster in
+wall time for 26% more CPU time on a 2-core machine, so it is not used: where cores are free, more processes gain
+more (`benchmarks/bench_parcellation.py --decoders` for these figures, `benchmarks/bench_prepare.py` for processes).
+On 91 x 109 x 91 x 60 images, ISA-L and zlib-ng (`zlib_ng.gzip_ng`) decompress at about the same speed, about twice
+the standard library's `gzip` and three times nibabel's `indexed_gzip` path. ISA-L is optional: it has wheels for
+x86-64 and ARM64 (Linux, macOS, Windows) but not for every platform Python runs on, and the standard library's
+`gzip` is the fallback, through the same code, to the same bytes. Either way the values are nibabel's, bit for bit:
+the raw numbers are scaled by `scl_slope`/`scl_inter` with nibabel's own `apply_read_scaling`, then cast to float32,
+as `np.asarray(image.dataobj[..., start:stop], dtype=np.float32)` does. Any other image (in memory, or a format
+without a plain file behind it) is read through nibabel's proxy.
+
+Chunks. The atlas voxels of `chunk_size` volumes are summed at a time. The default, 8 volumes (4.1 MiB of float32
+A424 voxels), keeps the chunk in the processor's cache while it is summed: with 64 (34 MiB) the same file took 1.2
+to 1.4 times the CPU time (`benchmarks/bench_parcellation.py --chunk-sizes`). The sums are the same bits for every
+chunk size.
 """
 
+import contextlib
 import gzip
 import warnings
 import zlib
@@ -34,9 +43,9 @@ from ..errors import InvalidFileError, InvalidInputError, MissingFileError
 from .atlas import Atlas, label_volume
 
 try:
-    from isal import igzip_threaded, isal_zlib
+    from isal import igzip, isal_zlib
 except ImportError:  # optional (the `nifti` extra); the standard library's gzip gives the same bytes, slower
-    igzip_threaded = isal_zlib = None
+    igzip = isal_zlib = None
 _DECODE_ERRORS = (gzip.BadGzipFile, zlib.error) + (() if isal_zlib is None else (isal_zlib.error,))
 
 # NIfTI xform codes: 0 unknown, 1 scanner, 2 aligned, 3 Talairach, 4 MNI. Codes 0 and 1 are not a standard space.
@@ -47,7 +56,7 @@ PARCEL_SERIES_SUFFIXES = (".npy", ".csv", ".tsv", ".dat", ".txt")
 def parcellate(
     bold,
     atlas: Atlas,
-    chunk_size: int = 64,
+    chunk_size: int = 8,
     allow_empty_labels: bool = False,
     resample: bool = True,
     name=None,
@@ -186,24 +195,23 @@ def _gzip_chunks_at(
         raise OSError(f"{name}: damaged gzip data ({error}).") from error
 
 
-_READ_AHEAD = {"threads": 1}  # ISA-L's inflating threads of this process (`set_gzip_read_ahead`)
+_ISAL_INPUT_BUFFER = 512 * 1024  # compressed bytes read at a time (`isal.igzip`'s own size)
 
 
-def set_gzip_read_ahead(enabled: bool) -> None:
-    """
-    Whether this process inflates a `.nii.gz` in a thread of its own, ahead of the reader (the default), or in the
-    reading thread. The thread makes one process faster where a core is free; a process that is one of several
-    reading processes, one per core (`prepare_dataset(num_proc=...)`), is faster without it. Same bytes either way.
-    """
-    _READ_AHEAD["threads"] = 1 if enabled else 0
-
-
-def _open_gzip(filename: str):
-    """The decompressed file as a binary stream: ISA-L's decoder (read ahead in a thread of its own unless
-    `set_gzip_read_ahead(False)`) when installed, else the standard library's gzip."""
-    if igzip_threaded is None:
-        return gzip.open(filename, "rb")
-    return igzip_threaded.open(filename, "rb", threads=_READ_AHEAD["threads"])
+@contextlib.contextmanager
+def _open_gzip(filename: str) -> Iterator:
+    """The decompressed file as a binary stream whose `readinto` fills the caller's buffer: ISA-L's C reader, which
+    inflates into it in place, when installed, else the standard library's gzip. The C reader is private to
+    python-isal (1.7 to 1.9 have it); without it, its public `igzip.open` gives the same bytes through a copy."""
+    if isal_zlib is None:
+        with gzip.open(filename, "rb") as stream:
+            yield stream
+    elif not hasattr(isal_zlib, "_GzipReader"):
+        with igzip.open(filename, "rb") as stream:
+            yield stream
+    else:
+        with open(filename, "rb") as file:
+            yield isal_zlib._GzipReader(file, _ISAL_INPUT_BUFFER)
 
 
 def _read_exactly(stream, buffer) -> None:

@@ -13,7 +13,6 @@ import functools
 import json
 import math
 import multiprocessing
-import os
 import sys
 import warnings
 from collections import Counter
@@ -37,7 +36,6 @@ from ..feature_extraction_brainlm import (
 from ..folders import output_folder
 from ..progress import Progress
 from .atlas import atlas_by_name, read_coordinate_table
-from .parcellation import set_gzip_read_ahead
 from .prepare_parts import parse_part, part_paths, read_parts, write_part
 from .recordings import find_recordings, load_recording, recording_names
 
@@ -365,8 +363,9 @@ def prepare_dataset(args: PrepareArguments, output_dir=None, **kwargs) -> dict:
         quiet (`bool`): no progress bar (rate, time left) and no summary line on stderr.
 
     Memory: the main process holds the parcel series of all recordings (T x V x 4 bytes each); a reading process
-    (`num_proc` > 1) holds one recording's image while it parcellates it (`parcellate`'s peak) and its series. Returns
-    the summary (also written to `prepare_summary.json`).
+    (`num_proc` > 1) holds what `parcellate` holds for one recording (a NIfTI file: one volume and 8 volumes of atlas
+    voxels, ~8 MiB for A424 in float32) and its series. Returns the summary (also written to
+    `prepare_summary.json`).
     """
     if not isinstance(args, PrepareArguments):
         args = PrepareArguments(args, output_dir, **kwargs)
@@ -646,8 +645,8 @@ def read_recording_rows(
     One row per recording of `paths` (in their order): `id`, `subject`, `session` (`names`, default
     `recording_names(paths)`: ids against the common folder of `paths`),
     `series` `(T, V)` float32, `series_mean` and `series_std` `(V,)`, `repetition_time` and `file`. Read by
-    `num_proc` processes, one recording at a time each (a process holds one image while it parcellates it); the
-    rows are the same for every `num_proc`. NaN/Inf values are refused with the file named.
+    `num_proc` processes, one recording at a time each (in memory bounded by `parcellate`'s chunk); the rows are the
+    same for every `num_proc`. NaN/Inf values are refused with the file named.
     """
     names = names or recording_names(paths)
     jobs = [(path, names[path]) for path in paths]
@@ -655,7 +654,7 @@ def read_recording_rows(
         read = functools.partial(_read_recording, atlas=atlas, repetition_time=repetition_time)
         return _collect(map(read, jobs), progress)
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    initargs = (atlas, repetition_time, 2 * num_proc <= _available_cores())  # a read-ahead thread where cores are free
+    initargs = (atlas, repetition_time)
     with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_reader, initargs=initargs) as pool:
         return _collect(pool.map(_read_in_worker, jobs), progress)
 
@@ -672,13 +671,8 @@ def _collect(rows, progress: Progress | None) -> list[dict]:
 _READER = {}  # the atlas and repetition time of `_read_recording` in a reading process, set once when it starts
 
 
-def _start_reader(atlas, repetition_time, read_ahead: bool) -> None:
+def _start_reader(atlas, repetition_time) -> None:
     _READER.update(atlas=atlas, repetition_time=repetition_time)
-    set_gzip_read_ahead(read_ahead)
-
-
-def _available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _read_in_worker(job: tuple[Path, tuple[str, str, str]]) -> dict:
