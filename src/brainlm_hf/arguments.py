@@ -27,12 +27,17 @@ def check_positive(arguments, *names: str, integer: bool = False, optional: bool
     with `integer`; with `optional`, None (not given) passes."""
     for name in names:
         value = getattr(arguments, name)
-        if value is None and optional:
-            continue
-        kind = numbers.Integral if integer else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and value > 0):
-            what = "a positive integer" if integer else "a positive finite number"
-            raise InvalidArgumentError(f"{name} must be {what}, got {value!r}.", argument=name)
+        if not (value is None and optional):
+            check_positive_value(name, value, integer=integer)
+
+
+def check_positive_value(name: str, value, integer: bool = False) -> None:
+    """Refuse `value`, given as the argument `name`, unless it is a positive finite number (an integer with
+    `integer`; never a bool)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and value > 0):
+        what = "a positive integer" if integer else "a positive finite number"
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}.", argument=name)
 
 
 def check_choice(arguments, name: str, choices: tuple) -> None:

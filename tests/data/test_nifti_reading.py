@@ -11,6 +11,7 @@ import pytest
 from brainlm_hf.data import parcellation
 from brainlm_hf.data.atlas import load_atlas
 from brainlm_hf.data.parcellation import parcellate
+from brainlm_hf.errors import InvalidArgumentError
 
 SHAPE = (9, 10, 11)
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
@@ -167,3 +168,10 @@ def test_a_damaged_file_is_named(tmp_path, decoder, toy_atlas, damage, error):
     path.write_bytes(bytes(data))
     with pytest.raises(error, match="bold.nii.gz"):
         parcellate(image, toy_atlas)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -8, 2.5, True, "8"])
+def test_a_chunk_size_that_is_not_a_positive_integer_is_refused_by_name(tmp_path, toy_atlas, chunk_size):
+    image = write_image(tmp_path / "bold.nii.gz", "float32")
+    with pytest.raises(InvalidArgumentError, match=r"chunk_size must be a positive integer, got"):
+        parcellate(image, toy_atlas, chunk_size=chunk_size)

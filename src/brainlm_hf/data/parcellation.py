@@ -39,6 +39,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
+from ..arguments import check_positive_value
 from ..errors import InvalidFileError, InvalidInputError, MissingFileError
 from .atlas import Atlas, label_volume
 
@@ -78,6 +79,7 @@ def parcellate(
     Returns:
         `np.ndarray` of shape `(T, V)`, float32; column `i` is region `atlas.labels[i]`.
     """
+    check_positive_value("chunk_size", chunk_size, integer=True)
     image = nib.load(bold) if isinstance(bold, str | Path) else bold
     name = name or (bold if isinstance(bold, str | Path) else image.get_filename() or "the image")
     if len(image.shape) != 4:
