@@ -26,6 +26,7 @@ file with each of ISA-L's readers in its place: its own, `isal.igzip.open` and `
 """
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -98,76 +99,96 @@ def run_method(method: str, image_path: str, atlas_dir: str, output: str) -> dic
     return {"seconds": seconds, "peak_gib": peak_rss_gib(), "before_gib": before}
 
 
+def in_turns(cases: dict, rounds: int) -> tuple[dict, dict]:
+    """Run every case (a callable) once per round, the cases in turn, so that a drift of the shared machine's speed
+    hits them alike. Returns each case's `[(seconds, CPU seconds), ...]`, one per round, and its last result."""
+    times, results = {name: [] for name in cases}, {}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            start, cpu = time.perf_counter(), time.process_time()
+            results[name] = case()
+            times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+    return times, results
+
+
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median seconds and median CPU seconds of `in_turns`' runs of one case."""
+    return median(run[0] for run in runs), median(run[1] for run in runs)
+
+
+def decompress(open_stream, path: Path, buffer: bytearray) -> int:
+    """Decompress `path`, opened by `open_stream`, front to back into `buffer`; returns the decompressed size."""
+    size = 0
+    with open_stream(str(path)) as stream:
+        while count := stream.readinto(buffer):
+            size += count
+    return size
+
+
 def bench_decoders(path: Path, rounds: int) -> None:
-    buffer = bytearray(4 * 2**20)
     print(f"\nDecompressing {path.name} ({path.stat().st_size / 2**20:.0f} MiB), medians of {rounds} in turns:\n")
     print("| decoder | seconds | CPU seconds | decompressed MiB/s |")
     print("|---|---|---|---|")
-    installed = {}
+    buffer, cases = bytearray(4 * 2**20), {}
     for name, (module_name, open_file) in DECODERS.items():
         try:
-            installed[name] = (importlib.import_module(module_name), open_file)
+            opener = functools.partial(open_file, importlib.import_module(module_name))
         except ImportError:
             print(f"| {name} | not installed | | |")
-    times = {name: [] for name in installed}
-    for _ in range(rounds):
-        for name, (module, open_file) in installed.items():
-            start, cpu, size = time.perf_counter(), time.process_time(), 0
-            with open_file(module, str(path)) as stream:
-                while count := stream.readinto(buffer):
-                    size += count
-            times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+            continue
+        cases[name] = functools.partial(decompress, opener, path, buffer)
+    times, sizes = in_turns(cases, rounds)
     for name, runs in times.items():
-        seconds, cpu = (median(run[index] for run in runs) for index in (0, 1))
-        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {size / 2**20 / seconds:.0f} |")
+        seconds, cpu = medians(runs)
+        print(f"| {name} | {seconds:.2f} | {cpu:.2f} | {sizes[name] / 2**20 / seconds:.0f} |")
 
 
 def bench_readers(path: Path, atlas, rounds: int) -> None:
     """`parcellate` of `path` with each of ISA-L's readers in its place, in turns: wall and CPU seconds."""
-    from isal import igzip, igzip_threaded
-
     from brainlm_hf.data import parcellation
 
+    def parcellate_with(reader):
+        def case():
+            parcellation._open_gzip = reader
+            return parcellation.parcellate(path, atlas)
+
+        return case
+
+    def decoder(name):
+        module_name, open_file = DECODERS[name]
+        return functools.partial(open_file, importlib.import_module(module_name))
+
     used = parcellation._open_gzip
-    readers = {
-        "isal_zlib._GzipReader, inflating into the volume buffer (used)": used,
-        "isal.igzip.open: inflating into a new bytes object, then copied": lambda name: igzip.open(name, "rb"),
+    cases = {
+        "isal_zlib._GzipReader, inflating into the volume buffer (used)": parcellate_with(used),
+        "isal.igzip.open: inflating into a new bytes object, then copied": parcellate_with(decoder("isal.igzip")),
         "isal.igzip_threaded.open(threads=1): the same, in a read-ahead thread": (
-            lambda name: igzip_threaded.open(name, "rb", threads=1)
+            parcellate_with(decoder("isal.igzip_threaded"))
         ),
     }
-    times = {name: [] for name in readers}
     try:
-        for _ in range(rounds):
-            for name, reader in readers.items():
-                parcellation._open_gzip = reader
-                start, cpu = time.perf_counter(), time.process_time()
-                parcellation.parcellate(path, atlas)
-                times[name].append((time.perf_counter() - start, time.process_time() - cpu))
+        times = in_turns(cases, rounds)[0]
     finally:
         parcellation._open_gzip = used
     print(f"\nparcellate({path.name}) with each ISA-L reader, medians of {rounds} in turns, in one process:\n")
     print("| reader | seconds | CPU seconds |")
     print("|---|---|---|")
     for name, runs in times.items():
-        print(f"| {name} | {median(run[0] for run in runs):.3f} | {median(run[1] for run in runs):.3f} |")
+        seconds, cpu = medians(runs)
+        print(f"| {name} | {seconds:.3f} | {cpu:.3f} |")
 
 
 def bench_chunk_sizes(path: Path, atlas, chunk_sizes: list[int], rounds: int) -> None:
     from brainlm_hf.data.parcellation import parcellate
 
-    times, series = {size: [] for size in chunk_sizes}, {}
-    for _ in range(rounds):
-        for size in chunk_sizes:
-            start, cpu = time.perf_counter(), time.process_time()
-            series[size] = parcellate(path, atlas, chunk_size=size)
-            times[size].append((time.perf_counter() - start, time.process_time() - cpu))
+    cases = {size: functools.partial(parcellate, path, atlas, chunk_size=size) for size in chunk_sizes}
+    times, series = in_turns(cases, rounds)
     first = chunk_sizes[0]
     print(f"\nparcellate({path.name}, chunk_size=...), medians of {rounds} in turns, in one process:\n")
     print(f"| chunk_size | seconds | CPU seconds | vs chunk_size={first} (CPU) | same bits |")
     print("|---|---|---|---|---|")
     for size, runs in times.items():
-        seconds, cpu = (median(run[index] for run in runs) for index in (0, 1))
+        seconds, cpu = medians(runs)
         ratio = median(a[1] / b[1] for a, b in zip(times[first], runs, strict=True))
         same = np.array_equal(series[size].view(np.uint32), series[first].view(np.uint32))
         print(f"| {size} | {seconds:.3f} | {cpu:.3f} | {ratio:.2f}x | {same} |")
